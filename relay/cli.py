@@ -1,0 +1,92 @@
+"""The `estampille` command: parses arguments, loads the configuration, calls
+the service or a tool, and maps errors to exit codes. No logic of its own.
+
+Exit codes: 0 success, 1 pending (verification) or nothing to do, 2 invalid
+input or a proof that does not verify, 3 configuration error, 4 runtime error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from relay.config import Config, documented_keys
+from relay.errors import ConfigError, EstampilleError
+
+EXIT_OK = 0
+EXIT_CONFIG = 3
+EXIT_RUNTIME = 4
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    """The configuration named by --config, else $ESTAMPILLE_CONFIG, else the embedded defaults."""
+    path = getattr(args, "config", None) or os.environ.get("ESTAMPILLE_CONFIG")
+    if path:
+        return Config.from_file(Path(path))
+    return Config().resolve_paths(Path.cwd())
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    source = getattr(args, "config", None) or os.environ.get("ESTAMPILLE_CONFIG") or "(embedded defaults)"
+    print(f"configuration OK: {source}")
+    print(f"data directory: {config.data_dir}")
+    print(f"SMTP intake: {config.smtp.listen_host}:{config.smtp.listen_port}")
+    if config.upstream.kind == "smtp":
+        print(f"upstream: smtp://{config.upstream.host}:{config.upstream.port} (tls: {config.upstream.tls})")
+    else:
+        print(f"upstream: maildir {config.data_path / 'outbox'}")
+    if args.keys:
+        for name, help_text in documented_keys():
+            print(f"{name}: {help_text}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="estampille",
+        description="Estampille: a certifying SMTP relay with anchored proofs of delivery and receipt.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, handler: Handler, help_text: str, *, config: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if config:
+            p.add_argument(
+                "--config",
+                metavar="PATH",
+                help="configuration file (default: $ESTAMPILLE_CONFIG, else embedded defaults)",
+            )
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command("check-config", cmd_check_config, "Load the configuration, report problems and the main settings.")
+    p.add_argument("--keys", action="store_true", help="also list every configuration key with its help")
+
+    # Each subsystem's commands are declared below, one block each.
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as exc:
+        print(f"estampille: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except EstampilleError as exc:
+        print(f"estampille: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,387 @@
+"""Configuration: one TOML file loaded into frozen, typed records.
+
+Each key is declared once, here, as a dataclass field with its default and its
+help (``metadata["help"]``). ``config/estampille.example.toml`` documents every
+key; a test checks that the two agree. This module does no I/O beyond reading
+the file it is given, and never reads the environment: the CLI passes the path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from relay.errors import ConfigError
+
+PUBLIC_CALENDARS = (
+    "https://a.pool.opentimestamps.org",
+    "https://b.pool.opentimestamps.org",
+    "https://a.pool.eternitywall.com",
+)
+PUBLIC_CALENDAR_DOMAINS = (
+    "alice.btc.calendar.opentimestamps.org",
+    "bob.btc.calendar.opentimestamps.org",
+    "finney.calendar.eternitywall.com",
+    "btc.calendar.catallaxy.com",
+    "a.pool.opentimestamps.org",
+    "b.pool.opentimestamps.org",
+    "a.pool.eternitywall.com",
+    "ots.btc.catallaxy.com",
+)
+
+
+def key(default: Any, help: str, **kw: Any) -> Any:
+    """Declare one configuration key with its default and its documentation."""
+    if isinstance(default, (list, dict)):
+        value = default
+        return field(default_factory=lambda: type(value)(value), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass(frozen=True)
+class SMTPConfig:
+    listen_host: str = key("127.0.0.1", "Address the SMTP intake listens on.")
+    listen_port: int = key(2525, "Port the SMTP intake listens on (25 or 587 in production).")
+    hostname: str = key("localhost", "Name the relay gives in its SMTP greeting and in Received headers.")
+    max_message_size: int = key(50 * 1024 * 1024, "Largest message accepted, in octets; larger ones get 552.")
+    max_line_length: int = key(
+        1_000_000,
+        "Longest line accepted from a client, in octets. Lines over 998 are re-encoded before sending.",
+    )
+    tls_cert: str = key("", "PEM certificate for STARTTLS; empty disables STARTTLS.")
+    tls_key: str = key("", "PEM private key matching tls_cert.")
+    credentials_file: str = key(
+        "", "File of 'user:hash' lines written by 'estampille passwd'; empty disables AUTH."
+    )
+    auth_plaintext_on_loopback: bool = key(
+        False, "Allow AUTH without TLS when the client connects from a loopback address."
+    )
+    allowed_networks: list[str] = key(
+        ["127.0.0.0/8", "::1/128"],
+        "Networks allowed to relay without AUTH. Anyone else must authenticate, or is refused at RCPT with 5.7.1.",
+    )
+    min_free_disk_mb: int = key(100, "Below this much free space in the data directory, MAIL gets 452.")
+    timeout: int = key(300, "Seconds of client inactivity before the connection is closed.")
+    auth_failures_per_minute: int = key(5, "Failed AUTH attempts allowed per client address per minute.")
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    kind: str = key(
+        "maildir",
+        "'smtp' hands mail to an outbound MTA; 'maildir' writes what would be sent into data_dir/outbox.",
+        choices=("smtp", "maildir"),
+    )
+    host: str = key("127.0.0.1", "Outbound MTA host.")
+    port: int = key(25, "Outbound MTA port.")
+    tls: str = key(
+        "starttls-if-offered",
+        "'none', 'starttls' (required), 'starttls-if-offered' or 'implicit' (SMTPS).",
+        choices=("none", "starttls", "starttls-if-offered", "implicit"),
+    )
+    verify_certificates: bool = key(True, "Verify the upstream's TLS certificate.")
+    username: str = key("", "AUTH user at the upstream; empty for none.")
+    password: str = key("", "AUTH password at the upstream.")
+    helo_name: str = key("", "Name sent in EHLO; defaults to smtp.hostname.")
+    concurrency: int = key(8, "Deliveries in flight at once.")
+    connections: int = key(4, "Upstream connections kept open and reused.")
+    timeout: float = key(60.0, "Seconds to wait for the upstream before deferring.")
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    retry_first: int = key(300, "Seconds before the first retry of a deferred delivery.")
+    retry_max: int = key(3600, "Longest wait between retries, in seconds (the wait doubles up to this).")
+    give_up_after: int = key(5 * 86400, "Seconds after which a deferred delivery fails and the sender gets a DSN.")
+    poll_interval: float = key(1.0, "Seconds between scans of the queue for due deliveries.")
+
+
+@dataclass(frozen=True)
+class DKIMDomain:
+    domain: str = key("", "Signing domain (d=).")
+    rsa_selector: str = key("rsa", "Selector of the RSA-2048 key.")
+    rsa_key: str = key("", "PEM file of the RSA private key.")
+    ed25519_selector: str = key("ed", "Selector of the Ed25519 key.")
+    ed25519_key: str = key("", "PEM file of the Ed25519 private key.")
+
+
+@dataclass(frozen=True)
+class DKIMConfig:
+    default_domain: str = key(
+        "", "Domain whose keys sign mail from a domain without keys of its own; empty: the first domain."
+    )
+    unknown_domain: str = key(
+        "default",
+        "For a sender domain without keys: 'default' signs with the default domain, 'refuse' answers 550 at MAIL.",
+        choices=("default", "refuse"),
+    )
+    extra_headers: list[str] = key([], "Headers signed in addition to the standard list.")
+    domains: list[DKIMDomain] = key([], "One [[dkim.domains]] table per signing domain.")
+
+
+@dataclass(frozen=True)
+class AckSender:
+    match: str = key("", "Sender address or '@domain' this rule applies to; '*' for any.")
+    insert: bool = key(True, "Insert an acknowledgment block at the top of the message.")
+    rewrite_patterns: list[str] = key(
+        [], "URL prefixes whose links become acknowledgment links leading on to the original URL."
+    )
+
+
+@dataclass(frozen=True)
+class AckConfig:
+    insert: bool = key(True, "Default: insert an acknowledgment block in every message.")
+    rewrite_patterns: list[str] = key([], "Default URL prefixes to rewrite into acknowledgment links.")
+    language: str = key("fr", "Language of the inserted block: 'fr' or 'en'.", choices=("fr", "en"))
+    text_template: str = key("", "File holding the plain-text block; {url} is the link. Empty: built in.")
+    html_template: str = key("", "File holding the HTML block; {url} is the link. Empty: built in.")
+    senders: list[AckSender] = key([], "Per-sender rules, [[ack.senders]], first match wins.")
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    enabled: bool = key(True, "Run the acknowledgment and admin web server in the relay process.")
+    listen_host: str = key("127.0.0.1", "Address the tracker listens on.")
+    listen_port: int = key(8025, "Port the tracker listens on.")
+    public_url: str = key("http://127.0.0.1:8025", "Base URL members reach; acknowledgment links start with it.")
+    trusted_proxies: list[str] = key([], "Addresses whose X-Forwarded-For is trusted.")
+    scanner_window: int = key(120, "Fetches within this many seconds of delivery are classified as likely scanner.")
+    scanner_networks: list[str] = key([], "Networks whose fetches are classified as likely scanner.")
+    token_ttl_days: int = key(0, "Days after which an acknowledgment link expires; 0: never.")
+    timezone: str = key("Europe/Paris", "Time zone used to show times on pages.")
+    miss_limit_per_minute: int = key(30, "Unknown-token requests allowed per client address per minute (then 429).")
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    enabled: bool = key(True, "Anchor evidence records through OpenTimestamps calendars.")
+    calendars: list[str] = key(list(PUBLIC_CALENDARS), "Calendar URLs the batch roots are submitted to.")
+    min_calendars: int = key(2, "Calendars that must answer for a batch to count as submitted.")
+    interval: int = key(600, "Seconds between batches.")
+    max_batch: int = key(100_000, "Leaves that trigger a batch before the interval ends.")
+    upgrade_interval: int = key(3600, "Seconds between upgrade rounds for pending batches.")
+    timeout: float = key(10.0, "Seconds to wait for a calendar.")
+    allowlist: list[str] = key(
+        list(PUBLIC_CALENDAR_DOMAINS),
+        "Calendar host names the upgrade worker may contact (configured calendars are always allowed).",
+    )
+    stale_after: int = key(48 * 3600, "Seconds after which a pending batch is logged and counted as stale.")
+    resubmit_after: int = key(7 * 86400, "Seconds after which a pending batch's root is resubmitted.")
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    retention_days: int = key(365, "Days raw IP addresses and user agents are kept before the purge.")
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    messages_days: int = key(0, "Days message bodies are kept; 0 keeps them (they are the proof).")
+    purge_interval: int = key(86400, "Seconds between runs of the periodic purge.")
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    token_hashes: list[str] = key(
+        [], "SHA-256 hex digests of admin API tokens (see 'estampille admin-token')."
+    )
+    metrics_listen_host: str = key("127.0.0.1", "Address of the Prometheus /metrics endpoint.")
+    metrics_listen_port: int = key(0, "Port of /metrics; 0 disables it.")
+
+
+@dataclass(frozen=True)
+class WebhooksConfig:
+    urls: list[str] = key([], "URLs that receive events as JSON POSTs.")
+    secret: str = key("", "Secret for the X-Estampille-Signature HMAC-SHA256 header.")
+    retry_for: int = key(86400, "Seconds an event is retried before it is given up.")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = key("INFO", "DEBUG, INFO, WARNING or ERROR.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    format: str = key("text", "'text' or 'json' (one JSON object per line).", choices=("text", "json"))
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: str = key("estampille-data", "Directory of the database, message files and generated keys.")
+    smtp: SMTPConfig = field(default_factory=SMTPConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    dkim: DKIMConfig = field(default_factory=DKIMConfig)
+    ack: AckConfig = field(default_factory=AckConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    anchor: AnchorConfig = field(default_factory=AnchorConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    @classmethod
+    def from_toml(cls, text: str, *, base_dir: Path | None = None) -> "Config":
+        """Parse TOML text; relative paths are resolved against ``base_dir``."""
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"configuration is not valid TOML: {exc}") from exc
+        config = _build(cls, raw, "")
+        if base_dir is not None:
+            config = config.resolve_paths(base_dir)
+        _check(config)
+        return config
+
+    @classmethod
+    def from_file(cls, path: Path) -> "Config":
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from exc
+        return cls.from_toml(text, base_dir=path.parent)
+
+    def resolve_paths(self, base_dir: Path) -> "Config":
+        """Make data_dir and file keys absolute, relative to the configuration file."""
+
+        def absolute(p: str) -> str:
+            return str((base_dir / p).resolve()) if p and not Path(p).is_absolute() else p
+
+        smtp = dataclasses.replace(
+            self.smtp,
+            tls_cert=absolute(self.smtp.tls_cert),
+            tls_key=absolute(self.smtp.tls_key),
+            credentials_file=absolute(self.smtp.credentials_file),
+        )
+        domains = [
+            dataclasses.replace(d, rsa_key=absolute(d.rsa_key), ed25519_key=absolute(d.ed25519_key))
+            for d in self.dkim.domains
+        ]
+        ack = dataclasses.replace(
+            self.ack, text_template=absolute(self.ack.text_template), html_template=absolute(self.ack.html_template)
+        )
+        return dataclasses.replace(
+            self,
+            data_dir=absolute(self.data_dir),
+            smtp=smtp,
+            dkim=dataclasses.replace(self.dkim, domains=domains),
+            ack=ack,
+        )
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+
+def documented_keys(cls: type = Config, prefix: str = "") -> list[tuple[str, str]]:
+    """Every key as (dotted name, help), for documentation checks and `check-config`."""
+    out: list[tuple[str, str]] = []
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        name = f"{prefix}{f.name}"
+        sub = _dataclass_of(hints[f.name])
+        if sub is not None:
+            out.extend(documented_keys(sub, name + "."))
+            continue
+        out.append((name, f.metadata.get("help", "")))
+        item = _list_item(hints[f.name])
+        if item is not None and dataclasses.is_dataclass(item):
+            out.extend(documented_keys(item, name + "."))
+    return out
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _dataclass_of(tp: Any) -> type | None:
+    return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
+
+
+def _is_list(tp: Any) -> bool:
+    return typing.get_origin(tp) is list
+
+
+def _list_item(tp: Any) -> Any:
+    return typing.get_args(tp)[0] if _is_list(tp) else None
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'configuration'}: expected a table, got {raw!r}")
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        dotted = f"{where}{name}"
+        if name not in fields:
+            raise ConfigError(f"{dotted}: unknown key (see config/estampille.example.toml)")
+        values[name] = _coerce(hints[name], value, dotted, fields[name].metadata)
+    return cls(**values)
+
+
+def _coerce(tp: Any, value: Any, dotted: str, meta: Any) -> Any:
+    sub = _dataclass_of(tp)
+    if sub is not None:
+        return _build(sub, value, dotted + ".")
+    if _is_list(tp):
+        if not isinstance(value, list):
+            raise ConfigError(f"{dotted} = {value!r}: expected a list")
+        item = _list_item(tp)
+        return [_coerce(item, v, f"{dotted}[{i}]", {}) for i, v in enumerate(value)]
+    if isinstance(tp, types.UnionType):
+        tp = next(t for t in typing.get_args(tp) if t is not type(None))
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(tp, True)
+    if not ok:
+        raise ConfigError(f"{dotted} = {value!r}: expected {_describe(tp)}")
+    choices = meta.get("choices") if meta else None
+    if choices and value not in choices:
+        raise ConfigError(f"{dotted} = {value!r}: expected one of {', '.join(map(repr, choices))}")
+    return float(value) if tp is float else value
+
+
+def _describe(tp: Any) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def _check(config: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    for dotted, nets in (
+        ("smtp.allowed_networks", config.smtp.allowed_networks),
+        ("tracker.scanner_networks", config.tracker.scanner_networks),
+        ("tracker.trusted_proxies", config.tracker.trusted_proxies),
+    ):
+        for net in nets:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ConfigError(f"{dotted} = {net!r}: expected a network such as '192.0.2.0/24'") from None
+    for dotted, port in (
+        ("smtp.listen_port", config.smtp.listen_port),
+        ("tracker.listen_port", config.tracker.listen_port),
+        ("upstream.port", config.upstream.port),
+        ("admin.metrics_listen_port", config.admin.metrics_listen_port),
+    ):
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{dotted} = {port!r}: expected a port from 0 to 65535")
+    if bool(config.smtp.tls_cert) != bool(config.smtp.tls_key):
+        raise ConfigError("smtp.tls_cert and smtp.tls_key: expected both or neither")
+    if config.anchor.min_calendars > len(config.anchor.calendars):
+        raise ConfigError(
+            f"anchor.min_calendars = {config.anchor.min_calendars}: expected at most "
+            f"{len(config.anchor.calendars)}, the number of anchor.calendars"
+        )
+    for pos, d in enumerate(config.dkim.domains):
+        if not d.domain:
+            raise ConfigError(f"dkim.domains[{pos}].domain = '': expected a domain name")
+    if not config.tracker.public_url.startswith(("http://", "https://")):
+        raise ConfigError(f"tracker.public_url = {config.tracker.public_url!r}: expected an http(s) URL")

@@ -1,0 +1,166 @@
+"""Evidence records: canonical JSON whose SHA-256 is the leaf that gets anchored.
+
+A record is a JSON object with a ``type`` and a schema ``version``, serialised
+canonically (UTF-8, sorted keys, no insignificant whitespace). Records chain by
+digest: a delivery names its submission's digest, a hand-off its delivery's, a
+receipt its delivery's. Personal data never enters a record in clear: IP
+addresses and user agents appear only as ``sha256(salt || value)``.
+
+Pure: callers pass times (ISO 8601 UTC strings), salts and digests in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+RECORD_VERSION = 1
+RECORD_TYPES = ("submission", "delivery", "handoff", "receipt")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One evidence record: its canonical bytes and their SHA-256."""
+
+    body: bytes
+    digest: str  # hex SHA-256 of body
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any]) -> "Record":
+        if fields.get("type") not in RECORD_TYPES:
+            raise ValueError(f"unknown record type {fields.get('type')!r}")
+        body = canonical_json({**fields, "version": RECORD_VERSION})
+        return cls(body=body, digest=sha256_hex(body))
+
+    @classmethod
+    def from_bytes(cls, body: bytes) -> "Record":
+        """Parse stored bytes, refusing anything that is not canonical."""
+        fields = json.loads(body)
+        if canonical_json(fields) != body:
+            raise ValueError("record is not canonical JSON")
+        return cls(body=body, digest=sha256_hex(body))
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        return json.loads(self.body)
+
+    @property
+    def type(self) -> str:
+        return self.fields["type"]
+
+
+def canonical_json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def commitment(salt: bytes, value: str) -> str:
+    """A salted commitment to personal data: verifiable while the salt is kept, opaque after."""
+    return sha256_hex(salt + value.encode("utf-8"))
+
+
+def submission_record(
+    *,
+    data_sha256: str,
+    mail_from: str,
+    rcpt_to: list[str],
+    client_address: str,
+    auth_user: str | None,
+    tls: str | None,
+    received_at: str,
+    message_id: str | None,
+    attachments: list[dict[str, str]],
+) -> Record:
+    """What was received: the exact DATA bytes' digest, the envelope and the session."""
+    return Record.from_fields(
+        {
+            "type": "submission",
+            "data_sha256": data_sha256,
+            "mail_from": mail_from,
+            "rcpt_to": list(rcpt_to),
+            "client_address": client_address,
+            "auth_user": auth_user,
+            "tls": tls,
+            "received_at": received_at,
+            "message_id": message_id,
+            "attachments": attachments,
+        }
+    )
+
+
+def delivery_record(
+    *,
+    submission_digest: str,
+    recipient: str,
+    copy_sha256: str,
+    dkim: list[dict[str, str]],
+    ack_link_inserted: bool,
+    ack_link_reason: str | None,
+    certified_at: str,
+) -> Record:
+    """What was prepared for one recipient: the exact bytes that leave, and how they were signed."""
+    return Record.from_fields(
+        {
+            "type": "delivery",
+            "submission": submission_digest,
+            "recipient": recipient,
+            "copy_sha256": copy_sha256,
+            "dkim": dkim,
+            "ack_link_inserted": ack_link_inserted,
+            "ack_link_reason": ack_link_reason,
+            "certified_at": certified_at,
+        }
+    )
+
+
+def handoff_record(
+    *,
+    delivery_digest: str,
+    code: int,
+    text: str,
+    queue_id: str | None,
+    upstream_host: str,
+    tls: str | None,
+    handed_at: str,
+) -> Record:
+    """What the outbound MTA answered when it took (or refused for good) the copy."""
+    return Record.from_fields(
+        {
+            "type": "handoff",
+            "delivery": delivery_digest,
+            "code": code,
+            "text": text,
+            "queue_id": queue_id,
+            "upstream_host": upstream_host,
+            "tls": tls,
+            "handed_at": handed_at,
+        }
+    )
+
+
+def receipt_record(
+    *,
+    delivery_digest: str,
+    kind: str,
+    at: str,
+    ip_commitment: str,
+    user_agent_commitment: str,
+) -> Record:
+    """A member's acknowledgment (or a recorded fetch) of one delivered copy."""
+    if kind not in ("acknowledged", "fetched"):
+        raise ValueError(f"unknown receipt kind {kind!r}")
+    return Record.from_fields(
+        {
+            "type": "receipt",
+            "delivery": delivery_digest,
+            "kind": kind,
+            "at": at,
+            "ip_commitment": ip_commitment,
+            "user_agent_commitment": user_agent_commitment,
+        }
+    )

@@ -1,0 +1,323 @@
+"""The store: one SQLite database (through aiosqlite) and a content-addressed
+directory of message bytes. This module owns the schema and its migrations; no
+other module imports aiosqlite or writes SQL.
+
+Durability rules:
+- message bytes are written to a temporary file, fsync'd, renamed to their
+  SHA-256 and the directory fsync'd before any row names them;
+- all writes go through one connection, serialised by :meth:`Store.transaction`
+  (``BEGIN IMMEDIATE``), so a caller that got back from it has committed;
+- an evidence record and its anchoring leaf are inserted in the same transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from relay.errors import DiskFullError, NotFoundError, StoreError
+from relay.records import Record
+
+# Each entry moves the schema one version forward; never edit a released entry.
+MIGRATIONS: tuple[str, ...] = (
+    # 1: submissions, deliveries, attempts, evidence, anchoring, tracker, webhooks.
+    """
+    CREATE TABLE submissions (
+        id             TEXT PRIMARY KEY,
+        kind           TEXT NOT NULL DEFAULT 'mail' CHECK (kind IN ('mail', 'dsn')),
+        received_at    REAL NOT NULL,
+        mail_from      TEXT NOT NULL,
+        mail_options   TEXT NOT NULL DEFAULT '[]',
+        client_address TEXT NOT NULL,
+        auth_user      TEXT,
+        tls            TEXT,
+        message_id     TEXT,
+        subject        TEXT,
+        size           INTEGER NOT NULL,
+        data_sha256    TEXT NOT NULL,
+        record_digest  TEXT REFERENCES records(digest)
+    );
+    CREATE INDEX submissions_message_id ON submissions(message_id);
+    CREATE INDEX submissions_received_at ON submissions(received_at);
+
+    CREATE TABLE deliveries (
+        id              INTEGER PRIMARY KEY,
+        submission_id   TEXT NOT NULL REFERENCES submissions(id),
+        recipient       TEXT NOT NULL,
+        rcpt_options    TEXT NOT NULL DEFAULT '[]',
+        state           TEXT NOT NULL DEFAULT 'queued'
+                        CHECK (state IN ('queued', 'sending', 'deferred', 'delivered', 'failed')),
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        last_code       INTEGER,
+        last_reply      TEXT,
+        copy_sha256     TEXT,
+        record_digest   TEXT REFERENCES records(digest),
+        handoff_digest  TEXT REFERENCES records(digest),
+        updated_at      REAL NOT NULL
+    );
+    CREATE INDEX deliveries_due ON deliveries(state, next_attempt_at);
+    CREATE INDEX deliveries_submission ON deliveries(submission_id);
+
+    CREATE TABLE attempts (
+        id            INTEGER PRIMARY KEY,
+        delivery_id   INTEGER NOT NULL REFERENCES deliveries(id),
+        started_at    REAL NOT NULL,
+        finished_at   REAL NOT NULL,
+        outcome       TEXT NOT NULL CHECK (outcome IN ('delivered', 'deferred', 'failed')),
+        code          INTEGER,
+        reply         TEXT NOT NULL,
+        queue_id      TEXT,
+        upstream_host TEXT,
+        tls           TEXT
+    );
+    CREATE INDEX attempts_delivery ON attempts(delivery_id);
+
+    CREATE TABLE records (
+        digest        TEXT PRIMARY KEY,
+        type          TEXT NOT NULL,
+        body          BLOB NOT NULL,
+        submission_id TEXT,
+        delivery_id   INTEGER,
+        created_at    REAL NOT NULL
+    );
+    CREATE INDEX records_submission ON records(submission_id);
+    CREATE INDEX records_delivery ON records(delivery_id);
+
+    -- Acknowledgment tokens are stored hashed; target_url is set for rewritten links.
+    CREATE TABLE ack_tokens (
+        token_sha256 TEXT PRIMARY KEY,
+        delivery_id  INTEGER NOT NULL REFERENCES deliveries(id),
+        target_url   TEXT,
+        created_at   REAL NOT NULL
+    );
+    CREATE INDEX ack_tokens_delivery ON ack_tokens(delivery_id);
+
+    -- Raw personal data, deleted at the end of its retention; records keep only commitments.
+    CREATE TABLE personal (
+        id         INTEGER PRIMARY KEY,
+        salt       BLOB NOT NULL,
+        ip         TEXT,
+        user_agent TEXT,
+        created_at REAL NOT NULL
+    );
+
+    CREATE TABLE fetches (
+        id             INTEGER PRIMARY KEY,
+        delivery_id    INTEGER NOT NULL REFERENCES deliveries(id),
+        at             REAL NOT NULL,
+        method         TEXT NOT NULL,
+        classification TEXT NOT NULL CHECK (classification IN ('scanner', 'person')),
+        reason         TEXT NOT NULL,
+        personal_id    INTEGER REFERENCES personal(id) ON DELETE SET NULL,
+        record_digest  TEXT REFERENCES records(digest)
+    );
+    CREATE INDEX fetches_delivery ON fetches(delivery_id);
+
+    CREATE TABLE receipts (
+        delivery_id   INTEGER PRIMARY KEY REFERENCES deliveries(id),
+        at            REAL NOT NULL,
+        personal_id   INTEGER REFERENCES personal(id) ON DELETE SET NULL,
+        record_digest TEXT NOT NULL REFERENCES records(digest)
+    );
+
+    CREATE TABLE anchor_batches (
+        id              INTEGER PRIMARY KEY,
+        root            BLOB NOT NULL,
+        created_at      REAL NOT NULL,
+        leaves          INTEGER NOT NULL,
+        state           TEXT NOT NULL CHECK (state IN ('submitting', 'pending', 'confirmed')),
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        timestamp       BLOB,
+        bitcoin_height  INTEGER,
+        block_time      INTEGER,
+        confirmed_at    REAL,
+        resubmitted_at  REAL
+    );
+    CREATE INDEX anchor_batches_state ON anchor_batches(state, next_attempt_at);
+
+    CREATE TABLE anchor_leaves (
+        digest    TEXT PRIMARY KEY REFERENCES records(digest),
+        queued_at REAL NOT NULL,
+        batch_id  INTEGER REFERENCES anchor_batches(id),
+        nonce     BLOB,
+        path      BLOB
+    );
+    CREATE INDEX anchor_leaves_unbatched ON anchor_leaves(queued_at) WHERE batch_id IS NULL;
+    CREATE INDEX anchor_leaves_batch ON anchor_leaves(batch_id);
+
+    CREATE TABLE webhook_events (
+        id              INTEGER PRIMARY KEY,
+        url             TEXT NOT NULL,
+        event           TEXT NOT NULL,
+        payload         BLOB NOT NULL,
+        created_at      REAL NOT NULL,
+        state           TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sent', 'failed')),
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        last_error      TEXT
+    );
+    CREATE INDEX webhook_events_due ON webhook_events(state, next_attempt_at);
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+BLOB_DIR = "messages"
+DB_NAME = "estampille.sqlite3"
+
+
+class Store:
+    """The database and the message directory under one data directory."""
+
+    def __init__(self, data_dir: Path, db: aiosqlite.Connection) -> None:
+        self.data_dir = data_dir
+        self.blob_dir = data_dir / BLOB_DIR
+        self._db = db
+        self._write_lock = asyncio.Lock()
+
+    # -- lifecycle -------------------------------------------------------
+
+    @classmethod
+    async def open(cls, data_dir: Path) -> "Store":
+        """Open (creating if needed) the store under ``data_dir`` and migrate it."""
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (data_dir / BLOB_DIR).mkdir(exist_ok=True, mode=0o700)
+        try:
+            db = await aiosqlite.connect(data_dir / DB_NAME, isolation_level=None)
+            db.row_factory = aiosqlite.Row
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=FULL")
+            await db.execute("PRAGMA foreign_keys=ON")
+            await db.execute("PRAGMA busy_timeout=5000")
+            store = cls(data_dir, db)
+            await store._migrate()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database in {data_dir}: {exc}") from exc
+        return store
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def _migrate(self) -> None:
+        (version,) = await (await self._db.execute("PRAGMA user_version")).fetchone()
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"database schema version {version} is newer than this Estampille ({SCHEMA_VERSION}); upgrade it"
+            )
+        for number in range(version, SCHEMA_VERSION):
+            await self._db.executescript(
+                "BEGIN IMMEDIATE;\n" + MIGRATIONS[number] + f"\nPRAGMA user_version={number + 1};\nCOMMIT;"
+            )
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction; committed when the block exits without error."""
+        async with self._write_lock:
+            try:
+                await self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot begin a transaction: {exc}") from exc
+            try:
+                yield self._db
+            except BaseException:
+                await self._db.rollback()
+                raise
+            try:
+                await self._db.commit()
+            except sqlite3.Error as exc:
+                await self._db.rollback()
+                raise StoreError(f"commit failed: {exc}") from exc
+
+    async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
+        try:
+            return list(await (await self._db.execute(sql, tuple(params))).fetchall())
+        except sqlite3.Error as exc:
+            raise StoreError(f"query failed: {exc}") from exc
+
+    async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Row | None:
+        try:
+            return await (await self._db.execute(sql, tuple(params))).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"query failed: {exc}") from exc
+
+    # -- message bytes ---------------------------------------------------
+
+    def blob_path(self, sha256: str) -> Path:
+        return self.blob_dir / sha256[:2] / sha256
+
+    async def put_blob(self, data: bytes) -> str:
+        """Write ``data`` durably under its SHA-256 and return the hex digest."""
+        return await asyncio.to_thread(self._put_blob_sync, data)
+
+    def _put_blob_sync(self, data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        final = self.blob_path(digest)
+        if final.exists():
+            return digest
+        final.parent.mkdir(exist_ok=True, mode=0o700)
+        tmp = final.with_name(f".{digest}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+            dir_fd = os.open(final.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"cannot write message file {final}: {exc.strerror}") from exc
+        return digest
+
+    async def get_blob(self, sha256: str) -> bytes:
+        try:
+            return await asyncio.to_thread(self.blob_path(sha256).read_bytes)
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"message file {sha256} is missing") from exc
+
+    def check_free_space(self, min_free_bytes: int) -> None:
+        """Raise DiskFullError when the data directory's file system is nearly full."""
+        free = shutil.disk_usage(self.data_dir).free
+        if free < min_free_bytes:
+            raise DiskFullError(f"only {free // 2**20} MB free in {self.data_dir}")
+
+    # -- evidence records ------------------------------------------------
+
+    @staticmethod
+    async def insert_record(
+        db: aiosqlite.Connection,
+        record: Record,
+        *,
+        submission_id: str | None = None,
+        delivery_id: int | None = None,
+        now: float,
+    ) -> None:
+        """Store a record and queue its digest for anchoring, inside the caller's transaction."""
+        await db.execute(
+            "INSERT OR IGNORE INTO records (digest, type, body, submission_id, delivery_id, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (record.digest, record.type, record.body, submission_id, delivery_id, now),
+        )
+        await db.execute(
+            "INSERT OR IGNORE INTO anchor_leaves (digest, queued_at) VALUES (?, ?)", (record.digest, now)
+        )
+
+    async def get_record(self, digest: str) -> Record:
+        row = await self.fetchone("SELECT body FROM records WHERE digest = ?", (digest,))
+        if row is None:
+            raise NotFoundError(f"no evidence record with digest {digest}")
+        return Record.from_bytes(row["body"])
