@@ -16,6 +16,7 @@ the tracker into HTTP statuses. Third-party errors are wrapped at the edge with
     ├── VerificationError      a proof does not verify (invalid, not pending)
     │   └── PendingError       a proof only carries pending attestations
     ├── HeaderSourceError      a Bitcoin header source failed or disagreed
+    ├── BackupError            a backup could not be taken, checked or restored
     └── NotFoundError          the thing asked for does not exist
 """
 
@@ -64,6 +65,10 @@ class PendingError(VerificationError):
 
 class HeaderSourceError(EstampilleError):
     """A Bitcoin block header source failed, or two sources disagreed."""
+
+
+class BackupError(EstampilleError):
+    """A backup could not be taken, is damaged, or would overwrite data without --force."""
 
 
 class NotFoundError(EstampilleError):
