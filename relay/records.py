@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 RECORD_VERSION = 1
@@ -163,4 +164,11 @@ def receipt_record(
             "ip_commitment": ip_commitment,
             "user_agent_commitment": user_agent_commitment,
         }
+    )
+
+
+def iso_time(timestamp: float) -> str:
+    """A Unix time as the ISO 8601 UTC string records carry (microsecond precision)."""
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="microseconds").replace(
+        "+00:00", "Z"
     )
