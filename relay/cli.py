@@ -8,11 +8,14 @@ input or a proof that does not verify, 3 configuration error, 4 runtime error.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+from relay.backup import backup_data_dir, restore
 from relay.config import Config, documented_keys
 from relay.errors import ConfigError, EstampilleError
 
@@ -47,6 +50,23 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- operations: backup, restore --------------------------------------------
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    summary = asyncio.run(backup_data_dir(config.data_path, Path(args.dest), now=time.time()))
+    print(f"backup written to {summary.path}: {summary.files} files, {summary.size} octets")
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    summary = asyncio.run(restore(Path(args.src), config.data_path, force=args.force))
+    print(f"restored {summary.files} files ({summary.size} octets) into {summary.path}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="estampille",
@@ -69,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", action="store_true", help="also list every configuration key with its help")
 
     # Each subsystem's commands are declared below, one block each.
+
+    p = command("backup", cmd_backup, "Copy the database and message files consistently, even while the relay runs.")
+    p.add_argument("dest", metavar="DEST", help="directory to create (must be absent or empty)")
+    p = command("restore", cmd_restore, "Bring a backup back into the data directory (stop the relay first).")
+    p.add_argument("src", metavar="SRC", help="directory written by 'estampille backup'")
+    p.add_argument("--force", action="store_true", help="replace the content of a non-empty data directory")
 
     return parser
 

@@ -1,0 +1,151 @@
+"""Backup and restore: every record and message file survives the round trip,
+a backup is taken while the store is being written, and restore refuses to
+overwrite data unless told to."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from relay.backup import MANIFEST, backup, backup_data_dir, check, restore
+from relay.cli import main
+from relay.errors import BackupError
+from relay.records import iso_time, sha256_hex, submission_record
+from relay.store import Store
+
+NOW = 1_790_000_000.0
+
+
+async def add_message(store: Store, n: int) -> tuple[str, str]:
+    """One message file and its submission record, as intake leaves them."""
+    data = f"Subject: convocation {n}\r\n\r\nConseil municipal, séance {n}.\r\n".encode()
+    data_sha = await store.put_blob(data)
+    record = submission_record(
+        data_sha256=data_sha,
+        mail_from="mairie@example.org",
+        rcpt_to=[f"elu{n}@example.org"],
+        client_address="127.0.0.1",
+        auth_user=None,
+        tls=None,
+        received_at=iso_time(NOW + n),
+        message_id=f"<{n}@example.org>",
+        attachments=[],
+    )
+    async with store.transaction() as db:
+        await Store.insert_record(db, record, now=NOW + n)
+    return data_sha, record.digest
+
+
+async def contents(data_dir: Path) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    store = await Store.open(data_dir)
+    try:
+        rows = await store.fetchall("SELECT digest FROM records")
+        records = {row[0]: (await store.get_record(row[0])).body for row in rows}
+        files = {p.name: p.read_bytes() for p in store.blob_dir.rglob("*") if p.is_file()}
+    finally:
+        await store.close()
+    return records, files
+
+
+async def test_round_trip_keeps_every_record_and_message(tmp_path: Path):
+    live = tmp_path / "live"
+    store = await Store.open(live)
+    try:
+        made = [await add_message(store, n) for n in range(20)]
+    finally:
+        await store.close()
+
+    summary = await backup_data_dir(live, tmp_path / "backup", now=NOW)
+    assert summary.files == 21  # the database and 20 message files
+    restored = tmp_path / "restored"
+    await restore(tmp_path / "backup", restored, force=False)
+
+    records, files = await contents(restored)
+    assert (records, files) == await contents(live)
+    assert {sha for sha, _ in made} <= set(files)
+    assert {digest for _, digest in made} <= set(records)
+    assert all(sha256_hex(body) == name for name, body in files.items())
+
+
+async def test_backup_while_writing_is_consistent(tmp_path: Path):
+    """Writers keep committing during the backup; the copy is one consistent snapshot."""
+    store = await Store.open(tmp_path / "live")
+    try:
+        await asyncio.gather(*(add_message(store, n) for n in range(5)))
+
+        async def keep_writing() -> None:
+            for n in range(5, 60):
+                await add_message(store, n)
+
+        writer = asyncio.create_task(keep_writing())
+        await backup(store, tmp_path / "backup", now=NOW)
+        await writer
+    finally:
+        await store.close()
+
+    await restore(tmp_path / "backup", tmp_path / "restored", force=False)
+    restored = await Store.open(tmp_path / "restored")
+    try:
+        assert await restored.integrity_check() == []
+        rows = await restored.fetchall("SELECT body FROM records")
+        assert len(rows) >= 5
+        for row in rows:  # every message a snapshot record names was copied
+            data_sha = json.loads(row[0])["data_sha256"]
+            assert sha256_hex(await restored.get_blob(data_sha)) == data_sha
+    finally:
+        await restored.close()
+
+
+async def test_restore_refuses_a_non_empty_data_dir_without_force(tmp_path: Path):
+    store = await Store.open(tmp_path / "live")
+    try:
+        await add_message(store, 1)
+        await backup(store, tmp_path / "backup", now=NOW)
+        await add_message(store, 2)
+    finally:
+        await store.close()
+    with pytest.raises(BackupError, match="not empty"):
+        await restore(tmp_path / "backup", tmp_path / "live", force=False)
+    await restore(tmp_path / "backup", tmp_path / "live", force=True)
+    records, _ = await contents(tmp_path / "live")
+    assert len(records) == 1
+
+
+async def test_a_damaged_backup_is_refused(tmp_path: Path):
+    store = await Store.open(tmp_path / "live")
+    try:
+        data_sha, _ = await add_message(store, 1)
+        await backup(store, tmp_path / "backup", now=NOW)
+    finally:
+        await store.close()
+    (tmp_path / "backup" / "messages" / data_sha[:2] / data_sha).write_bytes(b"tampered")
+    with pytest.raises(BackupError, match="does not match the manifest"):
+        check(tmp_path / "backup")
+    with pytest.raises(BackupError):
+        await restore(tmp_path / "backup", tmp_path / "restored", force=False)
+    assert not (tmp_path / "restored").exists()
+
+
+def test_cli_backup_and_restore(tmp_path: Path, capsys):
+    async def populate() -> None:
+        store = await Store.open(tmp_path / "live")
+        try:
+            await add_message(store, 1)
+        finally:
+            await store.close()
+
+    asyncio.run(populate())
+    live = tmp_path / "live.toml"
+    live.write_text('data_dir = "live"\n')
+    other = tmp_path / "other.toml"
+    other.write_text('data_dir = "other"\n')
+    assert main(["backup", "--config", str(live), str(tmp_path / "b")]) == 0
+    assert (tmp_path / "b" / MANIFEST).is_file()
+    assert main(["backup", "--config", str(live), str(tmp_path / "b")]) == 4  # not empty
+    assert main(["restore", "--config", str(other), str(tmp_path / "b")]) == 0
+    assert main(["restore", "--config", str(other), str(tmp_path / "b")]) == 4
+    assert "--force" in capsys.readouterr().err
+    assert main(["restore", "--config", str(other), "--force", str(tmp_path / "b")]) == 0
