@@ -1,0 +1,216 @@
+"""Anchoring batches as OpenTimestamps Merkle trees, and one leaf's standalone proof.
+
+Pure: no I/O, no clock, no randomness; callers pass nonces in.
+
+A leaf is an evidence record's SHA-256 ``d``. Each leaf gets a 16-byte random
+nonce so that calendars and sibling leaves learn nothing about it; its
+commitment is ``sha256(d || nonce)`` (OpAppend(nonce), OpSHA256). The
+commitments are merkelised exactly as ``opentimestamps.core.timestamp.make_merkle_tree``
+does (pairs left to right; a left node gets OpAppend(right), a right node
+OpPrepend(left), then OpSHA256; an odd last node moves up unchanged), so a
+leaf's exported ``.ots`` is byte for byte what the library would produce.
+
+The library's Timestamp objects cost about a kilobyte each, so a batch of a
+million leaves is built with hashlib into a :class:`Tree` (one ``bytes`` per
+level, 32 bytes per node: 64 MB for 10^6 leaves); the library is used only
+for the few objects of one leaf's proof. A leaf's path is not stored per leaf:
+its position in the batch names the siblings (:func:`sibling_positions`), so
+each leaf costs its nonce and its position, and each batch its tree.
+
+A ``.ots`` file here timestamps the record's canonical JSON bytes: its file
+hash op is OpSHA256 and its file digest the record digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from opentimestamps.core.notary import BitcoinBlockHeaderAttestation, PendingAttestation
+from opentimestamps.core.op import OpAppend, OpPrepend, OpSHA256
+from opentimestamps.core.serialize import BytesDeserializationContext, BytesSerializationContext
+from opentimestamps.core.timestamp import DetachedTimestampFile, Timestamp
+
+NONCE_BYTES = 16
+HASH_BYTES = 32
+
+
+@dataclass(frozen=True)
+class Tree:
+    """A batch's Merkle tree: ``levels[0]`` holds the leaf commitments, the last level the root.
+
+    Each level is the concatenation of its 32-byte nodes, in order.
+    """
+
+    levels: tuple[bytes, ...]
+
+    @classmethod
+    def build(cls, digests: Sequence[bytes], nonces: bytes) -> "Tree":
+        """Build the tree of ``digests`` (32-byte record digests), ``nonces`` being 16 bytes per leaf."""
+        if not digests:
+            raise ValueError("a batch needs at least one leaf")
+        if len(nonces) != NONCE_BYTES * len(digests):
+            raise ValueError(f"expected {NONCE_BYTES} nonce bytes per leaf")
+        sha256 = hashlib.sha256
+        level = b"".join(
+            sha256(d + nonces[i * NONCE_BYTES : (i + 1) * NONCE_BYTES]).digest() for i, d in enumerate(digests)
+        )
+        levels = [level]
+        while len(level) > HASH_BYTES:
+            levels.append(level := _next_level(level))
+        return cls(tuple(levels))
+
+    @property
+    def size(self) -> int:
+        return len(self.levels[0]) // HASH_BYTES
+
+    @property
+    def root(self) -> bytes:
+        return self.levels[-1]
+
+    def node(self, level: int, index: int) -> bytes:
+        return self.levels[level][index * HASH_BYTES : (index + 1) * HASH_BYTES]
+
+    def path(self, position: int) -> list["Step"]:
+        """The steps from leaf ``position``'s commitment up to the root."""
+        return [Step(append, self.node(level, index)) for level, index, append in sibling_positions(self.size, position)]
+
+
+def _next_level(level: bytes) -> bytes:
+    sha256 = hashlib.sha256
+    pairs = len(level) // (2 * HASH_BYTES)
+    out = b"".join(sha256(level[i * 64 : i * 64 + 64]).digest() for i in range(pairs))
+    if len(level) % (2 * HASH_BYTES):
+        out += level[-HASH_BYTES:]  # an odd last node moves up unchanged, as in make_merkle_tree
+    return out
+
+
+@dataclass(frozen=True)
+class Step:
+    """One level of a leaf's path: ``append`` is True when the sibling is on the right."""
+
+    append: bool
+    sibling: bytes
+
+
+def level_sizes(size: int) -> list[int]:
+    """Node counts per level for a tree of ``size`` leaves, leaves first, root (1) last."""
+    sizes = [size]
+    while sizes[-1] > 1:
+        sizes.append((sizes[-1] + 1) // 2)
+    return sizes
+
+
+def sibling_positions(size: int, position: int) -> list[tuple[int, int, bool]]:
+    """For leaf ``position`` in a tree of ``size`` leaves: (level, sibling index, sibling is right) per step.
+
+    Levels where the node is an odd last one have no sibling and no step.
+    """
+    if not 0 <= position < size:
+        raise ValueError(f"position {position} outside a tree of {size} leaves")
+    steps = []
+    index = position
+    for level, count in enumerate(level_sizes(size)[:-1]):
+        sibling = index ^ 1
+        if sibling < count:
+            steps.append((level, sibling, sibling > index))
+        index //= 2
+    return steps
+
+
+def leaf_commitment(digest: bytes, nonce: bytes) -> bytes:
+    return hashlib.sha256(digest + nonce).digest()
+
+
+def root_of(commitment: bytes, path: Iterable[Step]) -> bytes:
+    """The root a leaf commitment reaches through ``path`` (to check a stored path)."""
+    msg = commitment
+    for step in path:
+        msg = hashlib.sha256(msg + step.sibling if step.append else step.sibling + msg).digest()
+    return msg
+
+
+def serialize_timestamp(timestamp: Timestamp) -> bytes:
+    ctx = BytesSerializationContext()
+    timestamp.serialize(ctx)
+    return ctx.getbytes()
+
+
+def deserialize_timestamp(data: bytes, msg: bytes) -> Timestamp:
+    """Parse serialized timestamp operations that start from ``msg`` (a calendar reply, a stored root)."""
+    ctx = BytesDeserializationContext(data)
+    timestamp = Timestamp.deserialize(ctx, msg)
+    ctx.assert_eof()
+    return timestamp
+
+
+def bitcoin_branch(timestamp: Timestamp) -> Timestamp | None:
+    """A copy of ``timestamp`` keeping only the path to its lowest-height Bitcoin attestation.
+
+    Pending branches and other calendars' paths are dropped: a confirmed proof
+    needs one path, and stays small. None if there is no Bitcoin attestation.
+    """
+    best = _lowest_bitcoin(timestamp)
+    if best is None:
+        return None
+    return _copy_path(timestamp, best[1])
+
+
+def _lowest_bitcoin(timestamp: Timestamp) -> tuple[int, list] | None:
+    best: tuple[int, list] | None = None
+    for att in timestamp.attestations:
+        if isinstance(att, BitcoinBlockHeaderAttestation) and (best is None or att.height < best[0]):
+            best = (att.height, [att])
+    for op, sub in sorted(timestamp.ops.items(), key=lambda item: item[0]):
+        found = _lowest_bitcoin(sub)
+        if found is not None and (best is None or found[0] < best[0]):
+            best = (found[0], [op, *found[1]])
+    return best
+
+
+def _copy_path(timestamp: Timestamp, path: list) -> Timestamp:
+    copy = Timestamp(timestamp.msg)
+    if isinstance(path[0], BitcoinBlockHeaderAttestation):
+        copy.attestations.add(path[0])
+        return copy
+    op = path[0]
+    copy.ops[op] = _copy_path(timestamp.ops[op], path[1:])
+    return copy
+
+
+def pending_calendars(timestamp: Timestamp) -> list[tuple[bytes, str]]:
+    """(commitment, calendar URI) of each pending attestation: the commitment is what to ask for."""
+    return sorted(
+        (msg, att.uri) for msg, att in timestamp.all_attestations() if isinstance(att, PendingAttestation)
+    )
+
+
+def bitcoin_heights(timestamp: Timestamp) -> list[int]:
+    return sorted({att.height for _, att in timestamp.all_attestations() if isinstance(att, BitcoinBlockHeaderAttestation)})
+
+
+def leaf_timestamp(digest: bytes, nonce: bytes, path: Sequence[Step], root: Timestamp) -> DetachedTimestampFile:
+    """The standalone proof of one leaf: record digest -> append nonce -> sha256 -> path -> root's operations.
+
+    ``root`` is the batch root's timestamp (calendar replies, upgrades), grafted as is;
+    pass :func:`bitcoin_branch` of it for a confirmed batch.
+    """
+    stamp = Timestamp(digest)
+    tip = stamp.ops.add(OpAppend(nonce)).ops.add(OpSHA256())
+    for step in path:
+        op = OpAppend(step.sibling) if step.append else OpPrepend(step.sibling)
+        tip = tip.ops.add(op).ops.add(OpSHA256())
+    if tip.msg != root.msg:
+        raise ValueError("the leaf's path does not reach the batch root")
+    tip.attestations.update(root.attestations)
+    for op, sub in root.ops.items():
+        tip.ops[op] = sub
+    return DetachedTimestampFile(OpSHA256(), stamp)
+
+
+def leaf_ots(digest: bytes, nonce: bytes, path: Sequence[Step], root: Timestamp) -> bytes:
+    """The ``.ots`` file bytes of one leaf (see :func:`leaf_timestamp`)."""
+    ctx = BytesSerializationContext()
+    leaf_timestamp(digest, nonce, path, root).serialize(ctx)
+    return ctx.getbytes()
