@@ -26,7 +26,7 @@ from typing import Any
 import aiosqlite
 
 from relay.errors import DiskFullError, NotFoundError, StoreError
-from relay.records import Record
+from relay.records import Record, canonical_json
 
 # Each entry moves the schema one version forward; never edit a released entry.
 MIGRATIONS: tuple[str, ...] = (
@@ -175,6 +175,8 @@ MIGRATIONS: tuple[str, ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 BLOB_DIR = "messages"
 DB_NAME = "estampille.sqlite3"
+_SQL_CHUNK = 500  # digests per IN (...) query, well under SQLite's variable limit
+WEBHOOK_EVENTS = ("accepted", "delivered", "deferred", "failed", "fetched", "acknowledged", "anchored", "confirmed")
 
 
 class Store:
@@ -185,6 +187,8 @@ class Store:
         self.blob_dir = data_dir / BLOB_DIR
         self._db = db
         self._write_lock = asyncio.Lock()
+        # Set by the service from webhooks.urls; enqueue_event queues one row per URL.
+        self.webhook_urls: tuple[str, ...] = ()
 
     # -- lifecycle -------------------------------------------------------
 
@@ -360,3 +364,142 @@ class Store:
             " WHERE copy_sha256 IS NOT NULL"
         )
         return {row[0] for row in rows}
+
+    # -- proofs: messages by Message-ID, search, evidence of one message ----
+
+    async def find_submission(self, message_id: str) -> aiosqlite.Row | None:
+        """The latest submission carrying ``message_id``, given with or without angle brackets."""
+        bare = message_id.strip().removeprefix("<").removesuffix(">")
+        return await self.fetchone(
+            "SELECT * FROM submissions WHERE message_id IN (?, ?) AND kind = 'mail'"
+            " ORDER BY received_at DESC LIMIT 1",
+            (bare, f"<{bare}>"),
+        )
+
+    async def search_submissions(
+        self, *, query: str = "", since: float | None = None, until: float | None = None, limit: int, offset: int
+    ) -> tuple[list[aiosqlite.Row], int]:
+        """Submissions matching ``query`` (Message-ID, subject, sender or a recipient), newest first.
+
+        Returns one page of rows, each with its counts (recipients, delivered,
+        acknowledged, records, anchored records), and the total number of matches.
+        """
+        where = ["s.kind = 'mail'"]
+        params: list[Any] = []
+        if query:
+            like = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            where.append(
+                "(s.message_id LIKE ? ESCAPE '\\' OR s.subject LIKE ? ESCAPE '\\' OR s.mail_from LIKE ? ESCAPE '\\'"
+                " OR EXISTS (SELECT 1 FROM deliveries q WHERE q.submission_id = s.id AND q.recipient LIKE ? ESCAPE '\\'))"
+            )
+            params += [like] * 4
+        if since is not None:
+            where.append("s.received_at >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("s.received_at < ?")
+            params.append(until)
+        clause = " AND ".join(where)
+        (total,) = await self.fetchone(f"SELECT COUNT(*) FROM submissions s WHERE {clause}", params)
+        rows = await self.fetchall(
+            "SELECT s.id, s.message_id, s.subject, s.mail_from, s.received_at,"
+            " (SELECT COUNT(*) FROM deliveries d WHERE d.submission_id = s.id) AS recipients,"
+            " (SELECT COUNT(*) FROM deliveries d WHERE d.submission_id = s.id AND d.state = 'delivered') AS delivered,"
+            " (SELECT COUNT(*) FROM receipts r JOIN deliveries d ON d.id = r.delivery_id"
+            "  WHERE d.submission_id = s.id) AS acknowledged"
+            f" FROM submissions s WHERE {clause} ORDER BY s.received_at DESC, s.id LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+        return rows, total
+
+    async def message_digests(self, submission_ids: list[str]) -> list[aiosqlite.Row]:
+        """Every evidence digest of these submissions, as (submission_id, digest) rows."""
+        marks = ", ".join("?" for _ in submission_ids)
+        return await self.fetchall(
+            f"SELECT id AS submission_id, record_digest AS digest FROM submissions WHERE id IN ({marks})"
+            f" UNION ALL SELECT submission_id, record_digest FROM deliveries WHERE submission_id IN ({marks})"
+            f" UNION ALL SELECT submission_id, handoff_digest FROM deliveries WHERE submission_id IN ({marks})"
+            " UNION ALL SELECT d.submission_id, r.record_digest FROM receipts r JOIN deliveries d"
+            f"  ON d.id = r.delivery_id WHERE d.submission_id IN ({marks})"
+            " UNION ALL SELECT d.submission_id, f.record_digest FROM fetches f JOIN deliveries d"
+            f"  ON d.id = f.delivery_id WHERE d.submission_id IN ({marks})",
+            submission_ids * 5,
+        )
+
+    async def message_evidence(self, submission_id: str) -> dict[str, list[aiosqlite.Row]]:
+        """The rows of one submission: deliveries, attempts, fetches, receipts, records."""
+        sid = (submission_id,)
+        return {
+            "deliveries": await self.fetchall("SELECT * FROM deliveries WHERE submission_id = ? ORDER BY id", sid),
+            "attempts": await self.fetchall(
+                "SELECT a.* FROM attempts a JOIN deliveries d ON d.id = a.delivery_id"
+                " WHERE d.submission_id = ? ORDER BY a.id",
+                sid,
+            ),
+            "fetches": await self.fetchall(
+                "SELECT f.* FROM fetches f JOIN deliveries d ON d.id = f.delivery_id"
+                " WHERE d.submission_id = ? ORDER BY f.id",
+                sid,
+            ),
+            "receipts": await self.fetchall(
+                "SELECT r.* FROM receipts r JOIN deliveries d ON d.id = r.delivery_id WHERE d.submission_id = ?",
+                sid,
+            ),
+        }
+
+    async def records_anchoring(self, digests: list[str]) -> dict[str, aiosqlite.Row]:
+        """Per digest: its record body and type, and its anchoring leaf and batch (NULL when not batched)."""
+        out: dict[str, aiosqlite.Row] = {}
+        for start in range(0, len(digests), _SQL_CHUNK):
+            chunk = digests[start : start + _SQL_CHUNK]
+            marks = ", ".join("?" for _ in chunk)
+            rows = await self.fetchall(
+                "SELECT r.digest, r.type, r.body, l.batch_id, l.nonce, l.path, b.state AS batch_state,"
+                " b.timestamp AS batch_timestamp, b.bitcoin_height, b.block_time, b.root"
+                " FROM records r LEFT JOIN anchor_leaves l ON l.digest = r.digest"
+                " LEFT JOIN anchor_batches b ON b.id = l.batch_id"
+                f" WHERE r.digest IN ({marks})",
+                chunk,
+            )
+            out.update((row["digest"], row) for row in rows)
+        return out
+
+    # -- webhooks: durable outgoing events ------------------------------------
+
+    async def enqueue_event(self, db: aiosqlite.Connection, event: str, payload: dict[str, Any], now: float) -> None:
+        """Queue ``event`` for every configured webhook URL, inside the caller's transaction.
+
+        Call it in the transaction that makes the change the event reports, so an
+        event is sent if and only if the change was committed.
+        """
+        if event not in WEBHOOK_EVENTS:
+            raise ValueError(f"unknown webhook event {event!r}")
+        body = canonical_json(payload)
+        await db.executemany(
+            "INSERT INTO webhook_events (url, event, payload, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?)",
+            [(url, event, body, now, now) for url in self.webhook_urls],
+        )
+
+    async def due_webhook_events(self, now: float) -> list[aiosqlite.Row]:
+        """For each URL, its oldest pending event when due: events to one URL go out in order."""
+        return await self.fetchall(
+            "SELECT e.* FROM webhook_events e JOIN"
+            " (SELECT url, MIN(id) AS id FROM webhook_events WHERE state = 'pending' GROUP BY url) h ON h.id = e.id"
+            " WHERE e.next_attempt_at <= ? ORDER BY e.id",
+            (now,),
+        )
+
+    async def next_webhook_due_at(self) -> float | None:
+        row = await self.fetchone("SELECT MIN(next_attempt_at) FROM webhook_events WHERE state = 'pending'")
+        return None if row is None else row[0]
+
+    async def finish_webhook_event(
+        self, event_id: int, *, state: str, next_attempt_at: float, error: str | None
+    ) -> None:
+        """After one attempt: sent, retried at ``next_attempt_at``, or failed for good."""
+        async with self.transaction() as db:
+            await db.execute(
+                "UPDATE webhook_events SET state = ?, attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
+                " WHERE id = ?",
+                (state, next_attempt_at, error, event_id),
+            )
