@@ -503,3 +503,107 @@ class Store:
                 " WHERE id = ?",
                 (state, next_attempt_at, error, event_id),
             )
+
+    # -- relay core: submissions, deliveries, attempts (intake, deliver, queue) --
+
+    @staticmethod
+    async def insert_submission(db: aiosqlite.Connection, sub: dict[str, Any], recipients: list[tuple[str, str]]) -> None:
+        """One submission row and one queued delivery per (recipient, rcpt_options JSON), in the caller's transaction.
+
+        ``sub`` holds the submissions columns; its evidence record must already be inserted.
+        """
+        columns = ", ".join(sub)
+        marks = ", ".join("?" for _ in sub)
+        await db.execute(f"INSERT INTO submissions ({columns}) VALUES ({marks})", tuple(sub.values()))
+        await db.executemany(
+            "INSERT INTO deliveries (submission_id, recipient, rcpt_options, state, next_attempt_at, updated_at)"
+            " VALUES (?, ?, ?, 'queued', ?, ?)",
+            [(sub["id"], rcpt, options, sub["received_at"], sub["received_at"]) for rcpt, options in recipients],
+        )
+
+    async def requeue_interrupted(self, now: float) -> int:
+        """Deliveries left 'sending' by a crash go back to 'queued' (at-least-once delivery)."""
+        async with self.transaction() as db:
+            cursor = await db.execute(
+                "UPDATE deliveries SET state = 'queued', updated_at = ? WHERE state = 'sending'", (now,)
+            )
+            return cursor.rowcount
+
+    async def claim_due(self, now: float, limit: int) -> list[aiosqlite.Row]:
+        """Mark up to ``limit`` due deliveries 'sending' and return them joined with their submission."""
+        async with self.transaction() as db:
+            rows = list(
+                await (
+                    await db.execute(
+                        "SELECT d.id, d.submission_id, d.recipient, d.rcpt_options, d.attempts, d.copy_sha256,"
+                        " d.record_digest, s.kind, s.mail_from, s.mail_options, s.data_sha256, s.received_at,"
+                        " s.message_id, s.record_digest AS submission_digest"
+                        " FROM deliveries d JOIN submissions s ON s.id = d.submission_id"
+                        " WHERE d.state IN ('queued', 'deferred') AND d.next_attempt_at <= ?"
+                        " ORDER BY d.next_attempt_at, d.id LIMIT ?",
+                        (now, limit),
+                    )
+                ).fetchall()
+            )
+            if rows:
+                await db.executemany(
+                    "UPDATE deliveries SET state = 'sending', updated_at = ? WHERE id = ?",
+                    [(now, row["id"]) for row in rows],
+                )
+        return rows
+
+    async def next_due_at(self) -> float | None:
+        """When the earliest queued or deferred delivery is due, or None when there is none."""
+        row = await self.fetchone(
+            "SELECT MIN(next_attempt_at) AS at FROM deliveries WHERE state IN ('queued', 'deferred')"
+        )
+        return None if row is None else row["at"]
+
+    @staticmethod
+    async def set_delivery_copy(
+        db: aiosqlite.Connection, delivery_id: int, copy_sha256: str, record_digest: str, now: float
+    ) -> None:
+        await db.execute(
+            "UPDATE deliveries SET copy_sha256 = ?, record_digest = ?, updated_at = ? WHERE id = ?",
+            (copy_sha256, record_digest, now, delivery_id),
+        )
+
+    @staticmethod
+    async def finish_attempt(db: aiosqlite.Connection, attempt: dict[str, Any], *, state: str,
+                             next_attempt_at: float, handoff_digest: str | None) -> None:
+        """Record one attempt (the attempts columns in ``attempt``) and move its delivery to ``state``."""
+        columns = ", ".join(attempt)
+        marks = ", ".join("?" for _ in attempt)
+        await db.execute(f"INSERT INTO attempts ({columns}) VALUES ({marks})", tuple(attempt.values()))
+        await db.execute(
+            "UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?, last_code = ?,"
+            " last_reply = ?, handoff_digest = COALESCE(?, handoff_digest), updated_at = ? WHERE id = ?",
+            (state, next_attempt_at, attempt["code"], attempt["reply"], handoff_digest,
+             attempt["finished_at"], attempt["delivery_id"]),
+        )
+
+    async def pending_deliveries(self) -> list[aiosqlite.Row]:
+        """Deferred and failed deliveries with their last reply, oldest first (for `estampille queue`)."""
+        return await self.fetchall(
+            "SELECT d.id, d.submission_id, d.recipient, d.state, d.attempts, d.next_attempt_at, d.last_code,"
+            " d.last_reply, s.mail_from, s.message_id FROM deliveries d JOIN submissions s ON s.id = d.submission_id"
+            " WHERE d.state IN ('deferred', 'failed') ORDER BY d.id"
+        )
+
+    async def retry_deliveries(self, ids: list[int] | None, now: float) -> int:
+        """Make deferred or failed deliveries due now: those in ``ids``, or all when ``ids`` is None."""
+        sql = "UPDATE deliveries SET state = 'queued', next_attempt_at = ?, updated_at = ? WHERE state IN ('deferred', 'failed')"
+        params: list[Any] = [now, now]
+        if ids is not None:
+            sql += f" AND id IN ({', '.join('?' for _ in ids)})"
+            params.extend(ids)
+        async with self.transaction() as db:
+            return (await db.execute(sql, params)).rowcount
+
+    async def delivery_states(self, submission_id: str) -> list[aiosqlite.Row]:
+        """Each recipient of a submission with its state and last reply."""
+        return await self.fetchall(
+            "SELECT id, recipient, state, attempts, last_code, last_reply, copy_sha256, record_digest, handoff_digest"
+            " FROM deliveries WHERE submission_id = ? ORDER BY id",
+            (submission_id,),
+        )
