@@ -19,7 +19,8 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -170,11 +171,56 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX webhook_events_due ON webhook_events(state, next_attempt_at);
     """,
+    # 2: the privacy purge finds old personal rows, and the fetches and receipts naming them, by index.
+    """
+    CREATE INDEX personal_created_at ON personal(created_at);
+    CREATE INDEX fetches_personal ON fetches(personal_id);
+    CREATE INDEX receipts_personal ON receipts(personal_id);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
 BLOB_DIR = "messages"
 DB_NAME = "estampille.sqlite3"
+PURGE_BATCH = 1000  # personal rows deleted per transaction by the privacy purge
+
+_INSERT_RECORD_SQL = (
+    "INSERT OR IGNORE INTO records (digest, type, body, submission_id, delivery_id, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+_QUEUE_LEAF_SQL = "INSERT OR IGNORE INTO anchor_leaves (digest, queued_at) VALUES (?, ?)"
+
+
+@dataclass(frozen=True)
+class PersonalData:
+    """Raw personal data kept until the privacy purge, and the salt of its commitments."""
+
+    salt: bytes
+    ip: str
+    user_agent: str
+
+
+@dataclass(frozen=True)
+class FetchWrite:
+    """One fetch of an acknowledgment page, to be recorded (tracker)."""
+
+    delivery_id: int
+    at: float
+    method: str
+    classification: str
+    reason: str
+    personal: PersonalData
+    record: Record
+
+
+@dataclass(frozen=True)
+class ReceiptWrite:
+    """One acknowledgment of receipt, to be recorded unless the delivery already has one (tracker)."""
+
+    delivery_id: int
+    at: float
+    personal: PersonalData
+    record: Record
 _SQL_CHUNK = 500  # digests per IN (...) query, well under SQLite's variable limit
 WEBHOOK_EVENTS = ("accepted", "delivered", "deferred", "failed", "fetched", "acknowledged", "anchored", "confirmed")
 
@@ -312,13 +358,9 @@ class Store:
     ) -> None:
         """Store a record and queue its digest for anchoring, inside the caller's transaction."""
         await db.execute(
-            "INSERT OR IGNORE INTO records (digest, type, body, submission_id, delivery_id, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (record.digest, record.type, record.body, submission_id, delivery_id, now),
+            _INSERT_RECORD_SQL, (record.digest, record.type, record.body, submission_id, delivery_id, now)
         )
-        await db.execute(
-            "INSERT OR IGNORE INTO anchor_leaves (digest, queued_at) VALUES (?, ?)", (record.digest, now)
-        )
+        await db.execute(_QUEUE_LEAF_SQL, (record.digest, now))
 
     async def get_record(self, digest: str) -> Record:
         row = await self.fetchone("SELECT body FROM records WHERE digest = ?", (digest,))
@@ -365,245 +407,111 @@ class Store:
         )
         return {row[0] for row in rows}
 
-    # -- proofs: messages by Message-ID, search, evidence of one message ----
+    # -- tracker ---------------------------------------------------------
 
-    async def find_submission(self, message_id: str) -> aiosqlite.Row | None:
-        """The latest submission carrying ``message_id``, given with or without angle brackets."""
-        bare = message_id.strip().removeprefix("<").removesuffix(">")
+    @staticmethod
+    async def insert_ack_token(
+        db: aiosqlite.Connection, *, token_sha256: str, delivery_id: int, target_url: str | None, now: float
+    ) -> None:
+        """One acknowledgment token (stored hashed), in the caller's transaction with its delivery record."""
+        await db.execute(
+            "INSERT INTO ack_tokens (token_sha256, delivery_id, target_url, created_at) VALUES (?, ?, ?, ?)",
+            (token_sha256, delivery_id, target_url, now),
+        )
+
+    async def find_ack_link(self, token_sha256: str) -> aiosqlite.Row | None:
+        """What an acknowledgment page shows and needs for one token, or None if unknown.
+
+        ``delivered_at`` is the upstream's acceptance when there is one, else the token's
+        creation; ``acknowledged_at`` is NULL until the delivery's first acknowledgment.
+        """
         return await self.fetchone(
-            "SELECT * FROM submissions WHERE message_id IN (?, ?) AND kind = 'mail'"
-            " ORDER BY received_at DESC LIMIT 1",
-            (bare, f"<{bare}>"),
+            "SELECT t.delivery_id, t.target_url, t.created_at AS token_created_at,"
+            " d.recipient, d.record_digest AS delivery_digest,"
+            " s.mail_from, s.subject, s.received_at, s.message_id,"
+            " COALESCE((SELECT MAX(a.finished_at) FROM attempts a"
+            "           WHERE a.delivery_id = d.id AND a.outcome = 'delivered'), t.created_at) AS delivered_at,"
+            " r.at AS acknowledged_at"
+            " FROM ack_tokens t JOIN deliveries d ON d.id = t.delivery_id"
+            " JOIN submissions s ON s.id = d.submission_id"
+            " LEFT JOIN receipts r ON r.delivery_id = d.id"
+            " WHERE t.token_sha256 = ?",
+            (token_sha256,),
         )
 
-    async def search_submissions(
-        self, *, query: str = "", since: float | None = None, until: float | None = None, limit: int, offset: int
-    ) -> tuple[list[aiosqlite.Row], int]:
-        """Submissions matching ``query`` (Message-ID, subject, sender or a recipient), newest first.
+    async def write_tracker_events(
+        self, fetches: Sequence[FetchWrite], receipts: Sequence[ReceiptWrite]
+    ) -> list[tuple[float, bool]]:
+        """Record fetches and receipts in ONE transaction (group commit); returns, per receipt,
+        (time of the delivery's acknowledgment, whether this one recorded it).
 
-        Returns one page of rows, each with its counts (recipients, delivered,
-        acknowledged, records, anchored records), and the total number of matches.
+        A delivery is acknowledged once: a receipt for an acknowledged delivery (earlier,
+        or earlier in this batch) records nothing and returns the first time.
         """
-        where = ["s.kind = 'mail'"]
-        params: list[Any] = []
-        if query:
-            like = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            where.append(
-                "(s.message_id LIKE ? ESCAPE '\\' OR s.subject LIKE ? ESCAPE '\\' OR s.mail_from LIKE ? ESCAPE '\\'"
-                " OR EXISTS (SELECT 1 FROM deliveries q WHERE q.submission_id = s.id AND q.recipient LIKE ? ESCAPE '\\'))"
-            )
-            params += [like] * 4
-        if since is not None:
-            where.append("s.received_at >= ?")
-            params.append(since)
-        if until is not None:
-            where.append("s.received_at < ?")
-            params.append(until)
-        clause = " AND ".join(where)
-        (total,) = await self.fetchone(f"SELECT COUNT(*) FROM submissions s WHERE {clause}", params)
-        rows = await self.fetchall(
-            "SELECT s.id, s.message_id, s.subject, s.mail_from, s.received_at,"
-            " (SELECT COUNT(*) FROM deliveries d WHERE d.submission_id = s.id) AS recipients,"
-            " (SELECT COUNT(*) FROM deliveries d WHERE d.submission_id = s.id AND d.state = 'delivered') AS delivered,"
-            " (SELECT COUNT(*) FROM receipts r JOIN deliveries d ON d.id = r.delivery_id"
-            "  WHERE d.submission_id = s.id) AS acknowledged"
-            f" FROM submissions s WHERE {clause} ORDER BY s.received_at DESC, s.id LIMIT ? OFFSET ?",
-            [*params, limit, offset],
-        )
-        return rows, total
-
-    async def message_digests(self, submission_ids: list[str]) -> list[aiosqlite.Row]:
-        """Every evidence digest of these submissions, as (submission_id, digest) rows."""
-        marks = ", ".join("?" for _ in submission_ids)
-        return await self.fetchall(
-            f"SELECT id AS submission_id, record_digest AS digest FROM submissions WHERE id IN ({marks})"
-            f" UNION ALL SELECT submission_id, record_digest FROM deliveries WHERE submission_id IN ({marks})"
-            f" UNION ALL SELECT submission_id, handoff_digest FROM deliveries WHERE submission_id IN ({marks})"
-            " UNION ALL SELECT d.submission_id, r.record_digest FROM receipts r JOIN deliveries d"
-            f"  ON d.id = r.delivery_id WHERE d.submission_id IN ({marks})"
-            " UNION ALL SELECT d.submission_id, f.record_digest FROM fetches f JOIN deliveries d"
-            f"  ON d.id = f.delivery_id WHERE d.submission_id IN ({marks})",
-            submission_ids * 5,
-        )
-
-    async def message_evidence(self, submission_id: str) -> dict[str, list[aiosqlite.Row]]:
-        """The rows of one submission: deliveries, attempts, fetches, receipts, records."""
-        sid = (submission_id,)
-        return {
-            "deliveries": await self.fetchall("SELECT * FROM deliveries WHERE submission_id = ? ORDER BY id", sid),
-            "attempts": await self.fetchall(
-                "SELECT a.* FROM attempts a JOIN deliveries d ON d.id = a.delivery_id"
-                " WHERE d.submission_id = ? ORDER BY a.id",
-                sid,
-            ),
-            "fetches": await self.fetchall(
-                "SELECT f.* FROM fetches f JOIN deliveries d ON d.id = f.delivery_id"
-                " WHERE d.submission_id = ? ORDER BY f.id",
-                sid,
-            ),
-            "receipts": await self.fetchall(
-                "SELECT r.* FROM receipts r JOIN deliveries d ON d.id = r.delivery_id WHERE d.submission_id = ?",
-                sid,
-            ),
-        }
-
-    async def records_anchoring(self, digests: list[str]) -> dict[str, aiosqlite.Row]:
-        """Per digest: its record body and type, and its anchoring leaf and batch (NULL when not batched)."""
-        out: dict[str, aiosqlite.Row] = {}
-        for start in range(0, len(digests), _SQL_CHUNK):
-            chunk = digests[start : start + _SQL_CHUNK]
-            marks = ", ".join("?" for _ in chunk)
-            rows = await self.fetchall(
-                "SELECT r.digest, r.type, r.body, l.batch_id, l.nonce, l.path, b.state AS batch_state,"
-                " b.timestamp AS batch_timestamp, b.bitcoin_height, b.block_time, b.root"
-                " FROM records r LEFT JOIN anchor_leaves l ON l.digest = r.digest"
-                " LEFT JOIN anchor_batches b ON b.id = l.batch_id"
-                f" WHERE r.digest IN ({marks})",
-                chunk,
-            )
-            out.update((row["digest"], row) for row in rows)
-        return out
-
-    # -- webhooks: durable outgoing events ------------------------------------
-
-    async def enqueue_event(self, db: aiosqlite.Connection, event: str, payload: dict[str, Any], now: float) -> None:
-        """Queue ``event`` for every configured webhook URL, inside the caller's transaction.
-
-        Call it in the transaction that makes the change the event reports, so an
-        event is sent if and only if the change was committed.
-        """
-        if event not in WEBHOOK_EVENTS:
-            raise ValueError(f"unknown webhook event {event!r}")
-        body = canonical_json(payload)
-        await db.executemany(
-            "INSERT INTO webhook_events (url, event, payload, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?)",
-            [(url, event, body, now, now) for url in self.webhook_urls],
-        )
-
-    async def due_webhook_events(self, now: float) -> list[aiosqlite.Row]:
-        """For each URL, its oldest pending event when due: events to one URL go out in order."""
-        return await self.fetchall(
-            "SELECT e.* FROM webhook_events e JOIN"
-            " (SELECT url, MIN(id) AS id FROM webhook_events WHERE state = 'pending' GROUP BY url) h ON h.id = e.id"
-            " WHERE e.next_attempt_at <= ? ORDER BY e.id",
-            (now,),
-        )
-
-    async def next_webhook_due_at(self) -> float | None:
-        row = await self.fetchone("SELECT MIN(next_attempt_at) FROM webhook_events WHERE state = 'pending'")
-        return None if row is None else row[0]
-
-    async def finish_webhook_event(
-        self, event_id: int, *, state: str, next_attempt_at: float, error: str | None
-    ) -> None:
-        """After one attempt: sent, retried at ``next_attempt_at``, or failed for good."""
         async with self.transaction() as db:
-            await db.execute(
-                "UPDATE webhook_events SET state = ?, attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
-                " WHERE id = ?",
-                (state, next_attempt_at, error, event_id),
+            ids = sorted({r.delivery_id for r in receipts})
+            acked: dict[int, float] = {}
+            if ids:
+                marks = ", ".join("?" for _ in ids)
+                cursor = await db.execute(f"SELECT delivery_id, at FROM receipts WHERE delivery_id IN ({marks})", ids)
+                acked = {row[0]: row[1] for row in await cursor.fetchall()}
+            results: list[tuple[float, bool]] = []
+            new: list[ReceiptWrite] = []
+            for receipt in receipts:
+                first = receipt.delivery_id not in acked
+                if first:
+                    acked[receipt.delivery_id] = receipt.at
+                    new.append(receipt)
+                results.append((acked[receipt.delivery_id], first))
+            events: list[FetchWrite | ReceiptWrite] = [*fetches, *new]
+            if not events:
+                return results
+            # Personal ids are assigned here: BEGIN IMMEDIATE makes this the only writer.
+            cursor = await db.execute("SELECT COALESCE(MAX(id), 0) FROM personal")
+            (last_id,) = await cursor.fetchone()
+            first_id = last_id + 1  # events[n] gets personal id first_id + n
+            await db.executemany(
+                "INSERT INTO personal (id, salt, ip, user_agent, created_at) VALUES (?, ?, ?, ?, ?)",
+                [(first_id + n, e.personal.salt, e.personal.ip, e.personal.user_agent, e.at)
+                 for n, e in enumerate(events)],
             )
-
-    # -- relay core: submissions, deliveries, attempts (intake, deliver, queue) --
+            await self._insert_records_many(db, [(e.record, e.delivery_id, e.at) for e in events])
+            await db.executemany(
+                "INSERT INTO fetches (delivery_id, at, method, classification, reason, personal_id, record_digest)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(f.delivery_id, f.at, f.method, f.classification, f.reason, first_id + n, f.record.digest)
+                 for n, f in enumerate(fetches)],
+            )
+            await db.executemany(
+                "INSERT INTO receipts (delivery_id, at, personal_id, record_digest) VALUES (?, ?, ?, ?)",
+                [(r.delivery_id, r.at, first_id + len(fetches) + n, r.record.digest) for n, r in enumerate(new)],
+            )
+        return results
 
     @staticmethod
-    async def insert_submission(db: aiosqlite.Connection, sub: dict[str, Any], recipients: list[tuple[str, str]]) -> None:
-        """One submission row and one queued delivery per (recipient, rcpt_options JSON), in the caller's transaction.
-
-        ``sub`` holds the submissions columns; its evidence record must already be inserted.
-        """
-        columns = ", ".join(sub)
-        marks = ", ".join("?" for _ in sub)
-        await db.execute(f"INSERT INTO submissions ({columns}) VALUES ({marks})", tuple(sub.values()))
+    async def _insert_records_many(db: aiosqlite.Connection, items: Sequence[tuple[Record, int, float]]) -> None:
+        """Batched :meth:`insert_record` for delivery-linked records: (record, delivery_id, now)."""
         await db.executemany(
-            "INSERT INTO deliveries (submission_id, recipient, rcpt_options, state, next_attempt_at, updated_at)"
-            " VALUES (?, ?, ?, 'queued', ?, ?)",
-            [(sub["id"], rcpt, options, sub["received_at"], sub["received_at"]) for rcpt, options in recipients],
+            _INSERT_RECORD_SQL, [(r.digest, r.type, r.body, None, delivery_id, now) for r, delivery_id, now in items]
         )
+        await db.executemany(_QUEUE_LEAF_SQL, [(r.digest, now) for r, _, now in items])
 
-    async def requeue_interrupted(self, now: float) -> int:
-        """Deliveries left 'sending' by a crash go back to 'queued' (at-least-once delivery)."""
-        async with self.transaction() as db:
-            cursor = await db.execute(
-                "UPDATE deliveries SET state = 'queued', updated_at = ? WHERE state = 'sending'", (now,)
-            )
-            return cursor.rowcount
+    async def purge_personal(self, before: float) -> int:
+        """Delete raw IP addresses and user agents recorded before ``before``; returns how many rows.
 
-    async def claim_due(self, now: float, limit: int) -> list[aiosqlite.Row]:
-        """Mark up to ``limit`` due deliveries 'sending' and return them joined with their submission."""
-        async with self.transaction() as db:
-            rows = list(
-                await (
-                    await db.execute(
-                        "SELECT d.id, d.submission_id, d.recipient, d.rcpt_options, d.attempts, d.copy_sha256,"
-                        " d.record_digest, s.kind, s.mail_from, s.mail_options, s.data_sha256, s.received_at,"
-                        " s.message_id, s.record_digest AS submission_digest"
-                        " FROM deliveries d JOIN submissions s ON s.id = d.submission_id"
-                        " WHERE d.state IN ('queued', 'deferred') AND d.next_attempt_at <= ?"
-                        " ORDER BY d.next_attempt_at, d.id LIMIT ?",
-                        (now, limit),
-                    )
-                ).fetchall()
-            )
-            if rows:
-                await db.executemany(
-                    "UPDATE deliveries SET state = 'sending', updated_at = ? WHERE id = ?",
-                    [(now, row["id"]) for row in rows],
+        Records keep their salted commitments, so they still verify; fetches and receipts
+        lose the link (ON DELETE SET NULL). Deletes in bounded transactions so writers
+        are never held up for long.
+        """
+        total = 0
+        while True:
+            async with self.transaction() as db:
+                cursor = await db.execute(
+                    "DELETE FROM personal WHERE id IN"
+                    " (SELECT id FROM personal WHERE created_at < ? ORDER BY created_at LIMIT ?)",
+                    (before, PURGE_BATCH),
                 )
-        return rows
-
-    async def next_due_at(self) -> float | None:
-        """When the earliest queued or deferred delivery is due, or None when there is none."""
-        row = await self.fetchone(
-            "SELECT MIN(next_attempt_at) AS at FROM deliveries WHERE state IN ('queued', 'deferred')"
-        )
-        return None if row is None else row["at"]
-
-    @staticmethod
-    async def set_delivery_copy(
-        db: aiosqlite.Connection, delivery_id: int, copy_sha256: str, record_digest: str, now: float
-    ) -> None:
-        await db.execute(
-            "UPDATE deliveries SET copy_sha256 = ?, record_digest = ?, updated_at = ? WHERE id = ?",
-            (copy_sha256, record_digest, now, delivery_id),
-        )
-
-    @staticmethod
-    async def finish_attempt(db: aiosqlite.Connection, attempt: dict[str, Any], *, state: str,
-                             next_attempt_at: float, handoff_digest: str | None) -> None:
-        """Record one attempt (the attempts columns in ``attempt``) and move its delivery to ``state``."""
-        columns = ", ".join(attempt)
-        marks = ", ".join("?" for _ in attempt)
-        await db.execute(f"INSERT INTO attempts ({columns}) VALUES ({marks})", tuple(attempt.values()))
-        await db.execute(
-            "UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?, last_code = ?,"
-            " last_reply = ?, handoff_digest = COALESCE(?, handoff_digest), updated_at = ? WHERE id = ?",
-            (state, next_attempt_at, attempt["code"], attempt["reply"], handoff_digest,
-             attempt["finished_at"], attempt["delivery_id"]),
-        )
-
-    async def pending_deliveries(self) -> list[aiosqlite.Row]:
-        """Deferred and failed deliveries with their last reply, oldest first (for `estampille queue`)."""
-        return await self.fetchall(
-            "SELECT d.id, d.submission_id, d.recipient, d.state, d.attempts, d.next_attempt_at, d.last_code,"
-            " d.last_reply, s.mail_from, s.message_id FROM deliveries d JOIN submissions s ON s.id = d.submission_id"
-            " WHERE d.state IN ('deferred', 'failed') ORDER BY d.id"
-        )
-
-    async def retry_deliveries(self, ids: list[int] | None, now: float) -> int:
-        """Make deferred or failed deliveries due now: those in ``ids``, or all when ``ids`` is None."""
-        sql = "UPDATE deliveries SET state = 'queued', next_attempt_at = ?, updated_at = ? WHERE state IN ('deferred', 'failed')"
-        params: list[Any] = [now, now]
-        if ids is not None:
-            sql += f" AND id IN ({', '.join('?' for _ in ids)})"
-            params.extend(ids)
-        async with self.transaction() as db:
-            return (await db.execute(sql, params)).rowcount
-
-    async def delivery_states(self, submission_id: str) -> list[aiosqlite.Row]:
-        """Each recipient of a submission with its state and last reply."""
-        return await self.fetchall(
-            "SELECT id, recipient, state, attempts, last_code, last_reply, copy_sha256, record_digest, handoff_digest"
-            " FROM deliveries WHERE submission_id = ? ORDER BY id",
-            (submission_id,),
-        )
+                deleted = cursor.rowcount
+            total += deleted
+            if deleted < PURGE_BATCH:
+                return total
