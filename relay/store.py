@@ -407,6 +407,249 @@ class Store:
         )
         return {row[0] for row in rows}
 
+    # -- relay core: submissions, deliveries, attempts (intake, deliver, queue) --
+
+    @staticmethod
+    async def insert_submission(db: aiosqlite.Connection, sub: dict[str, Any], recipients: list[tuple[str, str]]) -> None:
+        """One submission row and one queued delivery per (recipient, rcpt_options JSON), in the caller's transaction.
+
+        ``sub`` holds the submissions columns; its evidence record must already be inserted.
+        """
+        columns = ", ".join(sub)
+        marks = ", ".join("?" for _ in sub)
+        await db.execute(f"INSERT INTO submissions ({columns}) VALUES ({marks})", tuple(sub.values()))
+        await db.executemany(
+            "INSERT INTO deliveries (submission_id, recipient, rcpt_options, state, next_attempt_at, updated_at)"
+            " VALUES (?, ?, ?, 'queued', ?, ?)",
+            [(sub["id"], rcpt, options, sub["received_at"], sub["received_at"]) for rcpt, options in recipients],
+        )
+
+    async def requeue_interrupted(self, now: float) -> int:
+        """Deliveries left 'sending' by a crash go back to 'queued' (at-least-once delivery)."""
+        async with self.transaction() as db:
+            cursor = await db.execute(
+                "UPDATE deliveries SET state = 'queued', updated_at = ? WHERE state = 'sending'", (now,)
+            )
+            return cursor.rowcount
+
+    async def claim_due(self, now: float, limit: int) -> list[aiosqlite.Row]:
+        """Mark up to ``limit`` due deliveries 'sending' and return them joined with their submission."""
+        async with self.transaction() as db:
+            rows = list(
+                await (
+                    await db.execute(
+                        "SELECT d.id, d.submission_id, d.recipient, d.rcpt_options, d.attempts, d.copy_sha256,"
+                        " d.record_digest, s.kind, s.mail_from, s.mail_options, s.data_sha256, s.received_at,"
+                        " s.message_id, s.record_digest AS submission_digest"
+                        " FROM deliveries d JOIN submissions s ON s.id = d.submission_id"
+                        " WHERE d.state IN ('queued', 'deferred') AND d.next_attempt_at <= ?"
+                        " ORDER BY d.next_attempt_at, d.id LIMIT ?",
+                        (now, limit),
+                    )
+                ).fetchall()
+            )
+            if rows:
+                await db.executemany(
+                    "UPDATE deliveries SET state = 'sending', updated_at = ? WHERE id = ?",
+                    [(now, row["id"]) for row in rows],
+                )
+        return rows
+
+    async def next_due_at(self) -> float | None:
+        """When the earliest queued or deferred delivery is due, or None when there is none."""
+        row = await self.fetchone(
+            "SELECT MIN(next_attempt_at) AS at FROM deliveries WHERE state IN ('queued', 'deferred')"
+        )
+        return None if row is None else row["at"]
+
+    @staticmethod
+    async def set_delivery_copy(
+        db: aiosqlite.Connection, delivery_id: int, copy_sha256: str, record_digest: str, now: float
+    ) -> None:
+        await db.execute(
+            "UPDATE deliveries SET copy_sha256 = ?, record_digest = ?, updated_at = ? WHERE id = ?",
+            (copy_sha256, record_digest, now, delivery_id),
+        )
+
+    @staticmethod
+    async def finish_attempt(db: aiosqlite.Connection, attempt: dict[str, Any], *, state: str,
+                             next_attempt_at: float, handoff_digest: str | None) -> None:
+        """Record one attempt (the attempts columns in ``attempt``) and move its delivery to ``state``."""
+        columns = ", ".join(attempt)
+        marks = ", ".join("?" for _ in attempt)
+        await db.execute(f"INSERT INTO attempts ({columns}) VALUES ({marks})", tuple(attempt.values()))
+        await db.execute(
+            "UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?, last_code = ?,"
+            " last_reply = ?, handoff_digest = COALESCE(?, handoff_digest), updated_at = ? WHERE id = ?",
+            (state, next_attempt_at, attempt["code"], attempt["reply"], handoff_digest,
+             attempt["finished_at"], attempt["delivery_id"]),
+        )
+
+    async def pending_deliveries(self) -> list[aiosqlite.Row]:
+        """Deferred and failed deliveries with their last reply, oldest first (for `estampille queue`)."""
+        return await self.fetchall(
+            "SELECT d.id, d.submission_id, d.recipient, d.state, d.attempts, d.next_attempt_at, d.last_code,"
+            " d.last_reply, s.mail_from, s.message_id FROM deliveries d JOIN submissions s ON s.id = d.submission_id"
+            " WHERE d.state IN ('deferred', 'failed') ORDER BY d.id"
+        )
+
+    async def retry_deliveries(self, ids: list[int] | None, now: float) -> int:
+        """Make deferred or failed deliveries due now: those in ``ids``, or all when ``ids`` is None."""
+        sql = "UPDATE deliveries SET state = 'queued', next_attempt_at = ?, updated_at = ? WHERE state IN ('deferred', 'failed')"
+        params: list[Any] = [now, now]
+        if ids is not None:
+            sql += f" AND id IN ({', '.join('?' for _ in ids)})"
+            params.extend(ids)
+        async with self.transaction() as db:
+            return (await db.execute(sql, params)).rowcount
+
+    async def delivery_states(self, submission_id: str) -> list[aiosqlite.Row]:
+        """Each recipient of a submission with its state and last reply."""
+        return await self.fetchall(
+            "SELECT id, recipient, state, attempts, last_code, last_reply, copy_sha256, record_digest, handoff_digest"
+            " FROM deliveries WHERE submission_id = ? ORDER BY id",
+            (submission_id,),
+        )
+
+    # -- proofs: messages by Message-ID, search, evidence of one message ----
+
+    async def find_submission(self, message_id: str) -> aiosqlite.Row | None:
+        """The latest submission carrying ``message_id``, given with or without angle brackets."""
+        bare = message_id.strip().removeprefix("<").removesuffix(">")
+        return await self.fetchone(
+            "SELECT * FROM submissions WHERE message_id IN (?, ?) AND kind = 'mail'"
+            " ORDER BY received_at DESC LIMIT 1",
+            (bare, f"<{bare}>"),
+        )
+
+    async def search_submissions(
+        self, *, query: str = "", since: float | None = None, until: float | None = None, limit: int, offset: int
+    ) -> tuple[list[aiosqlite.Row], int]:
+        """Submissions matching ``query`` (Message-ID, subject, sender or a recipient), newest first.
+
+        Returns one page of rows, each with its counts (recipients, delivered,
+        acknowledged, records, anchored records), and the total number of matches.
+        """
+        where = ["s.kind = 'mail'"]
+        params: list[Any] = []
+        if query:
+            like = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            where.append(
+                "(s.message_id LIKE ? ESCAPE '\\' OR s.subject LIKE ? ESCAPE '\\' OR s.mail_from LIKE ? ESCAPE '\\'"
+                " OR EXISTS (SELECT 1 FROM deliveries q WHERE q.submission_id = s.id AND q.recipient LIKE ? ESCAPE '\\'))"
+            )
+            params += [like] * 4
+        if since is not None:
+            where.append("s.received_at >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("s.received_at < ?")
+            params.append(until)
+        clause = " AND ".join(where)
+        (total,) = await self.fetchone(f"SELECT COUNT(*) FROM submissions s WHERE {clause}", params)
+        rows = await self.fetchall(
+            "SELECT s.id, s.message_id, s.subject, s.mail_from, s.received_at,"
+            " (SELECT COUNT(*) FROM deliveries d WHERE d.submission_id = s.id) AS recipients,"
+            " (SELECT COUNT(*) FROM deliveries d WHERE d.submission_id = s.id AND d.state = 'delivered') AS delivered,"
+            " (SELECT COUNT(*) FROM receipts r JOIN deliveries d ON d.id = r.delivery_id"
+            "  WHERE d.submission_id = s.id) AS acknowledged"
+            f" FROM submissions s WHERE {clause} ORDER BY s.received_at DESC, s.id LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+        return rows, total
+
+    async def message_digests(self, submission_ids: list[str]) -> list[aiosqlite.Row]:
+        """Every evidence digest of these submissions, as (submission_id, digest) rows."""
+        marks = ", ".join("?" for _ in submission_ids)
+        return await self.fetchall(
+            f"SELECT id AS submission_id, record_digest AS digest FROM submissions WHERE id IN ({marks})"
+            f" UNION ALL SELECT submission_id, record_digest FROM deliveries WHERE submission_id IN ({marks})"
+            f" UNION ALL SELECT submission_id, handoff_digest FROM deliveries WHERE submission_id IN ({marks})"
+            " UNION ALL SELECT d.submission_id, r.record_digest FROM receipts r JOIN deliveries d"
+            f"  ON d.id = r.delivery_id WHERE d.submission_id IN ({marks})"
+            " UNION ALL SELECT d.submission_id, f.record_digest FROM fetches f JOIN deliveries d"
+            f"  ON d.id = f.delivery_id WHERE d.submission_id IN ({marks})",
+            submission_ids * 5,
+        )
+
+    async def message_evidence(self, submission_id: str) -> dict[str, list[aiosqlite.Row]]:
+        """The rows of one submission: deliveries, attempts, fetches, receipts, records."""
+        sid = (submission_id,)
+        return {
+            "deliveries": await self.fetchall("SELECT * FROM deliveries WHERE submission_id = ? ORDER BY id", sid),
+            "attempts": await self.fetchall(
+                "SELECT a.* FROM attempts a JOIN deliveries d ON d.id = a.delivery_id"
+                " WHERE d.submission_id = ? ORDER BY a.id",
+                sid,
+            ),
+            "fetches": await self.fetchall(
+                "SELECT f.* FROM fetches f JOIN deliveries d ON d.id = f.delivery_id"
+                " WHERE d.submission_id = ? ORDER BY f.id",
+                sid,
+            ),
+            "receipts": await self.fetchall(
+                "SELECT r.* FROM receipts r JOIN deliveries d ON d.id = r.delivery_id WHERE d.submission_id = ?",
+                sid,
+            ),
+        }
+
+    async def records_anchoring(self, digests: list[str]) -> dict[str, aiosqlite.Row]:
+        """Per digest: its record body and type, and its anchoring leaf and batch (NULL when not batched)."""
+        out: dict[str, aiosqlite.Row] = {}
+        for start in range(0, len(digests), _SQL_CHUNK):
+            chunk = digests[start : start + _SQL_CHUNK]
+            marks = ", ".join("?" for _ in chunk)
+            rows = await self.fetchall(
+                "SELECT r.digest, r.type, r.body, l.batch_id, l.nonce, l.path, b.state AS batch_state,"
+                " b.timestamp AS batch_timestamp, b.bitcoin_height, b.block_time, b.root"
+                " FROM records r LEFT JOIN anchor_leaves l ON l.digest = r.digest"
+                " LEFT JOIN anchor_batches b ON b.id = l.batch_id"
+                f" WHERE r.digest IN ({marks})",
+                chunk,
+            )
+            out.update((row["digest"], row) for row in rows)
+        return out
+
+    # -- webhooks: durable outgoing events ------------------------------------
+
+    async def enqueue_event(self, db: aiosqlite.Connection, event: str, payload: dict[str, Any], now: float) -> None:
+        """Queue ``event`` for every configured webhook URL, inside the caller's transaction.
+
+        Call it in the transaction that makes the change the event reports, so an
+        event is sent if and only if the change was committed.
+        """
+        if event not in WEBHOOK_EVENTS:
+            raise ValueError(f"unknown webhook event {event!r}")
+        body = canonical_json(payload)
+        await db.executemany(
+            "INSERT INTO webhook_events (url, event, payload, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?)",
+            [(url, event, body, now, now) for url in self.webhook_urls],
+        )
+
+    async def due_webhook_events(self, now: float) -> list[aiosqlite.Row]:
+        """For each URL, its oldest pending event when due: events to one URL go out in order."""
+        return await self.fetchall(
+            "SELECT e.* FROM webhook_events e JOIN"
+            " (SELECT url, MIN(id) AS id FROM webhook_events WHERE state = 'pending' GROUP BY url) h ON h.id = e.id"
+            " WHERE e.next_attempt_at <= ? ORDER BY e.id",
+            (now,),
+        )
+
+    async def next_webhook_due_at(self) -> float | None:
+        row = await self.fetchone("SELECT MIN(next_attempt_at) FROM webhook_events WHERE state = 'pending'")
+        return None if row is None else row[0]
+
+    async def finish_webhook_event(
+        self, event_id: int, *, state: str, next_attempt_at: float, error: str | None
+    ) -> None:
+        """After one attempt: sent, retried at ``next_attempt_at``, or failed for good."""
+        async with self.transaction() as db:
+            await db.execute(
+                "UPDATE webhook_events SET state = ?, attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
+                " WHERE id = ?",
+                (state, next_attempt_at, error, event_id),
+            )
+
     # -- tracker ---------------------------------------------------------
 
     @staticmethod
