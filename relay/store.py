@@ -177,6 +177,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX fetches_personal ON fetches(personal_id);
     CREATE INDEX receipts_personal ON receipts(personal_id);
     """,
+    # 3: message files deleted at the end of retention.messages_days; records keep their digests.
+    """
+    CREATE TABLE purged_messages (
+        sha256    TEXT PRIMARY KEY,
+        purged_at REAL NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -400,12 +407,110 @@ class Store:
         return problems
 
     async def referenced_blobs(self) -> set[str]:
-        """SHA-256 of every message file a row names (original messages and sent copies)."""
+        """SHA-256 of every message file a row names and retention has not purged."""
         rows = await self.fetchall(
             "SELECT data_sha256 FROM submissions UNION SELECT copy_sha256 FROM deliveries"
-            " WHERE copy_sha256 IS NOT NULL"
+            " WHERE copy_sha256 IS NOT NULL EXCEPT SELECT sha256 FROM purged_messages"
         )
         return {row[0] for row in rows}
+
+    # -- operations: retention of message files -----------------------------
+
+    async def purge_messages(self, received_before: float, now: float) -> list[str]:
+        """Mark as purged the message files of submissions received before ``received_before``.
+
+        Only submissions whose every delivery is final (delivered or failed): a
+        queued message still needs its bytes. A file also named by a submission
+        that is kept (identical bytes) is kept. Returns the newly purged digests;
+        the caller then deletes the files (:meth:`delete_blob`).
+        """
+        async with self.transaction() as db:
+            rows = await (
+                await db.execute(
+                    """
+                    WITH old AS (
+                        SELECT s.id FROM submissions s WHERE s.received_at < ? AND NOT EXISTS (
+                            SELECT 1 FROM deliveries d
+                            WHERE d.submission_id = s.id AND d.state NOT IN ('delivered', 'failed'))
+                    ),
+                    named AS (
+                        SELECT id AS submission_id, data_sha256 AS sha256 FROM submissions
+                        UNION ALL
+                        SELECT submission_id, copy_sha256 FROM deliveries WHERE copy_sha256 IS NOT NULL
+                    )
+                    SELECT sha256 FROM named WHERE submission_id IN (SELECT id FROM old)
+                    EXCEPT SELECT sha256 FROM named WHERE submission_id NOT IN (SELECT id FROM old)
+                    EXCEPT SELECT sha256 FROM purged_messages
+                    """,
+                    (received_before,),
+                )
+            ).fetchall()
+            digests = [row[0] for row in rows]
+            await db.executemany(
+                "INSERT INTO purged_messages (sha256, purged_at) VALUES (?, ?)", [(d, now) for d in digests]
+            )
+        return digests
+
+    async def purged_messages_present(self) -> list[str]:
+        """Purged digests whose file is still on disk (a purge interrupted before deleting it)."""
+        rows = await self.fetchall("SELECT sha256 FROM purged_messages")
+        return [row[0] for row in rows if self.blob_path(row[0]).exists()]
+
+    async def message_purged_at(self, sha256: str) -> float | None:
+        """When retention deleted this message file, or None if it was never purged."""
+        row = await self.fetchone("SELECT purged_at FROM purged_messages WHERE sha256 = ?", (sha256,))
+        return None if row is None else row[0]
+
+    async def delete_blob(self, sha256: str) -> bool:
+        """Delete a message file (retention only); False if it was already gone."""
+
+        def unlink() -> bool:
+            path = self.blob_path(sha256)
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                return False
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+            return True
+
+        try:
+            return await asyncio.to_thread(unlink)
+        except OSError as exc:
+            raise StoreError(f"cannot delete message file {sha256}: {exc.strerror}") from exc
+
+    # -- operations: figures for /metrics -----------------------------------
+
+    async def operations_figures(self) -> dict[str, Any]:
+        """Counts and oldest times that the metrics endpoint exposes."""
+        deferred = await self.fetchone(
+            "SELECT MIN(s.received_at) FROM deliveries d JOIN submissions s ON s.id = d.submission_id"
+            " WHERE d.state = 'deferred'"
+        )
+        leaves = await self.fetchone("SELECT COUNT(*), MIN(queued_at) FROM anchor_leaves WHERE batch_id IS NULL")
+        batches = await self.fetchone(
+            "SELECT COUNT(*), MIN(created_at) FROM anchor_batches WHERE state IN ('submitting', 'pending')"
+        )
+        receipts = await self.fetchone("SELECT COUNT(*) FROM receipts")
+        return {
+            "deliveries_by_state": await self._counts("SELECT state, COUNT(*) FROM deliveries GROUP BY state"),
+            "attempts_by_outcome": await self._counts("SELECT outcome, COUNT(*) FROM attempts GROUP BY outcome"),
+            "fetches_by_classification": await self._counts(
+                "SELECT classification, COUNT(*) FROM fetches GROUP BY classification"
+            ),
+            "oldest_deferred_received_at": deferred[0],
+            "leaves_pending": leaves[0],
+            "oldest_leaf_queued_at": leaves[1],
+            "batches_pending": batches[0],
+            "oldest_batch_created_at": batches[1],
+            "receipts": receipts[0],
+        }
+
+    async def _counts(self, sql: str) -> dict[str, int]:
+        return {row[0]: row[1] for row in await self.fetchall(sql)}
 
     # -- relay core: submissions, deliveries, attempts (intake, deliver, queue) --
 
