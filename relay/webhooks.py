@@ -1,0 +1,139 @@
+"""Signed webhooks: events POSTed as JSON to the configured URLs, durably and in order.
+
+Producers call ``Store.enqueue_event(db, event, payload, now)`` inside the
+transaction that makes the change (accepted, delivered, deferred, failed,
+fetched, acknowledged, anchored, confirmed), so an event exists if and only if
+its change was committed. This worker sends them: per URL, oldest first, the
+next one only once the previous one was taken (2xx) or given up after
+``webhooks.retry_for`` seconds; failures are retried with doubling waits.
+
+The body is canonical JSON ``{"id", "event", "created_at", "data"}``; the header
+``X-Estampille-Signature: sha256=<hex>`` is its HMAC-SHA256 under
+``webhooks.secret``. Receivers deduplicate by ``id`` (delivery is at least once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from relay.config import WebhooksConfig
+from relay.errors import StoreError
+from relay.records import canonical_json, iso_time
+from relay.store import Store
+
+log = logging.getLogger("estampille.webhooks")
+
+SIGNATURE_HEADER = "X-Estampille-Signature"
+RETRY_FIRST = 10.0  # seconds before the first retry
+RETRY_MAX = 900.0  # longest wait between two retries
+POLL_INTERVAL = 1.0  # seconds between scans for due events
+REQUEST_TIMEOUT = 10.0  # seconds a receiver has to answer
+MAX_ERROR_TEXT = 200  # characters of the last error kept in the table
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The X-Estampille-Signature value of ``body``."""
+    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+
+
+def signature_ok(secret: str, body: bytes, header: str | None) -> bool:
+    """Receivers' check, in constant time."""
+    return header is not None and hmac.compare_digest(sign(secret, body), header)
+
+
+def event_body(event_id: int, event: str, created_at: float, payload: bytes) -> bytes:
+    return canonical_json(
+        {"id": event_id, "event": event, "created_at": iso_time(created_at), "data": json.loads(payload)}
+    )
+
+
+@dataclass(frozen=True)
+class Backoff:
+    first: float = RETRY_FIRST
+    maximum: float = RETRY_MAX
+
+    def delay(self, attempts: int) -> float:
+        """Wait after the ``attempts``-th failed attempt (1-based): first, doubling, capped."""
+        return min(self.maximum, self.first * 2 ** max(0, attempts - 1))
+
+
+class WebhookWorker:
+    """Sends due events until stopped; one instance per service."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: WebhooksConfig,
+        *,
+        clock: Callable[[], float],
+        backoff: Backoff = Backoff(),
+        poll_interval: float = POLL_INTERVAL,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self.backoff = backoff
+        self.poll_interval = poll_interval
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Look for due events now rather than at the next poll."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                try:
+                    await self.send_due(session)
+                except StoreError:
+                    log.exception("webhook queue scan failed; retrying")
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                except TimeoutError:
+                    pass
+
+    async def send_due(self, session: aiohttp.ClientSession) -> int:
+        """Send every URL's oldest due event, repeatedly while they succeed; the number sent."""
+        sent = 0
+        while True:
+            rows = await self.store.due_webhook_events(self.clock())
+            if not rows:
+                return sent
+            results = await asyncio.gather(*(self._send_one(session, row) for row in rows))
+            sent += sum(results)
+            if not any(results):
+                return sent
+
+    async def _send_one(self, session: aiohttp.ClientSession, row) -> bool:
+        body = event_body(row["id"], row["event"], row["created_at"], row["payload"])
+        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(self.config.secret, body)}
+        error = None
+        try:
+            async with session.post(row["url"], data=body, headers=headers) as response:
+                if 200 <= response.status < 300:
+                    await self.store.finish_webhook_event(row["id"], state="sent", next_attempt_at=self.clock(), error=None)
+                    return True
+                error = f"HTTP {response.status}"
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_TEXT]
+        now = self.clock()
+        attempts = row["attempts"] + 1
+        if now - row["created_at"] >= self.config.retry_for:
+            log.warning("webhook event %s to %s given up after %d attempts: %s", row["id"], row["url"], attempts, error)
+            await self.store.finish_webhook_event(row["id"], state="failed", next_attempt_at=now, error=error)
+            return True  # the next event to this URL may go now
+        await self.store.finish_webhook_event(
+            row["id"], state="pending", next_attempt_at=now + self.backoff.delay(attempts), error=error
+        )
+        log.info("webhook event %s to %s failed (%s); attempt %d", row["id"], row["url"], error, attempts)
+        return False

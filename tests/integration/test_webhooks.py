@@ -1,0 +1,167 @@
+"""Webhooks: signed, in order, durable across a receiver outage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from relay.config import WebhooksConfig
+from relay.store import Store
+from relay.webhooks import SIGNATURE_HEADER, Backoff, WebhookWorker, signature_ok
+
+SECRET = "s3cret-for-tests"
+DEADLINE = 10.0
+
+
+class Receiver:
+    """A local webhook receiver that checks the HMAC of every request."""
+
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+        self.bad_signatures = 0
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if not signature_ok(SECRET, body, request.headers.get(SIGNATURE_HEADER)):
+            self.bad_signatures += 1
+            return web.Response(status=401)
+        self.events.append(json.loads(body))
+        return web.Response(status=204)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", self.port, reuse_address=True)
+        await site.start()
+        self.port = self.runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+
+async def until(condition, what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not await condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def receiver():
+    r = Receiver()
+    await r.start()
+    yield r
+    if r.runner is not None:
+        await r.runner.cleanup()
+
+
+async def enqueue(store: Store, events: list[tuple[str, dict]]) -> None:
+    async with store.transaction() as db:
+        for event, payload in events:
+            await store.enqueue_event(db, event, payload, time.time())
+
+
+EVENTS = [
+    ("accepted", {"message_id": "<m1@example.org>", "recipients": 3}),
+    ("delivered", {"recipient": "a@example.net"}),
+    ("deferred", {"recipient": "b@example.net"}),
+    ("acknowledged", {"recipient": "a@example.net"}),
+    ("confirmed", {"bitcoin_height": 101}),
+]
+
+
+async def test_events_arrive_signed_and_in_order(tmp_path, receiver):
+    store = await Store.open(tmp_path)
+    store.webhook_urls = (receiver.url,)
+    worker = WebhookWorker(store, WebhooksConfig(urls=[receiver.url], secret=SECRET), clock=time.time, poll_interval=0.05)
+    task = asyncio.create_task(worker.run())
+    try:
+        await enqueue(store, EVENTS)
+        await until(lambda: _count(receiver, len(EVENTS)), "all events")
+    finally:
+        task.cancel()
+        await store.close()
+    assert receiver.bad_signatures == 0
+    assert [e["event"] for e in receiver.events] == [name for name, _ in EVENTS]
+    assert [e["data"] for e in receiver.events] == [payload for _, payload in EVENTS]
+    assert [e["id"] for e in receiver.events] == sorted(e["id"] for e in receiver.events)
+
+
+async def test_wrong_secret_is_rejected_by_the_receiver_and_retried(tmp_path, receiver):
+    store = await Store.open(tmp_path)
+    store.webhook_urls = (receiver.url,)
+    worker = WebhookWorker(store, WebhooksConfig(urls=[receiver.url], secret="not-the-secret"), clock=time.time,
+                           backoff=Backoff(first=0.05, maximum=0.1), poll_interval=0.05)
+    task = asyncio.create_task(worker.run())
+    try:
+        await enqueue(store, EVENTS[:1])
+        await until(lambda: _attempts(store, 2), "two attempts")
+    finally:
+        task.cancel()
+    assert receiver.events == [] and receiver.bad_signatures >= 2
+    row = await store.fetchone("SELECT state, last_error FROM webhook_events")
+    assert (row["state"], row["last_error"]) == ("pending", "HTTP 401")
+    await store.close()
+
+
+async def test_receiver_down_events_retried_until_it_is_up(tmp_path, receiver):
+    await receiver.stop()  # down: connections are refused
+    store = await Store.open(tmp_path)
+    store.webhook_urls = (receiver.url,)
+    worker = WebhookWorker(store, WebhooksConfig(urls=[receiver.url], secret=SECRET), clock=time.time,
+                           backoff=Backoff(first=0.05, maximum=0.2), poll_interval=0.05)
+    task = asyncio.create_task(worker.run())
+    try:
+        await enqueue(store, EVENTS)
+        await until(lambda: _attempts(store, 3), "three failed attempts")
+        assert receiver.events == []
+        await receiver.start()  # same port: back up
+        await until(lambda: _count(receiver, len(EVENTS)), "all events after the outage")
+    finally:
+        task.cancel()
+    assert [e["event"] for e in receiver.events] == [name for name, _ in EVENTS]
+    rows = await store.fetchall("SELECT state FROM webhook_events")
+    assert {r["state"] for r in rows} == {"sent"}
+    await store.close()
+
+
+async def test_event_given_up_after_retry_for(tmp_path, receiver):
+    await receiver.stop()
+    store = await Store.open(tmp_path)
+    store.webhook_urls = (receiver.url,)
+    now = [1000.0]
+    worker = WebhookWorker(store, WebhooksConfig(urls=[receiver.url], secret=SECRET, retry_for=60),
+                           clock=lambda: now[0], backoff=Backoff(first=10, maximum=30))
+    async with store.transaction() as db:
+        await store.enqueue_event(db, "failed", {"recipient": "c@example.net"}, now[0])
+    async with aiohttp.ClientSession() as session:
+        while (await store.fetchone("SELECT state FROM webhook_events"))["state"] == "pending":
+            await worker.send_due(session)
+            now[0] += 30
+            assert now[0] < 1200, "never given up"
+    row = await store.fetchone("SELECT state, attempts FROM webhook_events")
+    assert row["state"] == "failed" and row["attempts"] >= 3
+    await store.close()
+
+
+async def _count(receiver: Receiver, n: int) -> bool:
+    return len(receiver.events) >= n
+
+
+async def _attempts(store: Store, n: int) -> bool:
+    row = await store.fetchone("SELECT MAX(attempts) FROM webhook_events")
+    return (row[0] or 0) >= n
