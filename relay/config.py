@@ -96,9 +96,9 @@ class UpstreamConfig:
 
 @dataclass(frozen=True)
 class DeliveryConfig:
-    retry_first: int = key(300, "Seconds before the first retry of a deferred delivery.")
-    retry_max: int = key(3600, "Longest wait between retries, in seconds (the wait doubles up to this).")
-    give_up_after: int = key(5 * 86400, "Seconds after which a deferred delivery fails and the sender gets a DSN.")
+    retry_first: float = key(300.0, "Seconds before the first retry of a deferred delivery.")
+    retry_max: float = key(3600.0, "Longest wait between retries, in seconds (the wait doubles up to this).")
+    give_up_after: float = key(5 * 86400.0, "Seconds after which a deferred delivery fails and the sender gets a DSN.")
     poll_interval: float = key(1.0, "Seconds between scans of the queue for due deliveries.")
 
 
