@@ -18,6 +18,8 @@ from pathlib import Path
 from relay.backup import backup_data_dir, restore
 from relay.config import Config, documented_keys
 from relay.errors import ConfigError, EstampilleError
+from relay.retention import PurgeSummary, purge
+from relay.store import Store
 
 EXIT_OK = 0
 EXIT_CONFIG = 3
@@ -50,7 +52,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# -- operations: backup, restore --------------------------------------------
+# -- operations: backup, restore, purge ---------------------------------------
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
@@ -65,6 +67,21 @@ def cmd_restore(args: argparse.Namespace) -> int:
     summary = asyncio.run(restore(Path(args.src), config.data_path, force=args.force))
     print(f"restored {summary.files} files ({summary.size} octets) into {summary.path}")
     return EXIT_OK
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    summary = asyncio.run(_purge(config))
+    print(f"purged {summary.personal_rows} personal data rows and {summary.message_files} message files")
+    return EXIT_OK
+
+
+async def _purge(config: Config) -> PurgeSummary:
+    store = await Store.open(config.data_path)
+    try:
+        return await purge(store, config, now=time.time())
+    finally:
+        await store.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("restore", cmd_restore, "Bring a backup back into the data directory (stop the relay first).")
     p.add_argument("src", metavar="SRC", help="directory written by 'estampille backup'")
     p.add_argument("--force", action="store_true", help="replace the content of a non-empty data directory")
+    command("purge", cmd_purge, "Delete personal data and message files past their retention (records are kept).")
 
     return parser
 
