@@ -84,6 +84,52 @@ async def _purge(config: Config) -> PurgeSummary:
         await store.close()
 
 
+# -- relay core: serve, queue, passwd ------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from relay.service import run
+
+    return run(load_config(args))
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    from relay import queue
+
+    config = load_config(args)
+    if args.action == "retry":
+        if not args.all and not args.ids:
+            print("estampille queue retry: give delivery IDs or --all", file=sys.stderr)
+            return 2
+        count = asyncio.run(queue.retry(config, None if args.all else args.ids))
+        print(f"{count} deliveries queued for a new attempt")
+        return EXIT_OK
+    lines = asyncio.run(queue.describe(config))
+    for line in lines:
+        print(line)
+    if not lines:
+        print("no deferred or failed deliveries")
+    return EXIT_OK
+
+
+def cmd_passwd(args: argparse.Namespace) -> int:
+    import getpass
+    import secrets
+
+    from relay.auth import write_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.user}: ")
+        if getpass.getpass("again: ") != password:
+            print("estampille passwd: passwords differ", file=sys.stderr)
+            return 2
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    write_password(Path(args.file), args.user, password, secrets.token_bytes(16))
+    print(f"password of {args.user} set in {args.file}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="estampille",
@@ -106,6 +152,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", action="store_true", help="also list every configuration key with its help")
 
     # Each subsystem's commands are declared below, one block each.
+
+    command("serve", cmd_serve, "Run the relay: SMTP intake, delivery and the other workers, until SIGTERM.")
+    p = command("queue", cmd_queue, "List deferred and failed deliveries with their last reply; 'retry' re-queues them.")
+    p.set_defaults(action="list")
+    queue_sub = p.add_subparsers(dest="action", metavar="ACTION")
+    r = queue_sub.add_parser("retry", help="make deliveries due now", description="Make deferred or failed deliveries due now.")
+    r.add_argument("ids", metavar="ID", type=int, nargs="*", help="delivery IDs as listed by 'estampille queue'")
+    r.add_argument("--all", action="store_true", help="every deferred and failed delivery")
+    r.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="configuration file")
+    p = command(
+        "passwd", cmd_passwd, "Set a user's SMTP AUTH password (read from stdin or a prompt, never the command line).",
+        config=False,
+    )
+    p.add_argument("user", metavar="USER", help="user name clients give to AUTH")
+    p.add_argument("--file", metavar="PATH", required=True, help="credentials file (smtp.credentials_file)")
 
     p = command("backup", cmd_backup, "Copy the database and message files consistently, even while the relay runs.")
     p.add_argument("dest", metavar="DEST", help="directory to create (must be absent or empty)")

@@ -1,0 +1,436 @@
+"""Delivery: hands each recipient's copy to the upstream and records what it answered.
+
+The worker claims due deliveries (queued, or deferred and due) and marks them
+'sending'; after a crash those go back to 'queued' at start (at-least-once).
+Per delivery: prepare the copy (stored, with its delivery record, BEFORE it is
+sent), send it in its own envelope, then in ONE transaction store the hand-off
+record, the attempt and the new state (and a DSN on a permanent failure).
+
+Replies are classified the way GNU Mailman does: 2xx delivered, 5xx failed,
+anything else (4xx, timeout, connection failure) deferred with exponential
+backoff until ``delivery.give_up_after``, then failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import secrets
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiosmtplib
+
+from relay import dsn, records
+from relay.config import Config, UpstreamConfig
+from relay.message import header_block, read_facts, to_crlf
+from relay.spool import Incoming, Spool
+from relay.store import Store
+
+log = logging.getLogger("estampille.deliver")
+
+CLAIM_BATCH_MAX = 64
+STOP_GRACE_SECONDS = 5.0
+_QUEUE_ID = re.compile(r"(?:queued as|queue id|id=|\bid\b)\s*[:=]?\s*<?([A-Za-z0-9][A-Za-z0-9._@-]{2,})>?", re.I)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One claimed delivery with what its sending needs from its submission."""
+
+    delivery_id: int
+    submission_id: str
+    recipient: str
+    attempts: int
+    copy_sha256: str | None
+    record_digest: str | None
+    kind: str
+    mail_from: str
+    mail_options: tuple[str, ...]
+    rcpt_options: tuple[str, ...]
+    data_sha256: str
+    received_at: float
+    message_id: str | None
+    submission_digest: str
+
+    @classmethod
+    def from_row(cls, row: Any) -> "Job":
+        return cls(
+            delivery_id=row["id"], submission_id=row["submission_id"], recipient=row["recipient"],
+            attempts=row["attempts"], copy_sha256=row["copy_sha256"], record_digest=row["record_digest"],
+            kind=row["kind"], mail_from=row["mail_from"], mail_options=tuple(json.loads(row["mail_options"])),
+            rcpt_options=tuple(json.loads(row["rcpt_options"])), data_sha256=row["data_sha256"],
+            received_at=row["received_at"], message_id=row["message_id"],
+            submission_digest=row["submission_digest"],
+        )
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the upstream answered; ``code`` is None when it could not be reached."""
+
+    code: int | None
+    text: str
+    upstream_host: str
+    tls: str | None = None
+    queue_id: str | None = None
+
+
+def classify(code: int | None) -> str:
+    """'delivered' for 2xx, 'failed' for 5xx, 'deferred' for anything else (4xx, no answer)."""
+    if code is not None and 200 <= code < 300:
+        return "delivered"
+    if code is not None and 500 <= code < 600:
+        return "failed"
+    return "deferred"
+
+
+def retry_delay(attempts: int, first: float, maximum: float) -> float:
+    """Seconds to wait after the ``attempts``-th failed attempt (1-based): first, doubling, capped."""
+    return min(maximum, first * 2 ** max(0, attempts - 1))
+
+
+def parse_queue_id(text: str) -> str | None:
+    """The upstream's queue id from a reply such as '2.0.0 Ok: queued as 4Xk3Zt1QvPz'."""
+    found = _QUEUE_ID.search(text or "")
+    return found.group(1) if found else None
+
+
+class Upstream(Protocol):
+    """Where copies go: an SMTP server, or a directory standing in for one."""
+
+    async def send(self, sender: str, recipient: str, data: bytes, mail_options: list[str]) -> Reply: ...
+
+    async def close(self) -> None: ...
+
+
+class SMTPUpstream:
+    """aiosmtplib to the outbound MTA, a small pool of reused connections, one envelope per call."""
+
+    def __init__(self, config: UpstreamConfig, helo_name: str) -> None:
+        self.config = config
+        self.helo_name = config.helo_name or helo_name
+        self._idle: list[aiosmtplib.SMTP] = []
+        self._slots = asyncio.Semaphore(max(1, config.connections))
+
+    async def send(self, sender: str, recipient: str, data: bytes, mail_options: list[str]) -> Reply:
+        async with self._slots:
+            client = self._idle.pop() if self._idle else None
+            try:
+                if client is None or not client.is_connected:
+                    client = await self._connect()
+                reply = await self._transaction(client, sender, recipient, data, mail_options)
+            except aiosmtplib.SMTPResponseException as exc:
+                # Refused before the connection was usable (greeting, EHLO, STARTTLS, AUTH).
+                self._discard(client)
+                return Reply(exc.code, exc.message, self.config.host, None)
+            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+                self._discard(client)
+                return Reply(None, f"{type(exc).__name__}: {exc}", self.config.host, None)
+            if client.is_connected and reply.code != 421:
+                self._idle.append(client)
+            else:
+                self._discard(client)
+            return reply
+
+    async def _transaction(self, client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes,
+                           mail_options: list[str]) -> Reply:
+        tls = _tls_of(client)
+        try:
+            await client.mail(sender, options=mail_options, timeout=self.config.timeout)
+            await client.rcpt(recipient, timeout=self.config.timeout)
+            response = await client.data(data, timeout=self.config.timeout)
+        except aiosmtplib.SMTPResponseException as exc:
+            # Refused for this envelope: reset it and keep the connection.
+            try:
+                await client.rset(timeout=self.config.timeout)
+            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+                client.close()
+            return Reply(exc.code, exc.message, self.config.host, tls)
+        return Reply(response.code, response.message, self.config.host, tls, parse_queue_id(response.message))
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        mode = self.config.tls
+        client = aiosmtplib.SMTP(
+            hostname=self.config.host,
+            port=self.config.port,
+            local_hostname=self.helo_name,
+            timeout=self.config.timeout,
+            use_tls=mode == "implicit",
+            start_tls={"starttls": True, "starttls-if-offered": None}.get(mode, False),
+            validate_certs=self.config.verify_certificates,
+            username=self.config.username or None,
+            password=self.config.password or None,
+        )
+        await client.connect()
+        return client
+
+    def _discard(self, client: aiosmtplib.SMTP | None) -> None:
+        if client is not None and client.is_connected:
+            client.close()
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for client in idle:
+            try:
+                await asyncio.wait_for(client.quit(), timeout=2)
+            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+                client.close()
+
+
+class MaildirUpstream:
+    """Writes each copy into a Maildir (``new/``) as what would have been sent."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        for sub in ("tmp", "new", "cur"):
+            (directory / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    async def send(self, sender: str, recipient: str, data: bytes, mail_options: list[str]) -> Reply:
+        name = f"{time.time_ns()}.{secrets.token_hex(8)}.estampille"
+        envelope = f"X-Estampille-Envelope-From: <{sender}>\r\nX-Estampille-Envelope-To: <{recipient}>\r\n"
+        try:
+            await asyncio.to_thread(self._write, name, envelope.encode("utf-8") + data)
+        except OSError as exc:
+            return Reply(None, f"cannot write to outbox: {exc.strerror}", "maildir")
+        return Reply(250, f"2.0.0 Ok: queued as {name}", "maildir", None, name)
+
+    def _write(self, name: str, data: bytes) -> None:
+        tmp = self.directory / "tmp" / name
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.rename(self.directory / "new" / name)
+
+    async def close(self) -> None:
+        return None
+
+
+def make_upstream(config: Config) -> Upstream:
+    if config.upstream.kind == "maildir":
+        return MaildirUpstream(config.data_path / "outbox")
+    return SMTPUpstream(config.upstream, config.smtp.hostname)
+
+
+def _tls_of(client: aiosmtplib.SMTP) -> str | None:
+    ssl_object = client.get_transport_info("ssl_object")
+    if ssl_object is None:
+        return None
+    cipher = ssl_object.cipher()
+    return f"{ssl_object.version()} {cipher[0]}" if cipher else ssl_object.version()
+
+
+class Deliverer:
+    """The delivery worker: claims due deliveries and runs at most ``upstream.concurrency`` at once."""
+
+    def __init__(self, config: Config, store: Store, upstream: Upstream | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.store = store
+        self.upstream = upstream or make_upstream(config)
+        self.clock = clock
+        self.spool = Spool(store, on_queued=self.wake)
+        self._wakeup = asyncio.Event()
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._limit = max(1, config.upstream.concurrency)
+        self._slot_free = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle --------------------------------------------------------
+
+    async def start(self) -> None:
+        resumed = await self.store.requeue_interrupted(self.clock())
+        if resumed:
+            log.info("resumed %d deliveries interrupted by a stop", resumed)
+        self._task = asyncio.create_task(self._run(), name="estampille-deliver")
+
+    async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Stop claiming; let deliveries in flight finish for ``grace`` seconds, then cancel them."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self._in_flight:
+            await asyncio.wait(self._in_flight, timeout=grace)
+            for task in self._in_flight:
+                task.cancel()
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+        await self.upstream.close()
+
+    def wake(self) -> None:
+        """New deliveries were queued: look at the queue now rather than at the next poll."""
+        self._wakeup.set()
+
+    # -- the loop ---------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            free = self._limit - len(self._in_flight)
+            if free <= 0:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            self._wakeup.clear()
+            try:
+                rows = await self.store.claim_due(self.clock(), min(free, CLAIM_BATCH_MAX))
+            except Exception:  # noqa: BLE001 - the worker must survive a store hiccup
+                log.exception("cannot claim deliveries; retrying")
+                rows = []
+            for row in rows:
+                task = asyncio.create_task(self._deliver(Job.from_row(row)))
+                self._in_flight.add(task)
+                task.add_done_callback(self._done)
+            if not rows:
+                await self._idle()
+
+    async def _idle(self) -> None:
+        timeout = self.config.delivery.poll_interval
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._slot_free.set()
+
+    async def _deliver(self, job: Job) -> None:
+        started = self.clock()
+        try:
+            data = await self._prepare(job)
+            job = await self._with_record(job)
+        except Exception as exc:  # noqa: BLE001 - our own failure: retry later, never lose it
+            log.exception("delivery %d (%s) not prepared", job.delivery_id, job.submission_id)
+            reply = Reply(None, f"local error while preparing the copy: {type(exc).__name__}", "local")
+        else:
+            reply = await self.upstream.send(job.mail_from, job.recipient, data, _forwarded_options(job))
+        try:
+            await self._finish(job, reply, started)
+        except Exception:  # noqa: BLE001 - left 'sending': resumed at the next start
+            log.exception("delivery %d (%s): outcome not recorded", job.delivery_id, job.submission_id)
+
+    # -- preparing the copy (the certify step plugs in here) ----------------
+
+    async def _prepare(self, job: Job) -> bytes:
+        """The exact bytes to send to ``job.recipient``, stored with their delivery record before sending.
+
+        A delivery that already has a copy resends exactly what was recorded.
+        """
+        if job.copy_sha256:
+            return await self.store.get_blob(job.copy_sha256)
+        original = await self.store.get_blob(job.data_sha256)
+        copy, fields = await self._build_copy(job, original)
+        copy_sha256 = await self.store.put_blob(copy)
+        now = self.clock()
+        record = records.delivery_record(
+            submission_digest=job.submission_digest,
+            recipient=job.recipient,
+            copy_sha256=copy_sha256,
+            certified_at=records.iso_time(now),
+            **fields,
+        )
+        async with self.store.transaction() as db:
+            await Store.insert_record(db, record, submission_id=job.submission_id, delivery_id=job.delivery_id, now=now)
+            await Store.set_delivery_copy(db, job.delivery_id, copy_sha256, record.digest, now)
+        return copy
+
+    async def _build_copy(self, job: Job, original: bytes) -> tuple[bytes, dict[str, Any]]:
+        """The copy for one recipient and the delivery record's fields that describe how it was made."""
+        return to_crlf(original), {"dkim": [], "ack_link_inserted": False, "ack_link_reason": "not certified"}
+
+    async def _with_record(self, job: Job) -> Job:
+        if job.record_digest:
+            return job
+        row = await self.store.fetchone("SELECT record_digest FROM deliveries WHERE id = ?", (job.delivery_id,))
+        return Job(**{**job.__dict__, "record_digest": row["record_digest"] if row else None})
+
+    # -- recording the outcome ------------------------------------------------
+
+    async def _finish(self, job: Job, reply: Reply, started: float) -> None:
+        now = self.clock()
+        outcome = classify(reply.code)
+        expired = outcome == "deferred" and now - job.received_at >= self.config.delivery.give_up_after
+        if expired:
+            outcome = "failed"
+        delay = retry_delay(job.attempts + 1, self.config.delivery.retry_first, self.config.delivery.retry_max)
+        next_at = now + delay if outcome == "deferred" else now
+        dsn_blob = await self._dsn_for(job, reply, expired, now) if outcome == "failed" else None
+        handoff = None
+        if reply.code is not None and job.record_digest:
+            handoff = records.handoff_record(
+                delivery_digest=job.record_digest, code=reply.code, text=reply.text, queue_id=reply.queue_id,
+                upstream_host=reply.upstream_host, tls=reply.tls, handed_at=records.iso_time(now),
+            )
+        attempt = {
+            "delivery_id": job.delivery_id, "started_at": started, "finished_at": now, "outcome": outcome,
+            "code": reply.code, "reply": reply.text, "queue_id": reply.queue_id,
+            "upstream_host": reply.upstream_host, "tls": reply.tls,
+        }
+        async with self.store.transaction() as db:
+            if handoff is not None:
+                await Store.insert_record(db, handoff, submission_id=job.submission_id,
+                                          delivery_id=job.delivery_id, now=now)
+            await Store.finish_attempt(db, attempt, state=outcome, next_attempt_at=next_at,
+                                       handoff_digest=handoff.digest if handoff else None)
+            if dsn_blob is not None:
+                dsn_id = (await Spool.insert(db, *dsn_blob, now)).submission_id
+        log.info(
+            "delivery %d of %s to <%s> message_id=%s: %s (%s %s)%s", job.delivery_id, job.submission_id,
+            job.recipient, job.message_id, outcome, reply.code, _one_line(reply.text),
+            f", retry in {delay:.0f}s" if outcome == "deferred" else "",
+        )
+        if dsn_blob is not None:
+            log.info("DSN %s queued to <%s> for %s", dsn_id, job.mail_from, job.submission_id)
+            self.wake()
+
+    async def _dsn_for(self, job: Job, reply: Reply, expired: bool, now: float) -> tuple[Any, ...] | None:
+        """The DSN's (incoming, facts, sha256), its bytes already stored; None when none is owed."""
+        if job.kind != "mail" or not job.mail_from:
+            return None  # never bounce a bounce, never to <>
+        original = await self.store.get_blob(job.data_sha256)
+        host = self.config.smtp.hostname
+        text = reply.text if reply.code is None else f"{reply.code} {reply.text}"
+        failure = dsn.Failure(
+            recipient=job.recipient,
+            status=dsn.status_of(reply.code, reply.text, expired=expired),
+            diagnostic=("delivery time expired; last reply: " + text) if expired else text,
+            original_recipient=_orcpt(job.rcpt_options),
+        )
+        data = dsn.build_dsn(
+            reporting_mta=host, sender=job.mail_from, failures=[failure], original_headers=header_block(original),
+            original_message_id=job.message_id, arrival=_utc(job.received_at), now=_utc(now),
+            boundary=f"estampille-{secrets.token_hex(12)}", message_id=f"<{secrets.token_hex(16)}@{host}>",
+        )
+        sha = await self.store.put_blob(data)
+        incoming = Incoming(data=data, mail_from="", recipients=(job.mail_from,), client_address="local", kind="dsn")
+        return incoming, read_facts(data), sha
+
+
+def _forwarded_options(job: Job) -> list[str]:
+    """MAIL parameters the upstream needs to take the bytes as they are (8-bit body, UTF-8 addresses)."""
+    wanted = {"BODY=8BITMIME", "SMTPUTF8"}
+    return [opt for opt in job.mail_options if opt.upper() in wanted]
+
+
+def _orcpt(options: tuple[str, ...]) -> str | None:
+    for opt in options:
+        if opt.upper().startswith("ORCPT="):
+            return opt[len("ORCPT="):]
+    return None
+
+
+def _utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc)
+
+
+def _one_line(text: str) -> str:
+    return " ".join((text or "").split())[:200]

@@ -1,0 +1,267 @@
+"""SMTP intake: aiosmtpd on the relay's own event loop, never an open relay.
+
+Protocol fixes live in :class:`IntakeSMTP` (a subclass of aiosmtpd's SMTP);
+policy lives in :class:`IntakeHandler`, whose hooks return explicit replies:
+
+- MAIL: 452 4.3.1 when the data directory is nearly full;
+- RCPT: 550 5.7.1 for a client outside ``smtp.allowed_networks`` that has not
+  authenticated (nothing is stored for it);
+- DATA: 250 only after the spool has committed; any failure of ours is
+  451 4.3.0 and the session stays usable (aiosmtpd resets the envelope).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from relay.auth import Credentials, FailureLimiter, load_credentials
+from relay.config import Config
+from relay.errors import DiskFullError, StoreError
+from relay.spool import Incoming, Spool
+
+log = logging.getLogger("estampille.intake")
+
+# MAIL and RCPT parameters real MTAs send (RFC 3461 DSN, RFC 4954 AUTH): accepted
+# and kept in the envelope's options; aiosmtpd alone answers 555 to them (its issue #367).
+ACCEPTED_PARAMS = frozenset({"AUTH", "RET", "ENVID", "NOTIFY", "ORCPT"})
+REPLY_QUEUED = "250 2.0.0 Ok: queued as {}"
+REPLY_OUR_FAILURE = "451 4.3.0 Temporary failure on our side, please try again later"
+REPLY_DISK_FULL = "452 4.3.1 Insufficient system storage, please try again later"
+REPLY_NOT_ALLOWED = "550 5.7.1 Relaying denied: authenticate first"
+REPLY_AUTH_THROTTLED = "454 4.7.0 Too many failed authentication attempts, try again later"
+
+
+class IntakeEnvelope(Envelope):
+    """aiosmtpd's envelope, plus the RCPT parameters of each recipient kept apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rcpt_params: list[tuple[str, ...]] = []
+
+
+class IntakeSMTP(SMTP):
+    """aiosmtpd's protocol with the fixes Estampille needs (configured per instance)."""
+
+    def __init__(self, handler: "IntakeHandler", *, line_length_limit: int, **kwargs: Any) -> None:
+        # Read by SMTP.__init__ for the stream limit and by DATA for the per-line check.
+        self.line_length_limit = line_length_limit
+        super().__init__(handler, **kwargs)
+        self.intake = handler
+
+    def _create_envelope(self) -> IntakeEnvelope:
+        return IntakeEnvelope()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # AUTH needs TLS, unless configured otherwise for loopback clients.
+        self._auth_require_tls = not self.intake.plaintext_auth_allowed(self.session.peer)
+
+    def _getparams(self, params: Any) -> dict[str, str | bool] | None:
+        result = super()._getparams(params)
+        if result is None:
+            return None
+        return {name: value for name, value in result.items() if name not in ACCEPTED_PARAMS}
+
+    async def handle_exception(self, error: Exception) -> str:
+        # aiosmtpd would answer 500 (the sender drops the mail) and keep a half envelope.
+        log.error("session %s: unexpected %s", _peer_text(self.session), type(error).__name__, exc_info=error)
+        self.envelope = self._create_envelope()
+        return REPLY_OUR_FAILURE
+
+    # aiosmtpd checks passwords synchronously in _authenticate; scrypt is slow, so the
+    # check runs in a thread here, after aiosmtpd has parsed the mechanism's exchange.
+    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+        return AuthResult(success=False, handled=False, auth_data=auth_data)
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._check_login(await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._check_login(await super().auth_LOGIN(_, args))
+
+    async def _check_login(self, parsed: AuthResult) -> AuthResult:
+        if not isinstance(parsed.auth_data, LoginPassword):
+            return parsed  # aiosmtpd already answered the malformed exchange
+        return await self.intake.authenticate(self.session, parsed.auth_data)
+
+
+class IntakeHandler:
+    """Policy: who may relay, AUTH, free space, and spooling in DATA."""
+
+    def __init__(
+        self,
+        config: Config,
+        spool: Spool,
+        credentials: Credentials | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.spool = spool
+        self.credentials = credentials
+        self.clock = clock
+        self.allowed = [ipaddress.ip_network(n, strict=False) for n in config.smtp.allowed_networks]
+        self.limiter = FailureLimiter(config.smtp.auth_failures_per_minute)
+        self.min_free_bytes = config.smtp.min_free_disk_mb * 2**20
+
+    # -- policy helpers ---------------------------------------------------
+
+    def plaintext_auth_allowed(self, peer: Any) -> bool:
+        return self.config.smtp.auth_plaintext_on_loopback and _is_loopback(peer)
+
+    def is_allowed(self, peer: Any) -> bool:
+        address = _ip_of(peer)
+        return address is not None and any(address in net for net in self.allowed)
+
+    async def authenticate(self, session: Session, login: LoginPassword) -> AuthResult:
+        peer = _peer_text(session)
+        now = self.clock()
+        if self.credentials is None:
+            return AuthResult(success=False, handled=False)
+        if self.limiter.blocked(peer, now):
+            log.warning("AUTH from %s refused: too many failures", peer)
+            return AuthResult(success=False, handled=False, message=REPLY_AUTH_THROTTLED)
+        user = login.login.decode("utf-8", "replace")
+        password = login.password.decode("utf-8", "replace")
+        if await asyncio.to_thread(self.credentials.check, user, password):
+            log.info("AUTH from %s accepted for user %s", peer, user)
+            return AuthResult(success=True, handled=False, auth_data=login)
+        self.limiter.record_failure(peer, now)
+        log.warning("AUTH from %s refused for user %s", peer, user)
+        return AuthResult(success=False, handled=False)
+
+    # -- aiosmtpd hooks -----------------------------------------------------
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.credentials is None:
+            responses = [r for r in responses if not r.startswith("250-AUTH")]
+        return responses
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          mail_options: list[str]) -> str:
+        try:
+            self.spool.store.check_free_space(self.min_free_bytes)
+        except DiskFullError as exc:
+            log.warning("MAIL from %s refused: %s", _peer_text(session), exc)
+            return REPLY_DISK_FULL
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: IntakeEnvelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        if not session.authenticated and not self.is_allowed(session.peer):
+            log.warning("RCPT from %s refused: not in allowed networks and not authenticated", _peer_text(session))
+            return REPLY_NOT_ALLOWED
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        envelope.rcpt_params.append(tuple(rcpt_options))
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: IntakeEnvelope) -> str:
+        try:
+            incoming = self._incoming(server, session, envelope)
+            queued = await self.spool.accept(incoming, self.clock())
+        except Exception as exc:  # noqa: BLE001 - any failure of ours is a 451, never a 500
+            level = logging.WARNING if isinstance(exc, StoreError) else logging.ERROR
+            log.log(level, "DATA from %s not queued: %s", _peer_text(session), type(exc).__name__,
+                    exc_info=not isinstance(exc, StoreError))
+            return REPLY_OUR_FAILURE
+        log.info(
+            "queued %s from %s mail_from=<%s> rcpts=%d size=%d message_id=%s",
+            queued.submission_id, _peer_text(session), incoming.mail_from, len(incoming.recipients),
+            len(incoming.data), queued.facts.message_id,
+        )
+        return REPLY_QUEUED.format(queued.submission_id)
+
+    def _incoming(self, server: SMTP, session: Session, envelope: IntakeEnvelope) -> Incoming:
+        login = session.auth_data.login if isinstance(session.auth_data, LoginPassword) else None
+        return Incoming(
+            data=envelope.original_content or b"",
+            mail_from=envelope.mail_from or "",
+            recipients=tuple(envelope.rcpt_tos),
+            rcpt_options=tuple(envelope.rcpt_params),
+            mail_options=tuple(envelope.mail_options),
+            client_address=_ip_text(session.peer),
+            auth_user=login.decode("utf-8", "replace") if isinstance(login, bytes) else None,
+            tls=_tls_text(session),
+        )
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """The STARTTLS context from smtp.tls_cert and smtp.tls_key, or None when not configured."""
+    if not config.smtp.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.smtp.tls_cert, config.smtp.tls_key)
+    return context
+
+
+async def start_intake(config: Config, spool: Spool, *, credentials: Credentials | None = None,
+                       host: str | None = None, port: int | None = None) -> asyncio.Server:
+    """Listen on the relay's own loop; port 0 picks a free port (read it from the server's sockets)."""
+    if credentials is None and config.smtp.credentials_file:
+        credentials = load_credentials(Path(config.smtp.credentials_file))
+    handler = IntakeHandler(config, spool, credentials)
+    context = tls_context(config)
+    loop = asyncio.get_running_loop()
+
+    def factory() -> IntakeSMTP:
+        return IntakeSMTP(
+            handler,
+            line_length_limit=config.smtp.max_line_length,
+            data_size_limit=config.smtp.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=config.smtp.hostname,
+            ident="Estampille",
+            tls_context=context,
+            timeout=config.smtp.timeout,
+            loop=loop,
+        )
+
+    return await loop.create_server(
+        factory, host or config.smtp.listen_host, config.smtp.listen_port if port is None else port
+    )
+
+
+def _ip_of(peer: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(peer[0] if isinstance(peer, tuple) else peer)
+    except (ValueError, TypeError, IndexError):
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _is_loopback(peer: Any) -> bool:
+    address = _ip_of(peer)
+    return address is not None and address.is_loopback
+
+
+def _ip_text(peer: Any) -> str:
+    address = _ip_of(peer)
+    return str(address) if address is not None else str(peer)
+
+
+def _peer_text(session: Session | None) -> str:
+    return _ip_text(session.peer) if session is not None else "?"
+
+
+def _tls_text(session: Session) -> str | None:
+    info = session.ssl
+    if not info:
+        return None
+    cipher = info.get("cipher") if isinstance(info, dict) else None
+    return f"{cipher[1]} {cipher[0]}" if cipher else "TLS"

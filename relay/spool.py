@@ -1,0 +1,114 @@
+"""The spool: makes a submission durable before anyone answers 250 for it.
+
+Order of writes (the promise intake makes to the sender): the exact bytes go to
+the content-addressed directory (fsync, rename, directory fsync), then ONE
+transaction inserts the submission's evidence record, the submission row and a
+queued delivery per recipient. Intake (kind 'mail') and the DSN builder (kind
+'dsn') both enqueue through here, so a DSN travels the same delivery path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiosqlite
+
+from relay import records
+from relay.message import MessageFacts, read_facts
+from relay.store import Store
+
+SUBMISSION_RANDOM_BYTES = 6
+SUBJECT_MAX_CHARS = 500  # the subject column is for listings; the record holds the digest of everything
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A message and its envelope as received (or as generated, for a DSN)."""
+
+    data: bytes
+    mail_from: str
+    recipients: tuple[str, ...]
+    client_address: str
+    rcpt_options: tuple[tuple[str, ...], ...] = ()  # one tuple per recipient, same order
+    mail_options: tuple[str, ...] = ()
+    auth_user: str | None = None
+    tls: str | None = None
+    kind: str = "mail"
+
+
+@dataclass(frozen=True)
+class Queued:
+    """What the spool answers once the submission is durable."""
+
+    submission_id: str
+    facts: MessageFacts
+    data_sha256: str
+    record_digest: str = field(repr=False)
+
+
+def new_submission_id(now: float) -> str:
+    """Sortable by time (hex milliseconds) and unguessable (random suffix)."""
+    return f"{int(now * 1000):011x}{secrets.token_hex(SUBMISSION_RANDOM_BYTES)}"
+
+
+class Spool:
+    """Enqueues submissions in ``store``; ``on_queued`` is called after each commit (wakes delivery)."""
+
+    def __init__(self, store: Store, on_queued: Callable[[], None] | None = None) -> None:
+        self.store = store
+        self.on_queued = on_queued
+
+    async def accept(self, incoming: Incoming, now: float) -> Queued:
+        """Write the bytes, then the rows in one transaction; return only once committed."""
+        data_sha256, facts = await asyncio.gather(
+            self.store.put_blob(incoming.data), asyncio.to_thread(read_facts, incoming.data)
+        )
+        async with self.store.transaction() as db:
+            queued = await self.insert(db, incoming, facts, data_sha256, now)
+        if self.on_queued is not None:
+            self.on_queued()
+        return queued
+
+    @staticmethod
+    async def insert(
+        db: aiosqlite.Connection, incoming: Incoming, facts: MessageFacts, data_sha256: str, now: float
+    ) -> Queued:
+        """The rows of one submission, inside the caller's transaction (its bytes already stored)."""
+        submission_id = new_submission_id(now)
+        record = records.submission_record(
+            data_sha256=data_sha256,
+            mail_from=incoming.mail_from,
+            rcpt_to=list(incoming.recipients),
+            client_address=incoming.client_address,
+            auth_user=incoming.auth_user,
+            tls=incoming.tls,
+            received_at=records.iso_time(now),
+            message_id=facts.message_id,
+            attachments=facts.attachment_dicts(),
+        )
+        await Store.insert_record(db, record, submission_id=submission_id, now=now)
+        options = incoming.rcpt_options or tuple(() for _ in incoming.recipients)
+        await Store.insert_submission(
+            db,
+            {
+                "id": submission_id,
+                "kind": incoming.kind,
+                "received_at": now,
+                "mail_from": incoming.mail_from,
+                "mail_options": json.dumps(list(incoming.mail_options)),
+                "client_address": incoming.client_address,
+                "auth_user": incoming.auth_user,
+                "tls": incoming.tls,
+                "message_id": facts.message_id,
+                "subject": facts.subject[:SUBJECT_MAX_CHARS] if facts.subject else None,
+                "size": len(incoming.data),
+                "data_sha256": data_sha256,
+                "record_digest": record.digest,
+            },
+            [(rcpt, json.dumps(list(opts))) for rcpt, opts in zip(incoming.recipients, options, strict=True)],
+        )
+        return Queued(submission_id, facts, data_sha256, record.digest)

@@ -1,0 +1,123 @@
+"""A recording SMTP upstream for tests: aiosmtpd on 127.0.0.1, on the test's own loop.
+
+Usage::
+
+    async with Sink() as sink:                      # port 0: a free port is chosen
+        config = ... upstream.port = sink.port ...
+        sink.script("b@example.net", ["451 4.3.0 busy", "250 2.0.0 Ok: queued as ABC"])
+        sink.reply = lambda envelope: "550 5.1.1 no such user" if ... else None
+        ...
+        got = await sink.wait_for(3)                # the first 3 messages accepted, or a timeout error
+        got[0].mail_from, got[0].rcpt_tos, got[0].data
+
+Replies are chosen at DATA: first the next scripted reply of the envelope's first
+recipient, then ``reply(envelope)`` if it returns a string, else ``default``.
+Only messages answered 2xx are in ``messages``; every DATA is in ``attempts``.
+Stop and restart on the same port with ``await sink.stop()`` / ``await sink.start()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+DEFAULT_REPLY = "250 2.0.0 Ok: queued as SINK{n}"
+WAIT_SECONDS = 20.0
+
+
+@dataclass(frozen=True)
+class Received:
+    """One DATA transaction as the sink saw it."""
+
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    data: bytes
+    mail_options: tuple[str, ...]
+    reply: str
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (for 'upstream down' tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Sink:
+    port: int = 0
+    host: str = "127.0.0.1"
+    default: str = DEFAULT_REPLY
+    reply: Callable[[Envelope], str | None] | None = None
+    messages: list[Received] = field(default_factory=list)
+    attempts: list[Received] = field(default_factory=list)
+    _scripts: dict[str, deque[str]] = field(default_factory=lambda: defaultdict(deque))
+    _server: asyncio.Server | None = None
+    _changed: asyncio.Condition | None = None
+
+    def script(self, recipient: str, replies: list[str]) -> None:
+        """Answer DATA for ``recipient`` with these replies, in order, then fall back."""
+        self._scripts[recipient.lower()].extend(replies)
+
+    async def start(self) -> "Sink":
+        self._changed = self._changed or asyncio.Condition()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: SMTP(self, hostname="sink.test", enable_SMTPUTF8=True, loop=loop), self.host, self.port
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    async def __aenter__(self) -> "Sink":
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def wait_for(self, count: int, timeout: float = WAIT_SECONDS) -> list[Received]:
+        """The accepted messages once there are at least ``count`` of them."""
+        assert self._changed is not None
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: len(self.messages) >= count), timeout)
+        return list(self.messages)
+
+    def to(self, recipient: str) -> list[Received]:
+        """Accepted messages whose envelope names ``recipient``."""
+        return [m for m in self.messages if recipient in m.rcpt_tos]
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        reply = self._choose(envelope)
+        received = Received(
+            mail_from=envelope.mail_from or "",
+            rcpt_tos=tuple(envelope.rcpt_tos),
+            data=envelope.original_content or b"",
+            mail_options=tuple(envelope.mail_options),
+            reply=reply,
+        )
+        assert self._changed is not None
+        async with self._changed:
+            self.attempts.append(received)
+            if reply.startswith("2"):
+                self.messages.append(received)
+            self._changed.notify_all()
+        return reply
+
+    def _choose(self, envelope: Envelope) -> str:
+        first = (envelope.rcpt_tos or [""])[0].lower()
+        if self._scripts.get(first):
+            return self._scripts[first].popleft()
+        if self.reply is not None:
+            chosen = self.reply(envelope)
+            if chosen is not None:
+                return chosen
+        return self.default.format(n=len(self.attempts) + 1)
