@@ -1,0 +1,328 @@
+"""Offline verification of a proof bundle (see relay.proof for its layout).
+
+Pure: the bundle's bytes come in, and so do the Bitcoin block headers its
+``.ots`` proofs need (:func:`required_heights` says which; ``relay.evidence``
+fetches them from a header source). Each proof is checked by ``relay.verify``.
+No DNS: DKIM signatures are checked against the keys in the bundle, which must
+be the keys the anchored delivery records name.
+
+Outcome: ``verified`` (everything checks and every record is anchored in
+Bitcoin), ``pending`` (valid, but some anchors still wait for a block) or
+``invalid`` (the first failed check, naming the file and the check).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import dkim
+
+from relay.proof import (
+    ATTESTATION,
+    MANIFEST,
+    VERIFY_DOC,
+    Bundle,
+    BundleProblem,
+    DKIMKey,
+    block_time_text,
+    parse_manifest,
+    read_zip,
+    record_path,
+    render_attestation,
+    render_verify_doc,
+)
+from relay.records import Record, sha256_hex
+from relay.verify import required_heights as ots_heights
+from relay.verify import verify_ots
+
+EXIT_VERIFIED = 0
+EXIT_PENDING = 1
+EXIT_INVALID = 2
+
+
+@dataclass(frozen=True)
+class AnchorOutcome:
+    """What one .ots proof established: confirmed at a height, or pending at calendars."""
+
+    state: str  # "confirmed" or "pending"
+    bitcoin_height: int | None = None
+    block_time: int | None = None
+    calendars: tuple[str, ...] = ()
+
+
+Headers = Mapping[int, bytes]  # height -> raw 80-byte block header
+
+
+@dataclass(frozen=True)
+class RecordCheck:
+    path: str
+    type: str
+    digest: str
+    anchor: AnchorOutcome
+
+
+@dataclass(frozen=True)
+class RecipientSummary:
+    recipient: str
+    sent_at: str | None
+    handed_at: str | None
+    reply: str | None
+    delivered: bool
+    acknowledged_at: str | None
+    fetches: int
+    dkim: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class BundleReport:
+    message_id: str | None
+    subject: str | None
+    received_at: str | None
+    recipients: tuple[RecipientSummary, ...]
+    records: tuple[RecordCheck, ...]
+    problem: BundleProblem | None
+
+    @property
+    def status(self) -> str:
+        if self.problem is not None:
+            return "invalid"
+        if any(r.anchor.state != "confirmed" for r in self.records):
+            return "pending"
+        return "verified"
+
+    @property
+    def exit_code(self) -> int:
+        return {"verified": EXIT_VERIFIED, "pending": EXIT_PENDING, "invalid": EXIT_INVALID}[self.status]
+
+    def to_json(self) -> dict[str, Any]:
+        problem = None
+        if self.problem is not None:
+            problem = {"file": self.problem.path, "check": self.problem.check, "detail": self.problem.detail}
+        return {
+            "status": self.status,
+            "message_id": self.message_id,
+            "subject": self.subject,
+            "received_at": self.received_at,
+            "problem": problem,
+            "recipients": [asdict(r) for r in self.recipients],
+            "records": [asdict(r) for r in self.records],
+        }
+
+    def summary(self) -> str:
+        """A report a person reads: one block per recipient, then the anchors."""
+        if self.problem is not None:
+            return f"INVALID: {self.problem.path}: {self.problem.check} failed: {self.problem.detail}"
+        lines = [f"Message {self.message_id}" + (f" ({self.subject})" if self.subject else "")]
+        lines.append(f"  received {self.received_at}; {len(self.recipients)} recipient(s)")
+        for r in self.recipients:
+            lines.append(f"- {r.recipient}")
+            lines.append(f"    sent:         {r.sent_at or 'not yet certified'}")
+            lines.append(f"    handed over:  {r.handed_at or 'not yet'}" + (f" ({r.reply})" if r.reply else ""))
+            lines.append(f"    delivered:    {'yes' if r.delivered else 'no'}")
+            lines.append(f"    acknowledged: {r.acknowledged_at or 'no'}" + (f"; link fetched {r.fetches}x" if r.fetches else ""))
+            lines.append(f"    DKIM:         {', '.join(r.dkim) or 'no signature checked'}")
+        confirmed = [r.anchor for r in self.records if r.anchor.state == "confirmed"]
+        anchors = f"Anchors: {len(confirmed)} of {len(self.records)} records confirmed in Bitcoin"
+        if confirmed:
+            heights = ", ".join(str(h) for h in sorted({a.bitcoin_height for a in confirmed}))
+            first = min(a.block_time for a in confirmed if a.block_time is not None)
+            anchors += f" (block {heights}; {block_time_text(first, 'UTC')} UTC)"
+        lines.append(anchors)
+        for r in self.records:
+            if r.anchor.state != "confirmed":
+                where = ", ".join(r.anchor.calendars) or "not yet submitted"
+                lines.append(f"  pending: {r.path} ({where})")
+        lines.append({"verified": "VERIFIED", "pending": "VALID, ANCHORS PENDING: verify again later"}[self.status])
+        return "\n".join(lines)
+
+
+def required_heights(files: dict[str, bytes]) -> list[int]:
+    """Heights of the block headers the bundle's proofs need; BundleProblem if the bundle is damaged.
+
+    The manifest is checked first, so a damaged proof is named rather than sending
+    the caller after a header that does not exist.
+    """
+    bundle = parse_manifest(files)
+    heights: set[int] = set()
+    for path, data in bundle.files.items():
+        if path.endswith(".ots"):
+            try:
+                heights.update(ots_heights(data))
+            except ValueError:
+                continue  # named by the verification itself
+    return sorted(heights)
+
+
+def verify_files(files: dict[str, bytes], headers: Headers, *, regtest: bool = False) -> BundleReport:
+    """Verify a bundle given as its files (path -> bytes), from a zip or an unpacked directory."""
+    try:
+        bundle = parse_manifest(files)
+        return _verify(bundle, headers, regtest)
+    except BundleProblem as problem:
+        return _invalid(problem)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        # Only a manifest written by hand (its checksum recomputed) can miss facts.
+        return _invalid(BundleProblem(MANIFEST, "facts", f"incomplete or malformed ({exc!r})"))
+
+
+def _invalid(problem: BundleProblem) -> BundleReport:
+    return BundleReport(None, None, None, (), (), problem)
+
+
+def _verify(bundle: Bundle, headers: Headers, regtest: bool) -> BundleReport:
+    facts = bundle.facts
+    submission = _record(bundle, facts["submission"], "submission")
+    fields = submission.fields
+    if sha256_hex(bundle.files[facts["original"]]) != fields["data_sha256"]:
+        raise BundleProblem(facts["original"], "submission digest", "differs from data_sha256 in the submission record")
+    if fields.get("message_id") != facts["message_id"]:
+        raise BundleProblem(facts["submission"], "message id", "the record names another Message-ID")
+    paths = [facts["submission"]]
+    recipients = []
+    for entry in facts["recipients"]:
+        summary, used = _verify_recipient(bundle, entry, submission)
+        recipients.append(summary)
+        paths += used
+    _check_rendered(bundle)
+    records = tuple(_anchor(bundle, path, headers, regtest) for path in paths)
+    return BundleReport(
+        message_id=facts["message_id"],
+        subject=facts.get("subject"),
+        received_at=fields.get("received_at"),
+        recipients=tuple(recipients),
+        records=records,
+        problem=None,
+    )
+
+
+def _record(bundle: Bundle, path: str, kind: str) -> Record:
+    """A record file, canonical, of the expected type, stored under its own digest."""
+    try:
+        record = Record.from_bytes(bundle.files[path])
+    except (KeyError, ValueError) as exc:
+        raise BundleProblem(path, "record", f"not a canonical evidence record ({exc})") from exc
+    if record.type != kind or record_path(record) != path:
+        raise BundleProblem(path, "record digest", f"not the {kind} record its name says")
+    return record
+
+
+def _verify_recipient(bundle: Bundle, entry: dict[str, Any], submission: Record) -> tuple[RecipientSummary, list[str]]:
+    recipient = entry["recipient"]
+    used: list[str] = []
+    delivery = handoff = ack = None
+    dkim_results: tuple[str, ...] = ()
+    if entry["delivery"] is not None:
+        delivery = _record(bundle, entry["delivery"], "delivery")
+        used.append(entry["delivery"])
+        d = delivery.fields
+        if d["submission"] != submission.digest:
+            raise BundleProblem(entry["delivery"], "chain", "does not name the submission record")
+        if d["recipient"] != recipient or recipient not in submission.fields["rcpt_to"]:
+            raise BundleProblem(entry["delivery"], "recipient", f"is not the delivery to {recipient}")
+        if entry["copy"] is not None:
+            dkim_results = _verify_copy(bundle, entry["copy"], delivery)
+    elif entry["copy"] is not None:
+        raise BundleProblem(entry["copy"], "chain", "a copy without its delivery record")
+    if entry["handoff"] is not None:
+        handoff = _chained(bundle, entry["handoff"], "handoff", delivery)
+        used.append(entry["handoff"])
+    if entry["acknowledgment"] is not None:
+        ack = _chained(bundle, entry["acknowledgment"], "receipt", delivery)
+        if ack.fields["kind"] != "acknowledged":
+            raise BundleProblem(entry["acknowledgment"], "receipt", "is not an acknowledgment")
+        used.append(entry["acknowledgment"])
+    for path in entry["fetches"]:
+        _chained(bundle, path, "receipt", delivery)
+        used.append(path)
+    h = handoff.fields if handoff else {}
+    summary = RecipientSummary(
+        recipient=recipient,
+        sent_at=delivery.fields["certified_at"] if delivery else None,
+        handed_at=h.get("handed_at"),
+        reply=f"{h['code']} {h['text']}".strip() if h else None,
+        delivered=bool(h) and 200 <= int(h["code"]) < 300,
+        acknowledged_at=ack.fields["at"] if ack else None,
+        fetches=len(entry["fetches"]),
+        dkim=dkim_results,
+    )
+    return summary, used
+
+
+def _chained(bundle: Bundle, path: str, kind: str, delivery: Record | None) -> Record:
+    record = _record(bundle, path, kind)
+    if delivery is None or record.fields.get("delivery") != delivery.digest:
+        raise BundleProblem(path, "chain", "does not name this recipient's delivery record")
+    return record
+
+
+def _verify_copy(bundle: Bundle, path: str, delivery: Record) -> tuple[str, ...]:
+    """The copy is the one the delivery record fingerprints, and its DKIM signatures verify."""
+    copy = bundle.files.get(path)
+    if copy is None:
+        raise BundleProblem(path, "copy", "missing")
+    if sha256_hex(copy) != delivery.fields["copy_sha256"]:
+        raise BundleProblem(path, "copy digest", "differs from copy_sha256 in the delivery record")
+    keys: dict[str, bytes] = {}
+    for entry in delivery.fields.get("dkim", []):
+        key = DKIMKey.from_record_entry(entry)
+        published = bundle.files.get(key.path)
+        if published is None or published.decode("ascii", "replace").strip() != key.txt:
+            raise BundleProblem(key.path, "DKIM key", "is not the key the delivery record names")
+        keys[key.dns_name.lower()] = key.txt.encode("ascii")
+    return _verify_dkim(path, copy, keys)
+
+
+def _verify_dkim(path: str, copy: bytes, keys: dict[str, bytes]) -> tuple[str, ...]:
+    def dnsfunc(name: bytes | str, timeout: int = 5) -> bytes | None:
+        text = name.decode("ascii") if isinstance(name, bytes) else name
+        return keys.get(text.rstrip(".").lower())
+
+    results = []
+    try:
+        signer = dkim.DKIM(copy)
+        count = sum(1 for name, _ in signer.headers if name.lower() == b"dkim-signature")
+        for idx in range(count):
+            signer = dkim.DKIM(copy)
+            sig, _, _ = signer.verify_headerprep(idx)
+            name = f"{sig[b's'].decode()}._domainkey.{sig[b'd'].decode()}".lower()
+            if name not in keys:
+                continue  # a signature that is not ours (e.g. the sender's own): not ours to vouch for
+            algorithm = sig[b"a"].decode()
+            if not signer.verify(idx=idx, dnsfunc=dnsfunc):
+                raise BundleProblem(path, "DKIM", f"{algorithm} signature s={sig[b's'].decode()} does not verify")
+            results.append(f"{algorithm} d={sig[b'd'].decode()} s={sig[b's'].decode()} valid")
+    except dkim.DKIMException as exc:
+        raise BundleProblem(path, "DKIM", f"malformed signature ({exc})") from exc
+    if keys and not results:
+        raise BundleProblem(path, "DKIM", "no signature by the keys the delivery record names")
+    return tuple(results)
+
+
+def _check_rendered(bundle: Bundle) -> None:
+    """The attestation and the instructions say what the evidence says, nothing else."""
+    facts = bundle.facts
+    if bundle.files[ATTESTATION] != render_attestation(facts, bundle.files).encode("utf-8"):
+        raise BundleProblem(ATTESTATION, "attestation", f"does not match the facts in {MANIFEST}")
+    if bundle.files[VERIFY_DOC] != render_verify_doc(facts["message_id"]).encode("utf-8"):
+        raise BundleProblem(VERIFY_DOC, "instructions", "differ from the standard text")
+
+
+def _anchor(bundle: Bundle, path: str, headers: Headers, regtest: bool) -> RecordCheck:
+    """The record's proof, checked down to its block header; no proof yet counts as pending."""
+    record = Record.from_bytes(bundle.files[path])
+    ots = bundle.files.get(path + ".ots")
+    outcome = AnchorOutcome(state="pending")
+    if ots is not None:
+        result = verify_ots(record.body, ots, headers, regtest=regtest)
+        if result.status == "invalid":
+            raise BundleProblem(path + ".ots", "timestamp", result.reason)
+        state = "confirmed" if result.status == "verified" else "pending"
+        outcome = AnchorOutcome(state, result.height, result.block_time, result.pending_calendars)
+    return RecordCheck(path=path, type=record.type, digest=record.digest, anchor=outcome)
+
+
+def report_json(report: BundleReport) -> str:
+    return json.dumps(report.to_json(), indent=2, ensure_ascii=False)

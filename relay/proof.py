@@ -1,0 +1,361 @@
+"""The proof model: a self-contained zip bundle proving what happened to one message.
+
+Pure: everything is passed in (the evidence gathered by the store at the edge,
+the time of generation); nothing here reads the clock, the network or the
+database. The same module reads a bundle back for the verifier.
+
+Layout of a bundle::
+
+    manifest.json              format, version, facts, every other file with its SHA-256
+    attestation.html           printable attestation (French)
+    VERIFY.md                  how to verify, with the commands
+    message/original.eml       the DATA bytes as received
+    copies/NN-<recipient>.eml  each recipient's certified copy, as sent
+    records/<type>-<digest>.json      every evidence record (canonical JSON)
+    records/<type>-<digest>.json.ots  its OpenTimestamps proof, once batched
+    keys/<selector>._domainkey.<domain>.txt   the DKIM public keys used (DNS TXT value)
+
+Integrity vs. trust: the manifest lists every file's SHA-256 and carries a
+checksum of its own content, so a damaged file (the manifest included) is named
+precisely. Trust comes from the anchored records, not from the manifest: the
+verifier checks each copy against its delivery record, each record against its
+``.ots``, and each ``.ots`` against Bitcoin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import zipfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import jinja2
+
+from relay.errors import VerificationError
+from relay.records import Record, canonical_json, sha256_hex
+
+FORMAT = "estampille-proof"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+ATTESTATION = "attestation.html"
+VERIFY_DOC = "VERIFY.md"
+ORIGINAL = "message/original.eml"
+MAX_BUNDLE_FILES = 100_000  # a bundle lists records for each recipient; refuse zip bombs beyond this
+MAX_BUNDLE_BYTES = 4 * 2**30  # total uncompressed size read back from a zip
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the zip format cannot store earlier dates
+ANCHOR_STATES = ("queued", "pending", "confirmed")
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._@+-]")
+_templates = jinja2.Environment(
+    loader=jinja2.PackageLoader("relay", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+)
+
+
+# -- the evidence passed in ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Anchoring:
+    """Where a record's anchoring stands when the bundle is built."""
+
+    state: str  # one of ANCHOR_STATES: queued (not batched yet), pending, confirmed
+    calendars: tuple[str, ...] = ()
+    bitcoin_height: int | None = None
+    block_time: int | None = None  # Unix time of the block
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One evidence record, its standalone .ots proof (None until batched) and anchoring state."""
+
+    record: Record
+    ots: bytes | None
+    anchoring: Anchoring
+
+
+@dataclass(frozen=True)
+class RecipientEvidence:
+    recipient: str
+    state: str  # the delivery's state: queued, sending, deferred, delivered, failed
+    copy: bytes | None  # the certified bytes sent, None before certification
+    delivery: Evidence | None
+    handoff: Evidence | None
+    acknowledgment: Evidence | None
+    fetches: tuple[Evidence, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProofInput:
+    """Everything a bundle holds, gathered from the store by the caller."""
+
+    message_id: str
+    subject: str | None
+    original: bytes
+    submission: Evidence
+    recipients: tuple[RecipientEvidence, ...]
+    generated_at: str  # ISO 8601 UTC
+    timezone: str = "Europe/Paris"
+
+
+@dataclass(frozen=True)
+class DKIMKey:
+    """A DKIM public key as published in DNS, keyed by its selector and domain."""
+
+    domain: str
+    selector: str
+    txt: str  # the TXT record value: "v=DKIM1; k=...; p=..."
+
+    @property
+    def dns_name(self) -> str:
+        return f"{self.selector}._domainkey.{self.domain}"
+
+    @property
+    def path(self) -> str:
+        return f"keys/{self.dns_name}.txt"
+
+    @classmethod
+    def from_record_entry(cls, entry: dict[str, Any]) -> "DKIMKey":
+        """The key a delivery record's ``dkim`` entry commits to."""
+        kind = "ed25519" if "ed25519" in str(entry.get("algorithm", "")) else "rsa"
+        txt = f"v=DKIM1; k={kind}; p={entry['public_key']}"
+        return cls(domain=str(entry["domain"]).lower(), selector=str(entry["selector"]), txt=txt)
+
+
+def dkim_keys_of(delivery: Record) -> list[DKIMKey]:
+    return [DKIMKey.from_record_entry(e) for e in delivery.fields.get("dkim", [])]
+
+
+# -- building --------------------------------------------------------------
+
+
+def record_path(record: Record) -> str:
+    return f"records/{record.type}-{record.digest}.json"
+
+
+def copy_path(index: int, recipient: str) -> str:
+    return f"copies/{index:02d}-{_SAFE_NAME.sub('_', recipient)}.eml"
+
+
+def build_bundle(proof: ProofInput) -> bytes:
+    """The zip bundle for ``proof``: deterministic for the same input."""
+    files: dict[str, bytes] = {ORIGINAL: proof.original}
+    files.update(_evidence_files(proof.submission))
+    recipients = []
+    for index, r in enumerate(proof.recipients, start=1):
+        entry: dict[str, Any] = {"recipient": r.recipient, "state": r.state, "copy": None}
+        if r.copy is not None:
+            entry["copy"] = copy_path(index, r.recipient)
+            files[entry["copy"]] = r.copy
+        for role in ("delivery", "handoff", "acknowledgment"):
+            ev: Evidence | None = getattr(r, role)
+            entry[role] = None if ev is None else record_path(ev.record)
+            if ev is not None:
+                files.update(_evidence_files(ev))
+        entry["fetches"] = [record_path(ev.record) for ev in r.fetches]
+        for ev in r.fetches:
+            files.update(_evidence_files(ev))
+        if r.delivery is not None:
+            for key in dkim_keys_of(r.delivery.record):
+                files[key.path] = key.txt.encode("ascii") + b"\n"
+        recipients.append(entry)
+    facts = {
+        "message_id": proof.message_id,
+        "subject": proof.subject,
+        "generated_at": proof.generated_at,
+        "timezone": proof.timezone,
+        "submission": record_path(proof.submission.record),
+        "original": ORIGINAL,
+        "recipients": recipients,
+        "anchoring": _anchoring_facts(proof),
+    }
+    files[ATTESTATION] = render_attestation(facts, files).encode("utf-8")
+    files[VERIFY_DOC] = render_verify_doc(proof.message_id).encode("utf-8")
+    manifest = make_manifest(facts, files)
+    return _zip({MANIFEST: manifest, **dict(sorted(files.items()))}, proof.generated_at)
+
+
+def _evidence_files(ev: Evidence) -> dict[str, bytes]:
+    path = record_path(ev.record)
+    out = {path: ev.record.body}
+    if ev.ots is not None:
+        out[path + ".ots"] = ev.ots
+    return out
+
+
+def _anchoring_facts(proof: ProofInput) -> dict[str, dict[str, Any]]:
+    """Each record's anchoring state at generation time, keyed by its path."""
+    evidences = [proof.submission]
+    for r in proof.recipients:
+        evidences += [e for e in (r.delivery, r.handoff, r.acknowledgment) if e is not None]
+        evidences += list(r.fetches)
+    out = {}
+    for ev in evidences:
+        a = ev.anchoring
+        out[record_path(ev.record)] = {
+            "state": a.state,
+            "calendars": list(a.calendars),
+            "bitcoin_height": a.bitcoin_height,
+            "block_time": a.block_time,
+        }
+    return out
+
+
+def make_manifest(facts: dict[str, Any], files: dict[str, bytes]) -> bytes:
+    """Canonical JSON listing every file's SHA-256, with a checksum of its own content."""
+    body = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "facts": facts,
+        "files": [{"path": p, "sha256": sha256_hex(data), "size": len(data)} for p, data in sorted(files.items())],
+    }
+    return canonical_json({**body, "checksum": sha256_hex(canonical_json(body))})
+
+
+def _zip(files: dict[str, bytes], generated_at: str) -> bytes:
+    stamp = max(ZIP_EPOCH, _parse_time(generated_at).timetuple()[:6])
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
+        for path, data in files.items():
+            info = zipfile.ZipInfo(path, date_time=stamp)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, data)
+    return out.getvalue()
+
+
+# -- human-readable documents ----------------------------------------------
+
+
+def _parse_time(iso: str) -> datetime:
+    moment = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def local_time(iso: str | None, tz: str) -> str:
+    """An ISO UTC time shown as a French reader expects it, in the given zone."""
+    if not iso:
+        return ""
+    return _parse_time(iso).astimezone(ZoneInfo(tz)).strftime("%d/%m/%Y %H:%M:%S")
+
+
+def block_time_text(unix: int | None, tz: str) -> str:
+    if unix is None:
+        return ""
+    return datetime.fromtimestamp(unix, tz=ZoneInfo(tz)).strftime("%d/%m/%Y %H:%M:%S")
+
+
+def render_attestation(facts: dict[str, Any], files: dict[str, bytes]) -> str:
+    """The printable attestation (French): a rendering of the facts and the records."""
+    tz = facts["timezone"]
+
+    def record(path: str | None) -> dict[str, Any] | None:
+        return None if path is None else json.loads(files[path])
+
+    submission = record(facts["submission"])
+    rows = []
+    for r in facts["recipients"]:
+        rows.append(
+            {
+                "recipient": r["recipient"],
+                "state": r["state"],
+                "delivery": record(r["delivery"]),
+                "handoff": record(r["handoff"]),
+                "ack": record(r["acknowledgment"]),
+                "fetches": len(r["fetches"]),
+            }
+        )
+    states = [a["state"] for a in facts["anchoring"].values()]
+    confirmed = [a for a in facts["anchoring"].values() if a["state"] == "confirmed"]
+    return _templates.get_template("attestation.html").render(
+        facts=facts,
+        submission=submission,
+        rows=rows,
+        acknowledged=sum(1 for r in rows if r["ack"]),
+        anchored=states.count("confirmed"),
+        total_records=len(states),
+        heights=sorted({a["bitcoin_height"] for a in confirmed}),
+        block_times=sorted({block_time_text(a["block_time"], tz) for a in confirmed}),
+        local_time=lambda iso: local_time(iso, tz),
+    )
+
+
+def render_verify_doc(message_id: str) -> str:
+    return _templates.get_template("VERIFY.md").render(message_id=message_id)
+
+
+# -- reading a bundle back -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A bundle's files, read back; ``manifest`` is parsed but not trusted."""
+
+    files: dict[str, bytes]
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def facts(self) -> dict[str, Any]:
+        return self.manifest["facts"]
+
+
+class BundleProblem(VerificationError):
+    """A bundle file fails a check; ``path`` names the file and ``check`` the check."""
+
+    def __init__(self, path: str, check: str, detail: str) -> None:
+        super().__init__(f"{path}: {check}: {detail}")
+        self.path = path
+        self.check = check
+        self.detail = detail
+
+
+def read_zip(data: bytes, name: str = "bundle.zip") -> dict[str, bytes]:
+    """The files of a zip bundle, refusing archives that are corrupt or far too large."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            infos = [i for i in zf.infolist() if not i.is_dir()]
+            if len(infos) > MAX_BUNDLE_FILES or sum(i.file_size for i in infos) > MAX_BUNDLE_BYTES:
+                raise BundleProblem(name, "archive", "too many files or too large to be a proof bundle")
+            files = {}
+            for info in infos:
+                try:
+                    files[info.filename] = zf.read(info)
+                except (zipfile.BadZipFile, OSError, ValueError) as exc:
+                    raise BundleProblem(info.filename, "archive", f"cannot be read from the zip ({exc})") from exc
+            return files
+    except zipfile.BadZipFile as exc:
+        raise BundleProblem(name, "archive", f"not a readable zip file ({exc})") from exc
+
+
+def parse_manifest(files: dict[str, bytes]) -> Bundle:
+    """Check the manifest's own integrity and that every file matches it."""
+    raw = files.get(MANIFEST)
+    if raw is None:
+        raise BundleProblem(MANIFEST, "manifest", "missing")
+    try:
+        manifest = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BundleProblem(MANIFEST, "manifest", f"not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict) or canonical_json(manifest) != raw:
+        raise BundleProblem(MANIFEST, "manifest", "not in canonical form")
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    if manifest.get("checksum") != sha256_hex(canonical_json(body)):
+        raise BundleProblem(MANIFEST, "manifest checksum", "its content does not match its checksum")
+    if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
+        raise BundleProblem(MANIFEST, "format", "not an Estampille proof bundle of a known version")
+    listed = {entry["path"]: entry for entry in manifest["files"]}
+    for path in sorted(set(files) - set(listed) - {MANIFEST}):
+        raise BundleProblem(path, "manifest", "file not listed in manifest.json")
+    for path, entry in listed.items():
+        if path not in files:
+            raise BundleProblem(path, "manifest", "listed in manifest.json but missing from the bundle")
+        if hashlib.sha256(files[path]).hexdigest() != entry["sha256"] or len(files[path]) != entry["size"]:
+            raise BundleProblem(path, "sha256", "content differs from the SHA-256 in manifest.json")
+    return Bundle(files=files, manifest=manifest)

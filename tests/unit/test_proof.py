@@ -1,0 +1,146 @@
+"""The proof model: bundle building and offline bundle verification (pure)."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from relay import bundle_verify, proof
+from relay.bundle_verify import EXIT_INVALID, EXIT_PENDING, EXIT_VERIFIED, required_heights, verify_files
+from relay.proof import MANIFEST, make_manifest, read_zip
+from tests.support.proofdata import Keys, build_input
+
+
+@pytest.fixture(scope="module")
+def keys() -> Keys:
+    return Keys.generate()
+
+
+@pytest.fixture(scope="module")
+def confirmed(keys):
+    proof_input, headers = build_input(3, keys, acknowledged=1)
+    return proof.build_bundle(proof_input), headers
+
+
+def verify(data: bytes, headers):
+    files = read_zip(data)
+    return verify_files(files, headers, regtest=True)
+
+
+def test_a_complete_bundle_verifies_and_says_who_acknowledged(confirmed):
+    data, headers = confirmed
+    report = verify(data, headers)
+    assert report.status == "verified" and report.exit_code == EXIT_VERIFIED, report.summary()
+    assert [r.acknowledged_at is not None for r in report.recipients] == [True, False, False]
+    assert all(r.delivered and r.reply.startswith("250") for r in report.recipients)
+    assert all(len(r.dkim) == 2 for r in report.recipients)  # RSA and Ed25519, both ours
+    assert {c.anchor.bitcoin_height for c in report.records} == {101}
+    text = report.summary()
+    assert "membre000@exemple.net" in text and "acknowledged: 2026-11-29T07:15:00" in text and "VERIFIED" in text
+    assert required_heights(read_zip(data)) == [101]
+
+
+def test_bundle_holds_every_part(confirmed):
+    files = read_zip(confirmed[0])
+    names = set(files)
+    assert {"manifest.json", "attestation.html", "VERIFY.md", "message/original.eml"} <= names
+    assert len([n for n in names if n.startswith("copies/")]) == 3
+    assert len([n for n in names if n.endswith(".json") and n.startswith("records/")]) == 1 + 3 * 2 + 1
+    assert len([n for n in names if n.endswith(".ots")]) == 8
+    assert names >= {"keys/rsa._domainkey.mairie-exemple.fr.txt", "keys/ed._domainkey.mairie-exemple.fr.txt"}
+    manifest = json.loads(files[MANIFEST])
+    assert manifest["format"] == "estampille-proof" and manifest["version"] == 1
+    assert {f["path"] for f in manifest["files"]} == names - {MANIFEST}
+    html = files["attestation.html"].decode()
+    assert 'lang="fr"' in html and "Accusés de réception : <strong>1 sur 3</strong>" in html
+
+
+def test_building_is_deterministic(keys):
+    a = proof.build_bundle(build_input(2, keys)[0])
+    b = proof.build_bundle(build_input(2, keys)[0])
+    assert read_zip(a) == read_zip(b)
+
+
+def test_any_single_changed_byte_of_any_file_is_named(confirmed):
+    data, headers = confirmed
+    files = read_zip(data)
+    for path, content in files.items():
+        for offset in {0, len(content) // 2, len(content) - 1}:
+            changed = dict(files)
+            changed[path] = content[:offset] + bytes([content[offset] ^ 0x01]) + content[offset + 1 :]
+            report = verify_files(changed, headers, regtest=True)
+            assert report.exit_code == EXIT_INVALID, (path, offset)
+            assert report.problem.path == path, (path, offset, report.problem)
+
+
+def test_a_damaged_zip_is_invalid_not_a_crash(confirmed):
+    data, headers = confirmed
+    damaged = bytearray(data)
+    damaged[len(data) // 2] ^= 0xFF
+    report = bundle_verify.verify_files(read_zip_or_empty(bytes(damaged)), headers, regtest=True)
+    assert report.exit_code == EXIT_INVALID
+
+
+def read_zip_or_empty(data: bytes) -> dict[str, bytes]:
+    try:
+        return read_zip(data)
+    except proof.BundleProblem:
+        return {}
+
+
+def test_pending_anchors_give_exit_1(keys):
+    proof_input, headers = build_input(2, keys, confirmed=False)
+    report = verify(proof.build_bundle(proof_input), headers)
+    assert report.status == "pending" and report.exit_code == EXIT_PENDING, report.summary()
+    assert all(c.anchor.calendars == ("http://127.0.0.1:1/calendar",) for c in report.records)
+
+
+def test_a_forged_copy_with_a_consistent_manifest_fails_on_the_delivery_record(confirmed):
+    data, headers = confirmed
+    files = read_zip(data)
+    path = sorted(p for p in files if p.startswith("copies/"))[1]
+    files[path] = files[path].replace(b"18 h", b"20 h")
+    report = verify_files(reforge(files), headers, regtest=True)
+    assert (report.problem.path, report.problem.check) == (path, "copy digest")
+
+
+def test_a_swapped_dkim_key_is_refused(confirmed, keys):
+    data, headers = confirmed
+    files = read_zip(data)
+    other = Keys.generate()
+    files["keys/ed._domainkey.mairie-exemple.fr.txt"] = f"v=DKIM1; k=ed25519; p={other.ed_public}\n".encode()
+    report = verify_files(reforge(files), headers, regtest=True)
+    assert (report.problem.path, report.problem.check) == ("keys/ed._domainkey.mairie-exemple.fr.txt", "DKIM key")
+
+
+def test_an_edited_attestation_is_refused_even_with_a_consistent_manifest(confirmed):
+    data, headers = confirmed
+    files = read_zip(data)
+    files["attestation.html"] = files["attestation.html"].replace(b"1 sur 3", b"3 sur 3")
+    report = verify_files(reforge(files), headers, regtest=True)
+    assert (report.problem.path, report.problem.check) == ("attestation.html", "attestation")
+
+
+def test_a_wrong_block_header_is_named_on_the_proof(confirmed):
+    data, headers = confirmed
+    bad = {101: headers[101][:36] + bytes(32) + headers[101][68:]}
+    report = verify(data, bad)
+    assert report.exit_code == EXIT_INVALID and report.problem.path.endswith(".ots")
+
+
+def reforge(files: dict[str, bytes]) -> dict[str, bytes]:
+    """What a forger would do: recompute the manifest over edited files."""
+    manifest = json.loads(files[MANIFEST])
+    rest = {p: d for p, d in files.items() if p != MANIFEST}
+    return {MANIFEST: make_manifest(manifest["facts"], rest), **rest}
+
+
+@pytest.mark.parametrize("module", ["relay/proof.py", "relay/bundle_verify.py"])
+def test_proof_modules_are_pure(module):
+    tree = ast.parse(Path(module).read_text())
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not imported & {"asyncio", "aiohttp", "aiosqlite", "aiosmtpd", "socket", "time", "random", "secrets", "os"}
