@@ -1,0 +1,152 @@
+"""DKIM signing: byte-identical to dkimpy, verifiable, the right header list, keys handled with care."""
+
+from __future__ import annotations
+
+import base64
+import stat
+from pathlib import Path
+from unittest import mock
+
+import dkim as dkimpy
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from relay import dkim
+from relay.config import DKIMConfig, DKIMDomain
+from relay.errors import DKIMKeyError
+from tests.support.dkimcheck import dkimpy_results, make_keyring
+
+NOW = 1_790_000_000
+MESSAGE = (
+    b"From: Mairie <mairie@ville-exemple.fr>\r\n"
+    b"To: elu@ville-exemple.fr\r\n"
+    b"Subject: Convocation  au\r\n\tconseil\r\n"
+    b"Date: Tue, 01 Dec 2026 09:00:00 +0100\r\n"
+    b"Message-ID: <m1@ville-exemple.fr>\r\n"
+    b"X-Mailer: convocations 3.2\r\n"
+    b"\r\n"
+    b"Bonjour,  \r\n\r\nConvocation.\r\n\r\n\r\n"
+)
+
+
+@pytest.fixture(scope="module")
+def keyring(tmp_path_factory: pytest.TempPathFactory) -> dkim.Keyring:
+    return make_keyring(tmp_path_factory.mktemp("keys"))
+
+
+def _tags(signature_field: bytes) -> dict[bytes, bytes]:
+    return dkimpy.util.parse_tag_value(signature_field.split(b":", 1)[1])
+
+
+def _signatures(data: bytes) -> list[bytes]:
+    headers, _ = dkimpy.rfc822_parse(data)
+    return [name + b":" + value for name, value in headers if name.lower() == b"dkim-signature"]
+
+
+def test_signatures_are_byte_identical_to_dkimpy(keyring: dkim.Keyring) -> None:
+    keys = keyring.domains["ville-exemple.fr"]
+    include = [h.encode() for h in dkim.SIGNED_HEADERS] + [b"from"]
+    rsa_pem = keys.rsa.private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    )
+    seed = keys.ed25519.private_key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    with mock.patch.object(dkimpy.time, "time", return_value=NOW):
+        theirs_rsa = dkimpy.sign(MESSAGE, b"rsa", b"ville-exemple.fr", rsa_pem,
+                                 canonicalize=(b"relaxed", b"relaxed"), include_headers=include)
+        theirs_ed = dkimpy.sign(MESSAGE, b"ed", b"ville-exemple.fr", base64.b64encode(seed),
+                                canonicalize=(b"relaxed", b"relaxed"), include_headers=include,
+                                signature_algorithm=b"ed25519-sha256")
+    ours = dkim.sign(MESSAGE, keys, dkim.SIGNED_HEADERS, NOW)
+    assert ours == theirs_rsa + theirs_ed + MESSAGE
+
+
+def test_both_signatures_verify_with_dkimpy(keyring: dkim.Keyring) -> None:
+    signed = dkim.sign(MESSAGE, keyring.domains["ville-exemple.fr"], keyring.signed_headers, NOW)
+    assert dkimpy_results(signed, keyring) == {"rsa-sha256": True, "ed25519-sha256": True}
+
+
+def test_signature_tags_relaxed_explicit_headers_from_oversigned_no_length(tmp_path: Path) -> None:
+    ring = make_keyring(tmp_path, extra_headers=["X-Mailer", "Subject"])
+    signed = dkim.sign(MESSAGE, ring.domains["ville-exemple.fr"], ring.signed_headers, NOW)
+    sigs = _signatures(signed)
+    assert len(sigs) == 2
+    for sig in sigs:
+        tags = _tags(sig)
+        assert tags[b"c"] == b"relaxed/relaxed"
+        assert b"l" not in tags
+        assert tags[b"t"] == str(NOW).encode()
+        names = [n.strip() for n in tags[b"h"].split(b":")]
+        assert names.count(b"from") == 2  # one From present, signed twice: none can be added
+        for wanted in (b"to", b"cc", b"subject", b"date", b"message-id", b"mime-version", b"content-type",
+                       b"content-transfer-encoding", b"reply-to", b"list-unsubscribe", b"list-unsubscribe-post",
+                       b"x-mailer"):
+            assert wanted in names
+        assert names.count(b"subject") == 1
+    assert {_tags(s)[b"a"] for s in sigs} == {b"rsa-sha256", b"ed25519-sha256"}
+    assert dkimpy_results(signed, ring) == {"rsa-sha256": True, "ed25519-sha256": True}
+
+
+def test_our_earlier_signatures_are_replaced_and_others_kept(keyring: dkim.Keyring) -> None:
+    keys = keyring.domains["ville-exemple.fr"]
+    foreign_key = rsa.generate_private_key(public_exponent=65537, key_size=1024).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    )
+    foreign = dkimpy.sign(MESSAGE, b"s1", b"editeur.example.com", foreign_key) + MESSAGE
+    once = dkim.sign(foreign, keys, dkim.SIGNED_HEADERS, NOW)
+    twice = dkim.sign(once, keys, dkim.SIGNED_HEADERS, NOW + 60)
+    sigs = _signatures(twice)
+    assert len(sigs) == 3
+    assert [_tags(s)[b"d"] for s in sigs].count(b"editeur.example.com") == 1
+    assert {_tags(s)[b"t"] for s in sigs if _tags(s)[b"d"] == b"ville-exemple.fr"} == {str(NOW + 60).encode()}
+    assert dkimpy_results(twice, keyring) == {"rsa-sha256": True, "ed25519-sha256": True}
+
+
+def test_keys_for_sender_domain_default_and_refuse(tmp_path: Path) -> None:
+    a = dkim.generate_keys(tmp_path / "a", "ville-a.fr", "rsa", "ed")
+    b = dkim.generate_keys(tmp_path / "b", "ville-b.fr", "rsa", "ed")
+    ring = dkim.Keyring.from_config(DKIMConfig(domains=[a, b], default_domain="ville-b.fr"))
+    assert ring.for_addresses(["mairie@ville-a.fr"]).domain == "ville-a.fr"
+    assert ring.for_addresses(["mairie@services.ville-a.fr"]).domain == "ville-a.fr"
+    assert ring.for_addresses(["x@other.example", "mairie@ville-a.fr"]).domain == "ville-a.fr"
+    assert ring.for_addresses(["x@other.example"]).domain == "ville-b.fr"
+    strict = dkim.Keyring.from_config(DKIMConfig(domains=[a, b], unknown_domain="refuse"))
+    with pytest.raises(DKIMKeyError):
+        strict.for_addresses(["x@other.example"])
+    assert strict.for_addresses(["MAIRIE@VILLE-B.FR"]).domain == "ville-b.fr"
+
+
+def test_generated_keys_are_private_and_never_overwritten(tmp_path: Path) -> None:
+    entry = dkim.generate_keys(tmp_path / "k", "ville-exemple.fr", "s2026", "e2026")
+    for path in (entry.rsa_key, entry.ed25519_key):
+        assert stat.S_IMODE(Path(path).stat().st_mode) == 0o600
+    keys = dkim.DomainKeys.from_config(entry)
+    assert keys.rsa.private_key.key_size == 2048
+    assert keys.ed25519.dns_txt.startswith("v=DKIM1; k=ed25519; p=")
+    assert len(base64.b64decode(keys.ed25519.public_key)) == 32
+    assert keys.rsa.dns_name == "s2026._domainkey.ville-exemple.fr"
+    with pytest.raises(DKIMKeyError, match="already exists"):
+        dkim.generate_keys(tmp_path / "k", "ville-exemple.fr", "s2026", "e2026")
+
+
+def test_first_start_generates_once(tmp_path: Path) -> None:
+    entry, created = dkim.ensure_default_keys(tmp_path, "relay.example.org")
+    again, created_again = dkim.ensure_default_keys(tmp_path, "relay.example.org")
+    assert created and not created_again
+    assert entry == again
+    assert Path(entry.rsa_key).parent == tmp_path / "dkim"
+
+
+def test_unusable_keys_are_refused_with_a_clear_error(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a key")
+    with pytest.raises(DKIMKeyError, match="not a PEM private key"):
+        dkim.SigningKey.from_file("d.example", "s", str(garbage))
+    with pytest.raises(DKIMKeyError, match="cannot read"):
+        dkim.SigningKey.from_file("d.example", "s", str(tmp_path / "missing.pem"))
+    entry = dkim.generate_keys(tmp_path / "k", "d.example", "rsa", "ed")
+    swapped = DKIMDomain(domain="d.example", rsa_key=entry.ed25519_key, ed25519_key=entry.rsa_key)
+    with pytest.raises(DKIMKeyError, match="must be RSA"):
+        dkim.DomainKeys.from_config(swapped)
