@@ -173,6 +173,8 @@ class AnchorConfig:
     )
     stale_after: int = key(48 * 3600, "Seconds after which a pending batch is logged and counted as stale.")
     resubmit_after: int = key(7 * 86400, "Seconds after which a pending batch's root is resubmitted.")
+    retry_first: float = key(60.0, "Seconds before a batch that too few calendars accepted is submitted again.")
+    retry_max: float = key(3600.0, "Longest wait between submission retries, in seconds (the wait doubles up to this).")
 
 
 @dataclass(frozen=True)

@@ -214,3 +214,21 @@ def leaf_ots(digest: bytes, nonce: bytes, path: Sequence[Step], root: Timestamp)
     ctx = BytesSerializationContext()
     leaf_timestamp(digest, nonce, path, root).serialize(ctx)
     return ctx.getbytes()
+
+
+def graft(timestamp: Timestamp, upgraded: Timestamp) -> bool:
+    """Merge ``upgraded`` (a calendar's answer for one commitment) wherever that commitment occurs.
+
+    Returns True when it brought an attestation ``timestamp`` did not have.
+    """
+    before = {(msg, att) for msg, att in timestamp.all_attestations()}
+    for stamp in _stamps_for(timestamp, upgraded.msg):
+        stamp.merge(upgraded)
+    return any(item not in before for item in timestamp.all_attestations())
+
+
+def _stamps_for(timestamp: Timestamp, msg: bytes) -> list[Timestamp]:
+    found = [timestamp] if timestamp.msg == msg else []
+    for sub in timestamp.ops.values():
+        found.extend(_stamps_for(sub, msg))
+    return found

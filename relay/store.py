@@ -184,6 +184,26 @@ MIGRATIONS: tuple[str, ...] = (
         purged_at REAL NOT NULL
     );
     """,
+    # 4: anchoring keeps each batch's Merkle tree in chunks and each leaf's position in it
+    # (a leaf's path is read from the tree: 64 bytes a leaf instead of 32 per level), and
+    # the calendars' replies. anchor_leaves.path stays unused.
+    """
+    ALTER TABLE anchor_leaves ADD COLUMN position INTEGER;
+    CREATE TABLE anchor_nodes (
+        batch_id INTEGER NOT NULL REFERENCES anchor_batches(id),
+        level    INTEGER NOT NULL,
+        chunk    INTEGER NOT NULL,
+        hashes   BLOB NOT NULL,
+        PRIMARY KEY (batch_id, level, chunk)
+    );
+    CREATE TABLE anchor_replies (
+        batch_id INTEGER NOT NULL REFERENCES anchor_batches(id),
+        calendar TEXT NOT NULL,
+        at       REAL NOT NULL,
+        reply    BLOB NOT NULL,
+        PRIMARY KEY (batch_id, calendar)
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -196,6 +216,25 @@ _INSERT_RECORD_SQL = (
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
 _QUEUE_LEAF_SQL = "INSERT OR IGNORE INTO anchor_leaves (digest, queued_at) VALUES (?, ?)"
+
+
+ANCHOR_CHUNK_BYTES = 32 * 1024  # tree nodes per anchor_nodes row: 1024 hashes
+ANCHOR_NONCE_BYTES = 16
+
+
+@dataclass(frozen=True)
+class NewAnchorBatch:
+    """A batch to store (relay.anchor): the root, the leaves in tree order, the tree, the replies."""
+
+    root: bytes
+    created_at: float
+    state: str  # 'submitting' or 'pending'
+    next_attempt_at: float
+    timestamp: bytes | None  # the root's merged calendar replies, serialized
+    digests: list[str]
+    nonces: bytes  # ANCHOR_NONCE_BYTES per leaf, in the order of digests
+    levels: tuple[bytes, ...]  # relay.merkle.Tree.levels
+    replies: tuple[tuple[str, bytes], ...]  # (calendar URL, its reply re-serialized)
 
 
 @dataclass(frozen=True)
@@ -863,3 +902,151 @@ class Store:
             total += deleted
             if deleted < PURGE_BATCH:
                 return total
+
+    # -- anchoring: leaves, batches, Merkle trees, calendar replies (relay.anchor) --
+
+    async def unbatched_leaves(self, limit: int) -> list[str]:
+        """Digests of up to ``limit`` leaves not yet in a batch, oldest first."""
+        rows = await self.fetchall(
+            "SELECT digest FROM anchor_leaves WHERE batch_id IS NULL ORDER BY queued_at LIMIT ?", (limit,)
+        )
+        return [row[0] for row in rows]
+
+    async def save_anchor_batch(self, batch: NewAnchorBatch) -> int:
+        """Store a batch, its leaves' nonces and positions, its tree and its calendar replies, in one transaction.
+
+        Returns the batch id. Webhook event 'anchored' is queued when the batch is pending.
+        """
+        async with self.transaction() as db:
+            cursor = await db.execute(
+                "INSERT INTO anchor_batches (root, created_at, leaves, state, attempts, next_attempt_at, timestamp)"
+                " VALUES (?, ?, ?, ?, 1, ?, ?)",
+                (batch.root, batch.created_at, len(batch.digests), batch.state, batch.next_attempt_at, batch.timestamp),
+            )
+            batch_id = cursor.lastrowid
+            nonce = ANCHOR_NONCE_BYTES
+            await db.executemany(
+                "UPDATE anchor_leaves SET batch_id = ?, nonce = ?, position = ? WHERE digest = ?",
+                (
+                    (batch_id, batch.nonces[i * nonce : (i + 1) * nonce], i, digest)
+                    for i, digest in enumerate(batch.digests)
+                ),
+            )
+            await db.executemany(
+                "INSERT INTO anchor_nodes (batch_id, level, chunk, hashes) VALUES (?, ?, ?, ?)",
+                (
+                    (batch_id, level, start // ANCHOR_CHUNK_BYTES, hashes[start : start + ANCHOR_CHUNK_BYTES])
+                    for level, hashes in enumerate(batch.levels)
+                    for start in range(0, len(hashes), ANCHOR_CHUNK_BYTES)
+                ),
+            )
+            await self._insert_anchor_replies(db, batch_id, batch.replies, batch.created_at)
+            if batch.state == "pending":
+                await self._anchor_event(db, "anchored", batch_id, batch.created_at)
+        return batch_id
+
+    @staticmethod
+    async def _insert_anchor_replies(
+        db: aiosqlite.Connection, batch_id: int, replies: Iterable[tuple[str, bytes]], now: float
+    ) -> None:
+        await db.executemany(
+            "INSERT OR REPLACE INTO anchor_replies (batch_id, calendar, at, reply) VALUES (?, ?, ?, ?)",
+            [(batch_id, calendar, now, reply) for calendar, reply in replies],
+        )
+
+    async def _anchor_event(self, db: aiosqlite.Connection, event: str, batch_id: int, now: float) -> None:
+        row = await (
+            await db.execute("SELECT root, leaves, bitcoin_height FROM anchor_batches WHERE id = ?", (batch_id,))
+        ).fetchone()
+        payload = {"batch": batch_id, "root": row[0].hex(), "leaves": row[1]}
+        if event == "confirmed":
+            payload["bitcoin_height"] = row[2]
+        await self.enqueue_event(db, event, payload, now)
+
+    async def anchor_batches(self, states: Iterable[str], due_before: float | None = None) -> list[aiosqlite.Row]:
+        """Batches in ``states`` (optionally only those due before a time), oldest first."""
+        states = tuple(states)
+        marks = ", ".join("?" for _ in states)
+        sql = f"SELECT * FROM anchor_batches WHERE state IN ({marks})"
+        params: list[Any] = list(states)
+        if due_before is not None:
+            sql += " AND next_attempt_at <= ?"
+            params.append(due_before)
+        return await self.fetchall(sql + " ORDER BY id", params)
+
+    async def anchor_reply_calendars(self, batch_id: int) -> set[str]:
+        """The calendar URLs that accepted a batch's root."""
+        rows = await self.fetchall("SELECT calendar FROM anchor_replies WHERE batch_id = ?", (batch_id,))
+        return {row[0] for row in rows}
+
+    async def update_anchor_batch(
+        self,
+        batch_id: int,
+        *,
+        now: float,
+        timestamp: bytes | None,
+        state: str,
+        next_attempt_at: float,
+        replies: Iterable[tuple[str, bytes]] = (),
+        attempted: bool = False,
+        bitcoin_height: int | None = None,
+        resubmitted: bool = False,
+    ) -> None:
+        """Record a submission retry or an upgrade round of one batch (webhook event on a state change)."""
+        async with self.transaction() as db:
+            row = await (await db.execute("SELECT state FROM anchor_batches WHERE id = ?", (batch_id,))).fetchone()
+            await db.execute(
+                "UPDATE anchor_batches SET timestamp = COALESCE(?, timestamp), state = ?, next_attempt_at = ?,"
+                " attempts = attempts + ?, bitcoin_height = COALESCE(?, bitcoin_height),"
+                " confirmed_at = CASE WHEN ? = 'confirmed' THEN COALESCE(confirmed_at, ?) ELSE confirmed_at END,"
+                " resubmitted_at = CASE WHEN ? THEN ? ELSE resubmitted_at END"
+                " WHERE id = ?",
+                (timestamp, state, next_attempt_at, int(attempted), bitcoin_height, state, now, resubmitted, now, batch_id),
+            )
+            await self._insert_anchor_replies(db, batch_id, replies, now)
+            if row is not None and row[0] != state and state in ("pending", "confirmed"):
+                await self._anchor_event(db, "anchored" if state == "pending" else "confirmed", batch_id, now)
+
+    async def anchor_leaf(self, digest: str) -> aiosqlite.Row:
+        """One leaf joined with its batch: what exporting its proof needs (NotFoundError if unknown)."""
+        row = await self.fetchone(
+            "SELECT l.digest, l.batch_id, l.nonce, l.position, b.root, b.leaves, b.state, b.timestamp"
+            " FROM anchor_leaves l LEFT JOIN anchor_batches b ON b.id = l.batch_id WHERE l.digest = ?",
+            (digest,),
+        )
+        if row is None:
+            raise NotFoundError(f"no evidence record with digest {digest} is queued for anchoring")
+        return row
+
+    async def anchor_nodes(self, batch_id: int, wanted: Iterable[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        """Nodes (level, index) of a batch's tree, read from the chunks that hold them."""
+        wanted = list(wanted)
+        per_chunk = ANCHOR_CHUNK_BYTES // 32
+        chunks: dict[tuple[int, int], bytes] = {}
+        for level, chunk in {(level, index // per_chunk) for level, index in wanted}:
+            row = await self.fetchone(
+                "SELECT hashes FROM anchor_nodes WHERE batch_id = ? AND level = ? AND chunk = ?",
+                (batch_id, level, chunk),
+            )
+            if row is None:
+                raise StoreError(f"anchor batch {batch_id} lacks tree chunk {level}/{chunk}")
+            chunks[(level, chunk)] = row[0]
+        out = {}
+        for level, index in wanted:
+            offset = (index % per_chunk) * 32
+            out[(level, index)] = chunks[(level, index // per_chunk)][offset : offset + 32]
+        return out
+
+    async def anchor_summary(self) -> dict[str, Any]:
+        """Unbatched leaves (count, oldest queued time) and confirmed batches (count, leaves, last height)."""
+        leaves = await self.fetchone("SELECT COUNT(*), MIN(queued_at) FROM anchor_leaves WHERE batch_id IS NULL")
+        confirmed = await self.fetchone(
+            "SELECT COUNT(*), COALESCE(SUM(leaves), 0), MAX(bitcoin_height) FROM anchor_batches WHERE state = 'confirmed'"
+        )
+        return {
+            "unbatched": leaves[0],
+            "oldest_queued_at": leaves[1],
+            "confirmed_batches": confirmed[0],
+            "confirmed_leaves": confirmed[1],
+            "last_height": confirmed[2],
+        }

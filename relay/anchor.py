@@ -1,0 +1,380 @@
+"""Anchoring evidence in Bitcoin through OpenTimestamps calendars: the I/O half of ``relay.merkle``.
+
+Two workers, both driven by :class:`Anchorer`:
+
+- batching: every ``anchor.interval`` seconds, or as soon as ``anchor.max_batch``
+  leaves wait, the waiting leaves become one batch: a nonce per leaf, one Merkle
+  tree, and its root POSTed in parallel to every configured calendar (one request
+  per calendar, whatever the batch size). The batch, the replies and the tree
+  are stored in one transaction. With fewer than ``anchor.min_calendars``
+  replies the batch stays 'submitting' and is retried with backoff (only the
+  calendars that have not answered); it is never dropped.
+- upgrading: every ``anchor.upgrade_interval`` seconds, each pending batch's
+  pending attestations are looked up at their calendar, by the commitment that
+  carries the attestation, if the calendar's host is allowed (``anchor.allowlist``
+  plus the configured calendars). Bitcoin attestations are merged into the
+  batch; leaves get them when their ``.ots`` is exported. Batches pending past
+  ``anchor.stale_after`` are logged and counted; past ``anchor.resubmit_after``
+  their root goes to other calendars once.
+
+Calendar replies are refused above 10,000 bytes, as the reference client does.
+Run time uses the ``opentimestamps`` library, never ``otsclient``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import aiohttp
+from opentimestamps.core.serialize import DeserializationError
+from opentimestamps.core.timestamp import Timestamp
+
+from relay import merkle
+from relay.config import AnchorConfig
+from relay.errors import AnchorError
+from relay.fetch import ReplyTooLarge, read_bounded
+from relay.store import NewAnchorBatch, Store
+
+log = logging.getLogger("estampille.anchor")
+
+MAX_REPLY_BYTES = 10_000  # the reference client's limit for a calendar reply
+PENDING_REPLY = "Pending confirmation in Bitcoin blockchain"
+HEADERS = {"Accept": "application/vnd.opentimestamps.v1", "User-Agent": "Estampille"}
+POLL_SECONDS = 5.0  # how often the batching worker checks whether max_batch leaves are waiting
+
+
+def calendar_url(base: str, path: str) -> str:
+    """``base``/``path``; urljoin would drop the last segment of a base without a trailing slash."""
+    return base.rstrip("/") + "/" + path
+
+
+class CalendarClient:
+    """The two requests of the OpenTimestamps calendar protocol, with bounded replies."""
+
+    def __init__(self, session: aiohttp.ClientSession, timeout: float) -> None:
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def submit(self, calendar: str, digest: bytes) -> Timestamp:
+        """POST ``digest`` to ``calendar``; the reply's operations from ``digest`` (AnchorError if unusable)."""
+        try:
+            async with self._session.post(
+                calendar_url(calendar, "digest"), data=digest, headers=HEADERS, timeout=self._timeout
+            ) as resp:
+                body = await read_bounded(resp, MAX_REPLY_BYTES)
+                if resp.status != 200:
+                    raise AnchorError(f"{calendar} answered HTTP {resp.status}")
+        except (aiohttp.ClientError, asyncio.TimeoutError, ReplyTooLarge) as exc:
+            raise AnchorError(f"{calendar}: {exc.__class__.__name__} {exc}") from exc
+        return _parse_reply(calendar, body, digest)
+
+    async def get_timestamp(self, calendar: str, commitment: bytes) -> Timestamp | None:
+        """GET the upgrade of ``commitment``; None while the calendar waits for Bitcoin."""
+        url = calendar_url(calendar, "timestamp/" + commitment.hex())
+        try:
+            async with self._session.get(url, headers=HEADERS, timeout=self._timeout) as resp:
+                body = await read_bounded(resp, MAX_REPLY_BYTES)
+                status = resp.status
+        except (aiohttp.ClientError, asyncio.TimeoutError, ReplyTooLarge) as exc:
+            raise AnchorError(f"{calendar}: {exc.__class__.__name__} {exc}") from exc
+        if status == 404:
+            if PENDING_REPLY.encode() not in body:
+                log.warning("calendar %s does not know commitment %s", calendar, commitment.hex())
+            return None
+        if status != 200:
+            raise AnchorError(f"{calendar} answered HTTP {status}")
+        return _parse_reply(calendar, body, commitment)
+
+
+def _parse_reply(calendar: str, body: bytes, msg: bytes) -> Timestamp:
+    try:
+        timestamp = merkle.deserialize_timestamp(body, msg)
+    except (DeserializationError, ValueError, TypeError) as exc:
+        raise AnchorError(f"{calendar} sent an invalid timestamp: {exc}") from exc
+    if not any(True for _ in timestamp.all_attestations()):
+        raise AnchorError(f"{calendar} sent a timestamp without attestation")
+    return timestamp
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What one submission round did to a batch."""
+
+    batch_id: int
+    leaves: int
+    accepted: tuple[str, ...]  # calendars holding the root after this round
+    state: str
+
+
+@dataclass(frozen=True)
+class UpgradeReport:
+    """What one upgrade round found."""
+
+    checked: int
+    confirmed: tuple[int, ...]
+    stale: tuple[int, ...]
+    resubmitted: tuple[int, ...]
+
+
+class Anchorer:
+    """Batches leaves, submits roots, upgrades pending batches. Use ``async with``."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: AnchorConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        randbytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self._clock = clock
+        self._randbytes = randbytes
+        self._session: aiohttp.ClientSession | None = None
+        self.stale_batches = 0  # read by /metrics
+        hosts = [urlsplit(url).hostname or "" for url in config.calendars]
+        self._allowed = tuple(pattern.lower() for pattern in (*config.allowlist, *hosts) if pattern)
+
+    async def __aenter__(self) -> "Anchorer":
+        self._session = aiohttp.ClientSession()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def _client(self) -> CalendarClient:
+        if self._session is None:
+            raise RuntimeError("use Anchorer inside 'async with'")
+        return CalendarClient(self._session, self.config.timeout)
+
+    def allowed(self, calendar: str) -> bool:
+        """Whether the upgrade worker may contact ``calendar`` (its host matches the allowlist)."""
+        host = (urlsplit(calendar).hostname or "").lower()
+        return bool(host) and any(fnmatch.fnmatchcase(host, pattern) for pattern in self._allowed)
+
+    # -- batching ----------------------------------------------------------
+
+    async def batch(self) -> BatchOutcome | None:
+        """Make one batch of up to ``max_batch`` waiting leaves and submit it; None if none wait."""
+        digests = await self.store.unbatched_leaves(self.config.max_batch)
+        if not digests:
+            return None
+        nonces = self._randbytes(merkle.NONCE_BYTES * len(digests))
+        tree = await asyncio.to_thread(merkle.Tree.build, [bytes.fromhex(d) for d in digests], nonces)
+        root = Timestamp(tree.root)
+        replies = await self._submit(root, self.config.calendars)
+        now = self._clock()
+        state, next_at = self._after_submission(len(replies), attempts=1, now=now)
+        batch_id = await self.store.save_anchor_batch(
+            NewAnchorBatch(
+                root=tree.root,
+                created_at=now,
+                state=state,
+                next_attempt_at=next_at,
+                timestamp=merkle.serialize_timestamp(root) if replies else None,
+                digests=digests,
+                nonces=nonces,
+                levels=tree.levels,
+                replies=tuple(replies.items()),
+            )
+        )
+        log.info("batch %d: %d leaves, root %s, accepted by %d calendar(s), %s",
+                 batch_id, len(digests), tree.root.hex(), len(replies), state)
+        return BatchOutcome(batch_id, len(digests), tuple(sorted(replies)), state)
+
+    async def batch_all(self) -> list[BatchOutcome]:
+        """Batch every waiting leaf, ``max_batch`` at a time."""
+        outcomes = []
+        while (outcome := await self.batch()) is not None:
+            outcomes.append(outcome)
+            if outcome.leaves < self.config.max_batch:
+                break
+        return outcomes
+
+    async def _submit(self, root: Timestamp, calendars: Iterable[str]) -> dict[str, bytes]:
+        """POST the root to ``calendars`` in parallel; merge the good replies into ``root``."""
+        calendars = list(calendars)
+        results = await asyncio.gather(
+            *(self._client.submit(url, root.msg) for url in calendars), return_exceptions=True
+        )
+        replies: dict[str, bytes] = {}
+        for url, result in zip(calendars, results):
+            if isinstance(result, AnchorError):
+                log.warning("calendar %s refused or failed: %s", url, result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                root.merge(result)
+                replies[url] = merkle.serialize_timestamp(result)
+        return replies
+
+    def _after_submission(self, accepted: int, *, attempts: int, now: float) -> tuple[str, float]:
+        if accepted >= self.config.min_calendars:
+            return "pending", now + self.config.upgrade_interval
+        delay = min(self.config.retry_first * 2 ** (attempts - 1), self.config.retry_max)
+        return "submitting", now + delay
+
+    async def retry_submissions(self) -> list[BatchOutcome]:
+        """Submit again every due batch that fewer than ``min_calendars`` calendars accepted."""
+        outcomes = []
+        for row in await self.store.anchor_batches(["submitting"], due_before=self._clock()):
+            accepted = await self.store.anchor_reply_calendars(row["id"])
+            targets = [url for url in self.config.calendars if url not in accepted]
+            root = self._root_timestamp(row)
+            replies = await self._submit(root, targets)
+            now = self._clock()
+            total = accepted | set(replies)
+            state, next_at = self._after_submission(len(total), attempts=row["attempts"] + 1, now=now)
+            await self.store.update_anchor_batch(
+                row["id"],
+                now=now,
+                timestamp=merkle.serialize_timestamp(root) if total else None,
+                state=state,
+                next_attempt_at=next_at,
+                replies=replies.items(),
+                attempted=True,
+            )
+            log.info("batch %d: retry %d, accepted by %d calendar(s), %s", row["id"], row["attempts"], len(total), state)
+            outcomes.append(BatchOutcome(row["id"], row["leaves"], tuple(sorted(total)), state))
+        return outcomes
+
+    @staticmethod
+    def _root_timestamp(row) -> Timestamp:
+        if row["timestamp"] is None:
+            return Timestamp(row["root"])
+        return merkle.deserialize_timestamp(row["timestamp"], row["root"])
+
+    # -- upgrading ---------------------------------------------------------
+
+    async def upgrade(self) -> UpgradeReport:
+        """One upgrade round over every unconfirmed batch that some calendar holds."""
+        now = self._clock()
+        confirmed, stale, resubmitted = [], [], []
+        rows = [r for r in await self.store.anchor_batches(["submitting", "pending"]) if r["timestamp"] is not None]
+        for row in rows:
+            root = self._root_timestamp(row)
+            changed = await self._upgrade_timestamp(root)
+            heights = merkle.bitcoin_heights(root)
+            if changed:
+                state = "confirmed" if heights else row["state"]
+                await self.store.update_anchor_batch(
+                    row["id"], now=now, timestamp=merkle.serialize_timestamp(root), state=state,
+                    next_attempt_at=row["next_attempt_at"], bitcoin_height=heights[0] if heights else None,
+                )
+                if heights:
+                    log.info("batch %d confirmed in Bitcoin block %d", row["id"], heights[0])
+                    confirmed.append(row["id"])
+                    continue
+            age = now - row["created_at"]
+            if age > self.config.stale_after:
+                stale.append(row["id"])
+            if age > self.config.resubmit_after and row["resubmitted_at"] is None:
+                await self._resubmit(row, root)
+                resubmitted.append(row["id"])
+        self.stale_batches = len(stale)
+        if stale:
+            log.warning("%d batch(es) pending for more than %d s: %s", len(stale), self.config.stale_after,
+                        ", ".join(map(str, stale)))
+        return UpgradeReport(len(rows), tuple(confirmed), tuple(stale), tuple(resubmitted))
+
+    async def _upgrade_timestamp(self, root: Timestamp) -> bool:
+        """Ask each allowed calendar for its pending commitments; graft what they return."""
+        asks = []
+        for commitment, calendar in merkle.pending_calendars(root):
+            if self.allowed(calendar):
+                asks.append((commitment, calendar))
+            else:
+                log.warning("calendar %s is not on the allowlist: not contacted", calendar)
+        results = await asyncio.gather(
+            *(self._client.get_timestamp(calendar, commitment) for commitment, calendar in asks),
+            return_exceptions=True,
+        )
+        changed = False
+        for (commitment, calendar), result in zip(asks, results):
+            if isinstance(result, AnchorError):
+                log.warning("upgrade from %s failed: %s", calendar, result)
+            elif isinstance(result, BaseException):
+                raise result
+            elif result is not None:
+                changed = merkle.graft(root, result) or changed
+        return changed
+
+    async def _resubmit(self, row, root: Timestamp) -> None:
+        """Send a long-pending root to the configured calendars that do not hold it (all, if every one does)."""
+        accepted = await self.store.anchor_reply_calendars(row["id"])
+        targets = [url for url in self.config.calendars if url not in accepted] or list(self.config.calendars)
+        replies = await self._submit(root, targets)
+        await self.store.update_anchor_batch(
+            row["id"], now=self._clock(), timestamp=merkle.serialize_timestamp(root), state=row["state"],
+            next_attempt_at=row["next_attempt_at"], replies=replies.items(), resubmitted=True,
+        )
+        log.warning("batch %d resubmitted to %s; accepted by %d", row["id"], ", ".join(targets), len(replies))
+
+    # -- workers -----------------------------------------------------------
+
+    async def run_batches(self) -> None:
+        """Batching worker: runs until cancelled; a failed round is logged and tried again."""
+        last = self._clock()
+        while True:
+            try:
+                now = self._clock()
+                waiting = (await self.store.anchor_summary())["unbatched"]
+                if waiting >= self.config.max_batch or (waiting and now - last >= self.config.interval):
+                    await self.batch_all()
+                    last = now
+                elif not waiting and now - last >= self.config.interval:
+                    last = now
+                await self.retry_submissions()
+            except Exception:
+                log.exception("anchoring round failed; trying again")
+            await asyncio.sleep(min(POLL_SECONDS, self.config.interval))
+
+    async def run_upgrades(self) -> None:
+        """Upgrade worker: one round every ``upgrade_interval`` seconds until cancelled."""
+        while True:
+            try:
+                await self.upgrade()
+            except Exception:
+                log.exception("upgrade round failed; trying again")
+            await asyncio.sleep(self.config.upgrade_interval)
+
+    async def run(self) -> None:
+        """Both workers, until cancelled."""
+        await asyncio.gather(self.run_batches(), self.run_upgrades())
+
+
+async def export_ots(store: Store, digest: str) -> bytes:
+    """The standalone ``.ots`` proof of one evidence record (its canonical JSON bytes are the file).
+
+    A confirmed batch gives the single path to its lowest Bitcoin attestation;
+    a pending one gives every calendar's pending attestation (``ots upgrade``
+    completes it). NotFoundError for an unknown digest, AnchorError while the
+    record is not yet batched or no calendar holds its batch.
+    """
+    row = await store.anchor_leaf(digest)
+    if row["batch_id"] is None:
+        raise AnchorError(f"record {digest} is not batched yet (run 'estampille anchor --now')")
+    if row["timestamp"] is None:
+        raise AnchorError(f"record {digest} is in batch {row['batch_id']}, which no calendar has accepted yet")
+    root = merkle.deserialize_timestamp(row["timestamp"], row["root"])
+    if row["state"] == "confirmed":
+        root = merkle.bitcoin_branch(root) or root
+    positions = merkle.sibling_positions(row["leaves"], row["position"])
+    nodes = await store.anchor_nodes(row["batch_id"], [(level, index) for level, index, _ in positions])
+    path = [merkle.Step(append, nodes[(level, index)]) for level, index, append in positions]
+    try:
+        return merkle.leaf_ots(bytes.fromhex(digest), row["nonce"], path, root)
+    except ValueError as exc:
+        raise AnchorError(f"stored path of record {digest} does not reach its batch root") from exc
+
