@@ -19,13 +19,13 @@ import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from relay.auth import Credentials, FailureLimiter, load_credentials
 from relay.config import Config
-from relay.errors import DiskFullError, StoreError
+from relay.errors import ConfigError, DiskFullError, StoreError
 from relay.spool import Incoming, Spool
 
 log = logging.getLogger("estampille.intake")
@@ -59,6 +59,12 @@ class IntakeSMTP(SMTP):
 
     def _create_envelope(self) -> IntakeEnvelope:
         return IntakeEnvelope()
+
+    async def push(self, status: AnyStr) -> None:
+        # Every reply passes here, aiosmtpd's own (500, 501, 555...) included: metrics count errors.
+        if self.intake.on_reply is not None:
+            self.intake.on_reply(status if isinstance(status, str) else status.decode("ascii", "replace"))
+        await super().push(status)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -103,14 +109,36 @@ class IntakeHandler:
         spool: Spool,
         credentials: Credentials | None = None,
         clock: Callable[[], float] = time.time,
+        on_reply: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self.spool = spool
         self.credentials = credentials
         self.clock = clock
+        self.on_reply = on_reply
+        # Read by each new connection, so a reload reaches new sessions and spares open ones.
+        self.tls_context = tls_context(config)
         self.allowed = [ipaddress.ip_network(n, strict=False) for n in config.smtp.allowed_networks]
         self.limiter = FailureLimiter(config.smtp.auth_failures_per_minute)
         self.min_free_bytes = config.smtp.min_free_disk_mb * 2**20
+
+    @classmethod
+    def from_config(cls, config: Config, spool: Spool, *, clock: Callable[[], float] = time.time,
+                    on_reply: Callable[[str], None] | None = None) -> "IntakeHandler":
+        """A handler with the credentials file the configuration names, if any."""
+        path = config.smtp.credentials_file
+        return cls(config, spool, load_credentials(Path(path)) if path else None, clock, on_reply)
+
+    def reload(self) -> None:
+        """Reread the TLS certificate and key and the credentials file (SIGHUP).
+
+        All are read before any is replaced: an unusable file raises ConfigError and
+        the current ones stay. Sessions already open keep what they started with.
+        """
+        context = tls_context(self.config)
+        path = self.config.smtp.credentials_file
+        credentials = load_credentials(Path(path)) if path else self.credentials
+        self.tls_context, self.credentials = context, credentials
 
     # -- policy helpers ---------------------------------------------------
 
@@ -188,7 +216,7 @@ class IntakeHandler:
         login = session.auth_data.login if isinstance(session.auth_data, LoginPassword) else None
         return Incoming(
             data=envelope.original_content or b"",
-            mail_from=envelope.mail_from or "",
+            mail_from=_reverse_path(envelope.mail_from),
             recipients=tuple(envelope.rcpt_tos),
             rcpt_options=tuple(envelope.rcpt_params),
             mail_options=tuple(envelope.mail_options),
@@ -203,17 +231,22 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     if not config.smtp.tls_cert:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(config.smtp.tls_cert, config.smtp.tls_key)
+    try:
+        context.load_cert_chain(config.smtp.tls_cert, config.smtp.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"smtp.tls_cert = {config.smtp.tls_cert!r}, smtp.tls_key = {config.smtp.tls_key!r}: cannot load them ({exc})"
+        ) from exc
     return context
 
 
 async def start_intake(config: Config, spool: Spool, *, credentials: Credentials | None = None,
-                       host: str | None = None, port: int | None = None) -> asyncio.Server:
+                       host: str | None = None, port: int | None = None,
+                       handler: IntakeHandler | None = None) -> asyncio.Server:
     """Listen on the relay's own loop; port 0 picks a free port (read it from the server's sockets)."""
-    if credentials is None and config.smtp.credentials_file:
-        credentials = load_credentials(Path(config.smtp.credentials_file))
-    handler = IntakeHandler(config, spool, credentials)
-    context = tls_context(config)
+    if handler is None:
+        handler = (IntakeHandler(config, spool, credentials) if credentials is not None
+                   else IntakeHandler.from_config(config, spool))
     loop = asyncio.get_running_loop()
 
     def factory() -> IntakeSMTP:
@@ -225,7 +258,7 @@ async def start_intake(config: Config, spool: Spool, *, credentials: Credentials
             decode_data=False,
             hostname=config.smtp.hostname,
             ident="Estampille",
-            tls_context=context,
+            tls_context=handler.tls_context,
             timeout=config.smtp.timeout,
             loop=loop,
         )
@@ -233,6 +266,11 @@ async def start_intake(config: Config, spool: Spool, *, credentials: Credentials
     return await loop.create_server(
         factory, host or config.smtp.listen_host, config.smtp.listen_port if port is None else port
     )
+
+
+def _reverse_path(mail_from: str | None) -> str:
+    """The MAIL FROM address, '' for the null sender (aiosmtpd keeps it as '<>')."""
+    return "" if not mail_from or mail_from == "<>" else mail_from
 
 
 def _ip_of(peer: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
+import time
+from email import policy
 from email.message import EmailMessage
+from email.parser import BytesParser
 
-from tests.support.relay import running, relay_config
-from tests.support.sink import Sink
+import aiosmtplib
+
+from tests.conftest import require_tool
+from tests.support.relay import relay_config, running
+from tests.support.sink import Sink, free_port
+
+WAIT_SECONDS = 20.0
 
 
 def message(subject: str = "Convocation", to: str = "b@example.net", body: str = "Bonjour.\n") -> bytes:
@@ -30,6 +38,18 @@ def smtplib_send(port: int, sender: str, recipients: list[str], data: bytes) -> 
         return client.data(data)
 
 
+async def wait_states(service, *states: str, submission_kind: str = "mail") -> list:
+    """The deliveries of the first submission once every one is in one of ``states`` (bounded wait)."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        sub = await service.store.fetchone("SELECT id FROM submissions WHERE kind = ? ORDER BY id", (submission_kind,))
+        rows = await service.store.delivery_states(sub["id"]) if sub else []
+        if rows and all(row["state"] in states for row in rows):
+            return rows
+        assert time.monotonic() < deadline, [dict(r) for r in rows]
+        await asyncio.sleep(0.02)
+
+
 async def test_three_recipients_give_three_envelopes(tmp_path):
     async with Sink() as sink:
         async with running(relay_config(tmp_path, sink.port)) as service:
@@ -40,3 +60,110 @@ async def test_three_recipients_give_three_envelopes(tmp_path):
     assert sorted(m.rcpt_tos for m in got) == [(r,) for r in rcpts]
     assert all(m.mail_from == "a@example.org" for m in got)
     assert all(b"Subject: Convocation" in m.data for m in got)
+
+
+async def test_swaks_message_is_delivered(tmp_path):
+    swaks = require_tool("swaks")
+    async with Sink() as sink:
+        async with running(relay_config(tmp_path, sink.port)) as service:
+            proc = await asyncio.create_subprocess_exec(
+                swaks, "--server", f"127.0.0.1:{service.smtp_port}", "--from", "a@example.org",
+                "--to", "b@example.net,c@example.net", "--header", "Subject: swaks test",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            )
+            out, _ = await asyncio.wait_for(proc.communicate(), 30)
+            assert proc.returncode == 0, out.decode()
+            assert b"250 2.0.0 Ok: queued as" in out
+            got = await sink.wait_for(2)
+    assert sorted(m.rcpt_tos for m in got) == [("b@example.net",), ("c@example.net",)]
+
+
+async def test_451_then_250_is_delivered_on_retry(tmp_path):
+    async with Sink() as sink:
+        sink.script("b@example.net", ["451 4.3.0 try again later"])
+        async with running(relay_config(tmp_path, sink.port)) as service:
+            await aiosmtplib.send(message(), sender="a@example.org", recipients=["b@example.net"],
+                                  hostname="127.0.0.1", port=service.smtp_port)
+            got = await sink.wait_for(1)
+            states = await wait_states(service, "delivered")
+    assert [a.reply[:3] for a in sink.attempts] == ["451", "250"]
+    assert got[0].rcpt_tos == ("b@example.net",)
+    assert states[0]["attempts"] == 2
+
+
+async def test_upstream_down_then_up_is_delivered(tmp_path):
+    port = free_port()
+    async with running(relay_config(tmp_path, port)) as service:
+        await aiosmtplib.send(message(), sender="a@example.org", recipients=["b@example.net"],
+                              hostname="127.0.0.1", port=service.smtp_port)
+        deferred = await wait_states(service, "deferred")
+        assert deferred[0]["last_code"] is None and deferred[0]["last_reply"]
+        async with Sink(port=port) as sink:
+            got = await sink.wait_for(1)
+            await wait_states(service, "delivered")
+    assert got[0].rcpt_tos == ("b@example.net",)
+
+
+async def test_550_fails_and_sender_gets_a_multipart_report(tmp_path):
+    async with Sink() as sink:
+        sink.script("nobody@example.net", ["550 5.1.1 <nobody@example.net>: no such user"])
+        async with running(relay_config(tmp_path, sink.port)) as service:
+            await aiosmtplib.send(message(subject="Conseil du 3 mars", to="nobody@example.net"),
+                                  sender="a@example.org", recipients=["nobody@example.net"],
+                                  hostname="127.0.0.1", port=service.smtp_port)
+            got = await sink.wait_for(1)
+            states = await wait_states(service, "failed")
+    assert states[0]["last_code"] == 550
+    dsn = got[0]
+    assert dsn.mail_from == "" and dsn.rcpt_tos == ("a@example.org",)
+    report = BytesParser(policy=policy.default).parsebytes(dsn.data)
+    assert report.get_content_type() == "multipart/report"
+    assert report.get_param("report-type") == "delivery-status"
+    parts = list(report.iter_parts())
+    assert [p.get_content_type() for p in parts] == ["text/plain", "message/delivery-status", "text/rfc822-headers"]
+    status = parts[1].as_bytes().decode()
+    assert "Final-Recipient: rfc822; nobody@example.net" in status
+    assert "Action: failed" in status and "Status: 5.1.1" in status
+    assert "Diagnostic-Code: smtp; 550 5.1.1" in status
+    assert "Subject: Conseil du 3 mars" in parts[2].as_bytes().decode()
+
+
+async def test_no_dsn_for_a_null_sender(tmp_path):
+    async with Sink() as sink:
+        sink.reply = lambda envelope: "550 5.7.1 refused"
+        async with running(relay_config(tmp_path, sink.port)) as service:
+            code, _ = await asyncio.to_thread(smtplib_send, service.smtp_port, "", ["b@example.net"], message())
+            assert code == 250
+            await wait_states(service, "failed")
+            submissions = await service.store.fetchall("SELECT kind FROM submissions")
+    assert [row["kind"] for row in submissions] == ["mail"]
+    assert sink.messages == []
+
+
+async def test_expiry_fails_with_a_dsn(tmp_path):
+    async with Sink() as sink:
+        sink.reply = lambda envelope: "451 4.4.1 busy" if envelope.rcpt_tos == ["b@example.net"] else None
+        config = relay_config(tmp_path, sink.port, delivery={"give_up_after": 0.5, "retry_first": 0.1})
+        async with running(config) as service:
+            await aiosmtplib.send(message(), sender="a@example.org", recipients=["b@example.net"],
+                                  hostname="127.0.0.1", port=service.smtp_port)
+            got = await sink.wait_for(1)
+            await wait_states(service, "failed")
+    assert got[0].rcpt_tos == ("a@example.org",)
+    assert b"Status: 4.4.7" in got[0].data and b"delivery time expired" in got[0].data
+
+
+async def test_every_step_leaves_an_evidence_record(tmp_path):
+    async with Sink() as sink:
+        async with running(relay_config(tmp_path, sink.port)) as service:
+            await aiosmtplib.send(message(), sender="a@example.org", recipients=["b@example.net"],
+                                  hostname="127.0.0.1", port=service.smtp_port)
+            await sink.wait_for(1)
+            (row,) = await wait_states(service, "delivered")
+            delivery = await service.store.get_record(row["record_digest"])
+            handoff = await service.store.get_record(row["handoff_digest"])
+            copy = await service.store.get_blob(row["copy_sha256"])
+    assert delivery.fields["recipient"] == "b@example.net"
+    assert handoff.fields["delivery"] == delivery.digest
+    assert handoff.fields["code"] == 250 and handoff.fields["queue_id"] == "SINK1"
+    assert copy == sink.messages[0].data

@@ -34,7 +34,7 @@ WAIT_SECONDS = 20.0
 class Received:
     """One DATA transaction as the sink saw it."""
 
-    mail_from: str
+    mail_from: str  # '' for the null sender <>
     rcpt_tos: tuple[str, ...]
     data: bytes
     mail_options: tuple[str, ...]
@@ -98,7 +98,7 @@ class Sink:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         reply = self._choose(envelope)
         received = Received(
-            mail_from=envelope.mail_from or "",
+            mail_from="" if envelope.mail_from in (None, "<>") else envelope.mail_from,
             rcpt_tos=tuple(envelope.rcpt_tos),
             data=envelope.original_content or b"",
             mail_options=tuple(envelope.mail_options),
