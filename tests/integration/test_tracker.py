@@ -1,0 +1,356 @@
+"""The acknowledgment pages over a real aiohttp server on 127.0.0.1 (port 0).
+
+Deliveries and tokens are made directly in the store (tests/support/deliveries.py);
+the clock is a test clock, so the scanner window and the retention are exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import html
+import os
+import re
+import stat
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from relay.config import Config
+from relay.records import Record
+from relay.retention import purge
+from relay.store import Store
+from tests.support.deliveries import make_delivery
+from tracker import antiforgery
+from tracker.app import make_app
+
+T0 = 1_795_930_400.0  # 2026-11-29T05:33:20Z; fixed so pages and windows are exact
+BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36"
+HEADLESS = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/131.0 Safari/537.36"
+LATER = 600  # seconds after delivery: past the 120 s scanner window
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_config(data_dir: Path, **tracker: object) -> Config:
+    settings = {
+        "trusted_proxies": ["127.0.0.1/32"],
+        "scanner_networks": ["198.51.100.0/24"],
+        "public_url": "https://accuse.commune.example",
+        **tracker,
+    }
+    lines = [f'data_dir = "{data_dir}"', "[tracker]"]
+    for key, value in settings.items():
+        lines.append(f"{key} = {value!r}".replace("'", '"') if not isinstance(value, list)
+                     else f"{key} = [{', '.join(repr(v).replace(chr(39), chr(34)) for v in value)}]")
+    return Config.from_toml("\n".join(lines))
+
+
+class Env:
+    """A store, a tracker client and the test clock."""
+
+    def __init__(self, store: Store, client: TestClient, clock: Clock, config: Config) -> None:
+        self.store, self.client, self.clock, self.config = store, client, clock, config
+
+    async def count(self, table: str) -> int:
+        return (await self.store.fetchone(f"SELECT COUNT(*) FROM {table}"))[0]
+
+    async def form_key(self, token: str, **headers: str) -> str:
+        response = await self.client.get(f"/a/{token}", headers={"User-Agent": BROWSER, **headers})
+        assert response.status == 200
+        return re.search(r'name="form_key" value="([0-9a-f]+)"', await response.text()).group(1)
+
+
+async def start(tmp_path: Path, **tracker: object):
+    config = make_config(tmp_path / "data", **tracker)
+    store = await Store.open(config.data_path)
+    clock = Clock(T0)
+    client = TestClient(TestServer(make_app(config, store, clock=clock), host="127.0.0.1"))
+    await client.start_server()
+    return Env(store, client, clock, config)
+
+
+@pytest.fixture
+async def env(tmp_path: Path):
+    e = await start(tmp_path)
+    yield e
+    await e.client.close()
+    await e.store.close()
+
+
+def page_text(body: str) -> str:
+    return html.unescape(re.sub(r"<[^>]+>", " ", body))
+
+
+async def test_get_shows_the_message_and_records_a_person_fetch_without_acknowledging(env: Env) -> None:
+    made = await make_delivery(env.store, now=T0)
+    env.clock.now = T0 + LATER
+    response = await env.client.get(f"/a/{made.token}", headers={"User-Agent": BROWSER})
+    assert response.status == 200
+    text = page_text(await response.text())
+    assert "mairie@commune.example" in text
+    assert "Convocation au conseil municipal du 12 décembre" in text
+    assert "elu@example.net" in text
+    # T0 is 2026-11-29 05:33:20 UTC: 06:33 in Paris (UTC+1 in winter).
+    assert "dimanche 29 novembre 2026 à 06:33 (Europe/Paris)" in text
+    assert "J'accuse réception" in text
+    assert await env.count("receipts") == 0
+    fetch = await env.store.fetchone("SELECT method, classification, reason FROM fetches")
+    assert (fetch["method"], fetch["classification"]) == ("GET", "person")
+
+
+@pytest.mark.parametrize(
+    ("method", "user_agent", "forwarded", "delay", "reason"),
+    [
+        ("HEAD", BROWSER, None, LATER, "HEAD request"),
+        ("GET", HEADLESS, None, LATER, "automated user agent (headless)"),
+        ("GET", "", None, LATER, "empty user agent"),
+        ("GET", BROWSER, None, 30, "30 s after delivery (window 120 s)"),
+        ("GET", BROWSER, "198.51.100.7", LATER, "from scanner network 198.51.100.0/24"),
+    ],
+)
+async def test_scanner_like_fetches_are_classified_and_never_acknowledge(
+    env: Env, method: str, user_agent: str, forwarded: str | None, delay: int, reason: str
+) -> None:
+    made = await make_delivery(env.store, now=T0)
+    env.clock.now = T0 + delay
+    headers = {"User-Agent": user_agent}
+    if forwarded:
+        headers["X-Forwarded-For"] = forwarded
+    response = await env.client.request(method, f"/a/{made.token}", headers=headers)
+    assert response.status == 200
+    body = await response.read()
+    assert (body == b"") if method == "HEAD" else (b"form_key" in body)
+    fetch = await env.store.fetchone("SELECT method, classification, reason FROM fetches")
+    assert (fetch["method"], fetch["classification"], fetch["reason"]) == (method, "scanner", reason)
+    assert await env.count("receipts") == 0
+    record = await env.store.get_record(
+        (await env.store.fetchone("SELECT record_digest FROM fetches"))["record_digest"]
+    )
+    assert record.fields["kind"] == "fetched" and record.fields["delivery"] == made.delivery_digest
+
+
+@pytest.mark.parametrize("form", [{}, {"form_key": "0" * 64}, {"form_key": ""}])
+async def test_post_without_the_right_anti_forgery_value_is_refused_and_records_nothing(
+    env: Env, form: dict[str, str]
+) -> None:
+    made = await make_delivery(env.store, now=T0)
+    other = await make_delivery(env.store, now=T0, recipient="autre@example.net")
+    env.clock.now = T0 + LATER
+    await env.form_key(made.token)
+    if form.get("form_key") == "0" * 64:
+        form = {"form_key": await env.form_key(other.token)}  # a real value, for another token
+    before = [await env.count(t) for t in ("records", "anchor_leaves", "personal", "receipts")]
+    response = await env.client.post(f"/a/{made.token}", data=form, headers={"User-Agent": BROWSER})
+    assert response.status == 403
+    assert "Demande refusée" in page_text(await response.text())
+    assert [await env.count(t) for t in ("records", "anchor_leaves", "personal", "receipts")] == before
+
+
+async def test_first_post_records_one_anchored_receipt_and_later_ones_nothing(env: Env) -> None:
+    made = await make_delivery(env.store, now=T0)
+    env.clock.now = T0 + LATER
+    key = await env.form_key(made.token)
+    response = await env.client.post(f"/a/{made.token}", data={"form_key": key}, headers={"User-Agent": BROWSER})
+    assert response.status == 200
+    text = page_text(await response.text())
+    assert "Votre accusé de réception a été enregistré le dimanche 29 novembre 2026 à 06:43 (Europe/Paris)" in text
+    receipt = await env.store.fetchone("SELECT * FROM receipts")
+    assert receipt["delivery_id"] == made.delivery_id and receipt["at"] == T0 + LATER
+    record = await env.store.get_record(receipt["record_digest"])
+    assert record.fields["kind"] == "acknowledged" and record.fields["delivery"] == made.delivery_digest
+    assert record.fields["at"] == "2026-11-29T05:43:20.000000Z"
+    assert await env.store.fetchone("SELECT 1 FROM anchor_leaves WHERE digest = ?", (record.digest,))
+
+    counts = [await env.count(t) for t in ("records", "anchor_leaves", "receipts", "personal")]
+    env.clock.now = T0 + LATER + 3600
+    again = await env.client.post(f"/a/{made.token}", data={"form_key": key}, headers={"User-Agent": BROWSER})
+    assert again.status == 200
+    assert "Vous avez déjà accusé réception de ce message le dimanche 29 novembre 2026 à 06:43" in page_text(
+        await again.text()
+    )
+    assert [await env.count(t) for t in ("records", "anchor_leaves", "receipts", "personal")] == counts
+
+
+async def test_concurrent_posts_record_exactly_one_receipt(env: Env) -> None:
+    made = await make_delivery(env.store, now=T0)
+    env.clock.now = T0 + LATER
+    key = await env.form_key(made.token)
+    responses = await asyncio.gather(
+        *(env.client.post(f"/a/{made.token}", data={"form_key": key}) for _ in range(20))
+    )
+    texts = [page_text(await r.text()) for r in responses]
+    assert all(r.status == 200 for r in responses)
+    assert sum("a été enregistré" in t for t in texts) == 1
+    assert await env.count("receipts") == 1
+    assert (await env.store.fetchone("SELECT COUNT(*) FROM records WHERE type = 'receipt' AND CAST(body AS TEXT) LIKE ?",
+                                     ('%"acknowledged"%',)))[0] == 1
+
+
+async def test_rewritten_link_leads_on_to_the_exact_original_url(env: Env) -> None:
+    original = "https://docs.commune.example/seance?id=42&ordre=1&x=%2F(a)#point-3"
+    made = await make_delivery(env.store, now=T0, target_url=original)
+    env.clock.now = T0 + LATER
+    page = await env.client.get(f"/a/{made.token}", headers={"User-Agent": BROWSER})
+    assert "form-action 'self' https://docs.commune.example" in page.headers["Content-Security-Policy"]
+    key = re.search(r'name="form_key" value="([0-9a-f]+)"', await page.text()).group(1)
+    for _ in range(2):  # the first records the receipt, the second only leads on
+        response = await env.client.post(f"/a/{made.token}", data={"form_key": key}, allow_redirects=False)
+        assert response.status == 303
+        assert response.headers["Location"] == original
+    assert await env.count("receipts") == 1
+
+
+async def test_unknown_malformed_and_expired_tokens_get_identical_404s(tmp_path: Path) -> None:
+    env = await start(tmp_path, token_ttl_days=1)
+    try:
+        made = await make_delivery(env.store, now=T0)
+        env.clock.now = T0 + 2 * 86400
+        paths = ["/a/" + "A" * 22, "/a/not*a*token", "/a/%3Cscript%3E", "/a/", f"/a/{made.token}"]
+        responses = [await env.client.get(p, headers={"User-Agent": BROWSER}) for p in paths]
+        bodies = [await r.read() for r in responses]
+        assert [r.status for r in responses] == [404] * len(paths)
+        assert len(set(bodies)) == 1 and b"Lien introuvable" in bodies[0]
+        headers = [{k: v for k, v in r.headers.items() if k != "Date"} for r in responses]
+        assert all(h == headers[0] for h in headers)
+        post = await env.client.post(f"/a/{made.token}", data={"form_key": "x"})
+        assert post.status == 404 and await post.read() == bodies[0]
+        assert await env.count("fetches") == 0
+    finally:
+        await env.client.close()
+        await env.store.close()
+
+
+async def test_misses_are_rate_limited_per_client_address(tmp_path: Path) -> None:
+    env = await start(tmp_path, miss_limit_per_minute=3)
+    try:
+        made = await make_delivery(env.store, now=T0)
+        env.clock.now = T0 + LATER
+        me = {"X-Forwarded-For": "203.0.113.5", "User-Agent": BROWSER}
+        statuses = [(await env.client.get(f"/a/{'B' * 22}{n}", headers=me)).status for n in range(4)]
+        assert statuses == [404, 404, 404, 429]
+        # Blocked even for a real token (a guess that hits learns nothing), but not others.
+        assert (await env.client.get(f"/a/{made.token}", headers=me)).status == 429
+        other = {"X-Forwarded-For": "203.0.113.6", "User-Agent": BROWSER}
+        assert (await env.client.get(f"/a/{made.token}", headers=other)).status == 200
+        # X-Forwarded-For is only believed from a trusted proxy: the chain's client is 203.0.113.5.
+        assert (await env.client.get(f"/a/{'C' * 22}", headers={"X-Forwarded-For": "10.9.9.9, 203.0.113.5"})).status == 429
+        env.clock.now += 61
+        assert (await env.client.get(f"/a/{made.token}", headers=me)).status == 200
+    finally:
+        await env.client.close()
+        await env.store.close()
+
+
+async def test_forwarded_for_is_ignored_from_untrusted_peers(tmp_path: Path) -> None:
+    env = await start(tmp_path, trusted_proxies=[], scanner_networks=["198.51.100.0/24"])
+    try:
+        made = await make_delivery(env.store, now=T0)
+        env.clock.now = T0 + LATER
+        headers = {"User-Agent": BROWSER, "X-Forwarded-For": "198.51.100.7"}
+        assert (await env.client.get(f"/a/{made.token}", headers=headers)).status == 200
+        fetch = await env.store.fetchone("SELECT classification FROM fetches")
+        assert fetch["classification"] == "person"
+        assert (await env.store.fetchone("SELECT ip FROM personal"))["ip"] == "127.0.0.1"
+    finally:
+        await env.client.close()
+        await env.store.close()
+
+
+async def test_a_subject_with_markup_is_shown_as_text(env: Env) -> None:
+    made = await make_delivery(env.store, now=T0, subject='<script>alert("x")</script><b>Ordre</b>')
+    response = await env.client.get(f"/a/{made.token}", headers={"User-Agent": BROWSER})
+    body = await response.text()
+    assert "<script" not in body and "<b>" not in body
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;&lt;b&gt;Ordre&lt;/b&gt;" in body
+
+
+async def test_french_by_default_english_by_accept_language(env: Env) -> None:
+    made = await make_delivery(env.store, now=T0)
+    french = await env.client.get(f"/a/{made.token}", headers={"User-Agent": BROWSER})
+    body = await french.text()
+    assert '<html lang="fr">' in body and "J'accuse réception" in page_text(body)
+    assert french.headers["Vary"] == "Accept-Language"
+    for header in ("en", "en-GB,en;q=0.9", "de-DE, en;q=0.5, fr;q=0.3"):
+        english = await env.client.get(f"/a/{made.token}", headers={"Accept-Language": header})
+        body = await english.text()
+        assert '<html lang="en">' in body, header
+        assert "I acknowledge receipt" in body and "Sunday 29 November 2026 at 06:33 (Europe/Paris)" in body
+    fr_first = await env.client.get(f"/a/{made.token}", headers={"Accept-Language": "fr-FR,en;q=0.8"})
+    assert '<html lang="fr">' in await fr_first.text()
+    missing = await env.client.get("/a/nope", headers={"Accept-Language": "en"})
+    assert "Link not found" in await missing.text()
+
+
+async def test_security_headers_health_and_stylesheet(env: Env) -> None:
+    made = await make_delivery(env.store, now=T0)
+    page = await env.client.get(f"/a/{made.token}")
+    csp = page.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "style-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert "script-src" not in csp  # default-src 'none' forbids scripts
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+    assert page.headers["Referrer-Policy"] == "no-referrer"
+    assert page.headers["X-Frame-Options"] == "DENY"
+    assert page.headers["Cache-Control"] == "no-store"
+    body = await page.text()
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in body
+    assert not re.search(r'(src|href)="(https?:)?//', body)  # nothing external
+    assert "<script" not in body
+    css_href = re.search(r'<link rel="stylesheet" href="([^"]+)"', body).group(1)
+    css = await env.client.get(css_href)
+    assert css.status == 200 and css.content_type == "text/css" and ":focus-visible" in await css.text()
+    health = await env.client.get("/healthz")
+    assert health.status == 200 and await health.text() == "ok\n"
+    assert health.headers["X-Frame-Options"] == "DENY"
+    wrong = await env.client.put(f"/a/{made.token}")
+    assert wrong.status == 405 and "POST" in wrong.headers["Allow"]
+
+
+async def test_anti_forgery_secret_is_private_and_stable(env: Env) -> None:
+    path = env.config.data_path / antiforgery.SECRET_FILE
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert antiforgery.load_secret(env.config.data_path) == path.read_bytes()
+
+
+async def test_after_the_retention_purge_the_receipt_verifies_and_no_raw_ip_or_agent_remains(env: Env) -> None:
+    made = await make_delivery(env.store, now=T0)
+    env.clock.now = T0 + LATER
+    agent = "Mozilla/5.0 (Android 14; Mobile) Firefox/133.0 PurgeCheck/7"
+    who = {"User-Agent": agent, "X-Forwarded-For": "203.0.113.77"}
+    key = await env.form_key(made.token, **who)
+    assert (await env.client.post(f"/a/{made.token}", data={"form_key": key}, headers=who)).status == 200
+    receipt = await env.store.fetchone("SELECT * FROM receipts")
+    stored = await env.store.fetchone("SELECT body FROM records WHERE digest = ?", (receipt["record_digest"],))
+    assert b"203.0.113.77" not in stored["body"] and agent.encode() not in stored["body"]
+    assert await env.count("personal") == 2  # the fetch's and the receipt's
+
+    summary = await purge(env.store, env.config, now=T0 + LATER + 366 * 86400)
+    assert summary.personal_rows == 2
+
+    assert await env.count("personal") == 0
+    for table in ("submissions", "deliveries", "records", "ack_tokens", "fetches", "receipts", "anchor_leaves"):
+        for row in await env.store.fetchall(f"SELECT * FROM {table}"):
+            for value in tuple(row):
+                raw = value.encode() if isinstance(value, str) else value if isinstance(value, bytes) else b""
+                assert b"203.0.113.77" not in raw and b"PurgeCheck" not in raw, table
+    after = await env.store.fetchone("SELECT * FROM receipts")
+    assert after["record_digest"] == receipt["record_digest"] and after["personal_id"] is None
+    row = await env.store.fetchone("SELECT body FROM records WHERE digest = ?", (receipt["record_digest"],))
+    assert row["body"] == stored["body"]
+    assert hashlib.sha256(row["body"]).hexdigest() == receipt["record_digest"]
+    assert Record.from_bytes(row["body"]).digest == receipt["record_digest"]
+    assert await env.store.fetchone("SELECT 1 FROM anchor_leaves WHERE digest = ?", (receipt["record_digest"],))
+
+
+async def test_recent_personal_data_survives_the_purge(env: Env) -> None:
+    made = await make_delivery(env.store, now=T0)
+    await env.client.get(f"/a/{made.token}", headers={"User-Agent": BROWSER})
+    summary = await purge(env.store, env.config, now=T0 + 364 * 86400)
+    assert summary.personal_rows == 0 and await env.count("personal") == 1

@@ -1,0 +1,160 @@
+"""Acknowledgment pages: ``GET /a/<token>`` shows, ``POST /a/<token>`` acknowledges.
+
+A GET (or HEAD) never acknowledges: mail scanners fetch every link, some with a
+headless browser. It records the fetch, classified as likely scanner or likely
+person. Only the page's button, a POST carrying the form's anti-forgery value,
+records the receipt; the first one does, later ones say when it was done. A link
+that replaced a URL in the message leads on (303) to that exact URL.
+
+Unknown, malformed and expired tokens get the same 404 page, and count as misses
+against the client's address (429 past tracker.miss_limit_per_minute).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import secrets
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from relay.records import commitment, iso_time, receipt_record
+from relay.store import FetchWrite, PersonalData, ReceiptWrite
+from tracker import antiforgery
+from tracker.classify import classify_fetch
+from tracker.forwarded import client_address
+from tracker.i18n import format_time, negotiate
+from tracker.pages import TRACKER, form_action_csp, render
+
+log = logging.getLogger("estampille.tracker")
+
+# secrets.token_urlsafe(16) and up: 22 characters of the URL-safe base64 alphabet at least.
+TOKEN = re.compile(r"[A-Za-z0-9_-]{22,128}")
+SALT_BYTES = 16
+MAX_USER_AGENT = 512  # longer user agents are cut before they are stored and committed to
+DAY = 86400
+
+
+def add_routes(app: web.Application) -> None:
+    # Everything under /a/ is routed here, so even a token with a slash is a counted miss.
+    app.router.add_get("/a/{token:.*}", show)  # also answers HEAD
+    app.router.add_post("/a/{token:.*}", acknowledge)
+
+
+@dataclass(frozen=True)
+class Visitor:
+    """Who is asking: the client address (after trusted proxies) and user agent."""
+
+    address: str
+    user_agent: str
+
+
+def _visitor(request: web.Request) -> Visitor:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    address = client_address(
+        peer[0] if peer else "", request.headers.getall("X-Forwarded-For", []), request.app[TRACKER].trusted_proxies
+    )
+    return Visitor(address, request.headers.get("User-Agent", "")[:MAX_USER_AGENT])
+
+
+async def _link(request: web.Request, visitor: Visitor, now: float):
+    """The token's link row; a miss (404) or a blocked address (429) raises."""
+    tracker = request.app[TRACKER]
+    if tracker.misses.blocked(visitor.address, now):
+        raise web.HTTPTooManyRequests()
+    token = request.match_info["token"]
+    link = None
+    if TOKEN.fullmatch(token):
+        link = await tracker.store.find_ack_link(hashlib.sha256(token.encode("ascii")).hexdigest())
+    ttl_days = tracker.config.tracker.token_ttl_days
+    if link is not None and ttl_days and now >= link["token_created_at"] + ttl_days * DAY:
+        link = None
+    if link is None:
+        tracker.misses.miss(visitor.address, now)
+        raise web.HTTPNotFound()
+    if link["delivery_digest"] is None:
+        raise RuntimeError(f"delivery {link['delivery_id']} has a token but no delivery record")
+    return link
+
+
+def _personal(visitor: Visitor) -> tuple[PersonalData, str, str]:
+    """Fresh salt, the raw data kept until the purge, and the two commitments records hold."""
+    salt = secrets.token_bytes(SALT_BYTES)
+    personal = PersonalData(salt=salt, ip=visitor.address, user_agent=visitor.user_agent)
+    return personal, commitment(salt, visitor.address), commitment(salt, visitor.user_agent)
+
+
+async def show(request: web.Request) -> web.Response:
+    """The page with the message's details and the button; records the fetch."""
+    tracker = request.app[TRACKER]
+    now = tracker.clock()
+    visitor = _visitor(request)
+    link = await _link(request, visitor, now)
+    verdict = classify_fetch(
+        method=request.method,
+        user_agent=visitor.user_agent,
+        client_address=visitor.address,
+        seconds_since_delivery=now - link["delivered_at"],
+        scanner_window=tracker.config.tracker.scanner_window,
+        scanner_networks=tracker.scanner_networks,
+    )
+    personal, ip_c, ua_c = _personal(visitor)
+    record = receipt_record(
+        delivery_digest=link["delivery_digest"], kind="fetched", at=iso_time(now),
+        ip_commitment=ip_c, user_agent_commitment=ua_c,
+    )
+    await tracker.recorder.record_fetch(
+        FetchWrite(link["delivery_id"], now, request.method, verdict.kind, verdict.reason, personal, record)
+    )
+    log.debug("delivery %d fetched (%s): likely %s, %s", link["delivery_id"], request.method, verdict.kind,
+              verdict.reason)
+    response = render(request, "ack.html", _details(request, link, tracker.config.tracker.timezone) | {
+        "form_key": antiforgery.form_value(tracker.secret, request.match_info["token"]),
+    })
+    response.headers["Content-Security-Policy"] = form_action_csp(link["target_url"])
+    return response
+
+
+async def acknowledge(request: web.Request) -> web.StreamResponse:
+    """Record the receipt (first time only), then confirm or lead on to the original URL."""
+    tracker = request.app[TRACKER]
+    now = tracker.clock()
+    visitor = _visitor(request)
+    link = await _link(request, visitor, now)
+    form = await request.post()
+    value = form.get(antiforgery.FIELD)
+    if not antiforgery.is_valid(tracker.secret, request.match_info["token"], value if isinstance(value, str) else None):
+        raise web.HTTPForbidden()
+    personal, ip_c, ua_c = _personal(visitor)
+    record = receipt_record(
+        delivery_digest=link["delivery_digest"], kind="acknowledged", at=iso_time(now),
+        ip_commitment=ip_c, user_agent_commitment=ua_c,
+    )
+    ack = await tracker.recorder.record_receipt(ReceiptWrite(link["delivery_id"], now, personal, record))
+    if ack.first:
+        log.info("delivery %d acknowledged (receipt %s)", link["delivery_id"], record.digest)
+    if link["target_url"]:
+        # Set as is: the URL the sender wrote, '&', '#' and percent-escapes untouched.
+        return web.Response(status=303, headers={"Location": link["target_url"]})
+    lang = negotiate(request.headers.get("Accept-Language"))
+    when = format_time(ack.at, tracker.config.tracker.timezone, lang)
+    return render(request, "done.html", _details(request, link, tracker.config.tracker.timezone) | {
+        "first": ack.first, "acknowledged": when,
+    })
+
+
+def _details(request: web.Request, link, tz: str) -> dict:
+    """What the pages show about the message, in the visitor's language."""
+    lang = negotiate(request.headers.get("Accept-Language"))
+    return {
+        "sender": link["mail_from"],
+        "subject": link["subject"],
+        "sent": format_time(link["received_at"], tz, lang),
+        "recipient": link["recipient"],
+        "target": bool(link["target_url"]),
+        "acknowledged": (
+            format_time(link["acknowledged_at"], tz, lang) if link["acknowledged_at"] is not None else None
+        ),
+    }

@@ -1,0 +1,119 @@
+"""What every tracker page shares: the application state, rendering on the base
+template in the visitor's language, security headers, and the error pages.
+
+Handlers (``ack``, and the admin pages) render with :func:`render`; errors
+raised as ``web.HTTPException`` or :class:`EstampilleError` become pages in
+:func:`errors`, the one place where failures are turned into responses.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp_jinja2
+from aiohttp import web
+
+from relay.config import Config
+from relay.errors import EstampilleError
+from relay.store import Store
+from tracker.classify import Network
+from tracker.i18n import TEXTS, negotiate
+from tracker.ratelimit import MissLimiter
+from tracker.recorder import Recorder
+
+log = logging.getLogger("estampille.tracker")
+
+STATIC_MAX_AGE = 3600
+
+# Nothing external, no scripts, no framing; forms post only to us (see form_action_csp).
+CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; "
+    "frame-ancestors 'none'; form-action 'self'"
+)
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",  # the token in the URL never leaks to the next site
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
+
+# Wording (i18n keys '<page>_title', '<page>_text') of the error page for each status users can meet.
+ERROR_PAGES = {403: "forbidden", 404: "not_found", 405: "method", 429: "too_many", 500: "error", 503: "error"}
+
+
+@dataclass(frozen=True)
+class Tracker:
+    """What the handlers share: configuration, store, clock and the tracker's state."""
+
+    config: Config
+    store: Store
+    clock: Callable[[], float]
+    secret: bytes
+    recorder: Recorder
+    misses: MissLimiter
+    trusted_proxies: tuple[Network, ...]
+    scanner_networks: tuple[Network, ...]
+    base_path: str  # path part of tracker.public_url, without the trailing slash
+
+
+TRACKER = web.AppKey("tracker", Tracker)
+
+
+def render(
+    request: web.Request, template: str, context: dict[str, Any], *, status: int = 200
+) -> web.Response:
+    """A page in the visitor's language, on the shared base template."""
+    lang = negotiate(request.headers.get("Accept-Language"))
+    tracker = request.app[TRACKER]
+    base = {"lang": lang, "t": TEXTS[lang], "css_href": f"{tracker.base_path}/static/style.css"}
+    response = aiohttp_jinja2.render_template(template, request, {**base, **context}, status=status)
+    response.headers["Vary"] = "Accept-Language"
+    return response
+
+
+def form_action_csp(target_url: str | None) -> str:
+    """The CSP for a page whose form may lead on (303) to ``target_url``: browsers apply
+    form-action to the redirect, so the target's origin is allowed too."""
+    if not target_url:
+        return CSP
+    parts = urlsplit(target_url)
+    origin = f"{parts.scheme}://{parts.netloc}".lower()
+    source = origin if _ORIGIN.match(origin) else f"{parts.scheme}:" if parts.scheme in ("http", "https") else ""
+    return f"{CSP} {source}".rstrip() if source else CSP.replace("; form-action 'self'", "")
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    for name, value in SECURITY_HEADERS.items():
+        response.headers[name] = value
+    if request.path.startswith("/static/"):
+        response.headers.setdefault("Cache-Control", f"public, max-age={STATIC_MAX_AGE}")
+    else:
+        response.headers.setdefault("Cache-Control", "no-store")  # pages name the recipient
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Callable) -> web.StreamResponse:
+    """Every failure ends here as a page; the visitor never sees exception text."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = render(request, "error.html", {"page": ERROR_PAGES.get(exc.status, "error")}, status=exc.status)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except EstampilleError as exc:
+        log.error("tracker request failed: %s", exc)
+        return render(request, "error.html", {"page": "error"}, status=503)
+    except Exception:
+        log.exception("tracker request failed")
+        return render(request, "error.html", {"page": "error"}, status=500)
