@@ -378,3 +378,48 @@ async def export_ots(store: Store, digest: str) -> bytes:
     except ValueError as exc:
         raise AnchorError(f"stored path of record {digest} does not reach its batch root") from exc
 
+
+
+# -- commands (called by relay.cli) -------------------------------------------
+
+
+async def anchor_now(store: Store, config: AnchorConfig) -> list[str]:
+    """Batch every waiting leaf, retry due submissions and run one upgrade round now; lines for people."""
+    async with Anchorer(store, config) as anchorer:
+        outcomes = await anchorer.batch_all() + await anchorer.retry_submissions()
+        report = await anchorer.upgrade()
+    lines = [f"batch {o.batch_id}: {o.leaves} leaves, accepted by {len(o.accepted)} calendar(s), {o.state}"
+             for o in outcomes] or ["no leaf waiting"]
+    lines.append(f"upgrade: {report.checked} batch(es) checked, {len(report.confirmed)} confirmed"
+                 + (f", {len(report.stale)} stale" if report.stale else ""))
+    return lines
+
+
+async def anchor_status(store: Store, config: AnchorConfig, now: float) -> list[str]:
+    """Pending leaves, unconfirmed batches with their age, confirmed batches: lines for people."""
+    summary = await store.anchor_summary()
+    oldest = summary["oldest_queued_at"]
+    lines = [f"pending leaves: {summary['unbatched']}"
+             + (f" (oldest queued {_age(now - oldest)} ago)" if oldest is not None else "")]
+    for row in await store.anchor_batches(["submitting", "pending"]):
+        accepted = len(await store.anchor_reply_calendars(row["id"]))
+        line = (f"batch {row['id']}: {row['state']}, {row['leaves']} leaves, {_age(now - row['created_at'])} old,"
+                f" accepted by {accepted} calendar(s)")
+        if row["state"] == "submitting":
+            line += f", next try in {_age(max(0.0, row['next_attempt_at'] - now))}"
+        if now - row["created_at"] > config.stale_after:
+            line += ", STALE"
+        lines.append(line)
+    lines.append(f"confirmed batches: {summary['confirmed_batches']} ({summary['confirmed_leaves']} leaves)"
+                 + (f", last at Bitcoin height {summary['last_height']}" if summary["last_height"] is not None else ""))
+    return lines
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"

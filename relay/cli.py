@@ -12,9 +12,11 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
+from relay import anchor, headers
 from relay.backup import backup_data_dir, restore
 from relay.config import Config, documented_keys
 from relay.errors import ConfigError, EstampilleError
@@ -26,6 +28,7 @@ EXIT_CONFIG = 3
 EXIT_RUNTIME = 4
 
 Handler = Callable[[argparse.Namespace], int]
+T = TypeVar("T")
 
 
 def load_config(args: argparse.Namespace) -> Config:
@@ -82,6 +85,67 @@ async def _purge(config: Config) -> PurgeSummary:
         return await purge(store, config, now=time.time())
     finally:
         await store.close()
+
+
+# -- anchoring: ots, record, verify-ots, anchor ----------------------------------
+
+EXIT_PENDING = 1
+EXIT_INVALID = 2
+
+
+async def _on_store(config: Config, job: Callable[[Store], Awaitable[T]]) -> T:
+    store = await Store.open(config.data_path)
+    try:
+        return await job(store)
+    finally:
+        await store.close()
+
+
+def _write(path: str, data: bytes) -> int:
+    try:
+        Path(path).write_bytes(data)
+    except OSError as exc:
+        print(f"estampille: cannot write {path}: {exc.strerror}", file=sys.stderr)
+        return EXIT_RUNTIME
+    print(f"wrote {path} ({len(data)} bytes)")
+    return EXIT_OK
+
+
+def cmd_ots(args: argparse.Namespace) -> int:
+    data = asyncio.run(_on_store(load_config(args), lambda store: anchor.export_ots(store, args.digest)))
+    return _write(args.output, data)
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    record = asyncio.run(_on_store(load_config(args), lambda store: store.get_record(args.digest)))
+    return _write(args.output, record.body)
+
+
+def cmd_verify_ots(args: argparse.Namespace) -> int:
+    try:
+        document, proof = Path(args.record).read_bytes(), Path(args.proof).read_bytes()
+    except OSError as exc:
+        print(f"invalid: cannot read {exc.filename}: {exc.strerror}")
+        return EXIT_INVALID
+    source = headers.make_source(
+        bitcoind=args.bitcoind, esplora=args.esplora or (), headers_file=Path(args.headers) if args.headers else None
+    )
+    result = asyncio.run(headers.verify_with(source, document, proof, regtest=args.regtest))
+    print(f"{result.status}: {result.reason}")
+    return {"verified": EXIT_OK, "pending": EXIT_PENDING}.get(result.status, EXIT_INVALID)
+
+
+def cmd_anchor(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    if args.action == "status":
+        lines = asyncio.run(_on_store(config, lambda s: anchor.anchor_status(s, config.anchor, time.time())))
+    elif args.now:
+        lines = asyncio.run(_on_store(config, lambda s: anchor.anchor_now(s, config.anchor)))
+    else:
+        print("estampille anchor: give --now or 'status'", file=sys.stderr)
+        return EXIT_INVALID
+    print("\n".join(lines))
+    return EXIT_OK
 
 
 # -- relay core: serve, queue, passwd ------------------------------------------
@@ -174,6 +238,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", metavar="SRC", help="directory written by 'estampille backup'")
     p.add_argument("--force", action="store_true", help="replace the content of a non-empty data directory")
     command("purge", cmd_purge, "Delete personal data and message files past their retention (records are kept).")
+
+    p = command("ots", cmd_ots, "Write the standalone OpenTimestamps proof (.ots) of one evidence record.")
+    p.add_argument("digest", metavar="RECORD-DIGEST", help="the record's SHA-256 (hex)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.ots", help="file to write")
+    p = command("record", cmd_record, "Write an evidence record's canonical JSON: the file its .ots proof timestamps.")
+    p.add_argument("digest", metavar="RECORD-DIGEST", help="the record's SHA-256 (hex)")
+    p.add_argument("-o", "--output", required=True, metavar="RECORD.json", help="file to write")
+    p = command(
+        "verify-ots",
+        cmd_verify_ots,
+        "Verify a record's .ots proof against Bitcoin headers. Exit 0 verified, 1 only pending, 2 invalid.",
+        config=False,
+    )
+    p.add_argument("record", metavar="RECORD.json", help="the file the proof timestamps")
+    p.add_argument("proof", metavar="RECORD.json.ots", help="the OpenTimestamps proof")
+    p.add_argument("--bitcoind", metavar="URL", help="bitcoind JSON-RPC URL, http://user:pass@host:8332")
+    p.add_argument("--esplora", metavar="URL", action="append",
+                   help="Esplora API base URL; give two independent explorers, which must agree")
+    p.add_argument("--headers", metavar="FILE", help="file of 'HEIGHT HEX-HEADER' lines")
+    p.add_argument("--regtest", action="store_true", help="accept regtest proof of work (tests only)")
+    p = command("anchor", cmd_anchor, "Anchoring: '--now' batches, submits and upgrades now; 'status' reports.")
+    p.add_argument("action", nargs="?", choices=["status"], help="report pending leaves and batches")
+    p.add_argument("--now", action="store_true", help="batch waiting leaves, submit and upgrade now")
 
     return parser
 

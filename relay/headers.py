@@ -216,3 +216,18 @@ async def verify_with(source: HeaderSource, document: bytes, ots_bytes: bytes, *
         return Verification("invalid", str(exc))
     headers = await fetch_headers(source, heights)
     return verify_ots(document, ots_bytes, headers, regtest=regtest)
+
+
+def make_source(*, bitcoind: str | None = None, esplora: Iterable[str] = (), headers_file: Path | None = None) -> HeaderSource:
+    """The one source the options name: a bitcoind URL, two or more explorers that must agree, or a file."""
+    esplora = list(esplora)
+    given = sum((bitcoind is not None, bool(esplora), headers_file is not None))
+    if given != 1:
+        raise HeaderSourceError("give one header source: --bitcoind URL, --esplora URL twice, or --headers FILE")
+    if bitcoind is not None:
+        return BitcoindSource(bitcoind)
+    if headers_file is not None:
+        return HeadersFile.from_path(headers_file)
+    if len(esplora) < 2:
+        raise HeaderSourceError("give --esplora twice: two independent explorers must agree")
+    return AgreeingSources(EsploraSource(url) for url in esplora)
