@@ -154,7 +154,7 @@ def cmd_anchor(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from relay.service import run
 
-    return run(load_config(args))
+    return run(load_config(args), tracker_only=args.tracker_only)
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
@@ -217,7 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Each subsystem's commands are declared below, one block each.
 
-    command("serve", cmd_serve, "Run the relay: SMTP intake, delivery and the other workers, until SIGTERM.")
+    p = command("serve", cmd_serve, "Run the relay: SMTP intake, delivery and the other workers, until SIGTERM.")
+    p.add_argument(
+        "--tracker-only", action="store_true",
+        help="run only the web tracker (acknowledgment pages), as its own process over the same data directory",
+    )
     p = command("queue", cmd_queue, "List deferred and failed deliveries with their last reply; 'retry' re-queues them.")
     p.set_defaults(action="list")
     queue_sub = p.add_subparsers(dest="action", metavar="ACTION")

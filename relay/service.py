@@ -19,6 +19,7 @@ from relay.config import Config
 from relay.deliver import Deliverer, Upstream
 from relay.intake import start_intake
 from relay.store import Store
+from tracker.app import TrackerServer, start_tracker
 
 log = logging.getLogger("estampille.service")
 
@@ -29,9 +30,11 @@ class Service:
     """The running relay: store, SMTP intake and delivery worker."""
 
     def __init__(self, config: Config, *, upstream: Upstream | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, tracker_only: bool = False) -> None:
         self.config = config
         self.clock = clock
+        self.tracker_only = tracker_only  # `serve --tracker-only`: the web side alone, no SMTP
+        self.tracker: TrackerServer | None = None
         self._upstream = upstream
         self.store: Store | None = None
         self.deliverer: Deliverer | None = None
@@ -45,16 +48,22 @@ class Service:
         try:
             self.store = await Store.open(self.config.data_path)
             self._started("store", self.store.close)
-            self.deliverer = Deliverer(self.config, self.store, self._upstream, clock=self.clock)
-            await self.deliverer.start()
-            self._started("delivery", self.deliverer.stop)
-            self.smtp_server = await start_intake(self.config, self.deliverer.spool)
-            self._started("smtp", self._stop_smtp)
+            if not self.tracker_only:
+                self.deliverer = Deliverer(self.config, self.store, self._upstream, clock=self.clock)
+                await self.deliverer.start()
+                self._started("delivery", self.deliverer.stop)
+                self.smtp_server = await start_intake(self.config, self.deliverer.spool)
+                self._started("smtp", self._stop_smtp)
+            if self.config.tracker.enabled or self.tracker_only:
+                self.tracker = await start_tracker(self.config, self.store, clock=self.clock)
+                self._started("tracker", self.tracker.close)
         except BaseException:
             await self.stop()
             raise
-        log.info("SMTP intake listening on %s", ", ".join(self.smtp_addresses))
         log.info("data directory: %s", self.config.data_path)
+        if self.smtp_server is None:
+            return
+        log.info("SMTP intake listening on %s", ", ".join(self.smtp_addresses))
         if self.config.upstream.kind == "maildir":
             log.info("upstream: maildir %s (nothing leaves this machine)", self.config.data_path / "outbox")
         else:
@@ -96,9 +105,9 @@ def _address(sockname: Any) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, *, tracker_only: bool = False) -> None:
     """Run until SIGINT or SIGTERM, then stop gracefully."""
-    service = Service(config)
+    service = Service(config, tracker_only=tracker_only)
     await service.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -123,8 +132,8 @@ def setup_logging(config: Config) -> None:
     logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
-def run(config: Config) -> int:
+def run(config: Config, *, tracker_only: bool = False) -> int:
     """Entry point of `estampille serve`."""
     setup_logging(config)
-    asyncio.run(serve(config))
+    asyncio.run(serve(config, tracker_only=tracker_only))
     return 0
