@@ -8,6 +8,8 @@ policy lives in :class:`IntakeHandler`, whose hooks return explicit replies:
   authenticated (nothing is stored for it);
 - DATA: 250 only after the spool has committed; any failure of ours is
   451 4.3.0 and the session stays usable (aiosmtpd resets the envelope).
+- stopping (:meth:`IntakeHandler.drain`): idle sessions get 421 at once,
+  sessions in a transaction get 421 after the reply that ends it.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ REPLY_OUR_FAILURE = "451 4.3.0 Temporary failure on our side, please try again l
 REPLY_DISK_FULL = "452 4.3.1 Insufficient system storage, please try again later"
 REPLY_NOT_ALLOWED = "550 5.7.1 Relaying denied: authenticate first"
 REPLY_AUTH_THROTTLED = "454 4.7.0 Too many failed authentication attempts, try again later"
+REPLY_SHUTTING_DOWN = b"421 4.3.2 Service shutting down, please try again later\r\n"
 
 
 class IntakeEnvelope(Envelope):
@@ -60,14 +63,35 @@ class IntakeSMTP(SMTP):
     def _create_envelope(self) -> IntakeEnvelope:
         return IntakeEnvelope()
 
+    def connection_lost(self, error: Exception | None) -> None:
+        self.intake.sessions.discard(self)
+        if not self.intake.sessions:
+            self.intake.no_sessions.set()
+        super().connection_lost(error)
+
+    @property
+    def in_transaction(self) -> bool:
+        """Between MAIL and the reply to DATA (or RSET): a stop waits for it to end."""
+        return self.envelope is not None and self.envelope.mail_from is not None
+
+    def shut(self) -> None:
+        """Say 421 and close (RFC 5321 allows 421 at any point when the service stops)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self._writer.write(REPLY_SHUTTING_DOWN)
+            self.transport.close()
+
     async def push(self, status: AnyStr) -> None:
         # Every reply passes here, aiosmtpd's own (500, 501, 555...) included: metrics count errors.
         if self.intake.on_reply is not None:
             self.intake.on_reply(status if isinstance(status, str) else status.decode("ascii", "replace"))
         await super().push(status)
+        if self.intake.draining and not self.in_transaction:
+            self.shut()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        self.intake.sessions.add(self)  # called again after STARTTLS: a set keeps one entry
+        self.intake.no_sessions.clear()
         # AUTH needs TLS, unless configured otherwise for loopback clients.
         self._auth_require_tls = not self.intake.plaintext_auth_allowed(self.session.peer)
 
@@ -116,6 +140,10 @@ class IntakeHandler:
         self.credentials = credentials
         self.clock = clock
         self.on_reply = on_reply
+        self.sessions: set[IntakeSMTP] = set()
+        self.no_sessions = asyncio.Event()
+        self.no_sessions.set()
+        self.draining = False
         # Read by each new connection, so a reload reaches new sessions and spares open ones.
         self.tls_context = tls_context(config)
         self.allowed = [ipaddress.ip_network(n, strict=False) for n in config.smtp.allowed_networks]
@@ -139,6 +167,21 @@ class IntakeHandler:
         path = self.config.smtp.credentials_file
         credentials = load_credentials(Path(path)) if path else self.credentials
         self.tls_context, self.credentials = context, credentials
+
+    async def drain(self, grace: float) -> None:
+        """Stop taking mail (the listener is already closed): idle sessions are closed
+        now, transactions in progress may finish for ``grace`` seconds, then the rest
+        are closed. A message that got no 250 stays the sender's to retry."""
+        self.draining = True
+        for session in list(self.sessions):
+            if not session.in_transaction:
+                session.shut()
+        try:
+            await asyncio.wait_for(self.no_sessions.wait(), grace)
+        except asyncio.TimeoutError:
+            log.warning("%d SMTP sessions still in a transaction after %.0fs; closing them", len(self.sessions), grace)
+            for session in list(self.sessions):
+                session.shut()
 
     # -- policy helpers ---------------------------------------------------
 
