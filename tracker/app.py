@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -35,10 +35,15 @@ log = logging.getLogger("estampille.tracker")
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_REQUEST_BODY = 64 * 1024  # the forms posted here are a few hundred octets
+ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
 
 
-def make_app(config: Config, store: Store, *, clock: Callable[[], float] = time.time) -> web.Application:
-    """The tracker application over an open store; the recorder runs while the app runs."""
+def make_app(config: Config, store: Store, *, clock: Callable[[], float] = time.time,
+             on_response: ResponseHook | None = None) -> web.Application:
+    """The tracker application over an open store; the recorder runs while the app runs.
+
+    ``on_response`` sees every response before it is sent (the metrics count errors with it).
+    """
     app = web.Application(middlewares=[errors], client_max_size=MAX_REQUEST_BODY)
     tc = config.tracker
     app[TRACKER] = Tracker(
@@ -59,6 +64,8 @@ def make_app(config: Config, store: Store, *, clock: Callable[[], float] = time.
         undefined=jinja2.StrictUndefined,
     )
     app.on_response_prepare.append(security_headers)
+    if on_response is not None:
+        app.on_response_prepare.append(on_response)
     app.cleanup_ctx.append(_recorder_running)
     app.router.add_get("/healthz", healthz)
     app.router.add_static("/static/", STATIC_DIR, name="static")
@@ -95,10 +102,12 @@ class TrackerServer:
 
 
 async def start_tracker(
-    config: Config, store: Store, *, clock: Callable[[], float] = time.time
+    config: Config, store: Store, *, clock: Callable[[], float] = time.time, on_response: ResponseHook | None = None
 ) -> TrackerServer:
     """Start the tracker on tracker.listen_host:listen_port (0: any free port)."""
-    runner = web.AppRunner(make_app(config, store, clock=clock), access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        make_app(config, store, clock=clock, on_response=on_response), access_log=None, handle_signals=False
+    )
     await runner.setup()
     site = web.TCPSite(runner, config.tracker.listen_host, config.tracker.listen_port)
     try:
