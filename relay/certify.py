@@ -1,0 +1,465 @@
+"""Certify: turn the spooled bytes into one recipient's copy, ready to leave.
+
+One call per recipient. Line endings become CRLF; Date and Message-ID are added
+when missing (the caller passes values shared by every copy of a submission);
+the acknowledgment link goes in (a block at the top of the first text/plain and
+text/html parts, and/or rewritten links); lines over 998 octets and 8-bit parts
+the upstream cannot carry are re-encoded; both DKIM signatures are added; the
+SHA-256 of the exact bytes is taken.
+
+The MIME work is done on bytes: the structure is located by boundaries, and
+only the parts that change are rebuilt, each keeping its charset and
+Content-Transfer-Encoding. Every other byte, headers included, is left as it
+came. Signed, encrypted and forwarded parts and attachments are never touched;
+a message that cannot carry a link goes out unchanged (but signed and
+fingerprinted) and the result says why.
+
+Pure: no clock, no randomness, no I/O. The caller passes the time, the token
+source and the keys, and runs this off the event loop.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from email import policy as email_policy
+from email.parser import BytesHeaderParser
+from email.utils import format_datetime, getaddresses
+
+from relay import dkim
+from relay.acklink import AckLink, AckPolicy, AckTemplates, LinkMaker, TokenSource
+from relay.acklink import insert_html, insert_text, rewrite_html, rewrite_text
+from relay.config import AckConfig
+from relay.errors import CertifyError
+from relay.message import to_crlf
+
+MAX_LINE = 998  # octets per line, CRLF excluded (RFC 5322 2.1.1)
+MAX_DEPTH = 20  # MIME nesting followed; deeper parts are left as they are
+PROTECTED = ("multipart/signed", "multipart/encrypted", "application/pkcs7-mime", "application/x-pkcs7-mime")
+_HEADER_PARSER = BytesHeaderParser(policy=email_policy.compat32)
+_ASCII = ("us-ascii", "ascii", "ansi_x3.4-1968")
+
+
+@dataclass(frozen=True)
+class Certified:
+    """One recipient's copy and the evidence about it."""
+
+    data: bytes
+    sha256: str
+    links: tuple[AckLink, ...]
+    ack_link_inserted: bool
+    ack_link_reason: str | None
+    dkim: tuple[dict[str, str], ...]
+    message_id: str
+
+
+@dataclass(frozen=True)
+class _Part:
+    start: int  # first octet of the part's header block
+    body_start: int
+    end: int  # one past the body's last octet
+    head_end: int  # one past the header block (its last CRLF), == start when empty
+    content_type: str
+    charset: str | None
+    cte: str | None  # lower-case, None when absent
+    attachment: bool
+    children: tuple["_Part", ...] = ()
+
+    @property
+    def protected(self) -> bool:
+        return self.content_type in PROTECTED or self.content_type.startswith("message/")
+
+
+@dataclass(frozen=True, eq=False)
+class Certifier:
+    """What stays the same for every copy: the ack settings, templates, keys and upstream abilities."""
+
+    ack: AckConfig
+    templates: AckTemplates
+    public_url: str
+    keyring: dkim.Keyring
+
+    def certify(
+        self,
+        data: bytes,
+        *,
+        mail_from: str,
+        date: datetime,
+        message_id_local: str,
+        tokens: TokenSource,
+        now: int,
+        eight_bit_mime: bool = False,
+    ) -> Certified:
+        """The certified copy of ``data`` for one recipient.
+
+        ``date`` and ``message_id_local`` (the left part of a Message-ID) are used only when
+        the message lacks Date or Message-ID; pass the same values for every recipient.
+        ``now`` is the DKIM t= (Unix seconds); ``tokens`` makes one fresh token per call.
+        ``eight_bit_mime``: the upstream announced 8BITMIME, so 8-bit parts may stay 8-bit.
+        """
+        data = _with_trailing_blank(to_crlf(data))
+        keys = self.keyring.for_addresses([*_from_addresses(data), mail_from])
+        maker = LinkMaker(self.public_url, tokens)
+        policy = AckPolicy.for_sender(self.ack, mail_from)
+        root = _parse(data, 0, len(data), 0)
+        edits = _Edits(self, policy, maker, data, eight_bit_mime)
+        reason = edits.plan(root)
+        changes, failure = edits.rebuild_all(root)
+        data = _splice(data, changes)
+        data = _complete_headers(data, date, f"<{message_id_local}@{keys.domain}>")
+        signed = dkim.sign(data, keys, self.keyring.signed_headers, now)
+        links = tuple(maker.links)
+        return Certified(
+            data=signed,
+            sha256=hashlib.sha256(signed).hexdigest(),
+            links=links,
+            ack_link_inserted=bool(links),
+            ack_link_reason=None if links else (reason or failure or "no link matched the rewrite patterns"),
+            dkim=tuple(k.evidence() for k in keys.keys),
+            message_id=_header_value(data, b"message-id") or "",
+        )
+
+
+# -- reading the structure ----------------------------------------------
+
+
+def _parse(data: bytes, start: int, end: int, depth: int) -> _Part:
+    """The part spanning data[start:end], with its children if it is a multipart we may enter."""
+    if data.startswith(b"\r\n", start):
+        head_end, body_start = start, start + 2
+    else:
+        blank = data.find(b"\r\n\r\n", start, end)
+        head_end, body_start = (end, end) if blank < 0 else (blank + 2, blank + 4)
+    msg = _HEADER_PARSER.parsebytes(data[start:head_end])
+    try:
+        charset = msg.get_content_charset()
+    except (ValueError, LookupError):
+        charset = None
+    cte = msg.get("content-transfer-encoding")
+    part = _Part(
+        start=start,
+        body_start=min(body_start, end),
+        end=end,
+        head_end=head_end,
+        content_type=msg.get_content_type(),
+        charset=charset,
+        cte=str(cte).strip().lower() if cte is not None else None,
+        attachment=msg.get_content_disposition() == "attachment" or msg.get_filename() is not None,
+    )
+    boundary = msg.get_boundary()
+    if msg.get_content_maintype() != "multipart" or part.protected or not boundary or depth >= MAX_DEPTH:
+        return part
+    ranges = _child_ranges(data, part.body_start, end, boundary.encode("utf-8", "surrogateescape"))
+    children = tuple(_parse(data, s, e, depth + 1) for s, e in ranges)
+    return _Part(**{**part.__dict__, "children": children})
+
+
+def _child_ranges(data: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
+    """Byte ranges of the body parts between delimiter lines (RFC 2046 5.1.1)."""
+    delimiter = b"--" + boundary
+    ranges: list[tuple[int, int]] = []
+    open_at: int | None = None
+    pos = start
+    while pos < end:
+        if pos == start and data.startswith(delimiter, start):
+            line = start
+        else:
+            found = data.find(b"\r\n" + delimiter, pos, end)
+            if found < 0:
+                break
+            line = found + 2
+        after = line + len(delimiter)
+        eol = data.find(b"\r\n", after, end)
+        eol = end if eol < 0 else eol
+        rest = data[after:eol]
+        closing = rest.startswith(b"--")
+        if rest.removeprefix(b"--").strip(b" \t"):
+            pos = after  # a longer line that merely starts like the delimiter
+            continue
+        if open_at is not None:
+            ranges.append((open_at, max(open_at, line - 2)))
+        if closing:
+            return ranges
+        open_at, pos = min(eol + 2, end), eol
+    if open_at is not None:  # no closing delimiter: the last part runs to the end
+        ranges.append((open_at, end))
+    return ranges
+
+
+def _leaves(part: _Part) -> list[_Part]:
+    """Leaf parts outside protected subtrees, in order."""
+    if part.protected:
+        return []
+    if not part.children:
+        return [part]
+    return [leaf for child in part.children for leaf in _leaves(child)]
+
+
+# -- what changes ---------------------------------------------------------
+
+
+Edit = Callable[[str], str]
+
+
+class _Edits:
+    """Decides which parts of one copy change, and how."""
+
+    def __init__(
+        self, certifier: Certifier, policy: AckPolicy, maker: LinkMaker, data: bytes, eight_bit_mime: bool
+    ) -> None:
+        self.certifier = certifier
+        self.eight_bit_mime = eight_bit_mime
+        self.policy = policy
+        self.maker = maker
+        self.data = data
+        self.kinds: dict[int, str] = {}  # part start -> "insert" or "rewrite"
+        self._block_url: str | None = None
+
+    def plan(self, root: _Part) -> str | None:
+        """Choose the text parts to edit; the reason no link can go in, if any."""
+        if root.protected:
+            return f"the message is {root.content_type}; altering it would break it"
+        if not (self.policy.insert or self.policy.rewrite_patterns):
+            return "acknowledgment links are disabled for this sender"
+        seen: set[str] = set()
+        for p in _leaves(root):
+            if p.content_type not in ("text/plain", "text/html") or p.attachment:
+                continue
+            insert = self.policy.insert and p.content_type not in seen
+            seen.add(p.content_type)
+            if insert or self.policy.rewrite_patterns:
+                self.kinds[p.start] = "insert" if insert else "rewrite"
+        if not self.kinds:
+            return "the message has no text/plain or text/html part to carry the link"
+        return None
+
+    def rebuild_all(self, root: _Part) -> tuple[list[tuple[int, int, bytes]], str | None]:
+        """(start, end, new bytes) for every leaf that changes, and why an edit was given up."""
+        changes: list[tuple[int, int, bytes]] = []
+        failure: str | None = None
+        eight_bit = self.eight_bit_mime
+        for leaf in _leaves(root):
+            body = self.data[leaf.body_start : leaf.end]
+            if leaf.start in self.kinds:
+                try:
+                    changes.append((leaf.start, leaf.end, _rebuild(self.data, leaf, self._edit_for(leaf), eight_bit)))
+                    continue
+                except CertifyError as exc:
+                    failure = str(exc)
+            if _needs_transport_fix(leaf, body, eight_bit):
+                changes.append((leaf.start, leaf.end, _rebuild(self.data, leaf, None, eight_bit)))
+        return changes, failure
+
+    def _edit_for(self, part: _Part) -> Edit:
+        patterns, html = self.policy.rewrite_patterns, part.content_type == "text/html"
+        insert, templates = self.kinds[part.start] == "insert", self.certifier.templates
+
+        def edit(text: str) -> str:
+            text = rewrite_html(text, patterns, self.maker) if html else rewrite_text(text, patterns, self.maker)
+            if not insert:
+                return text
+            if html:
+                return insert_html(text, _crlf(templates.html_block(self.block_url())))
+            return insert_text(text, _crlf(templates.text_block(self.block_url())))
+
+        return edit
+
+    def block_url(self) -> str:
+        """The inserted block's link: one token per copy, shared by its text and HTML parts."""
+        if self._block_url is None:
+            self._block_url = self.maker.new(None)
+        return self._block_url
+
+
+def _needs_transport_fix(part: _Part, body: bytes, eight_bit_mime: bool) -> bool:
+    """Lines too long for SMTP, or 8-bit octets the upstream did not say it accepts."""
+    if part.cte == "base64" and body.isascii():
+        return False  # base64 lines are short by construction (checked below otherwise)
+    return _longest_line(body) > MAX_LINE or (not eight_bit_mime and not body.isascii())
+
+
+def _longest_line(data: bytes) -> int:
+    return max(map(len, data.split(b"\r\n"))) if data else 0
+
+
+# -- rebuilding a part ----------------------------------------------------
+
+
+def _rebuild(data: bytes, part: _Part, edit: Edit | None, eight_bit_mime: bool) -> bytes:
+    """The part's new bytes: decoded, edited, re-encoded with its charset and transfer encoding."""
+    head = data[part.start : part.head_end]
+    body = data[part.body_start : part.end]
+    decoded = _decode_body(body, part.cte)
+    charset = part.charset or "us-ascii"
+    if edit is not None:
+        decoded, charset = _edit_text(decoded, charset, part.content_type == "text/html", edit)
+    cte = _choose_cte(part.cte, decoded, eight_bit_mime)
+    encoded = _encode_body(decoded, cte)
+    if cte != (part.cte or "7bit"):
+        head = _set_field(head, b"Content-Transfer-Encoding", cte.encode("ascii"))
+        if part.start == 0 and _field(head, b"mime-version") is None:
+            head = _set_field(head, b"MIME-Version", b"1.0")
+    if charset != (part.charset or "us-ascii"):
+        head = _set_charset(head, part.content_type, charset)
+    return head + b"\r\n" + encoded
+
+
+def _edit_text(decoded: bytes, charset: str, html: bool, edit: Edit) -> tuple[bytes, str]:
+    """Apply ``edit`` to the text, and encode it back in its charset (widened from ASCII if needed)."""
+    try:
+        text = decoded.decode(charset)
+    except LookupError as exc:
+        raise CertifyError(f"the text part's charset {charset!r} is unknown") from exc
+    except UnicodeDecodeError as exc:
+        raise CertifyError(f"the text part is not valid {charset}") from exc
+    new = edit(text)
+    try:
+        return new.encode(charset), charset
+    except UnicodeEncodeError:
+        pass
+    if charset.lower() in _ASCII:  # UTF-8 reads every ASCII text the same: widening changes nothing else
+        return new.encode("utf-8"), "utf-8"
+    if html:  # characters the charset lacks become character references
+        return new.encode(charset, "xmlcharrefreplace"), charset
+    # Another charset without the block's accents: only the block loses them.
+    return _ascii_fallback(text, new).encode(charset), charset
+
+
+def _ascii_fallback(original: str, edited: str) -> str:
+    """``edited`` with every character the original lacked reduced to ASCII (accents dropped)."""
+    known = set(original)
+    return "".join(
+        c if c in known or c.isascii() else unicodedata.normalize("NFKD", c).encode("ascii", "ignore").decode()
+        for c in edited
+    )
+
+
+def _decode_body(body: bytes, cte: str | None) -> bytes:
+    if cte == "base64":
+        try:
+            return base64.b64decode(body)
+        except binascii.Error as exc:
+            raise CertifyError("the part's base64 is invalid") from exc
+    if cte == "quoted-printable":
+        return binascii.a2b_qp(body)
+    return body
+
+
+def _choose_cte(original: str | None, decoded: bytes, eight_bit_mime: bool) -> str:
+    """Keep the part's encoding unless SMTP cannot carry the result (long lines, 8-bit octets)."""
+    if original in ("base64", "quoted-printable"):
+        return original
+    if _longest_line(decoded) > MAX_LINE or (not decoded.isascii() and not eight_bit_mime):
+        return "quoted-printable"
+    if not decoded.isascii():
+        return "8bit"
+    return original or "7bit"
+
+
+def _encode_body(decoded: bytes, cte: str) -> bytes:
+    if cte == "base64":
+        return base64.encodebytes(decoded).replace(b"\n", b"\r\n")
+    if cte == "quoted-printable":
+        return to_crlf(binascii.b2a_qp(decoded, istext=True))
+    return decoded
+
+
+# -- header fields, on bytes ----------------------------------------------
+
+
+def _fields(head: bytes) -> list[bytes]:
+    """The header block's fields, each with its continuation lines and final CRLF."""
+    if not head:
+        return []
+    return [f + b"\r\n" for f in re.split(rb"\r\n(?![ \t])", head.removesuffix(b"\r\n"))]
+
+
+def _field(head: bytes, name: bytes) -> bytes | None:
+    """The first field named ``name`` (lower-case), whole, or None."""
+    prefix = name + b":"
+    return next((f for f in _fields(head) if f.lower().startswith(prefix)), None)
+
+
+def _set_field(head: bytes, name: bytes, value: bytes) -> bytes:
+    """Replace the field (or add it at the end); other fields keep their bytes."""
+    new = name + b": " + value + b"\r\n"
+    prefix = name.lower() + b":"
+    out, done = [], False
+    for f in _fields(head):
+        if f.lower().startswith(prefix):
+            if not done:
+                out.append(new)
+                done = True
+            continue
+        out.append(f)
+    return b"".join(out) + (b"" if done else new)
+
+
+def _set_charset(head: bytes, content_type: str, charset: str) -> bytes:
+    value = charset.encode("ascii")
+    field = _field(head, b"content-type")
+    if field is None:
+        return _set_field(head, b"Content-Type", content_type.encode("ascii") + b"; charset=" + value)
+    param = re.compile(rb'(;\s*charset\s*=\s*)("[^"]*"|[^\s;]+)', re.IGNORECASE)
+    if param.search(field):
+        updated = param.sub(lambda m: m.group(1) + b'"' + value + b'"', field, count=1)
+    else:
+        updated = field.removesuffix(b"\r\n") + b'; charset="' + value + b'"\r\n'
+    return head.replace(field, updated, 1)
+
+
+def _header_value(data: bytes, name: bytes) -> str | None:
+    field = _field(data[: dkim.header_end(data)], name)
+    if field is None:
+        return None
+    value = field[len(name) + 1 :].decode("utf-8", "replace")
+    return " ".join(value.split())
+
+
+def _from_addresses(data: bytes) -> list[str]:
+    value = _header_value(data, b"from")
+    return [addr for _, addr in getaddresses([value])] if value else []
+
+
+def _complete_headers(data: bytes, date: datetime, message_id: str) -> bytes:
+    """Add Date and Message-ID when missing: a later MTA adding them would break the signature."""
+    end = dkim.header_end(data)
+    head = data[:end]
+    if _field(head, b"date") is None:
+        head += b"Date: " + format_datetime(date).encode("ascii") + b"\r\n"
+    if _field(head, b"message-id") is None:
+        head += b"Message-ID: " + message_id.encode("ascii") + b"\r\n"
+    return head + data[end:]
+
+
+# -- whole-message helpers ------------------------------------------------
+
+
+def _with_trailing_blank(data: bytes) -> bytes:
+    """End with CRLF (SMTP adds one otherwise) and make sure the header block is closed."""
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    if dkim.header_end(data) == len(data):
+        data += b"\r\n"
+    return data
+
+
+def _splice(data: bytes, changes: list[tuple[int, int, bytes]]) -> bytes:
+    if not changes:
+        return data
+    out, pos = [], 0
+    for start, end, new in sorted(changes):
+        out += [data[pos:start], new]
+        pos = end
+    out.append(data[pos:])
+    return b"".join(out)
+
+
+def _crlf(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\n", "\r\n")

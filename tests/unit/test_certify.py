@@ -1,0 +1,291 @@
+"""The certify step on the corpus (tests/corpus/*.eml) and on generated messages.
+
+For every message and two recipients: both DKIM signatures verify; no line over
+998 octets; each copy carries its own acknowledgment link (or none, with a
+reason, when the message must not be altered); attachments and protected parts
+are unchanged after decoding; every other text is unchanged once the inserted
+block is taken out; charsets and transfer encodings are kept.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import itertools
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from relay import acklink, certify, dkim
+from relay.acklink import AckTemplates
+from relay.config import AckConfig, AckSender
+from relay.message import read_facts, to_crlf
+from tests.support.dkimcheck import dkimpy_results, make_keyring, max_line_length, parse, text_parts, tokens_in
+
+CORPUS_DIR = Path(__file__).resolve().parent.parent / "corpus"
+CORPUS = sorted(CORPUS_DIR.glob("*.eml"))
+PUBLIC = "https://accuse.ville-exemple.fr"
+PORTAL = "https://portail.ville-exemple.fr/"
+SENDER = "mairie@ville-exemple.fr"
+DATE = datetime(2026, 12, 1, 8, 0, tzinfo=timezone.utc)
+NOW = 1_790_000_000
+# Messages whose bytes must go out as they came: signed, encrypted, or nothing to carry a link.
+UNALTERABLE = {
+    "12-smime-signed.eml": "multipart/signed",
+    "13-smime-pkcs7-mime.eml": "application/x-pkcs7-mime",
+    "14-pgp-mime-signed.eml": "multipart/signed",
+    "15-pgp-mime-encrypted.eml": "multipart/encrypted",
+    "29-attachment-only.eml": "no text/plain or text/html part",
+}
+
+
+@pytest.fixture(scope="module")
+def keyring(tmp_path_factory: pytest.TempPathFactory) -> dkim.Keyring:
+    return make_keyring(tmp_path_factory.mktemp("keys"))
+
+
+def certifier(keyring: dkim.Keyring, ack: AckConfig | None = None) -> certify.Certifier:
+    ack = ack or AckConfig()
+    return certify.Certifier(ack=ack, templates=AckTemplates.from_config(ack), public_url=PUBLIC, keyring=keyring)
+
+
+def tokens(prefix: str):
+    counter = itertools.count()
+    return lambda: f"{prefix}{next(counter):022d}"
+
+
+def run(c: certify.Certifier, data: bytes, prefix: str = "r1", **kw) -> certify.Certified:
+    args = dict(mail_from=SENDER, date=DATE, message_id_local="sub-1", tokens=tokens(prefix), now=NOW)
+    return c.certify(data, **{**args, **kw})
+
+
+def _nl(text: str) -> str:
+    return text.replace("\r\n", "\n")
+
+
+def _without_block(text: str, ctype: str, url: str, templates: AckTemplates) -> str:
+    block = templates.html_block(url) if ctype == "text/html" else templates.text_block(url)
+    return _nl(text).replace(_nl(block), "", 1)
+
+
+def _leaf_encodings(data: bytes) -> list[tuple[str, str | None, str]]:
+    """(content type, charset, transfer encoding) of each leaf, outside protected parts."""
+    out = []
+
+    def walk(part) -> None:
+        ctype = part.get_content_type()
+        if ctype in ("multipart/signed", "multipart/encrypted") or ctype.startswith("message/"):
+            return
+        if part.is_multipart():
+            for sub in part.iter_parts():
+                walk(sub)
+            return
+        out.append((ctype, part.get_content_charset(), str(part.get("content-transfer-encoding", "7bit")).lower()))
+
+    walk(parse(data))
+    return out
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=lambda p: p.name)
+def test_corpus_message_certified_for_two_recipients(path: Path, keyring: dkim.Keyring) -> None:
+    original = path.read_bytes()
+    c = certifier(keyring)
+    templates = c.templates
+    first, second = run(c, original, "rA"), run(c, original, "rB")
+    normal = to_crlf(original)
+
+    for copy in (first, second):
+        assert dkimpy_results(copy.data, keyring) == {"rsa-sha256": True, "ed25519-sha256": True}
+        assert max_line_length(copy.data) <= certify.MAX_LINE
+        assert b"\n" not in copy.data.replace(b"\r\n", b"") and b"\r" not in copy.data.replace(b"\r\n", b"")
+        assert copy.data.endswith(b"\r\n")
+        assert read_facts(copy.data).attachments == read_facts(original).attachments
+        assert [d["algorithm"] for d in copy.dkim] == ["rsa-sha256", "ed25519-sha256"]
+
+    if path.name in UNALTERABLE:
+        for copy in (first, second):
+            assert copy.links == () and not copy.ack_link_inserted
+            assert UNALTERABLE[path.name] in copy.ack_link_reason
+            body = normal.split(b"\r\n\r\n", 1)[1]
+            assert copy.data.endswith(b"\r\n\r\n" + body)  # not one byte of the body changed
+        return
+
+    # One link per copy, in the copy, different between recipients.
+    for copy in (first, second):
+        assert copy.ack_link_inserted and copy.ack_link_reason is None
+        assert len(copy.links) == 1 and copy.links[0].target_url is None
+        assert tokens_in(copy.data) == {copy.links[0].token}
+    assert first.links[0].token != second.links[0].token
+    assert first.message_id == second.message_id
+
+    # Every text is the original once the block is taken out; the first of each type has the block.
+    before = text_parts(normal)
+    after = text_parts(first.data)
+    assert [ct for ct, _ in after] == [ct for ct, _ in before]
+    url = first.links[0].url(PUBLIC)
+    seen = set()
+    for (ctype, old), (_, new) in zip(before, after):
+        if ctype not in seen:
+            assert _nl(new) != _nl(old) and _without_block(new, ctype, url, templates) == _nl(old)
+        else:
+            assert _nl(new) == _nl(old)
+        seen.add(ctype)
+
+    # Charsets and transfer encodings are kept, except where SMTP forces quoted-printable.
+    for (ct, cs, cte), (ct2, cs2, cte2) in zip(_leaf_encodings(normal), _leaf_encodings(first.data)):
+        assert ct2 == ct
+        assert cs2 == cs or (cs in (None, "us-ascii") and cs2 == "utf-8")
+        assert cte2 == cte or (cte in ("7bit", "8bit") and cte2 == "quoted-printable")
+
+
+def test_header_fields_keep_their_bytes(keyring: dkim.Keyring) -> None:
+    for name in ("17-smtputf8.eml", "02-utf8-8bit.eml", "05-alternative-base64.eml", "16-forwarded-rfc822.eml"):
+        original = to_crlf((CORPUS_DIR / name).read_bytes())
+        copy = run(certifier(keyring), original, eight_bit_mime=True).data
+        head = copy.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+        for field in re.split(rb"\r\n(?![ \t])", original.split(b"\r\n\r\n", 1)[0]):
+            assert field + b"\r\n" in head, (name, field)
+
+
+def test_already_signed_message_keeps_the_foreign_signature(keyring: dkim.Keyring) -> None:
+    copy = run(certifier(keyring), (CORPUS_DIR / "11-already-dkim-signed.eml").read_bytes()).data
+    head = copy.split(b"\r\n\r\n", 1)[0]
+    assert head.count(b"DKIM-Signature:") == 3
+    assert b"d=convocations-saas.example.com" in head
+
+
+def test_missing_date_and_message_id_are_added_and_shared(keyring: dkim.Keyring) -> None:
+    original = (CORPUS_DIR / "09-no-date-no-msgid.eml").read_bytes()
+    c = certifier(keyring)
+    a, b = run(c, original, "rA"), run(c, original, "rB")
+    assert a.message_id == b.message_id == "<sub-1@ville-exemple.fr>"
+    for copy in (a, b):
+        msg = parse(copy.data)
+        assert msg["Message-ID"] == "<sub-1@ville-exemple.fr>"
+        assert msg["Date"] == "Tue, 01 Dec 2026 08:00:00 +0000"
+    kept = run(c, (CORPUS_DIR / "01-ascii-plain.eml").read_bytes())
+    assert kept.message_id == "<corpus-1@convocations.ville-exemple.fr>"
+    assert parse(kept.data)["Date"] == "Tue, 01 Dec 2026 09:00:00 +0100"
+
+
+def test_rewrite_mode_gives_each_link_its_own_token_and_keeps_targets_exact(keyring: dkim.Keyring) -> None:
+    ack = AckConfig(senders=[AckSender(match="@ville-exemple.fr", insert=False, rewrite_patterns=[PORTAL])])
+    copy = run(certifier(keyring, ack), (CORPUS_DIR / "08-links-special.eml").read_bytes())
+    targets = [link.target_url for link in copy.links]
+    assert targets == [
+        f"{PORTAL}doc?id=1&part=2#section-3",
+        f"{PORTAL}d%C3%A9lib%C3%A9ration_(2026)",
+        f"{PORTAL}wiki/Conseil_(France)",
+        f"{PORTAL}odj?a=1&b=2",
+        f"{PORTAL}doc?id=1&part=2#section-3",
+        f"{PORTAL}d%C3%A9lib%C3%A9ration_(2026)",
+        f"{PORTAL}odj?a=1&b=2",
+    ]
+    assert len({link.token for link in copy.links}) == len(copy.links)
+    assert tokens_in(copy.data) == {link.token for link in copy.links}
+    text, page = (t for _, t in text_parts(copy.data))
+    assert "https://autre.example.org/x?y=1&z=2" in text and PORTAL not in text and PORTAL not in page
+    assert f"{copy.links[0].url(PUBLIC)}." in text  # the full stop stays outside the link
+    assert f"{copy.links[2].url(PUBLIC)}!" in text
+    assert dkimpy_results(copy.data, keyring) == {"rsa-sha256": True, "ed25519-sha256": True}
+
+
+def test_insert_and_rewrite_together(keyring: dkim.Keyring) -> None:
+    ack = AckConfig(insert=True, rewrite_patterns=[PORTAL])
+    copy = run(certifier(keyring, ack), (CORPUS_DIR / "04-alternative-qp.eml").read_bytes())
+    assert [link.target_url for link in copy.links] == [f"{PORTAL}odj/12", None, f"{PORTAL}odj/12"]
+    assert tokens_in(copy.data) == {link.token for link in copy.links}
+
+
+def test_links_disabled_for_a_sender_sends_the_message_unchanged_with_the_reason(keyring: dkim.Keyring) -> None:
+    ack = AckConfig(senders=[AckSender(match="*", insert=False, rewrite_patterns=[])])
+    original = to_crlf((CORPUS_DIR / "01-ascii-plain.eml").read_bytes())
+    copy = run(certifier(keyring, ack), original)
+    assert copy.links == () and copy.ack_link_reason == "acknowledgment links are disabled for this sender"
+    assert copy.data.endswith(original)
+
+
+def test_long_lines_become_quoted_printable(keyring: dkim.Keyring) -> None:
+    for name in ("07-html-long-line.eml", "30-long-8bit-text.eml"):
+        original = (CORPUS_DIR / name).read_bytes()
+        assert max_line_length(to_crlf(original)) > certify.MAX_LINE
+        copy = run(certifier(keyring), original, eight_bit_mime=True)
+        assert max_line_length(copy.data) <= certify.MAX_LINE
+        assert _leaf_encodings(copy.data)[0][2] == "quoted-printable"
+
+
+def test_eight_bit_parts_stay_eight_bit_only_when_the_upstream_accepts_it(keyring: dkim.Keyring) -> None:
+    original = (CORPUS_DIR / "02-utf8-8bit.eml").read_bytes()
+    assert _leaf_encodings(run(certifier(keyring), original, eight_bit_mime=True).data)[0][2] == "8bit"
+    seven = run(certifier(keyring), original, eight_bit_mime=False).data
+    assert _leaf_encodings(seven)[0][2] == "quoted-printable"
+    assert seven.split(b"\r\n\r\n", 1)[1].isascii()
+    # The attachment of 20 (8bit text/plain) is re-encoded but its content is the same.
+    mixed = (CORPUS_DIR / "20-related-inline-image.eml").read_bytes()
+    copy = run(certifier(keyring), mixed, eight_bit_mime=False).data
+    assert copy.split(b"\r\n\r\n", 1)[1].isascii()
+    assert read_facts(copy).attachments == read_facts(mixed).attachments
+
+
+def test_ascii_text_is_widened_to_utf8_and_other_charsets_keep_theirs(keyring: dkim.Keyring) -> None:
+    ascii_copy = run(certifier(keyring), (CORPUS_DIR / "01-ascii-plain.eml").read_bytes()).data
+    assert _leaf_encodings(ascii_copy)[0][1] == "utf-8"
+    assert "Accusé de réception" in text_parts(ascii_copy)[0][1]
+    latin = run(certifier(keyring), (CORPUS_DIR / "03-latin1-qp.eml").read_bytes()).data
+    assert _leaf_encodings(latin)[0] == ("text/plain", "iso-8859-1", "quoted-printable")
+    assert "Accusé de réception" in text_parts(latin)[0][1]
+    html_latin = run(certifier(keyring), (CORPUS_DIR / "24-latin1-8bit-html.eml").read_bytes()).data
+    assert _leaf_encodings(html_latin)[0][1] == "iso-8859-1"
+
+
+def test_forwarded_message_is_kept_byte_for_byte(keyring: dkim.Keyring) -> None:
+    original = to_crlf((CORPUS_DIR / "16-forwarded-rfc822.eml").read_bytes())
+    forwarded = original.split(b"Content-Type: message/rfc822\r\nContent-Disposition: inline\r\n\r\n", 1)[1]
+    forwarded = forwarded.split(b"\r\n--fwd--", 1)[0]
+    copy = run(certifier(keyring), original, eight_bit_mime=True)
+    assert forwarded in copy.data
+    assert copy.links[0].target_url is None  # the link went into the covering text, not the forwarded one
+
+
+def test_twenty_megabyte_message(keyring: dkim.Keyring) -> None:
+    attachment = bytes(range(256)) * (15 * 2**20 // 256)
+    data = (
+        b"From: mairie@ville-exemple.fr\r\nTo: conseil@ville-exemple.fr\r\nSubject: Dossier complet\r\n"
+        b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=big\r\n\r\n"
+        b"--big\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nLe dossier est joint.\r\n"
+        b"--big\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=dossier.bin\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n"
+        + base64.encodebytes(attachment).replace(b"\n", b"\r\n")
+        + b"--big--\r\n"
+    )
+    assert len(data) > 20 * 10**6
+    copy = run(certifier(keyring), data)
+    assert dkimpy_results(copy.data, keyring) == {"rsa-sha256": True, "ed25519-sha256": True}
+    assert len(copy.links) == 1 and tokens_in(copy.data) == {copy.links[0].token}
+    assert read_facts(copy.data).attachments == read_facts(data).attachments
+
+
+def test_refused_sender_domain_raises(tmp_path: Path) -> None:
+    ring = make_keyring(tmp_path, unknown_domain="refuse")
+    with pytest.raises(Exception, match="no DKIM key"):
+        certifier(ring).certify(
+            b"From: x@other.example\r\n\r\nHi\r\n", mail_from="x@other.example", date=DATE,
+            message_id_local="s", tokens=tokens("r"), now=NOW,
+        )
+
+
+@pytest.mark.parametrize("module", [certify, acklink, dkim], ids=lambda m: m.__name__)
+def test_pure_modules_import_no_io_clock_or_randomness(module) -> None:
+    tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    forbidden = {"asyncio", "aiosqlite", "aiohttp", "aiosmtpd", "aiosmtplib", "socket", "time", "random", "secrets"}
+    assert not imported & forbidden
+    source = Path(module.__file__).read_text(encoding="utf-8")
+    assert "os.environ" not in source and "datetime.now" not in source
