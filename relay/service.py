@@ -10,20 +10,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from relay import logs
 from relay.config import Config
 from relay.deliver import Deliverer, Upstream
-from relay.intake import start_intake
+from relay.errors import ConfigError
+from relay.intake import IntakeHandler, start_intake
+from relay.metrics import Metrics, start_metrics_server
+from relay.notify import Notifier
+from relay.retention import purge_periodically
 from relay.store import Store
 from tracker.app import TrackerServer, start_tracker
 
 log = logging.getLogger("estampille.service")
 
 STOP_GRACE_SECONDS = 5.0
+# SIGTERM: SMTP transactions in progress get this long to end (a large DATA on a slow
+# link), then deliveries in flight get the Deliverer's grace; both well inside the
+# unit's TimeoutStopSec=90.
+SMTP_DRAIN_SECONDS = 30.0
 
 
 class Service:
@@ -39,6 +49,9 @@ class Service:
         self.store: Store | None = None
         self.deliverer: Deliverer | None = None
         self.smtp_server: asyncio.Server | None = None
+        self.intake: IntakeHandler | None = None
+        self.metrics = Metrics()
+        self.metrics_port: int | None = None
         self.components: list[tuple[str, Callable[[], Awaitable[None]]]] = []
 
     def _started(self, name: str, stop: Callable[[], Awaitable[None]]) -> None:
@@ -52,11 +65,18 @@ class Service:
                 self.deliverer = Deliverer(self.config, self.store, self._upstream, clock=self.clock)
                 await self.deliverer.start()
                 self._started("delivery", self.deliverer.stop)
-                self.smtp_server = await start_intake(self.config, self.deliverer.spool)
+                self.intake = IntakeHandler.from_config(
+                    self.config, self.deliverer.spool, clock=self.clock, on_reply=self.metrics.smtp_reply
+                )
+                self.smtp_server = await start_intake(self.config, self.deliverer.spool, handler=self.intake)
                 self._started("smtp", self._stop_smtp)
             if self.config.tracker.enabled or self.tracker_only:
-                self.tracker = await start_tracker(self.config, self.store, clock=self.clock)
+                self.tracker = await start_tracker(
+                    self.config, self.store, clock=self.clock, on_response=self.metrics.count_http_response
+                )
                 self._started("tracker", self.tracker.close)
+            if not self.tracker_only:
+                await self._start_operations()
         except BaseException:
             await self.stop()
             raise
@@ -80,12 +100,35 @@ class Service:
                 log.exception("stopping %s failed", name)
 
     async def _stop_smtp(self) -> None:
-        assert self.smtp_server is not None
+        assert self.smtp_server is not None and self.intake is not None
         self.smtp_server.close()
+        await self.intake.drain(SMTP_DRAIN_SECONDS)
+
+    async def _start_operations(self) -> None:
+        """The metrics endpoint (when admin.metrics_listen_port is set) and the periodic purge."""
+        assert self.store is not None
+        if self.config.admin.metrics_listen_port:
+            runner = await start_metrics_server(self.config, self.metrics, self.store, self.clock)
+            self._started("metrics", runner.cleanup)
+            self.metrics_port = runner.addresses[0][1]
+            log.info("metrics on http://%s/metrics", _address(runner.addresses[0]))
+        purge = asyncio.create_task(purge_periodically(self.store, self.config, self.clock), name="estampille-purge")
+        self._started("retention", lambda: _cancel(purge))
+
+    def reload(self) -> None:
+        """SIGHUP: reread the TLS certificate and key and the SMTP credentials file.
+
+        Connections stay open; new sessions get the new files. If a file is unusable,
+        the error is logged and what is in use stays in use.
+        """
+        if self.intake is None:
+            return
         try:
-            await asyncio.wait_for(self.smtp_server.wait_closed(), STOP_GRACE_SECONDS)
-        except asyncio.TimeoutError:
-            log.warning("SMTP sessions still open after %.0fs; closing", STOP_GRACE_SECONDS)
+            self.intake.reload()
+        except ConfigError as exc:
+            log.error("reload refused, keeping the current files: %s", exc)
+            return
+        log.info("reloaded the TLS certificate and the SMTP credentials")
 
     @property
     def smtp_addresses(self) -> list[str]:
@@ -100,40 +143,52 @@ class Service:
         return self.smtp_server.sockets[0].getsockname()[1]
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 def _address(sockname: Any) -> str:
     host, port = sockname[0], sockname[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def serve(config: Config, *, tracker_only: bool = False) -> None:
-    """Run until SIGINT or SIGTERM, then stop gracefully."""
+SIGNALS_STOP = (signal.SIGINT, signal.SIGTERM)
+
+
+async def serve(config: Config, *, tracker_only: bool = False, notifier: Notifier = Notifier(None)) -> None:
+    """Run until SIGINT or SIGTERM, then stop gracefully; SIGHUP reloads certificates and credentials."""
     service = Service(config, tracker_only=tracker_only)
     await service.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in SIGNALS_STOP:
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload, service, notifier)
+    notifier.ready(_status(service))
     try:
         await stop.wait()
-        log.info("stopping")
+        log.info("stopping: no new mail; finishing transactions and deliveries in flight")
+        notifier.stopping()
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (*SIGNALS_STOP, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         await service.stop()
     log.info("stopped")
 
 
-def setup_logging(config: Config) -> None:
-    """One line per event on stderr. aiosmtpd's own logger stays quiet: it logs raw AUTH lines."""
-    logging.basicConfig(
-        level=config.log.level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
+def _reload(service: Service, notifier: Notifier) -> None:
+    notifier.reloading()
+    service.reload()
+    notifier.reloaded(_status(service))
+
+
+def _status(service: Service) -> str:
+    return f"SMTP on {', '.join(service.smtp_addresses)}" if service.smtp_server else "tracker only"
 
 
 def run(config: Config, *, tracker_only: bool = False) -> int:
     """Entry point of `estampille serve`."""
-    setup_logging(config)
-    asyncio.run(serve(config, tracker_only=tracker_only))
+    logs.setup(config.log, os.environ)
+    asyncio.run(serve(config, tracker_only=tracker_only, notifier=Notifier.from_environ(os.environ)))
     return 0
