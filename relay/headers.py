@@ -20,12 +20,13 @@ were given for that height. Use :func:`verify_with` for the whole flow.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 
@@ -46,12 +47,15 @@ class HeaderSource(Protocol):
     def describe(self) -> str: ...
 
 
-def _clean_url(url: str) -> tuple[str, aiohttp.BasicAuth | None]:
-    """The URL without credentials (never logged), and the credentials as BasicAuth."""
+def _clean_url(url: str) -> tuple[str, dict[str, str]]:
+    """The URL without credentials (never logged), and the credentials as an Authorization header."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise HeaderSourceError(f"expected an http(s) URL, got {parts.scheme or 'no'} scheme")
-    auth = aiohttp.BasicAuth(parts.username or "", parts.password or "") if parts.username else None
+    auth = {}
+    if parts.username:
+        token = base64.b64encode(f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()).decode()
+        auth = {"Authorization": f"Basic {token}"}
     netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
     return urlunsplit((parts.scheme, netloc, parts.path, "", "")), auth
 
@@ -72,7 +76,7 @@ class BitcoindSource:
     """A bitcoind (or compatible) JSON-RPC endpoint."""
 
     def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.url, self._auth = _clean_url(url)
+        self.url, self._auth_headers = _clean_url(url)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
 
     def describe(self) -> str:
@@ -80,7 +84,7 @@ class BitcoindSource:
 
     async def _call(self, session: aiohttp.ClientSession, method: str, *params: object) -> object:
         payload = {"jsonrpc": "1.0", "id": "estampille", "method": method, "params": list(params)}
-        async with session.post(self.url, json=payload, auth=self._auth) as resp:
+        async with session.post(self.url, json=payload, headers=self._auth_headers) as resp:
             body = await read_bounded(resp, MAX_REPLY_BYTES)
         try:
             reply = json.loads(body)

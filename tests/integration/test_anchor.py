@@ -1,0 +1,313 @@
+"""Anchoring against local calendars, a regtest-PoW chain, an Esplora fake and a bitcoind fake.
+
+Cross-checks with the stock `ots` client and javascript-opentimestamps (never skipped in CI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from relay.anchor import Anchorer, export_ots
+from relay.config import AnchorConfig
+from relay.headers import AgreeingSources, BitcoindSource, EsploraSource, fetch_headers, verify_with
+from relay.errors import HeaderSourceError
+from relay.records import Record
+from relay.store import Store
+from relay.verify import verify_ots
+from tests.conftest import require_tool
+from tests.support.calendar import BitcoindFake, EsploraFake, FakeCalendar, FakeChain
+
+JS_DIR = Path(__file__).resolve().parent.parent / "js"
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def records(n: int, tag: str = "r") -> list[Record]:
+    return [Record.from_fields({"type": "receipt", "delivery": f"{tag}{i}", "kind": "acknowledged"}) for i in range(n)]
+
+
+async def queue(store: Store, recs: list[Record]) -> None:
+    async with store.transaction() as db:
+        for rec in recs:
+            await Store.insert_record(db, rec, now=time.time())
+
+
+@pytest.fixture
+async def store(tmp_path):
+    store = await Store.open(tmp_path / "data")
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+def chain():
+    return FakeChain()
+
+
+@pytest.fixture
+async def calendars(chain):
+    cals = [FakeCalendar(chain) for _ in range(3)]
+    for cal in cals:
+        await cal.start()
+    yield cals
+    for cal in cals:
+        await cal.stop()
+
+
+def anchor_config(cals, **kw) -> AnchorConfig:
+    return AnchorConfig(calendars=[c.url for c in cals], allowlist=[], retry_first=10.0, retry_max=100.0, **kw)
+
+
+async def batch_states(store: Store) -> list[str]:
+    return [row["state"] for row in await store.anchor_batches(["submitting", "pending", "confirmed"])]
+
+
+async def run(*argv: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
+    return proc.returncode, out.decode(errors="replace")
+
+
+def ots_tool() -> str:
+    """The stock client: next to this Python (venv), else on PATH."""
+    beside = Path(sys.executable).parent / "ots"
+    return str(beside) if beside.exists() else require_tool("ots")
+
+
+async def test_thousand_leaves_one_batch_one_request_each_then_every_proof_verifies(store, calendars, chain):
+    recs = records(1000)
+    await queue(store, recs)
+    async with Anchorer(store, anchor_config(calendars)) as anchorer:
+        outcomes = await anchorer.batch_all()
+        assert [(o.leaves, o.state, len(o.accepted)) for o in outcomes] == [(1000, "pending", 3)]
+        assert [cal.requests for cal in calendars] == [[("POST", "/digest")]] * 3
+        pending = await export_ots(store, recs[0].digest)
+        assert verify_ots(recs[0].body, pending, {}).status == "pending"
+
+        # Nothing in Bitcoin yet: the upgrade asks, hears "pending", changes nothing.
+        report = await anchorer.upgrade()
+        assert report.confirmed == () and await batch_states(store) == ["pending"]
+
+        heights = [cal.confirm() for cal in calendars]
+        report = await anchorer.upgrade()
+    assert report.confirmed == (outcomes[0].batch_id,)
+    batch = (await store.anchor_batches(["confirmed"]))[0]
+    assert batch["bitcoin_height"] == min(heights)
+
+    async with BitcoindFake(chain) as node:
+        headers = await fetch_headers(BitcoindSource(node.url), range(chain.height + 1))
+    for rec in recs:
+        proof = await export_ots(store, rec.digest)
+        result = verify_ots(rec.body, proof, headers, regtest=True)
+        assert (result.status, result.height) == ("verified", min(heights)), result.reason
+        assert len(proof) < 1500
+
+
+async def test_stock_ots_client_upgrades_and_verifies(store, calendars, chain, tmp_path):
+    ots = ots_tool()
+    recs = records(3)
+    await queue(store, recs)
+    async with Anchorer(store, anchor_config(calendars)) as anchorer:
+        await anchorer.batch_all()
+        record = tmp_path / "record.json"
+        record.write_bytes(recs[1].body)
+        (tmp_path / "record.json.ots").write_bytes(await export_ots(store, recs[1].digest))
+        for cal in calendars:
+            cal.confirm()
+        whitelist = [arg for cal in calendars for arg in ("-l", cal.url)]
+        code, out = await run(ots, "--no-cache", *whitelist, "upgrade", str(tmp_path / "record.json.ots"))
+        assert code == 0 and "Timestamp complete" in out, out
+        await anchorer.upgrade()
+        confirmed = tmp_path / "confirmed.json"
+        confirmed.write_bytes(recs[2].body)
+        (tmp_path / "confirmed.json.ots").write_bytes(await export_ots(store, recs[2].digest))
+    async with BitcoindFake(chain) as node:
+        for name in ("record.json.ots", "confirmed.json.ots"):
+            code, out = await run(ots, "--no-cache", "--bitcoin-node", node.url, "verify", str(tmp_path / name))
+            assert code == 0 and "Success! Bitcoin block" in out, out
+        # The stock client checks the Merkle root only: a changed record is refused by its digest.
+        record.write_bytes(recs[1].body.replace(b"r1", b"r7"))
+        code, out = await run(ots, "--no-cache", "--bitcoin-node", node.url, "verify", str(tmp_path / "record.json.ots"))
+        assert code != 0 and "File does not match original" in out, out
+
+
+async def test_javascript_opentimestamps_verifies_against_esplora_fake(store, calendars, chain, tmp_path):
+    node_bin = require_tool("node")
+    if not (JS_DIR / "node_modules" / "opentimestamps").exists():
+        pytest.fail("tests/js/node_modules is missing: run 'npm install' in tests/js")
+    recs = records(5)
+    await queue(store, recs)
+    async with Anchorer(store, anchor_config(calendars)) as anchorer:
+        await anchorer.batch_all()
+        for cal in calendars:
+            cal.confirm()
+        await anchorer.upgrade()
+        (tmp_path / "r.json").write_bytes(recs[3].body)
+        (tmp_path / "r.json.ots").write_bytes(await export_ots(store, recs[3].digest))
+    async with EsploraFake(chain) as explorer:
+        code, out = await run(node_bin, str(JS_DIR / "verify-ots.js"), str(tmp_path / "r.json"),
+                              str(tmp_path / "r.json.ots"), explorer.url)
+        assert code == 0, out
+        assert json.loads(out.strip().splitlines()[-1])["bitcoin"]["height"] == 1
+        (tmp_path / "r.json").write_bytes(recs[4].body)
+        code, out = await run(node_bin, str(JS_DIR / "verify-ots.js"), str(tmp_path / "r.json"),
+                              str(tmp_path / "r.json.ots"), explorer.url)
+        assert code == 1 and "does not match" in out, out
+
+
+async def test_one_calendar_down_anchors_with_two(store, calendars):
+    calendars[0].down = True
+    await queue(store, records(10))
+    async with Anchorer(store, anchor_config(calendars, min_calendars=2)) as anchorer:
+        [outcome] = await anchorer.batch_all()
+    assert outcome.state == "pending"
+    assert set(outcome.accepted) == {calendars[1].url, calendars[2].url}
+
+
+async def test_two_calendars_down_stays_pending_retried_then_completes(store, calendars, chain):
+    clock = Clock()
+    calendars[0].down = calendars[1].down = True
+    recs = records(10)
+    await queue(store, recs)
+    async with Anchorer(store, anchor_config(calendars, min_calendars=2), clock=clock) as anchorer:
+        [outcome] = await anchorer.batch_all()
+        assert outcome.state == "submitting" and outcome.accepted == (calendars[2].url,)
+        assert await anchorer.retry_submissions() == []  # not due before its backoff
+        clock.now += 11
+        [retry] = await anchorer.retry_submissions()
+        assert retry.state == "submitting"
+        assert calendars[2].digests_received == 1  # a calendar that accepted is not asked again
+        calendars[0].down = calendars[1].down = False
+        assert await anchorer.retry_submissions() == []  # backoff doubled: 20 s
+        clock.now += 21
+        [retry] = await anchorer.retry_submissions()
+        assert retry.state == "pending" and len(retry.accepted) == 3
+        for cal in calendars:
+            cal.confirm()
+        report = await anchorer.upgrade()
+    assert report.confirmed == (outcome.batch_id,)
+    headers = {h: raw for h, raw in enumerate(chain.headers)}
+    assert verify_ots(recs[0].body, await export_ots(store, recs[0].digest), headers, regtest=True).ok
+
+
+async def test_restart_between_submission_and_upgrade(tmp_path, calendars, chain):
+    recs = records(20)
+    store = await Store.open(tmp_path / "data")
+    await queue(store, recs)
+    async with Anchorer(store, anchor_config(calendars)) as anchorer:
+        await anchorer.batch_all()
+    await store.close()
+    for cal in calendars:
+        cal.confirm()
+    store = await Store.open(tmp_path / "data")
+    try:
+        async with Anchorer(store, anchor_config(calendars)) as anchorer:
+            report = await anchorer.upgrade()
+        assert len(report.confirmed) == 1
+        headers = {h: raw for h, raw in enumerate(chain.headers)}
+        for rec in recs:
+            assert verify_ots(rec.body, await export_ots(store, rec.digest), headers, regtest=True).ok
+    finally:
+        await store.close()
+
+
+async def test_calendar_off_the_allowlist_is_not_contacted(store, chain):
+    async with FakeCalendar(chain) as honest, FakeCalendar(chain, host="127.0.0.2") as elsewhere:
+        # The configured calendar names another calendar in its attestations (as pools do).
+        honest.attestation_uri = elsewhere.url
+        await queue(store, records(4))
+        config = AnchorConfig(calendars=[honest.url], min_calendars=1, allowlist=["*.calendar.opentimestamps.org"])
+        async with Anchorer(store, config) as anchorer:
+            await anchorer.batch_all()
+            report = await anchorer.upgrade()
+        assert report.checked == 1
+        assert elsewhere.requests == []
+        assert honest.requests == [("POST", "/digest")]
+
+
+async def test_allowed_calendar_is_asked_by_the_commitment_not_the_root(store, calendars):
+    await queue(store, records(4))
+    async with Anchorer(store, anchor_config(calendars)) as anchorer:
+        [outcome] = await anchorer.batch_all()
+        await anchorer.upgrade()
+    root = (await store.anchor_batches(["pending"]))[0]["root"].hex()
+    for cal in calendars:
+        [(method, path)] = cal.requests[1:]
+        commitment = path.removeprefix("/timestamp/")
+        assert method == "GET" and bytes.fromhex(commitment) in cal.pending and commitment != root
+
+
+async def test_calendar_reply_over_ten_thousand_bytes_is_refused(store, calendars):
+    calendars[0].oversize = True
+    await queue(store, records(4))
+    async with Anchorer(store, anchor_config(calendars, min_calendars=2)) as anchorer:
+        [outcome] = await anchorer.batch_all()
+        assert set(outcome.accepted) == {calendars[1].url, calendars[2].url}
+        calendars[1].oversize = True
+        calendars[1].confirm()
+        report = await anchorer.upgrade()
+    assert report.confirmed == ()  # the oversized upgrade was refused too
+
+
+async def test_stale_batch_is_counted_and_resubmitted_to_other_calendars(store, calendars):
+    clock = Clock()
+    calendars[2].down = True
+    await queue(store, records(4))
+    config = anchor_config(calendars, min_calendars=2)
+    async with Anchorer(store, config, clock=clock) as anchorer:
+        [outcome] = await anchorer.batch_all()
+        calendars[2].down = False
+        clock.now += config.stale_after + 1
+        report = await anchorer.upgrade()
+        assert report.stale == (outcome.batch_id,) and report.resubmitted == ()
+        assert anchorer.stale_batches == 1
+        clock.now += config.resubmit_after
+        report = await anchorer.upgrade()
+        assert report.resubmitted == (outcome.batch_id,)
+        assert [cal.digests_received for cal in calendars] == [1, 1, 2]
+        report = await anchorer.upgrade()
+        assert report.resubmitted == ()  # once
+
+
+async def test_two_explorers_that_disagree_are_an_error(store, calendars, chain):
+    other = FakeChain(start_time=1_600_000_000)
+    recs = records(2)
+    await queue(store, recs)
+    async with Anchorer(store, anchor_config(calendars)) as anchorer:
+        await anchorer.batch_all()
+        calendars[0].confirm()
+        other.mine(bytes(32))
+        await anchorer.upgrade()
+    proof = await export_ots(store, recs[0].digest)
+    async with EsploraFake(chain) as one, EsploraFake(other) as two:
+        agreeing = AgreeingSources([EsploraSource(one.url), EsploraSource(one.url)])
+        assert (await verify_with(agreeing, recs[0].body, proof, regtest=True)).ok
+        with pytest.raises(HeaderSourceError, match="disagree"):
+            await verify_with(AgreeingSources([EsploraSource(one.url), EsploraSource(two.url)]), recs[0].body, proof)
+
+
+async def test_bitcoind_and_esplora_sources_give_the_chain_headers(chain):
+    chain.mine(bytes(32))
+    async with EsploraFake(chain) as explorer, BitcoindFake(chain) as node:
+        assert await EsploraSource(explorer.url).header(1) == chain.headers[1]
+        assert await BitcoindSource(node.url).header(1) == chain.headers[1]
+        with pytest.raises(HeaderSourceError):
+            await BitcoindSource(node.url).header(5)
+        with pytest.raises(HeaderSourceError):
+            await EsploraSource(explorer.url).header(5)
