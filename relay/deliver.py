@@ -29,9 +29,10 @@ from typing import Any, Protocol
 
 import aiosmtplib
 
-from relay import dsn, records
-from relay.config import Config, UpstreamConfig
-from relay.message import header_block, read_facts, to_crlf
+from relay import acklink, dkim, dsn, records
+from relay.certify import Certified, Certifier
+from relay.config import AckConfig, Config, UpstreamConfig
+from relay.message import header_block, read_facts
 from relay.spool import Incoming, Spool
 from relay.store import Store
 
@@ -238,6 +239,11 @@ class Deliverer:
         self.store = store
         self.upstream = upstream or make_upstream(config)
         self.clock = clock
+        # Keys and templates are read once, here; certifying is then pure and runs in a thread.
+        self.certifier = Certifier(
+            ack=config.ack, templates=acklink.AckTemplates.from_config(config.ack),
+            public_url=config.tracker.public_url, keyring=dkim.load_keyring(config),
+        )
         self.spool = Spool(store, on_queued=self.wake)
         self._wakeup = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -323,29 +329,48 @@ class Deliverer:
     async def _prepare(self, job: Job) -> bytes:
         """The exact bytes to send to ``job.recipient``, stored with their delivery record before sending.
 
-        A delivery that already has a copy resends exactly what was recorded.
+        The certified copy, its delivery record and its acknowledgment tokens are written in
+        one transaction. A delivery that already has a copy resends exactly what was recorded.
         """
         if job.copy_sha256:
             return await self.store.get_blob(job.copy_sha256)
         original = await self.store.get_blob(job.data_sha256)
-        copy, fields = await self._build_copy(job, original)
-        copy_sha256 = await self.store.put_blob(copy)
         now = self.clock()
+        copy = await asyncio.to_thread(self._certify, job, original, now)
+        copy_sha256 = await self.store.put_blob(copy.data)
         record = records.delivery_record(
             submission_digest=job.submission_digest,
             recipient=job.recipient,
             copy_sha256=copy_sha256,
+            dkim=list(copy.dkim),
+            ack_link_inserted=copy.ack_link_inserted,
+            ack_link_reason=copy.ack_link_reason,
             certified_at=records.iso_time(now),
-            **fields,
         )
         async with self.store.transaction() as db:
             await Store.insert_record(db, record, submission_id=job.submission_id, delivery_id=job.delivery_id, now=now)
             await Store.set_delivery_copy(db, job.delivery_id, copy_sha256, record.digest, now)
-        return copy
+            for link in copy.links:
+                await Store.insert_ack_token(db, token_sha256=link.token_sha256, delivery_id=job.delivery_id,
+                                             target_url=link.target_url, now=now)
+            if job.message_id is None:
+                await Store.set_generated_message_id(db, job.submission_id, copy.message_id)
+        return copy.data
 
-    async def _build_copy(self, job: Job, original: bytes) -> tuple[bytes, dict[str, Any]]:
-        """The copy for one recipient and the delivery record's fields that describe how it was made."""
-        return to_crlf(original), {"dkim": [], "ack_link_inserted": False, "ack_link_reason": "not certified"}
+    def _certify(self, job: Job, original: bytes, now: float) -> Certified:
+        """The certify step for one recipient (in a thread: signing and MIME work are CPU-bound).
+
+        The Date and Message-ID added to a message lacking them come from the submission,
+        so every recipient's copy carries the same ones. A DSN gets no acknowledgment link.
+        """
+        certifier = self.certifier
+        if job.kind != "mail":
+            certifier = Certifier(ack=AckConfig(insert=False), templates=certifier.templates,
+                                  public_url=certifier.public_url, keyring=certifier.keyring)
+        return certifier.certify(
+            original, mail_from=job.mail_from, date=_utc(job.received_at), message_id_local=job.submission_id,
+            tokens=lambda: secrets.token_urlsafe(acklink.TOKEN_BYTES), now=int(now),
+        )
 
     async def _with_record(self, job: Job) -> Job:
         if job.record_digest:

@@ -16,7 +16,9 @@ I/O here, kept in the classmethods and functions named for it.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
+import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -29,10 +31,13 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
 
-from relay.config import DKIMConfig, DKIMDomain
+from relay.config import Config, DKIMConfig, DKIMDomain
 from relay.errors import DKIMKeyError
 
+log = logging.getLogger("estampille.dkim")
+
 RSA_BITS = 2048
+FALLBACK_DOMAIN = "localhost.localdomain"  # when smtp.hostname is not a domain name
 RSA_MIN_BITS = 1024  # receivers ignore shorter keys (RFC 8301)
 RSA = "rsa-sha256"
 ED25519 = "ed25519-sha256"
@@ -344,3 +349,23 @@ def ensure_default_keys(data_dir: Path, domain: str) -> tuple[DKIMDomain, bool]:
     if Path(entry.rsa_key).exists() and Path(entry.ed25519_key).exists():
         return entry, False
     return generate_keys(directory, domain, entry.rsa_selector, entry.ed25519_selector), True
+
+
+def load_keyring(config: Config) -> Keyring:
+    """The configured keys; with no [[dkim.domains]], a pair generated in data_dir/dkim/ on first start."""
+    if config.dkim.domains:
+        return Keyring.from_config(config.dkim)
+    hostname = config.smtp.hostname.lower().rstrip(".")
+    domain = hostname if "." in hostname else FALLBACK_DOMAIN
+    entry, created = ensure_default_keys(config.data_path, domain)
+    keyring = Keyring.from_config(dataclasses.replace(config.dkim, domains=[entry]))
+    keys = keyring.domains[domain]
+    if created:
+        log.warning(
+            "no [[dkim.domains]] configured: generated DKIM keys for %s in %s; publish these DNS records:\n%s",
+            domain, Path(entry.rsa_key).parent, "\n".join(k.zone_line() for k in keys.keys),
+        )
+    else:
+        log.info("no [[dkim.domains]] configured: signing as %s with the keys in %s", domain,
+                 Path(entry.rsa_key).parent)
+    return keyring

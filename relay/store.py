@@ -655,6 +655,15 @@ class Store:
             (submission_id,),
         )
 
+    # -- certify: what a certified copy adds to its submission ----------------
+
+    @staticmethod
+    async def set_generated_message_id(db: aiosqlite.Connection, submission_id: str, message_id: str) -> None:
+        """Record the Message-ID certify added to a message that had none (proofs are found by it)."""
+        await db.execute(
+            "UPDATE submissions SET message_id = ? WHERE id = ? AND message_id IS NULL", (message_id, submission_id)
+        )
+
     # -- proofs: messages by Message-ID, search, evidence of one message ----
 
     async def find_submission(self, message_id: str) -> aiosqlite.Row | None:
