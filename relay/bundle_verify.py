@@ -324,5 +324,6 @@ def _anchor(bundle: Bundle, path: str, headers: Headers, regtest: bool) -> Recor
     return RecordCheck(path=path, type=record.type, digest=record.digest, anchor=outcome)
 
 
-def report_json(report: BundleReport) -> str:
-    return json.dumps(report.to_json(), indent=2, ensure_ascii=False)
+def report_text(report: BundleReport, *, as_json: bool) -> str:
+    """What ``estampille verify`` prints: the summary, or the JSON report."""
+    return json.dumps(report.to_json(), indent=2, ensure_ascii=False) if as_json else report.summary()

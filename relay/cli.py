@@ -148,6 +148,56 @@ def cmd_anchor(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- proofs: proof, verify, admin-token --------------------------------------------
+
+
+def cmd_proof(args: argparse.Namespace) -> int:
+    from relay.evidence import build_proof
+    from tracker.api import bundle_filename
+
+    config = load_config(args)
+    message_id, data = asyncio.run(
+        _on_store(config, lambda s: build_proof(s, args.message_id, now=time.time(), timezone=config.tracker.timezone))
+    )
+    return _write(args.output or bundle_filename(message_id), data)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from relay.bundle_verify import report_text
+    from relay.evidence import verify_bundle
+
+    source = headers.make_source(
+        bitcoind=args.bitcoind, esplora=args.esplora or (), headers_file=Path(args.headers) if args.headers else None
+    )
+    report = asyncio.run(verify_bundle(Path(args.bundle), source, regtest=args.regtest))
+    print(report_text(report, as_json=args.json))
+    return report.exit_code
+
+
+def cmd_admin_token(args: argparse.Namespace) -> int:
+    from tracker.admin_auth import new_token
+
+    token, digest = new_token()
+    print(f"token: {token}")
+    print(f"hash:  {digest}")
+    print("Give the token to the administrator (API: 'Authorization: Bearer <token>'; admin pages: log in with it)")
+    print(f'and add the hash to the configuration: [admin] token_hashes = ["{digest}"]')
+    return EXIT_OK
+
+
+# -- certify: DKIM keys ----------------------------------------------------------
+
+
+def cmd_dkim_keygen(args: argparse.Namespace) -> int:
+    from relay import dkim
+
+    config = load_config(args)
+    directory = Path(args.dir) if args.dir else config.data_path / "dkim"
+    entry = dkim.generate_keys(directory, args.domain, args.selector, args.ed25519_selector or f"{args.selector}-ed")
+    print(dkim.keys_report(entry))
+    return EXIT_OK
+
+
 # -- relay core: serve, queue, passwd ------------------------------------------
 
 
@@ -192,6 +242,15 @@ def cmd_passwd(args: argparse.Namespace) -> int:
     write_password(Path(args.file), args.user, password, secrets.token_bytes(16))
     print(f"password of {args.user} set in {args.file}")
     return EXIT_OK
+
+
+def header_source_arguments(p: argparse.ArgumentParser) -> None:
+    """The options naming where Bitcoin block headers come from (verify-ots, verify)."""
+    p.add_argument("--bitcoind", metavar="URL", help="bitcoind JSON-RPC URL, http://user:pass@host:8332")
+    p.add_argument("--esplora", metavar="URL", action="append",
+                   help="Esplora API base URL; give two independent explorers, which must agree")
+    p.add_argument("--headers", metavar="FILE", help="file of 'HEIGHT HEX-HEADER' lines")
+    p.add_argument("--regtest", action="store_true", help="accept regtest proof of work (tests only)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,14 +316,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("record", metavar="RECORD.json", help="the file the proof timestamps")
     p.add_argument("proof", metavar="RECORD.json.ots", help="the OpenTimestamps proof")
-    p.add_argument("--bitcoind", metavar="URL", help="bitcoind JSON-RPC URL, http://user:pass@host:8332")
-    p.add_argument("--esplora", metavar="URL", action="append",
-                   help="Esplora API base URL; give two independent explorers, which must agree")
-    p.add_argument("--headers", metavar="FILE", help="file of 'HEIGHT HEX-HEADER' lines")
-    p.add_argument("--regtest", action="store_true", help="accept regtest proof of work (tests only)")
+    header_source_arguments(p)
     p = command("anchor", cmd_anchor, "Anchoring: '--now' batches, submits and upgrades now; 'status' reports.")
     p.add_argument("action", nargs="?", choices=["status"], help="report pending leaves and batches")
     p.add_argument("--now", action="store_true", help="batch waiting leaves, submit and upgrade now")
+
+    p = command("proof", cmd_proof, "Write the proof bundle (zip) of a message: copies, records, .ots, keys, attestation.")
+    p.add_argument("message_id", metavar="MESSAGE-ID", help="the Message-ID, with or without angle brackets")
+    p.add_argument("-o", "--output", metavar="BUNDLE.zip", help="file to write (default: proof-<Message-ID>.zip)")
+    p = command(
+        "verify",
+        cmd_verify,
+        "Verify a proof bundle offline, down to Bitcoin block headers. Exit 0 verified, 1 only pending, 2 invalid.",
+        config=False,
+    )
+    p.add_argument("bundle", metavar="BUNDLE", help="the bundle's zip, or a directory it was unpacked into")
+    header_source_arguments(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    command("admin-token", cmd_admin_token, "Generate an admin token; print it and the hash for admin.token_hashes.",
+            config=False)
+
+    p = command("dkim-keygen", cmd_dkim_keygen, "Generate a domain's RSA-2048 and Ed25519 DKIM keys (mode 0600); print the DNS records.")
+    p.add_argument("--domain", required=True, help="signing domain (d=)")
+    p.add_argument("--selector", required=True, help="selector of the RSA key; the Ed25519 key gets SELECTOR-ed")
+    p.add_argument("--ed25519-selector", metavar="SELECTOR", help="another selector for the Ed25519 key")
+    p.add_argument("--dir", metavar="PATH", help="where to write the keys (default: data_dir/dkim)")
 
     return parser
 

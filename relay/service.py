@@ -25,6 +25,7 @@ from relay.metrics import Metrics, start_metrics_server
 from relay.notify import Notifier
 from relay.retention import purge_periodically
 from relay.store import Store
+from relay.webhooks import WebhookWorker
 from tracker.app import TrackerServer, start_tracker
 
 log = logging.getLogger("estampille.service")
@@ -61,6 +62,7 @@ class Service:
         try:
             self.store = await Store.open(self.config.data_path)
             self._started("store", self.store.close)
+            self.store.webhook_urls = tuple(self.config.webhooks.urls)  # events are queued for these
             if not self.tracker_only:
                 self.deliverer = Deliverer(self.config, self.store, self._upstream, clock=self.clock)
                 await self.deliverer.start()
@@ -105,7 +107,7 @@ class Service:
         await self.intake.drain(SMTP_DRAIN_SECONDS)
 
     async def _start_operations(self) -> None:
-        """The metrics endpoint (when admin.metrics_listen_port is set) and the periodic purge."""
+        """The metrics endpoint (when admin.metrics_listen_port is set), the periodic purge, the webhook sender."""
         assert self.store is not None
         if self.config.admin.metrics_listen_port:
             runner = await start_metrics_server(self.config, self.metrics, self.store, self.clock)
@@ -114,6 +116,11 @@ class Service:
             log.info("metrics on http://%s/metrics", _address(runner.addresses[0]))
         purge = asyncio.create_task(purge_periodically(self.store, self.config, self.clock), name="estampille-purge")
         self._started("retention", lambda: _cancel(purge))
+        if self.config.webhooks.urls:
+            webhooks = asyncio.create_task(
+                WebhookWorker(self.store, self.config.webhooks, clock=self.clock).run(), name="estampille-webhooks"
+            )
+            self._started("webhooks", lambda: _cancel(webhooks))
 
     def reload(self) -> None:
         """SIGHUP: reread the TLS certificate and key and the SMTP credentials file.

@@ -712,16 +712,20 @@ class Store:
         return rows, total
 
     async def message_digests(self, submission_ids: list[str]) -> list[aiosqlite.Row]:
-        """Every evidence digest of these submissions, as (submission_id, digest) rows."""
+        """Every evidence digest of these submissions: (submission_id, digest, batch_state) rows,
+        batch_state being NULL while the record waits for a batch."""
         marks = ", ".join("?" for _ in submission_ids)
         return await self.fetchall(
-            f"SELECT id AS submission_id, record_digest AS digest FROM submissions WHERE id IN ({marks})"
+            "SELECT m.submission_id, m.digest, b.state AS batch_state FROM ("
+            f" SELECT id AS submission_id, record_digest AS digest FROM submissions WHERE id IN ({marks})"
             f" UNION ALL SELECT submission_id, record_digest FROM deliveries WHERE submission_id IN ({marks})"
             f" UNION ALL SELECT submission_id, handoff_digest FROM deliveries WHERE submission_id IN ({marks})"
             " UNION ALL SELECT d.submission_id, r.record_digest FROM receipts r JOIN deliveries d"
             f"  ON d.id = r.delivery_id WHERE d.submission_id IN ({marks})"
             " UNION ALL SELECT d.submission_id, f.record_digest FROM fetches f JOIN deliveries d"
-            f"  ON d.id = f.delivery_id WHERE d.submission_id IN ({marks})",
+            f"  ON d.id = f.delivery_id WHERE d.submission_id IN ({marks})"
+            ") m LEFT JOIN anchor_leaves l ON l.digest = m.digest LEFT JOIN anchor_batches b ON b.id = l.batch_id"
+            " WHERE m.digest IS NOT NULL",
             submission_ids * 5,
         )
 

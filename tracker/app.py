@@ -25,7 +25,7 @@ from aiohttp import web
 from relay.config import Config
 from relay.errors import EstampilleError
 from relay.store import Store
-from tracker import ack, antiforgery
+from tracker import ack, admin, antiforgery
 from tracker.classify import parse_networks
 from tracker.pages import TRACKER, Tracker, errors, security_headers
 from tracker.ratelimit import MissLimiter
@@ -62,6 +62,7 @@ def make_app(config: Config, store: Store, *, clock: Callable[[], float] = time.
         loader=jinja2.PackageLoader("tracker", "templates"),
         autoescape=True,  # every value is escaped; subjects and addresses are attacker-controlled
         undefined=jinja2.StrictUndefined,
+        auto_reload=False,  # templates ship with the package; no stat() per page
     )
     app.on_response_prepare.append(security_headers)
     if on_response is not None:
@@ -70,6 +71,7 @@ def make_app(config: Config, store: Store, *, clock: Callable[[], float] = time.
     app.router.add_get("/healthz", healthz)
     app.router.add_static("/static/", STATIC_DIR, name="static")
     ack.add_routes(app)
+    admin.setup(app)  # guards /admin and /api/v1, adds the API and the admin pages
     return app
 
 

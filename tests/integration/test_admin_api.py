@@ -1,0 +1,169 @@
+"""Admin access, the /api/v1 JSON API and the admin pages, over a real aiohttp server."""
+
+from __future__ import annotations
+
+import json
+from http.cookies import SimpleCookie
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from relay.config import Config
+from relay.store import Store
+from tests.support.deliveries import make_delivery
+from tracker.admin_auth import COOKIE, new_token
+from tracker.app import make_app
+
+T0 = 1_795_930_400.0
+SUBJECT = "Convocation au conseil du 12 décembre"
+RECIPIENT = "conseillere@example.net"
+
+
+def admin_config(data_dir: Path, token_hash: str) -> Config:
+    return Config.from_toml(
+        f'data_dir = "{data_dir}"\n[tracker]\npublic_url = "https://accuse.commune.example"\n'
+        f'[admin]\ntoken_hashes = ["{token_hash}"]\n'
+    )
+
+
+@pytest.fixture
+async def env(tmp_path):
+    token, digest = new_token()
+    store = await Store.open(tmp_path)
+    made = await make_delivery(store, now=T0, subject=SUBJECT, recipient=RECIPIENT)
+    row = await store.fetchone("SELECT message_id FROM submissions")
+    app = make_app(admin_config(tmp_path, digest), store, clock=lambda: T0 + 60)
+    client = TestClient(TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    yield {"client": client, "token": token, "message_id": row["message_id"], "app": app, "made": made}
+    await client.close()
+    await store.close()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_api_without_or_with_a_wrong_token_is_401(env):
+    c = env["client"]
+    for headers in ({}, bearer("not-a-token"), {"Authorization": "Basic YWRtaW46YWRtaW4="}, bearer("")):
+        r = await c.get("/api/v1/messages", headers=headers)
+        assert r.status == 401, headers
+        body = await r.json()
+        assert body["error"] == "unauthorized" and r.headers["WWW-Authenticate"].startswith("Bearer")
+    r = await c.get("/api/v1/messages", headers=bearer(env["token"]))
+    assert r.status == 200
+
+
+async def test_api_search_and_message_by_id_with_or_without_brackets(env):
+    c, mid = env["client"], env["message_id"]
+    r = await c.get("/api/v1/messages", params={"q": "conseillere@"}, headers=bearer(env["token"]))
+    page = await r.json()
+    assert page["total"] == 1 and page["messages"][0]["subject"] == SUBJECT
+    assert page["messages"][0]["recipients"] == 1
+    r = await c.get("/api/v1/messages", params={"q": "nobody-here"}, headers=bearer(env["token"]))
+    assert (await r.json())["total"] == 0
+    r = await c.get("/api/v1/messages", params={"since": "2999-01-01T00:00:00Z"}, headers=bearer(env["token"]))
+    assert (await r.json())["total"] == 0
+    for form in (mid, mid.strip("<>")):
+        r = await c.get(f"/api/v1/messages/{quote(form, safe='')}", headers=bearer(env["token"]))
+        assert r.status == 200, form
+        body = await r.json()
+        assert body["message_id"] == mid and body["subject"] == SUBJECT
+        (rcpt,) = body["recipients"]
+        assert rcpt["recipient"] == RECIPIENT and rcpt["acknowledgment"] is None
+        assert rcpt["delivery"]["digest"] == env["made"].delivery_digest
+        assert rcpt["delivery"]["anchoring"] == {"state": "queued"}
+        assert body["submission"]["record"]["type"] == "submission"
+
+
+async def test_api_errors_are_json(env):
+    c = env["client"]
+    r = await c.get(f"/api/v1/messages/{quote('<unknown@example.org>', safe='')}", headers=bearer(env["token"]))
+    assert r.status == 404 and (await r.json())["error"] == "not_found"
+    r = await c.get("/api/v1/messages", params={"page": "zero"}, headers=bearer(env["token"]))
+    assert r.status == 400 and "page" in (await r.json())["message"]
+    r = await c.get("/api/v1/nothing-here", headers=bearer(env["token"]))
+    assert r.status == 404 and r.content_type == "application/json"
+
+
+async def test_openapi_document_describes_the_api(env):
+    r = await env["client"].get("/api/v1/openapi.json", headers=bearer(env["token"]))
+    doc = await r.json()
+    assert doc["openapi"].startswith("3.")
+    assert set(doc["paths"]) >= {"/api/v1/messages", "/api/v1/messages/{message_id}", "/api/v1/messages/{message_id}/bundle"}
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+
+
+def guarded_requests(app, message_id: str) -> list[tuple[str, str]]:
+    """Every (method, concrete path) the router serves under /admin and /api/v1, for a real message."""
+    out = []
+    for resource in app.router.resources():
+        info = resource.get_info()
+        template = info.get("formatter") or info.get("path") or ""
+        if not template.startswith(("/admin", "/api/v1")):
+            continue
+        path = template.replace("{message_id}", quote(message_id, safe=""))
+        for route in resource:
+            if route.method != "HEAD":
+                out.append((route.method, path))
+    return out
+
+
+async def test_every_admin_route_refuses_without_credentials(env):
+    c, app = env["client"], env["app"]
+    requests = guarded_requests(app, env["message_id"])
+    assert len(requests) >= 9  # the walk really found the API and the admin pages
+    for cookie in (None, "forged-session-id"):
+        for method, path in requests:
+            headers = {"Cookie": f"{COOKIE}={cookie}"} if cookie else {}
+            r = await c.request(method, path, headers=headers, allow_redirects=False)
+            text = await r.text()
+            assert SUBJECT not in text and RECIPIENT not in text and env["message_id"] not in text, (method, path)
+            if path == "/admin/login":
+                assert r.status in (200, 401), (method, path)  # the form, or "token not recognised"
+            elif path.startswith("/api/v1"):
+                assert r.status == 401, (method, path)
+            else:
+                assert r.status == 303 and r.headers["Location"].endswith("/admin/login"), (method, path, r.status)
+
+
+async def login(c: TestClient, token: str) -> tuple[str, SimpleCookie]:
+    r = await c.post("/admin/login", data={"token": token}, allow_redirects=False)
+    assert r.status == 303, await r.text()
+    cookie = SimpleCookie(r.headers["Set-Cookie"])
+    return cookie[COOKIE].value, cookie
+
+
+async def test_login_sets_a_strict_httponly_secure_session(env):
+    c = env["client"]
+    r = await c.post("/admin/login", data={"token": "wrong"}, allow_redirects=False)
+    assert r.status == 401 and "Set-Cookie" not in r.headers
+    sid, cookie = await login(c, env["token"])
+    morsel = cookie[COOKIE]
+    assert morsel["httponly"] and morsel["secure"] and morsel["samesite"] == "Strict" and morsel["path"] == "/admin"
+    assert sid != env["token"] and len(sid) >= 40
+    r = await c.get("/admin/", headers={"Cookie": f"{COOKIE}={sid}"})
+    page = await r.text()
+    assert r.status == 200 and SUBJECT in page and 'lang="fr"' in page
+    r = await c.get("/admin/", headers={"Cookie": f"{COOKIE}={sid}", "Accept-Language": "en"})
+    assert "Recipients" in await r.text()
+    r = await c.post("/admin/logout", headers={"Cookie": f"{COOKIE}={sid}"}, allow_redirects=False)
+    assert r.status == 303
+    r = await c.get("/admin/", headers={"Cookie": f"{COOKIE}={sid}"}, allow_redirects=False)
+    assert r.status == 303  # the session is gone
+
+
+async def test_message_page_and_unacknowledged_csv(env):
+    c, mid = env["client"], env["message_id"]
+    sid, _ = await login(c, env["token"])
+    headers = {"Cookie": f"{COOKIE}={sid}"}
+    r = await c.get(f"/admin/messages/{quote(mid, safe='')}", headers=headers)
+    page = await r.text()
+    assert r.status == 200 and RECIPIENT in page and "0 accusés de réception sur 1" in page
+    r = await c.get(f"/admin/messages/{quote(mid, safe='')}/unacknowledged.csv", headers=headers)
+    assert r.status == 200 and r.content_type == "text/csv"
+    lines = (await r.read()).decode("utf-8-sig").splitlines()
+    assert lines[0] == "recipient,state,last_reply,handed_at,fetches" and lines[1].startswith(RECIPIENT)

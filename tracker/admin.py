@@ -1,0 +1,309 @@
+"""Admin pages: the messages with search, one message's recipients and their
+timelines, the members who have not acknowledged (CSV), the proof bundle.
+
+Server-rendered on the acknowledgment pages' base template, French by default,
+English by Accept-Language. Every page but the login form needs a session
+(``tracker.admin_auth``); :func:`setup` installs the guard, the API and these
+routes on the tracker application.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+
+from relay.evidence import load_message, message_json
+from tracker import api
+from tracker.admin_auth import (
+    ADMIN_PREFIX,
+    ADMIN_SESSIONS,
+    COOKIE,
+    LOGIN_PATH,
+    TOKEN_HASHES,
+    Sessions,
+    clear_session_cookie,
+    require_admin,
+    set_session_cookie,
+    token_ok,
+)
+from tracker.i18n import format_time, negotiate
+from tracker.pages import TRACKER, render
+
+MAX_TOKEN_FIELD = 200  # characters accepted in the login form's token field
+
+TEXTS: dict[str, dict[str, str]] = {
+    "fr": {
+        "admin": "Administration",
+        "login_title": "Connexion à l'administration",
+        "login_intro": "Saisissez un jeton d'administration (créé avec « estampille admin-token »).",
+        "token": "Jeton d'administration",
+        "login": "Se connecter",
+        "login_failed": "Ce jeton n'est pas reconnu.",
+        "logout": "Se déconnecter",
+        "messages": "Messages",
+        "search": "Rechercher",
+        "search_label": "Message-ID, objet, expéditeur ou destinataire",
+        "no_results": "Aucun message ne correspond.",
+        "subject": "Objet",
+        "sent": "Envoyé le",
+        "sender": "Expéditeur",
+        "recipients": "Destinataires",
+        "delivered": "Remis",
+        "acknowledged": "Accusés de réception",
+        "anchored": "Ancrés dans Bitcoin",
+        "previous": "Page précédente",
+        "next": "Page suivante",
+        "page": "Page {page} sur {pages} ({total} messages)",
+        "ack_bar": "{acknowledged} accusés de réception sur {total}",
+        "timeline": "Chronologie par destinataire",
+        "unacknowledged": "Membres n'ayant pas accusé réception",
+        "everyone_acknowledged": "Tous les destinataires ont accusé réception.",
+        "csv": "Exporter en CSV",
+        "bundle": "Télécharger le dossier de preuve (zip)",
+        "back": "Retour à la liste",
+        "ev_received": "Reçu par le relais",
+        "ev_certified": "Copie certifiée et signée",
+        "ev_attempt": "Tentative de remise",
+        "ev_handoff": "Remis au serveur de messagerie",
+        "ev_fetch_person": "Lien ouvert (probablement une personne)",
+        "ev_fetch_scanner": "Lien ouvert (probablement un filtre de sécurité)",
+        "ev_ack": "Accusé de réception",
+        "anchor_confirmed": "ancré dans Bitcoin, bloc {height}",
+        "anchor_pending": "horodatage en attente de confirmation",
+        "anchor_queued": "en attente d'horodatage",
+        "state_queued": "en attente",
+        "state_sending": "en cours d'envoi",
+        "state_deferred": "différé",
+        "state_delivered": "remis",
+        "state_failed": "échec",
+        "ack_yes": "accusé le {time}",
+        "ack_no": "pas d'accusé de réception",
+        "no_subject": "(sans objet)",
+    },
+    "en": {
+        "admin": "Administration",
+        "login_title": "Administration sign-in",
+        "login_intro": "Enter an admin token (created with 'estampille admin-token').",
+        "token": "Admin token",
+        "login": "Sign in",
+        "login_failed": "This token is not recognised.",
+        "logout": "Sign out",
+        "messages": "Messages",
+        "search": "Search",
+        "search_label": "Message-ID, subject, sender or recipient",
+        "no_results": "No message matches.",
+        "subject": "Subject",
+        "sent": "Sent",
+        "sender": "Sender",
+        "recipients": "Recipients",
+        "delivered": "Delivered",
+        "acknowledged": "Acknowledged",
+        "anchored": "Anchored in Bitcoin",
+        "previous": "Previous page",
+        "next": "Next page",
+        "page": "Page {page} of {pages} ({total} messages)",
+        "ack_bar": "{acknowledged} of {total} acknowledged",
+        "timeline": "Timeline per recipient",
+        "unacknowledged": "Members who have not acknowledged",
+        "everyone_acknowledged": "Every recipient has acknowledged.",
+        "csv": "Export as CSV",
+        "bundle": "Download the proof bundle (zip)",
+        "back": "Back to the list",
+        "ev_received": "Received by the relay",
+        "ev_certified": "Copy certified and signed",
+        "ev_attempt": "Delivery attempt",
+        "ev_handoff": "Handed to the mail server",
+        "ev_fetch_person": "Link opened (likely a person)",
+        "ev_fetch_scanner": "Link opened (likely a security scanner)",
+        "ev_ack": "Acknowledgment of receipt",
+        "anchor_confirmed": "anchored in Bitcoin, block {height}",
+        "anchor_pending": "timestamp waiting for confirmation",
+        "anchor_queued": "waiting to be timestamped",
+        "state_queued": "queued",
+        "state_sending": "sending",
+        "state_deferred": "deferred",
+        "state_delivered": "delivered",
+        "state_failed": "failed",
+        "ack_yes": "acknowledged on {time}",
+        "ack_no": "not acknowledged",
+        "no_subject": "(no subject)",
+    },
+}
+
+
+def setup(app: web.Application) -> None:
+    """Guard /admin and /api/v1, and add the API and the admin pages (from tracker.app.make_app)."""
+    tracker = app[TRACKER]
+    app[TOKEN_HASHES] = tuple(tracker.config.admin.token_hashes)
+    app[ADMIN_SESSIONS] = Sessions(clock=tracker.clock)
+    app.middlewares.append(require_admin)
+    app.middlewares.append(api.api_errors)
+    api.add_routes(app)
+    r = app.router
+    r.add_get(LOGIN_PATH, login_form)
+    r.add_post(LOGIN_PATH, login)
+    r.add_post(f"{ADMIN_PREFIX}/logout", logout)
+    r.add_get(ADMIN_PREFIX, to_list)
+    r.add_get(f"{ADMIN_PREFIX}/", messages)
+    r.add_get(f"{ADMIN_PREFIX}/messages/{{message_id:.+}}/bundle", api.bundle)
+    r.add_get(f"{ADMIN_PREFIX}/messages/{{message_id:.+}}/unacknowledged.csv", unacknowledged_csv)
+    r.add_get(f"{ADMIN_PREFIX}/messages/{{message_id:.+}}", message_page)
+
+
+def _page(request: web.Request, template: str, context: dict[str, Any], *, status: int = 200) -> web.Response:
+    lang = negotiate(request.headers.get("Accept-Language"))
+    base = request.app[TRACKER].base_path
+    context = {"a": TEXTS[lang], "admin_css": f"{base}/static/admin.css", "admin_base": f"{base}{ADMIN_PREFIX}", **context}
+    return render(request, template, context, status=status)
+
+
+async def to_list(request: web.Request) -> web.Response:
+    raise web.HTTPSeeOther(f"{request.app[TRACKER].base_path}{ADMIN_PREFIX}/")
+
+
+def message_href(request: web.Request, message_id: str | None) -> str:
+    return f"{request.app[TRACKER].base_path}{ADMIN_PREFIX}/messages/{quote(message_id or '', safe='')}"
+
+
+# -- login -------------------------------------------------------------------
+
+
+async def login_form(request: web.Request) -> web.Response:
+    return _page(request, "admin_login.html", {"failed": False})
+
+
+async def login(request: web.Request) -> web.Response:
+    form = await request.post()
+    token = str(form.get("token", ""))[:MAX_TOKEN_FIELD].strip()
+    if not token_ok(token, request.app[TOKEN_HASHES]):
+        return _page(request, "admin_login.html", {"failed": True}, status=401)
+    tracker = request.app[TRACKER]
+    response = web.HTTPSeeOther(f"{tracker.base_path}{ADMIN_PREFIX}/")
+    secure = tracker.config.tracker.public_url.startswith("https://")
+    set_session_cookie(response, request.app[ADMIN_SESSIONS].create(), secure=secure)
+    raise response
+
+
+async def logout(request: web.Request) -> web.Response:
+    request.app[ADMIN_SESSIONS].drop(request.cookies.get(COOKIE))
+    response = web.HTTPSeeOther(request.app[TRACKER].base_path + LOGIN_PATH)
+    clear_session_cookie(response)
+    raise response
+
+
+# -- pages -------------------------------------------------------------------
+
+
+async def messages(request: web.Request) -> web.Response:
+    try:
+        found = await api.search(request)
+    except api.BadRequest:
+        raise web.HTTPBadRequest() from None
+    tracker = request.app[TRACKER]
+    lang = negotiate(request.headers.get("Accept-Language"))
+    tz = tracker.config.tracker.timezone
+    rows = [
+        {**m, "href": message_href(request, m["message_id"]), "sent": _time(m["received_at"], tz, lang)}
+        for m in found["messages"]
+    ]
+    pages = max(1, -(-found["total"] // found["per_page"]))
+    return _page(request, "admin_messages.html", {**found, "rows": rows, "pages": pages})
+
+
+async def message_page(request: web.Request) -> web.Response:
+    tracker = request.app[TRACKER]
+    ev = await load_message(tracker.store, request.match_info["message_id"])
+    view = message_json(ev)
+    lang = negotiate(request.headers.get("Accept-Language"))
+    a = TEXTS[lang]
+    tz = tracker.config.tracker.timezone
+    recipients = [
+        {**r, "timeline": timeline(view, r, a, tz, lang), "ack_time": _time(_ack_at(r), tz, lang)}
+        for r in view["recipients"]
+    ]
+    href = message_href(request, view["message_id"])
+    return _page(
+        request,
+        "admin_message.html",
+        {
+            "m": view,
+            "sent": _time(view["received_at"], tz, lang),
+            "recipients": recipients,
+            "missing": [r for r in recipients if not r["acknowledgment"]],
+            "bundle_href": f"{href}/bundle",
+            "csv_href": f"{href}/unacknowledged.csv",
+        },
+    )
+
+
+def _ack_at(recipient: dict[str, Any]) -> str | None:
+    return recipient["acknowledgment"]["at"] if recipient["acknowledgment"] else None
+
+
+def _time(iso: str | None, tz: str, lang: str) -> str:
+    if not iso:
+        return ""
+    return format_time(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp(), tz, lang)
+
+
+def _anchor_text(record: dict[str, Any] | None, a: dict[str, str]) -> str:
+    if record is None:
+        return ""
+    anchoring = record["anchoring"]
+    if anchoring["state"] == "confirmed":
+        return a["anchor_confirmed"].format(height=anchoring["bitcoin_height"])
+    return a[f"anchor_{anchoring['state']}"]
+
+
+def timeline(view: dict[str, Any], r: dict[str, Any], a: dict[str, str], tz: str, lang: str) -> list[dict[str, str]]:
+    """One recipient's events, oldest first: received, certified, handed over, fetches, acknowledged."""
+    events = [{"at": view["received_at"], "what": a["ev_received"], "detail": "", "anchor": _anchor_text(view["submission"], a)}]
+    if r["delivery"]:
+        events.append({"at": r["delivery"]["record"]["certified_at"], "what": a["ev_certified"],
+                       "detail": r["delivery"]["record"]["copy_sha256"][:16] + "…", "anchor": _anchor_text(r["delivery"], a)})
+    if r["handoff"]:
+        h = r["handoff"]["record"]
+        events.append({"at": h["handed_at"], "what": a["ev_handoff"], "detail": f"{h['code']} {h['text']}",
+                       "anchor": _anchor_text(r["handoff"], a)})
+    elif r["last_reply"]:
+        events.append({"at": r["updated_at"], "what": a["ev_attempt"], "detail": r["last_reply"], "anchor": ""})
+    for f in r["fetches"]:
+        events.append({"at": f["at"], "what": a[f"ev_fetch_{f['classification']}"], "detail": f["method"],
+                       "anchor": _anchor_text(f["record"], a)})
+    if r["acknowledgment"]:
+        events.append({"at": r["acknowledgment"]["at"], "what": a["ev_ack"], "detail": "",
+                       "anchor": _anchor_text(r["acknowledgment"], a)})
+    events.sort(key=lambda e: e["at"])
+    return [{**e, "when": _time(e["at"], tz, lang)} for e in events]
+
+
+async def unacknowledged_csv(request: web.Request) -> web.Response:
+    """The recipients without an acknowledgment, with their delivery state."""
+    ev = await load_message(request.app[TRACKER].store, request.match_info["message_id"])
+    view = message_json(ev)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(["recipient", "state", "last_reply", "handed_at", "fetches"])
+    for r in view["recipients"]:
+        if not r["acknowledgment"]:
+            handed = r["handoff"]["record"]["handed_at"] if r["handoff"] else ""
+            writer.writerow([_csv_safe(r["recipient"]), r["state"], _csv_safe(r["last_reply"] or ""), handed,
+                             len(r["fetches"])])
+    name = api.bundle_filename(view["message_id"]).replace("proof-", "unacknowledged-").replace(".zip", ".csv")
+    return web.Response(
+        body=out.getvalue().encode("utf-8-sig"),  # the BOM makes spreadsheet programs read UTF-8
+        content_type="text/csv",
+        charset="utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+def _csv_safe(value: str) -> str:
+    """Spreadsheets run cells starting with these as formulas; an address or reply never needs them."""
+    return "'" + value if value[:1] in ("=", "+", "-", "@") else value
+

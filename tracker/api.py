@@ -1,0 +1,340 @@
+"""The admin API, ``/api/v1``: messages by Message-ID as JSON, and their proof bundles.
+
+Every route needs ``Authorization: Bearer <token>`` (``tracker.admin_auth``).
+Errors are JSON ``{"error": code, "message": text}``; the OpenAPI document at
+``/api/v1/openapi.json`` describes it all. Handlers stay thin: parse, call
+``relay.evidence``, answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+
+from relay.errors import EstampilleError, NotFoundError
+from relay.evidence import build_proof, load_message, message_json
+from relay.records import iso_time
+from tracker.admin_auth import API_PREFIX
+from tracker.pages import TRACKER
+
+log = logging.getLogger("estampille.api")
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+MAX_QUERY = 200  # characters of a search
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get(f"{API_PREFIX}/openapi.json", openapi)
+    r.add_get(f"{API_PREFIX}/messages", list_messages)
+    # The bundle route first: a Message-ID may contain '/', so the id pattern is greedy.
+    r.add_get(f"{API_PREFIX}/messages/{{message_id:.+}}/bundle", bundle)
+    r.add_get(f"{API_PREFIX}/messages/{{message_id:.+}}", show_message)
+
+
+def error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status)
+
+
+@web.middleware
+async def api_errors(request: web.Request, handler: Callable) -> web.StreamResponse:
+    """Under /api/v1 every failure is JSON; the client never sees exception text."""
+    if not request.path.startswith(API_PREFIX + "/"):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+    except NotFoundError as exc:
+        return error(404, "not_found", str(exc))
+    except EstampilleError as exc:
+        log.error("API request failed: %s", exc)
+        return error(503, "unavailable", "the store could not answer; try again")
+    except Exception:
+        log.exception("API request failed")
+        return error(500, "internal", "internal error; see the relay's log")
+
+
+class BadRequest(Exception):
+    """A query parameter is invalid; the message says which and why."""
+
+
+def parse_time(name: str, value: str | None) -> float | None:
+    """An ISO 8601 time (UTC if it has no offset) or Unix seconds."""
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"{name}={value!r}: expected an ISO 8601 time or Unix seconds") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def parse_int(name: str, value: str | None, default: int, low: int, high: int) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise BadRequest(f"{name}={value!r}: expected an integer") from None
+    if not low <= number <= high:
+        raise BadRequest(f"{name}={number}: expected {low} to {high}")
+    return number
+
+
+async def search(request: web.Request) -> dict[str, Any]:
+    """The page of messages the query asks for (shared by the API and the admin list)."""
+    q = request.query
+    query = q.get("q", "").strip()[:MAX_QUERY]
+    since, until = parse_time("since", q.get("since")), parse_time("until", q.get("until"))
+    page = parse_int("page", q.get("page"), 1, 1, 1_000_000)
+    per_page = parse_int("per_page", q.get("per_page"), DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
+    store = request.app[TRACKER].store
+    rows, total = await store.search_submissions(
+        query=query, since=since, until=until, limit=per_page, offset=(page - 1) * per_page
+    )
+    anchoring: dict[str, list[str | None]] = {}
+    if rows:
+        for d in await store.message_digests([row["id"] for row in rows]):
+            anchoring.setdefault(d["submission_id"], []).append(d["batch_state"])
+    messages = []
+    for row in rows:
+        states = anchoring.get(row["id"], [])
+        messages.append(
+            {
+                "message_id": row["message_id"],
+                "subject": row["subject"],
+                "sender": row["mail_from"],
+                "received_at": iso_time(row["received_at"]),
+                "recipients": row["recipients"],
+                "delivered": row["delivered"],
+                "acknowledged": row["acknowledged"],
+                "records": len(states),
+                "anchored": states.count("confirmed"),
+                "href": f"{API_PREFIX}/messages/{quote(row['message_id'] or '', safe='')}",
+            }
+        )
+    return {"messages": messages, "page": page, "per_page": per_page, "total": total, "q": query}
+
+
+async def list_messages(request: web.Request) -> web.Response:
+    try:
+        return web.json_response(await search(request))
+    except BadRequest as exc:
+        return error(400, "bad_request", str(exc))
+
+
+async def show_message(request: web.Request) -> web.Response:
+    ev = await load_message(request.app[TRACKER].store, request.match_info["message_id"])
+    return web.json_response(message_json(ev))
+
+
+async def bundle(request: web.Request) -> web.Response:
+    """The proof bundle of the message in the path, as a zip download."""
+    tracker = request.app[TRACKER]
+    message_id, data = await build_proof(
+        tracker.store, request.match_info["message_id"], now=tracker.clock(), timezone=tracker.config.tracker.timezone
+    )
+    return web.Response(
+        body=data,
+        content_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{bundle_filename(message_id)}"'},
+    )
+
+
+def bundle_filename(message_id: str) -> str:
+    bare = message_id.strip("<>")
+    return "proof-" + "".join(c if c.isalnum() or c in "._-@" else "_" for c in bare)[:100] + ".zip"
+
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(OPENAPI)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_MESSAGE_ID_PARAM = {
+    "name": "message_id",
+    "in": "path",
+    "required": True,
+    "description": "The Message-ID, URL-encoded, with or without its angle brackets.",
+    "schema": {"type": "string"},
+}
+_ERRORS = {
+    "401": {"description": "No token, or a wrong one.", "content": {"application/json": {"schema": _ref("Error")}}},
+    "404": {"description": "No message with this Message-ID.", "content": {"application/json": {"schema": _ref("Error")}}},
+}
+_NULLABLE_RECORD = {"oneOf": [_ref("Record"), {"type": "null"}]}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "Estampille admin API",
+        "version": "1",
+        "description": "Proofs of sending, delivery and acknowledgment by Message-ID. "
+        "Every evidence record is canonical JSON whose SHA-256 is anchored in Bitcoin through OpenTimestamps.",
+    },
+    "servers": [{"url": "/"}],
+    "security": [{"bearer": []}],
+    "paths": {
+        f"{API_PREFIX}/messages": {
+            "get": {
+                "summary": "Search messages, newest first",
+                "parameters": [
+                    {"name": "q", "in": "query", "description": "Part of a Message-ID, subject, sender or recipient.",
+                     "schema": {"type": "string", "maxLength": MAX_QUERY}},
+                    {"name": "since", "in": "query", "description": "Received at or after (ISO 8601 or Unix seconds).",
+                     "schema": {"type": "string"}},
+                    {"name": "until", "in": "query", "description": "Received before (ISO 8601 or Unix seconds).",
+                     "schema": {"type": "string"}},
+                    {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 1}},
+                    {"name": "per_page", "in": "query",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE, "default": DEFAULT_PAGE_SIZE}},
+                ],
+                "responses": {
+                    "200": {"description": "One page of messages.", "content": {"application/json": {"schema": _ref("MessagePage")}}},
+                    "400": {"description": "Invalid parameter.", "content": {"application/json": {"schema": _ref("Error")}}},
+                    "401": _ERRORS["401"],
+                },
+            }
+        },
+        f"{API_PREFIX}/messages/{{message_id}}": {
+            "get": {
+                "summary": "A message's evidence: submission, and per recipient delivery, hand-off, fetches, acknowledgment",
+                "parameters": [_MESSAGE_ID_PARAM],
+                "responses": {
+                    "200": {"description": "The message.", "content": {"application/json": {"schema": _ref("Message")}}},
+                    **_ERRORS,
+                },
+            }
+        },
+        f"{API_PREFIX}/messages/{{message_id}}/bundle": {
+            "get": {
+                "summary": "The proof bundle (zip), verifiable offline with 'estampille verify'",
+                "parameters": [_MESSAGE_ID_PARAM],
+                "responses": {
+                    "200": {"description": "The bundle.",
+                            "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}},
+                    **_ERRORS,
+                },
+            }
+        },
+        f"{API_PREFIX}/openapi.json": {
+            "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1 document."}, "401": _ERRORS["401"]}}
+        },
+    },
+    "components": {
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer",
+                       "description": "An admin token whose SHA-256 is in admin.token_hashes ('estampille admin-token')."}
+        },
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["error", "message"],
+                "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+            },
+            "Anchoring": {
+                "type": "object",
+                "required": ["state"],
+                "description": "queued: waiting for a batch; pending: at the calendars, waiting for a block; "
+                "confirmed: in a Bitcoin block.",
+                "properties": {
+                    "state": {"enum": ["queued", "pending", "confirmed"]},
+                    "calendars": {"type": "array", "items": {"type": "string"}},
+                    "bitcoin_height": {"type": ["integer", "null"]},
+                    "block_time": {"type": ["string", "null"], "format": "date-time"},
+                },
+            },
+            "Record": {
+                "type": "object",
+                "required": ["digest", "record", "anchoring"],
+                "properties": {
+                    "digest": {"type": "string", "description": "SHA-256 of the record's canonical JSON."},
+                    "record": {"type": "object", "description": "The evidence record's fields."},
+                    "anchoring": _ref("Anchoring"),
+                },
+            },
+            "Fetch": {
+                "type": "object",
+                "properties": {
+                    "at": {"type": "string", "format": "date-time"},
+                    "method": {"type": "string"},
+                    "classification": {"enum": ["scanner", "person"]},
+                    "reason": {"type": "string"},
+                    "record": _NULLABLE_RECORD,
+                },
+            },
+            "Recipient": {
+                "type": "object",
+                "properties": {
+                    "recipient": {"type": "string"},
+                    "state": {"enum": ["queued", "sending", "deferred", "delivered", "failed"]},
+                    "attempts": {"type": "integer"},
+                    "last_reply": {"type": ["string", "null"]},
+                    "updated_at": {"type": "string", "format": "date-time"},
+                    "delivery": _NULLABLE_RECORD,
+                    "handoff": _NULLABLE_RECORD,
+                    "fetches": {"type": "array", "items": _ref("Fetch")},
+                    "acknowledgment": {"oneOf": [
+                        {"allOf": [_ref("Record"), {"type": "object", "properties": {"at": {"type": "string"}}}]},
+                        {"type": "null"},
+                    ]},
+                },
+            },
+            "Message": {
+                "type": "object",
+                "properties": {
+                    "message_id": {"type": "string"},
+                    "subject": {"type": ["string", "null"]},
+                    "sender": {"type": "string"},
+                    "received_at": {"type": "string", "format": "date-time"},
+                    "submission_id": {"type": "string"},
+                    "submission": _NULLABLE_RECORD,
+                    "recipients": {"type": "array", "items": _ref("Recipient")},
+                    "summary": {
+                        "type": "object",
+                        "properties": {k: {"type": "integer"} for k in
+                                       ("recipients", "delivered", "acknowledged", "records", "anchored")},
+                    },
+                },
+            },
+            "MessageSummary": {
+                "type": "object",
+                "properties": {
+                    "message_id": {"type": ["string", "null"]},
+                    "subject": {"type": ["string", "null"]},
+                    "sender": {"type": "string"},
+                    "received_at": {"type": "string", "format": "date-time"},
+                    **{k: {"type": "integer"} for k in ("recipients", "delivered", "acknowledged", "records", "anchored")},
+                    "href": {"type": "string"},
+                },
+            },
+            "MessagePage": {
+                "type": "object",
+                "properties": {
+                    "messages": {"type": "array", "items": _ref("MessageSummary")},
+                    "page": {"type": "integer"},
+                    "per_page": {"type": "integer"},
+                    "total": {"type": "integer"},
+                    "q": {"type": "string"},
+                },
+            },
+        },
+    },
+}
