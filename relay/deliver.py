@@ -246,10 +246,13 @@ class Deliverer:
         )
         self.spool = Spool(store, on_queued=self.wake)
         self._wakeup = asyncio.Event()
-        self._in_flight: set[asyncio.Task[None]] = set()
         self._limit = max(1, config.upstream.concurrency)
-        self._slot_free = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        # Claimed jobs wait here for a worker; claiming in batches keeps one transaction for many.
+        self._jobs: asyncio.Queue[Job] = asyncio.Queue()
+        self._busy = 0
+        self._all_idle = asyncio.Event()
+        self._claimer: asyncio.Task[None] | None = None
+        self._workers: list[asyncio.Task[None]] = []
 
     # -- lifecycle --------------------------------------------------------
 
@@ -257,19 +260,32 @@ class Deliverer:
         resumed = await self.store.requeue_interrupted(self.clock())
         if resumed:
             log.info("resumed %d deliveries interrupted by a stop", resumed)
-        self._task = asyncio.create_task(self._run(), name="estampille-deliver")
+        self._claimer = asyncio.create_task(self._claim_loop(), name="estampille-claim")
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"estampille-deliver-{n}") for n in range(self._limit)
+        ]
 
     async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
-        """Stop claiming; let deliveries in flight finish for ``grace`` seconds, then cancel them."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        if self._in_flight:
-            await asyncio.wait(self._in_flight, timeout=grace)
-            for task in self._in_flight:
-                task.cancel()
-            await asyncio.gather(*self._in_flight, return_exceptions=True)
+        """Stop claiming; let deliveries in flight finish for ``grace`` seconds, then cancel them.
+
+        Claimed deliveries not started, or cancelled, go back to 'queued' for the next start.
+        """
+        if self._claimer is not None:
+            self._claimer.cancel()
+            await asyncio.gather(self._claimer, return_exceptions=True)
+            self._claimer = None
+        while not self._jobs.empty():
+            self._jobs.get_nowait()
+        if self._busy:
+            try:
+                await asyncio.wait_for(self._all_idle.wait(), grace)
+            except asyncio.TimeoutError:
+                log.warning("%d deliveries still in flight after %.0fs; they will be retried", self._busy, grace)
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+        await self.store.requeue_interrupted(self.clock())
         await self.upstream.close()
 
     def wake(self) -> None:
@@ -278,36 +294,40 @@ class Deliverer:
 
     # -- the loop ---------------------------------------------------------
 
-    async def _run(self) -> None:
+    async def _claim_loop(self) -> None:
         while True:
-            free = self._limit - len(self._in_flight)
-            if free <= 0:
-                self._slot_free.clear()
-                await self._slot_free.wait()
-                continue
             self._wakeup.clear()
-            try:
-                rows = await self.store.claim_due(self.clock(), min(free, CLAIM_BATCH_MAX))
-            except Exception:  # noqa: BLE001 - the worker must survive a store hiccup
-                log.exception("cannot claim deliveries; retrying")
-                rows = []
+            rows = []
+            # Keep about one batch ahead of the workers, no more: the rest stays due in the database.
+            if self._jobs.qsize() < self._limit:
+                try:
+                    rows = await self.store.claim_due(self.clock(), CLAIM_BATCH_MAX)
+                except Exception:  # noqa: BLE001 - the worker must survive a store hiccup
+                    log.exception("cannot claim deliveries; retrying")
             for row in rows:
-                task = asyncio.create_task(self._deliver(Job.from_row(row)))
-                self._in_flight.add(task)
-                task.add_done_callback(self._done)
-            if not rows:
+                self._jobs.put_nowait(Job.from_row(row))
+            if not rows or self._jobs.qsize() >= self._limit:
                 await self._idle()
 
     async def _idle(self) -> None:
-        timeout = self.config.delivery.poll_interval
         try:
-            await asyncio.wait_for(self._wakeup.wait(), timeout)
+            await asyncio.wait_for(self._wakeup.wait(), self.config.delivery.poll_interval)
         except asyncio.TimeoutError:
             pass
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
-        self._slot_free.set()
+    async def _work(self) -> None:
+        while True:
+            job = await self._jobs.get()
+            self._busy += 1
+            self._all_idle.clear()
+            try:
+                await self._deliver(job)
+            finally:
+                self._busy -= 1
+                if not self._busy:
+                    self._all_idle.set()
+            if self._jobs.qsize() < self._limit:
+                self._wakeup.set()  # running low: let the claimer fetch the next batch
 
     async def _deliver(self, job: Job) -> None:
         started = self.clock()
