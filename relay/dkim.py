@@ -327,6 +327,28 @@ def generate_keys(directory: Path, domain: str, rsa_selector: str, ed25519_selec
     )
 
 
+def keys_report(entry: DKIMDomain) -> str:
+    """What to publish and what to configure for a generated key pair, as text for the operator."""
+    keys = DomainKeys.from_config(entry)
+    return "\n".join(
+        [
+            f"RSA-2048 key:  {entry.rsa_key}",
+            f"Ed25519 key:   {entry.ed25519_key}",
+            "",
+            "Publish these two DNS TXT records:",
+            *(k.zone_line() for k in keys.keys),
+            "",
+            "and add to the configuration:",
+            "[[dkim.domains]]",
+            f'domain = "{entry.domain}"',
+            f'rsa_selector = "{entry.rsa_selector}"',
+            f'rsa_key = "{entry.rsa_key}"',
+            f'ed25519_selector = "{entry.ed25519_selector}"',
+            f'ed25519_key = "{entry.ed25519_key}"',
+        ]
+    )
+
+
 def _write_private(path: Path, data: bytes) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
@@ -359,12 +381,8 @@ def load_keyring(config: Config) -> Keyring:
     domain = hostname if "." in hostname else FALLBACK_DOMAIN
     entry, created = ensure_default_keys(config.data_path, domain)
     keyring = Keyring.from_config(dataclasses.replace(config.dkim, domains=[entry]))
-    keys = keyring.domains[domain]
     if created:
-        log.warning(
-            "no [[dkim.domains]] configured: generated DKIM keys for %s in %s; publish these DNS records:\n%s",
-            domain, Path(entry.rsa_key).parent, "\n".join(k.zone_line() for k in keys.keys),
-        )
+        log.warning("no [[dkim.domains]] configured: generated DKIM keys for %s\n%s", domain, keys_report(entry))
     else:
         log.info("no [[dkim.domains]] configured: signing as %s with the keys in %s", domain,
                  Path(entry.rsa_key).parent)

@@ -150,3 +150,23 @@ def test_unusable_keys_are_refused_with_a_clear_error(tmp_path: Path) -> None:
     swapped = DKIMDomain(domain="d.example", rsa_key=entry.ed25519_key, ed25519_key=entry.rsa_key)
     with pytest.raises(DKIMKeyError, match="must be RSA"):
         dkim.DomainKeys.from_config(swapped)
+
+
+def test_dkim_keygen_command_writes_private_keys_and_prints_both_records(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from relay.cli import main
+
+    argv = ["dkim-keygen", "--domain", "ville-exemple.fr", "--selector", "s2026", "--dir", str(tmp_path / "k")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert 's2026._domainkey.ville-exemple.fr. IN TXT ( "v=DKIM1; k=rsa; p=' in out
+    assert 's2026-ed._domainkey.ville-exemple.fr. IN TXT ( "v=DKIM1; k=ed25519; p=' in out
+    keys = sorted((tmp_path / "k").iterdir())
+    assert len(keys) == 2 and all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in keys)
+    entry = DKIMDomain(domain="ville-exemple.fr", rsa_selector="s2026", rsa_key=str(keys[1]),
+                       ed25519_selector="s2026-ed", ed25519_key=str(keys[0]))
+    published = dkim.DomainKeys.from_config(entry)
+    assert published.rsa.public_key in out.replace('" "', "") and published.ed25519.public_key in out
+    assert main(argv) == 4  # an existing key is never overwritten
+    assert "already exists" in capsys.readouterr().err
