@@ -27,7 +27,7 @@ from typing import Any
 import aiosqlite
 
 from relay.errors import DiskFullError, NotFoundError, StoreError
-from relay.records import Record, canonical_json
+from relay.records import Record, canonical_json, iso_time
 
 # Each entry moves the schema one version forward; never edit a released entry.
 MIGRATIONS: tuple[str, ...] = (
@@ -783,6 +783,35 @@ class Store:
             [(url, event, body, now, now) for url in self.webhook_urls],
         )
 
+    async def _event_subjects(self, db: aiosqlite.Connection, delivery_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """What every delivery event names: the message, the recipient, the delivery."""
+        ids = sorted(set(delivery_ids))
+        marks = ", ".join("?" for _ in ids)
+        cursor = await db.execute(
+            "SELECT d.id, d.recipient, d.submission_id, s.message_id FROM deliveries d"
+            f" JOIN submissions s ON s.id = d.submission_id WHERE d.id IN ({marks})",
+            ids,
+        )
+        return {
+            row[0]: {"delivery_id": row[0], "recipient": row[1], "submission_id": row[2], "message_id": row[3]}
+            for row in await cursor.fetchall()
+        }
+
+    async def _tracker_webhooks(
+        self, db: aiosqlite.Connection, fetches: Sequence[FetchWrite], receipts: Sequence[ReceiptWrite]
+    ) -> None:
+        """Events 'fetched' and 'acknowledged' for what write_tracker_events just recorded."""
+        if not self.webhook_urls:
+            return
+        subjects = await self._event_subjects(db, [e.delivery_id for e in (*fetches, *receipts)])
+        for f in fetches:
+            payload = {**subjects[f.delivery_id], "at": iso_time(f.at), "method": f.method,
+                       "classification": f.classification, "record": f.record.digest}
+            await self.enqueue_event(db, "fetched", payload, f.at)
+        for r in receipts:
+            payload = {**subjects[r.delivery_id], "at": iso_time(r.at), "record": r.record.digest}
+            await self.enqueue_event(db, "acknowledged", payload, r.at)
+
     async def due_webhook_events(self, now: float) -> list[aiosqlite.Row]:
         """For each URL, its oldest pending event when due: events to one URL go out in order."""
         return await self.fetchall(
@@ -886,6 +915,7 @@ class Store:
                 "INSERT INTO receipts (delivery_id, at, personal_id, record_digest) VALUES (?, ?, ?, ?)",
                 [(r.delivery_id, r.at, first_id + len(fetches) + n, r.record.digest) for n, r in enumerate(new)],
             )
+            await self._tracker_webhooks(db, fetches, new)
         return results
 
     @staticmethod
