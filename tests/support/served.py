@@ -1,6 +1,6 @@
 """`estampille serve` as a real subprocess, for tests that need signals and restarts.
 
-    config = write_config(tmp_path, upstream_port, extra="[admin]\\nmetrics_listen_port = 9\\n")
+    config = write_config(tmp_path, upstream_port, smtp='tls_cert = "cert.pem"', extra="[log]\\nformat = 'json'\\n")
     relay = await Relay.start(config, env={"NOTIFY_SOCKET": path})
     relay.port.result()          # the SMTP port it bound (listen_port = 0)
     relay.proc.send_signal(signal.SIGTERM); await relay.wait()
@@ -20,8 +20,9 @@ START_SECONDS = 30.0
 LISTENING = re.compile(rb"SMTP intake listening on 127\.0\.0\.1:(\d+)")
 
 
-def write_config(tmp_path: Path, upstream_port: int, extra: str = "") -> Path:
-    """A relay on 127.0.0.1 port 0 sending to an SMTP upstream without TLS, quick retries."""
+def write_config(tmp_path: Path, upstream_port: int, extra: str = "", smtp: str = "") -> Path:
+    """A relay on 127.0.0.1 port 0 sending to an SMTP upstream without TLS, quick retries;
+    ``smtp`` adds lines to the [smtp] table, ``extra`` adds tables at the end."""
     path = tmp_path / "estampille.toml"
     path.write_text(
         f"""
@@ -31,6 +32,7 @@ listen_host = "127.0.0.1"
 listen_port = 0
 hostname = "relay.test"
 min_free_disk_mb = 1
+{smtp}
 [upstream]
 kind = "smtp"
 host = "127.0.0.1"

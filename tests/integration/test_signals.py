@@ -1,0 +1,165 @@
+"""Signals on a real `estampille serve` process.
+
+SIGTERM in the middle of a burst: exit 0, and after a restart every message that
+got a 250 is delivered. SIGHUP: a new STARTTLS session sees the new certificate,
+an open session keeps working, an unusable certificate is refused and the one in
+use stays. systemd's notification socket gets READY=1 and STOPPING=1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import smtplib
+import socket
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.integration.test_relay import message
+from tests.support.served import Relay, write_config
+from tests.support.sink import Sink
+from tests.support.tlscert import self_signed
+
+CLIENTS = 4
+ACCEPTED_BEFORE_SIGTERM = 24
+WAIT_SECONDS = 30.0
+SUBJECT = re.compile(rb"^Subject: (burst-\d+-\d+)\r?$", re.M)
+
+
+@contextlib.contextmanager
+def notify_socket() -> Iterator[tuple[str, socket.socket]]:
+    """A datagram socket standing in for systemd's $NOTIFY_SOCKET."""
+    with tempfile.TemporaryDirectory(prefix="notify-") as tmp:  # AF_UNIX paths must stay short
+        path = os.path.join(tmp, "n")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(path)
+            sock.setblocking(False)
+            yield path, sock
+
+
+async def notification(sock: socket.socket) -> list[str]:
+    data = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(sock, 4096), WAIT_SECONDS)
+    return data.decode().splitlines()
+
+
+async def until(condition, what: str) -> None:
+    """Poll ``condition`` until it holds, for at most WAIT_SECONDS."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+def sender(port: int, number: int, accepted: list[str], stop: threading.Event) -> None:
+    """Send messages on one connection until the relay closes it; note each 250."""
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=WAIT_SECONDS) as client:
+            for k in range(10_000):
+                if stop.is_set():
+                    return
+                subject = f"burst-{number}-{k}"
+                client.sendmail("mairie@example.org", [f"elu{number}@example.net"], message(subject=subject))
+                accepted.append(subject)  # sendmail returned: the relay answered 250 to DATA
+    except (smtplib.SMTPException, OSError):
+        return  # 421, closed, or refused: whatever got no 250 stays the sender's
+
+
+def delivered(sink: Sink) -> set[str]:
+    return {m.group(1).decode() for r in sink.messages if (m := SUBJECT.search(r.data))}
+
+
+async def test_sigterm_in_a_burst_exits_0_and_every_accepted_message_is_delivered(tmp_path: Path):
+    async with Sink() as sink:
+        config = write_config(tmp_path, sink.port)
+        with notify_socket() as (path, sock):
+            relay = await Relay.start(config, env={"NOTIFY_SOCKET": path})
+            try:
+                assert (await notification(sock))[0] == "READY=1"
+                accepted: list[str] = []
+                stop = threading.Event()
+                threads = [
+                    threading.Thread(target=sender, args=(relay.port.result(), n, accepted, stop))
+                    for n in range(CLIENTS)
+                ]
+                for thread in threads:
+                    thread.start()
+                await until(lambda: len(accepted) >= ACCEPTED_BEFORE_SIGTERM, "the burst to get going")
+                relay.proc.send_signal(signal.SIGTERM)  # clients are still sending
+                assert await relay.wait() == 0, relay.log.decode(errors="replace")
+                assert (await notification(sock))[0] == "STOPPING=1"
+            finally:
+                stop.set()
+                relay.kill()
+            for thread in threads:
+                await asyncio.to_thread(thread.join, WAIT_SECONDS)
+        assert b"stopped" in relay.log
+        got_250 = set(accepted)
+        assert len(got_250) >= ACCEPTED_BEFORE_SIGTERM
+
+        restarted = await Relay.start(config)
+        try:
+            await until(lambda: got_250 <= delivered(sink), "every accepted message at the upstream")
+        finally:
+            restarted.proc.send_signal(signal.SIGTERM)
+            code = await restarted.wait()
+            restarted.kill()
+        assert code == 0, restarted.log.decode(errors="replace")
+
+
+def peer_certificate(port: int) -> bytes:
+    """The certificate a new STARTTLS session is shown (DER)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the test compares bytes; trust is not the point
+    with smtplib.SMTP("127.0.0.1", port, timeout=WAIT_SECONDS) as client:
+        client.starttls(context=context)
+        return client.sock.getpeercert(binary_form=True)
+
+
+def der(cert_path: Path) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(cert_path.read_text())
+
+
+async def test_sighup_reloads_the_certificate_and_keeps_open_sessions(tmp_path: Path):
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    cert, _ = self_signed(tls)
+    first = der(cert)
+    async with Sink() as sink:
+        config = write_config(tmp_path, sink.port, smtp='tls_cert = "tls/cert.pem"\ntls_key = "tls/key.pem"')
+        relay = await Relay.start(config)
+        try:
+            port = relay.port.result()
+            assert await asyncio.to_thread(peer_certificate, port) == first
+            held = smtplib.SMTP("127.0.0.1", port, timeout=WAIT_SECONDS)
+            await asyncio.to_thread(held.ehlo, "client.test")
+
+            self_signed(tls)  # a renewed certificate and key, same paths
+            second = der(cert)
+            assert second != first
+            relay.proc.send_signal(signal.SIGHUP)
+            await until(lambda: b"reloaded the TLS certificate" in relay.log, "the reload")
+            assert await asyncio.to_thread(peer_certificate, port) == second
+            # The session opened before the reload is still served.
+            assert (await asyncio.to_thread(held.noop))[0] == 250
+            await asyncio.to_thread(held.sendmail, "mairie@example.org", ["elu@example.net"],
+                                    message(subject="after-reload"))
+            await asyncio.to_thread(held.quit)
+            await sink.wait_for(1)
+
+            cert.write_text("not a certificate\n")  # a botched renewal
+            relay.proc.send_signal(signal.SIGHUP)
+            await until(lambda: b"reload refused" in relay.log, "the refusal")
+            assert await asyncio.to_thread(peer_certificate, port) == second
+        finally:
+            relay.proc.send_signal(signal.SIGTERM)
+            code = await relay.wait()
+            relay.kill()
+    assert code == 0, relay.log.decode(errors="replace")
