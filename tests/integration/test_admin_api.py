@@ -162,7 +162,7 @@ async def test_message_page_and_unacknowledged_csv(env):
     headers = {"Cookie": f"{COOKIE}={sid}"}
     r = await c.get(f"/admin/messages/{quote(mid, safe='')}", headers=headers)
     page = await r.text()
-    assert r.status == 200 and RECIPIENT in page and "0 accusés de réception sur 1" in page
+    assert r.status == 200 and RECIPIENT in page and "Accusés de réception : 0 sur 1" in page
     r = await c.get(f"/admin/messages/{quote(mid, safe='')}/unacknowledged.csv", headers=headers)
     assert r.status == 200 and r.content_type == "text/csv"
     lines = (await r.read()).decode("utf-8-sig").splitlines()
