@@ -167,11 +167,11 @@ class Anchorer:
 
     async def batch(self) -> BatchOutcome | None:
         """Make one batch of up to ``max_batch`` waiting leaves and submit it; None if none wait."""
-        digests = await self.store.unbatched_leaves(self.config.max_batch)
-        if not digests:
+        leaves = await self.store.unbatched_leaves(self.config.max_batch)
+        if not leaves:
             return None
-        nonces = self._randbytes(merkle.NONCE_BYTES * len(digests))
-        tree = await asyncio.to_thread(merkle.Tree.build, [bytes.fromhex(d) for d in digests], nonces)
+        nonces = self._randbytes(merkle.NONCE_BYTES * len(leaves))
+        tree = await asyncio.to_thread(merkle.Tree.build, [bytes.fromhex(d) for _, d in leaves], nonces)
         root = Timestamp(tree.root)
         replies = await self._submit(root, self.config.calendars)
         now = self._clock()
@@ -183,15 +183,15 @@ class Anchorer:
                 state=state,
                 next_attempt_at=next_at,
                 timestamp=merkle.serialize_timestamp(root) if replies else None,
-                digests=digests,
+                rowids=[rowid for rowid, _ in leaves],
                 nonces=nonces,
                 levels=tree.levels,
                 replies=tuple(replies.items()),
             )
         )
         log.info("batch %d: %d leaves, root %s, accepted by %d calendar(s), %s",
-                 batch_id, len(digests), tree.root.hex(), len(replies), state)
-        return BatchOutcome(batch_id, len(digests), tuple(sorted(replies)), state)
+                 batch_id, len(leaves), tree.root.hex(), len(replies), state)
+        return BatchOutcome(batch_id, len(leaves), tuple(sorted(replies)), state)
 
     async def batch_all(self) -> list[BatchOutcome]:
         """Batch every waiting leaf, ``max_batch`` at a time."""

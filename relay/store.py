@@ -231,8 +231,8 @@ class NewAnchorBatch:
     state: str  # 'submitting' or 'pending'
     next_attempt_at: float
     timestamp: bytes | None  # the root's merged calendar replies, serialized
-    digests: list[str]
-    nonces: bytes  # ANCHOR_NONCE_BYTES per leaf, in the order of digests
+    rowids: list[int]  # the leaves' anchor_leaves row ids, in tree order
+    nonces: bytes  # ANCHOR_NONCE_BYTES per leaf, in tree order
     levels: tuple[bytes, ...]  # relay.merkle.Tree.levels
     replies: tuple[tuple[str, bytes], ...]  # (calendar URL, its reply re-serialized)
 
@@ -950,12 +950,12 @@ class Store:
 
     # -- anchoring: leaves, batches, Merkle trees, calendar replies (relay.anchor) --
 
-    async def unbatched_leaves(self, limit: int) -> list[str]:
-        """Digests of up to ``limit`` leaves not yet in a batch, oldest first."""
+    async def unbatched_leaves(self, limit: int) -> list[tuple[int, str]]:
+        """(row id, digest) of up to ``limit`` leaves not yet in a batch, oldest first."""
         rows = await self.fetchall(
-            "SELECT digest FROM anchor_leaves WHERE batch_id IS NULL ORDER BY queued_at LIMIT ?", (limit,)
+            "SELECT rowid, digest FROM anchor_leaves WHERE batch_id IS NULL ORDER BY queued_at LIMIT ?", (limit,)
         )
-        return [row[0] for row in rows]
+        return [(row[0], row[1]) for row in rows]
 
     async def save_anchor_batch(self, batch: NewAnchorBatch) -> int:
         """Store a batch, its leaves' nonces and positions, its tree and its calendar replies, in one transaction.
@@ -966,15 +966,16 @@ class Store:
             cursor = await db.execute(
                 "INSERT INTO anchor_batches (root, created_at, leaves, state, attempts, next_attempt_at, timestamp)"
                 " VALUES (?, ?, ?, ?, 1, ?, ?)",
-                (batch.root, batch.created_at, len(batch.digests), batch.state, batch.next_attempt_at, batch.timestamp),
+                (batch.root, batch.created_at, len(batch.rowids), batch.state, batch.next_attempt_at, batch.timestamp),
             )
             batch_id = cursor.lastrowid
             nonce = ANCHOR_NONCE_BYTES
+            # By row id, in queue order: nearly sequential pages, where the digest index is random.
             await db.executemany(
-                "UPDATE anchor_leaves SET batch_id = ?, nonce = ?, position = ? WHERE digest = ?",
+                "UPDATE anchor_leaves SET batch_id = ?, nonce = ?, position = ? WHERE rowid = ?",
                 (
-                    (batch_id, batch.nonces[i * nonce : (i + 1) * nonce], i, digest)
-                    for i, digest in enumerate(batch.digests)
+                    (batch_id, batch.nonces[i * nonce : (i + 1) * nonce], i, rowid)
+                    for i, rowid in enumerate(batch.rowids)
                 ),
             )
             await db.executemany(

@@ -1,0 +1,172 @@
+"""Anchoring benchmark: build and persist batches of 10^4, 10^5 and 10^6 leaves, export proofs.
+
+    python bench/anchor_bench.py [--sizes 10000,100000,1000000]
+
+Each size runs in a fresh child process with a fresh temporary store, so its
+peak RSS is its own. The child inserts N evidence records (not timed), then
+times one ``Anchorer.batch()``: read the waiting leaves, nonces, Merkle tree,
+one POST to each of three local fake calendars, and the single transaction
+that stores the batch, the tree and every leaf's nonce and position. The
+baseline, measured in the same child, is the least any batcher must do with
+the same leaves: hash each one with its nonce (hashlib) and write one row per
+leaf into a fresh SQLite table with executemany. Then the calendars put the
+root in a block and the upgrade runs; the proof of one leaf is exported
+(median time of 20 exports) and its size reported.
+
+Proof size depends on the calendars: a real calendar aggregates other
+clients' commitments and its transaction sits among others in a block. The
+fake calendars here are given OTHER_COMMITMENTS other commitments and
+BLOCK_TXS transactions per block, so the calendar part of the proof has a
+realistic shape; the size of our own part (file digest, nonce, path) is
+printed separately.
+
+The last line is: RESULT batch_1e6_s=… batch_1e6_rss_mb=… ots_bytes=… requests_per_calendar=…
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import resource
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # tests.support.calendar provides the fake calendars
+
+from relay import merkle  # noqa: E402
+from relay.anchor import Anchorer, export_ots  # noqa: E402
+from relay.config import AnchorConfig  # noqa: E402
+from relay.records import Record  # noqa: E402
+from relay.store import Store  # noqa: E402
+from relay.verify import verify_ots  # noqa: E402
+from tests.support.calendar import FakeCalendar, FakeChain  # noqa: E402
+
+INSERT_CHUNK = 50_000
+OTHER_COMMITMENTS = 1000  # other clients' commitments in the calendar's tree: 10 levels
+BLOCK_TXS = 2000  # transactions in the block: 11 levels
+EXPORTS = 20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def insert_leaves(store: Store, n: int) -> list[str]:
+    digests = []
+    for start in range(0, n, INSERT_CHUNK):
+        recs = [
+            Record.from_fields({"type": "receipt", "delivery": f"bench-{i}", "kind": "acknowledged"})
+            for i in range(start, min(n, start + INSERT_CHUNK))
+        ]
+        async with store.transaction() as db:
+            await Store._insert_records_many(db, [(r, None, time.time()) for r in recs])
+        digests.extend(r.digest for r in recs[:1])
+    return digests
+
+
+def baseline(digests_hex: list[str], nonces: bytes, path: Path) -> float:
+    """Hash every leaf with its nonce and write one row per leaf: the floor for any batcher."""
+    started = time.perf_counter()
+    leaves = [hashlib.sha256(bytes.fromhex(d) + nonces[i * 16 : i * 16 + 16]).digest() for i, d in enumerate(digests_hex)]
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE leaves (digest TEXT PRIMARY KEY, nonce BLOB, position INTEGER, hash BLOB)")
+    with db:
+        db.executemany(
+            "INSERT INTO leaves VALUES (?, ?, ?, ?)",
+            ((d, nonces[i * 16 : i * 16 + 16], i, leaves[i]) for i, d in enumerate(digests_hex)),
+        )
+    db.close()
+    return time.perf_counter() - started
+
+
+async def one_size(n: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        store = await Store.open(Path(tmp) / "data")
+        chain = FakeChain()
+        cals = [FakeCalendar(chain, block_txs=BLOCK_TXS) for _ in range(3)]
+        for cal in cals:
+            await cal.start()
+        try:
+            t0 = time.perf_counter()
+            sample = await insert_leaves(store, n)
+            insert_s = time.perf_counter() - t0
+            all_digests = [digest for _, digest in await store.unbatched_leaves(n)]
+            base_s = baseline(all_digests, os.urandom(16 * n), Path(tmp) / "baseline.sqlite3")
+            del all_digests
+            config = AnchorConfig(calendars=[c.url for c in cals], allowlist=[], max_batch=n)
+            async with Anchorer(store, config) as anchorer:
+                t0 = time.perf_counter()
+                outcome = await anchorer.batch()
+                batch_s = time.perf_counter() - t0
+                rss = peak_rss_mb()
+                assert outcome is not None and outcome.leaves == n and outcome.state == "pending"
+                requests = max(cal.digests_received for cal in cals)
+                pending_ots = await export_ots(store, sample[0])
+                for cal in cals:
+                    cal.pending.update({os.urandom(32): None for _ in range(OTHER_COMMITMENTS)})
+                    cal.confirm()
+                report = await anchorer.upgrade()
+                assert report.confirmed == (outcome.batch_id,)
+            times = []
+            for _ in range(EXPORTS):
+                t0 = time.perf_counter()
+                ots = await export_ots(store, sample[0])
+                times.append(time.perf_counter() - t0)
+            headers = dict(enumerate(chain.headers))
+            record = await store.get_record(sample[0])
+            assert verify_ots(record.body, ots, headers, regtest=True).ok
+            own = 31 + 1 + 1 + 32 + 18 + 1 + 35 * len(merkle.sibling_positions(n, 0))  # header, nonce, path
+            db_mb = sum(f.stat().st_size for f in (Path(tmp) / "data").glob("estampille.sqlite3*")) / 2**20
+        finally:
+            for cal in cals:
+                await cal.stop()
+            await store.close()
+    return {
+        "n": n, "insert_s": insert_s, "batch_s": batch_s, "baseline_s": base_s, "rss_mb": rss,
+        "export_ms": statistics.median(times) * 1000, "ots_bytes": len(ots), "own_bytes": own,
+        "pending_ots_bytes": len(pending_ots), "requests_per_calendar": requests, "db_mb": db_mb,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child mode
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(asyncio.run(one_size(args.one))))
+        return 0
+    results = {}
+    for n in (int(s) for s in args.sizes.split(",")):
+        out = subprocess.run([sys.executable, __file__, "--one", str(n)], check=True, capture_output=True, text=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        results[n] = r
+        print(
+            f"{n:>9} leaves: batch+persist {r['batch_s']:.2f} s (baseline hash+insert {r['baseline_s']:.2f} s,"
+            f" ratio {r['batch_s'] / r['baseline_s']:.1f}x), peak RSS {r['rss_mb']:.0f} MB,"
+            f" inserting the records {r['insert_s']:.1f} s, database {r['db_mb']:.0f} MB;"
+            f" export one .ots {r['export_ms']:.2f} ms; proof {r['pending_ots_bytes']} B pending,"
+            f" {r['ots_bytes']} B after the Bitcoin upgrade (ours {r['own_bytes']} B);"
+            f" {r['requests_per_calendar']} request(s) per calendar",
+            flush=True,
+        )
+    top = results[max(results)]
+    print(
+        f"RESULT batch_1e6_s={top['batch_s']:.2f} batch_1e6_rss_mb={top['rss_mb']:.0f}"
+        f" ots_bytes={top['ots_bytes']} requests_per_calendar={max(r['requests_per_calendar'] for r in results.values())}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
