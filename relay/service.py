@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from relay import logs
+from relay.anchor import Anchorer
 from relay.config import Config
 from relay.deliver import Deliverer, Upstream
 from relay.errors import ConfigError
@@ -53,6 +54,7 @@ class Service:
         self.intake: IntakeHandler | None = None
         self.metrics = Metrics()
         self.metrics_port: int | None = None
+        self.anchorer: Anchorer | None = None  # relay.anchor workers, when anchor.enabled
         self.components: list[tuple[str, Callable[[], Awaitable[None]]]] = []
 
     def _started(self, name: str, stop: Callable[[], Awaitable[None]]) -> None:
@@ -107,7 +109,7 @@ class Service:
         await self.intake.drain(SMTP_DRAIN_SECONDS)
 
     async def _start_operations(self) -> None:
-        """The metrics endpoint (when admin.metrics_listen_port is set), the periodic purge, the webhook sender."""
+        """The metrics endpoint (when admin.metrics_listen_port is set), the periodic purge, webhooks, anchoring."""
         assert self.store is not None
         if self.config.admin.metrics_listen_port:
             runner = await start_metrics_server(self.config, self.metrics, self.store, self.clock)
@@ -121,6 +123,23 @@ class Service:
                 WebhookWorker(self.store, self.config.webhooks, clock=self.clock).run(), name="estampille-webhooks"
             )
             self._started("webhooks", lambda: _cancel(webhooks))
+        if self.config.anchor.enabled:
+            await self._start_anchoring()
+
+    async def _start_anchoring(self) -> None:
+        """The batching and upgrade workers of relay.anchor (anchor.enabled)."""
+        assert self.store is not None
+        anchorer = self.anchorer = Anchorer(self.store, self.config.anchor, clock=self.clock)
+        await anchorer.__aenter__()
+        workers = asyncio.create_task(anchorer.run(), name="estampille-anchor")
+
+        async def stop() -> None:
+            await _cancel(workers)
+            await anchorer.__aexit__(None, None, None)
+
+        self._started("anchoring", stop)
+        log.info("anchoring to %d calendar(s), %d must accept each batch",
+                 len(self.config.anchor.calendars), self.config.anchor.min_calendars)
 
     def reload(self) -> None:
         """SIGHUP: reread the TLS certificate and key and the SMTP credentials file.

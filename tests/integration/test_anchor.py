@@ -311,3 +311,20 @@ async def test_bitcoind_and_esplora_sources_give_the_chain_headers(chain):
             await BitcoindSource(node.url).header(5)
         with pytest.raises(HeaderSourceError):
             await EsploraSource(explorer.url).header(5)
+
+
+async def test_the_service_runs_the_anchoring_workers(tmp_path, calendars):
+    from tests.support.relay import relay_config, running
+
+    config = relay_config(tmp_path / "data", anchor={
+        "enabled": True, "calendars": [c.url for c in calendars], "allowlist": [], "interval": 1,
+    })
+    async with running(config) as service:
+        recs = records(5)
+        await queue(service.store, recs)
+        deadline = time.monotonic() + 15
+        while not await service.store.anchor_batches(["pending"]):
+            assert time.monotonic() < deadline, "no batch within 15 s with anchor.interval = 1"
+            await asyncio.sleep(0.05)
+        assert [cal.digests_received for cal in calendars] == [1, 1, 1]
+        assert verify_ots(recs[0].body, await export_ots(service.store, recs[0].digest), {}).status == "pending"
