@@ -1,8 +1,8 @@
 """Offline verification of a proof bundle (see relay.proof for its layout).
 
-Pure: the bundle's bytes come in, and so do the Bitcoin block headers its
-``.ots`` proofs need (:func:`required_heights` says which; ``relay.evidence``
-fetches them from a header source). Each proof is checked by ``relay.verify``.
+Pure: the bundle's bytes come in, and so does a mapping of the Bitcoin block
+headers its ``.ots`` proofs need, by height (``relay.evidence`` fetches them
+from a header source as they are asked for). Each proof is checked by ``relay.verify``.
 No DNS: DKIM signatures are checked against the keys in the bundle, which must
 be the keys the anchored delivery records name.
 
@@ -35,7 +35,6 @@ from relay.proof import (
     render_verify_doc,
 )
 from relay.records import Record, sha256_hex
-from relay.verify import required_heights as ots_heights
 from relay.verify import verify_ots
 
 EXIT_VERIFIED = 0
@@ -137,23 +136,6 @@ class BundleReport:
                 lines.append(f"  pending: {r.path} ({where})")
         lines.append({"verified": "VERIFIED", "pending": "VALID, ANCHORS PENDING: verify again later"}[self.status])
         return "\n".join(lines)
-
-
-def required_heights(files: dict[str, bytes]) -> list[int]:
-    """Heights of the block headers the bundle's proofs need; BundleProblem if the bundle is damaged.
-
-    The manifest is checked first, so a damaged proof is named rather than sending
-    the caller after a header that does not exist.
-    """
-    bundle = parse_manifest(files)
-    heights: set[int] = set()
-    for path, data in bundle.files.items():
-        if path.endswith(".ots"):
-            try:
-                heights.update(ots_heights(data))
-            except ValueError:
-                continue  # named by the verification itself
-    return sorted(heights)
 
 
 def verify_files(files: dict[str, bytes], headers: Headers, *, regtest: bool = False) -> BundleReport:
@@ -282,10 +264,9 @@ def _verify_dkim(path: str, copy: bytes, keys: dict[str, bytes]) -> tuple[str, .
 
     results = []
     try:
-        signer = dkim.DKIM(copy)
+        signer = dkim.DKIM(copy)  # parsed once; each verify(idx) checks one signature
         count = sum(1 for name, _ in signer.headers if name.lower() == b"dkim-signature")
         for idx in range(count):
-            signer = dkim.DKIM(copy)
             sig, _, _ = signer.verify_headerprep(idx)
             name = f"{sig[b's'].decode()}._domainkey.{sig[b'd'].decode()}".lower()
             if name not in keys:

@@ -9,15 +9,16 @@ The API, the admin pages and ``estampille proof`` all start from
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from relay import merkle
 from relay.anchor import export_ots
-from relay.bundle_verify import BundleReport, required_heights, verify_files
+from relay.bundle_verify import BundleReport, verify_files
 from relay.errors import AnchorError, NotFoundError
-from relay.headers import HeaderSource, fetch_headers
+from relay.headers import HeaderSource
 from relay.proof import (
     Anchoring,
     BundleProblem,
@@ -225,13 +226,35 @@ def read_bundle(path: Path) -> dict[str, bytes]:
     return read_zip(data, path.name)
 
 
+class _HeadersOnDemand(Mapping[int, bytes]):
+    """Block headers fetched from ``source`` when the verifier first asks for a height.
+
+    The verifier runs in a worker thread; each fetch runs on the event loop. Asking
+    on demand parses each proof once, and the manifest is checked before any fetch.
+    """
+
+    def __init__(self, source: HeaderSource, loop: asyncio.AbstractEventLoop) -> None:
+        self._source, self._loop = source, loop
+        self._cache: dict[int, bytes] = {}
+
+    def __getitem__(self, height: int) -> bytes:
+        if height not in self._cache:
+            future = asyncio.run_coroutine_threadsafe(self._source.header(height), self._loop)
+            self._cache[height] = future.result()
+        return self._cache[height]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._cache)
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+
 async def verify_bundle(path: Path, source: HeaderSource, *, regtest: bool = False) -> BundleReport:
     """Verify the bundle at ``path`` with headers from ``source`` (HeaderSourceError if it fails)."""
     try:
         files = await asyncio.to_thread(read_bundle, path)
-        heights = required_heights(files)
     except BundleProblem as problem:
         return BundleReport(None, None, None, (), (), problem)
-    headers = await fetch_headers(source, heights)
+    headers = _HeadersOnDemand(source, asyncio.get_running_loop())
     return await asyncio.to_thread(verify_files, files, headers, regtest=regtest)
-

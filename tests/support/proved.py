@@ -39,10 +39,10 @@ DEADLINE = 20.0
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36"
 
 
-def convocation() -> bytes:
+def convocation(recipients: list[str]) -> bytes:
     msg = EmailMessage()
     msg["From"] = "Mairie <convocations@mairie.example>"
-    msg["To"] = ", ".join(RECIPIENTS)
+    msg["To"] = ", ".join(recipients)
     msg["Subject"] = SUBJECT
     msg["Message-ID"] = MESSAGE_ID
     msg.set_content("Mesdames et Messieurs les conseillers,\n\nvous êtes convoqués le 3 décembre à 18 h.\n")
@@ -96,7 +96,14 @@ class Proved:
 
 
 @contextlib.asynccontextmanager
-async def proved_message(tmp_path: Path, **sections: dict) -> AsyncIterator[Proved]:
+async def proved_message(
+    tmp_path: Path,
+    *,
+    recipients: list[str] = RECIPIENTS,
+    acknowledgers: tuple[str, ...] = (ACKNOWLEDGER,),
+    **sections: dict,
+) -> AsyncIterator[Proved]:
+    """The relay running, the message delivered to every recipient, ``acknowledgers`` acknowledged."""
     chain = FakeChain()
     token, token_hash = new_token()
     data_dir = tmp_path / "data"
@@ -111,16 +118,19 @@ async def proved_message(tmp_path: Path, **sections: dict) -> AsyncIterator[Prov
         )
         async with running(config) as service:
             p = Proved(service, config, calendar, (e1.url, e2.url), token, data_dir)
-            await aiosmtplib.send(convocation(), sender="convocations@mairie.example", recipients=RECIPIENTS,
+            await aiosmtplib.send(convocation(recipients), sender="convocations@mairie.example", recipients=recipients,
                                   hostname="127.0.0.1", port=service.smtp_port)
-            got = await sink.wait_for(3)
-            copy = next(m for m in got if m.rcpt_tos == (ACKNOWLEDGER,)).data
-            path = re.search(rb"http://127\.0\.0\.1:1(/a/[A-Za-z0-9_-]+)", copy).group(1).decode()
+            got = await sink.wait_for(len(recipients))
             async with aiohttp.ClientSession() as session:
-                await acknowledge(session, p.base + path)
+                for rcpt in acknowledgers:
+                    copy = next(m for m in got if m.rcpt_tos == (rcpt,)).data
+                    path = re.search(rb"http://127\.0\.0\.1:1(/a/[A-Za-z0-9_-]+)", copy).group(1).decode()
+                    await acknowledge(session, p.base + path)
             store = p.store
-            await until(lambda: store.fetchone("SELECT 1 FROM receipts"), "the receipt")
-            await until(lambda: store.fetchone("SELECT 1 FROM fetches"), "the recorded fetch")
+            n_acks, n_rcpts = len(acknowledgers), len(recipients)
+            for table in ("receipts", "fetches"):  # one acknowledgment and one page fetch per acknowledger
+                await until(lambda: store.fetchone(f"SELECT 1 FROM {table} GROUP BY NULL HAVING COUNT(*) = ?",
+                                                   (n_acks,)), table)
             await until(lambda: store.fetchone("SELECT 1 FROM deliveries WHERE state = 'delivered'"
-                                               " GROUP BY submission_id HAVING COUNT(*) = 3"), "3 deliveries")
+                                               " GROUP BY submission_id HAVING COUNT(*) = ?", (n_rcpts,)), "deliveries")
             yield p
