@@ -367,7 +367,8 @@ class Deliverer:
             ack_link_reason=copy.ack_link_reason,
             certified_at=records.iso_time(now),
         )
-        async with self.store.transaction() as db:
+
+        async def record_copy(db: Any) -> None:
             await Store.insert_record(db, record, submission_id=job.submission_id, delivery_id=job.delivery_id, now=now)
             await Store.set_delivery_copy(db, job.delivery_id, copy_sha256, record.digest, now)
             for link in copy.links:
@@ -375,6 +376,8 @@ class Deliverer:
                                              target_url=link.target_url, now=now)
             if job.message_id is None:
                 await Store.set_generated_message_id(db, job.submission_id, copy.message_id)
+
+        await self.store.write(record_copy)
         return copy.data
 
     def _certify(self, job: Job, original: bytes, now: float) -> Certified:
@@ -420,14 +423,16 @@ class Deliverer:
             "code": reply.code, "reply": reply.text, "queue_id": reply.queue_id,
             "upstream_host": reply.upstream_host, "tls": reply.tls,
         }
-        async with self.store.transaction() as db:
+
+        async def record_outcome(db: Any) -> str | None:
             if handoff is not None:
                 await Store.insert_record(db, handoff, submission_id=job.submission_id,
                                           delivery_id=job.delivery_id, now=now)
             await Store.finish_attempt(db, attempt, state=outcome, next_attempt_at=next_at,
                                        handoff_digest=handoff.digest if handoff else None)
-            if dsn_blob is not None:
-                dsn_id = (await Spool.insert(db, *dsn_blob, now)).submission_id
+            return (await Spool.insert(db, *dsn_blob, now)).submission_id if dsn_blob is not None else None
+
+        dsn_id = await self.store.write(record_outcome)
         log.info(
             "delivery %d of %s to <%s> message_id=%s: %s (%s %s)%s", job.delivery_id, job.submission_id,
             job.recipient, job.message_id, outcome, reply.code, _one_line(reply.text),

@@ -67,8 +67,7 @@ class Spool:
         data_sha256, facts = await asyncio.gather(
             self.store.put_blob(incoming.data), asyncio.to_thread(read_facts, incoming.data)
         )
-        async with self.store.transaction() as db:
-            queued = await self.insert(db, incoming, facts, data_sha256, now)
+        queued = await self.store.write(lambda db: self.insert(db, incoming, facts, data_sha256, now))
         if self.on_queued is not None:
             self.on_queued()
         return queued

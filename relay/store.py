@@ -19,15 +19,17 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
 from relay.errors import DiskFullError, NotFoundError, StoreError
 from relay.records import Record, canonical_json, iso_time
+
+T = TypeVar("T")
 
 # Each entry moves the schema one version forward; never edit a released entry.
 MIGRATIONS: tuple[str, ...] = (
@@ -279,6 +281,8 @@ class Store:
         self.blob_dir = data_dir / BLOB_DIR
         self._db = db
         self._write_lock = asyncio.Lock()
+        self._pending_writes: list[tuple[Any, asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
         # Set by the service from webhooks.urls; enqueue_event queues one row per URL.
         self.webhook_urls: tuple[str, ...] = ()
 
@@ -303,6 +307,8 @@ class Store:
         return store
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)  # let queued writers commit
         await self._db.close()
 
     async def _migrate(self) -> None:
@@ -334,6 +340,58 @@ class Store:
             except sqlite3.Error as exc:
                 await self._db.rollback()
                 raise StoreError(f"commit failed: {exc}") from exc
+
+    async def write(self, work: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        """Run ``work(db)`` atomically and return its result once it is committed (group commit).
+
+        Writers that arrive while a commit is in progress share the next transaction, each in
+        its own SAVEPOINT: one writer's failure rolls back only its own statements, and every
+        writer gets its answer only after the shared COMMIT (one fsync for all of them).
+        A writer cancelled while waiting may still be committed.
+        """
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending_writes.append((work, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_writes())
+        return await future
+
+    async def _flush_writes(self) -> None:
+        while self._pending_writes:
+            async with self._write_lock:
+                batch, self._pending_writes = self._pending_writes, []
+                outcomes = await self._run_batch(batch)
+            for (_, future), (result, error) in zip(batch, outcomes):
+                if future.done():
+                    continue
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(result)
+
+    async def _run_batch(self, batch: list[tuple[Any, asyncio.Future[Any]]]) -> list[tuple[Any, BaseException | None]]:
+        try:
+            await self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            error = StoreError(f"cannot begin a transaction: {exc}")
+            return [(None, error) for _ in batch]
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        try:
+            for work, _ in batch:
+                await self._db.execute("SAVEPOINT writer")
+                try:
+                    result = await work(self._db)
+                except Exception as exc:  # noqa: BLE001 - handed to that writer alone
+                    await self._db.execute("ROLLBACK TO writer")
+                    outcomes.append((None, exc))
+                else:
+                    outcomes.append((result, None))
+                await self._db.execute("RELEASE writer")
+            await self._db.commit()
+        except (sqlite3.Error, asyncio.CancelledError) as exc:
+            await self._db.rollback()
+            error = StoreError(f"commit failed: {exc}")
+            return [(None, error) for _ in batch]
+        return outcomes
 
     async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
         # One trip to the database thread, and the statement is reset at once: cursors left
@@ -580,7 +638,8 @@ class Store:
 
     async def claim_due(self, now: float, limit: int) -> list[aiosqlite.Row]:
         """Mark up to ``limit`` due deliveries 'sending' and return them joined with their submission."""
-        async with self.transaction() as db:
+
+        async def claim(db: aiosqlite.Connection) -> list[aiosqlite.Row]:
             rows = list(
                 await (
                     await db.execute(
@@ -599,7 +658,9 @@ class Store:
                     "UPDATE deliveries SET state = 'sending', updated_at = ? WHERE id = ?",
                     [(now, row["id"]) for row in rows],
                 )
-        return rows
+            return rows
+
+        return await self.write(claim)
 
     async def next_due_at(self) -> float | None:
         """When the earliest queued or deferred delivery is due, or None when there is none."""

@@ -1,0 +1,215 @@
+"""Throughput of the relay against a naive store-and-forward baseline, in one run.
+
+Each system under test runs in its own subprocess (so the peak RSS reported is
+the relay's own), one after the other, in front of the same recording sink
+(another subprocess). This process is the load: CLIENTS connections, each
+sending its share of MESSAGES messages of about 9 KB to RECIPIENTS recipients.
+
+    python bench/relay_bench.py [--messages 400] [--clients 4] [--recipients 10]
+
+Prints, per system: accepted messages/s, delivered recipients/s, p50 and p99
+time to the 250, peak RSS; then the ratios relay/baseline, and last:
+``RESULT accepted_ratio=... delivered_ratio=... p99_ms=... rss_mb=...``
+
+To add a system (e.g. the relay with certification), add a ``System`` to
+``systems()``: a name and the command that starts it, which must print
+``listening on 127.0.0.1:PORT`` on stderr and forward to the sink.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosmtplib
+
+HERE = Path(__file__).resolve().parent
+MESSAGE_OCTETS = 9 * 1024
+START_SECONDS = 30.0
+DELIVERY_DEADLINE_SECONDS = 45.0  # per system: the whole run stays under two minutes
+
+
+@dataclass(frozen=True)
+class System:
+    name: str
+    command: list[str]  # {sink_port} and {work} are substituted
+
+
+@dataclass(frozen=True)
+class Figures:
+    name: str
+    accepted_per_s: float
+    delivered_per_s: float
+    p50_ms: float
+    p99_ms: float
+    rss_mb: float
+    cpu_s: float
+    delivered: int
+    expected: int
+
+
+def systems(work: Path) -> list[System]:
+    return [
+        System("relay", [sys.executable, str(HERE / "bench_relay.py"), "--sink-port", "{sink_port}", "--work", "{work}"]),
+        System("baseline", [sys.executable, str(HERE / "baseline.py"), "--sink-port", "{sink_port}", "--spool", "{work}"]),
+    ]
+
+
+def make_message(number: int, recipients: list[str]) -> bytes:
+    head = (
+        f"From: Mairie <mairie@example.org>\r\nTo: {', '.join(recipients)}\r\n"
+        f"Subject: Convocation au conseil municipal n{number}\r\n"
+        f"Message-ID: <bench-{number}@example.org>\r\nDate: Mon, 02 Mar 2026 10:00:00 +0100\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+    )
+    line = "Vous etes convoque a la seance du conseil municipal du lundi 9 mars a 18 h 30.\r\n"
+    body = line * ((MESSAGE_OCTETS - len(head)) // len(line))
+    return (head + body).encode()
+
+
+class Process:
+    """A subprocess whose stderr is collected; ``port`` is read from its 'listening on' line."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._tail: list[bytes] = []
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def start(cls, command: list[str]) -> "Process":
+        proc = await asyncio.create_subprocess_exec(
+            *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        started = cls(proc)
+        await asyncio.wait_for(asyncio.shield(started.port), START_SECONDS)
+        return started
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        async for line in self.proc.stderr:
+            self._tail = (self._tail + [line])[-20:]
+            if b"listening on 127.0.0.1:" in line and not self.port.done():
+                self.port.set_result(int(line.rsplit(b":", 1)[1].split()[0]))
+        if not self.port.done():
+            self.port.set_exception(RuntimeError(b"".join(self._tail).decode(errors="replace")))
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time used so far by this process (all its threads)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    async def ask(self, line: str, timeout: float) -> dict:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+        await self.proc.stdin.drain()
+        return json.loads(await asyncio.wait_for(self.proc.stdout.readline(), timeout))
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 15)
+            except asyncio.TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        await self._reader
+
+
+async def client(port: int, messages: list[tuple[list[str], bytes]], latencies: list[float]) -> None:
+    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=60)
+    await smtp.connect()
+    for recipients, data in messages:
+        started = time.monotonic()
+        await smtp.sendmail("mairie@example.org", recipients, data)
+        latencies.append(time.monotonic() - started)
+    await smtp.quit()
+
+
+async def measure(system: System, args: argparse.Namespace, work: Path) -> Figures:
+    expected = args.messages * args.recipients
+    sink = await Process.start([sys.executable, str(HERE / "sink.py")])
+    sut = None
+    try:
+        values = {"sink_port": str(sink.port.result()), "work": str(work / system.name)}
+        sut = await Process.start([part.format(**values) for part in system.command])
+        batches: list[list[tuple[list[str], bytes]]] = [[] for _ in range(args.clients)]
+        for n in range(args.messages):
+            recipients = [f"conseiller{n}.{r}@example.net" for r in range(args.recipients)]
+            batches[n % args.clients].append((recipients, make_message(n, recipients)))
+        latencies: list[float] = []
+        started = time.monotonic()
+        await asyncio.gather(*(client(sut.port.result(), batch, latencies) for batch in batches))
+        accepted_s = time.monotonic() - started
+        report = await sink.ask(f"wait {expected} {DELIVERY_DEADLINE_SECONDS}", DELIVERY_DEADLINE_SECONDS + 10)
+        delivered_s = report["last"] - started
+        rss = sut.peak_rss_mb()
+        cpu = sut.cpu_seconds()
+    finally:
+        if sut is not None:
+            await sut.stop()
+        await sink.stop()
+    latencies.sort()
+    return Figures(
+        name=system.name,
+        accepted_per_s=args.messages / accepted_s,
+        delivered_per_s=report["count"] / delivered_s if delivered_s > 0 else 0.0,
+        p50_ms=statistics.median(latencies) * 1000,
+        p99_ms=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+        rss_mb=rss,
+        cpu_s=cpu,
+        delivered=report["count"],
+        expected=expected,
+    )
+
+
+def show(f: Figures) -> None:
+    print(
+        f"{f.name:>10}: accepted {f.accepted_per_s:7.1f} msg/s, delivered {f.delivered_per_s:7.1f} rcpt/s "
+        f"({f.delivered}/{f.expected}), time to 250 p50 {f.p50_ms:6.1f} ms p99 {f.p99_ms:6.1f} ms, "
+        f"peak RSS {f.rss_mb:6.1f} MB, CPU {f.cpu_s:5.1f} s",
+        flush=True,
+    )
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=400)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--recipients", type=int, default=10)
+    args = parser.parse_args()
+    print(f"{args.messages} messages of {MESSAGE_OCTETS} octets, {args.recipients} recipients each, "
+          f"{args.clients} client connections, {os.cpu_count()} CPUs", flush=True)
+    with tempfile.TemporaryDirectory(prefix="estampille-bench-") as tmp:
+        results = {}
+        for system in systems(Path(tmp)):
+            results[system.name] = await measure(system, args, Path(tmp))
+            show(results[system.name])
+    relay, baseline = results["relay"], results["baseline"]
+    accepted_ratio = relay.accepted_per_s / baseline.accepted_per_s
+    delivered_ratio = relay.delivered_per_s / baseline.delivered_per_s
+    print(f"ratios relay/baseline: accepted {accepted_ratio:.2f}, delivered {delivered_ratio:.2f}")
+    print(
+        f"RESULT accepted_ratio={accepted_ratio:.2f} delivered_ratio={delivered_ratio:.2f} "
+        f"p99_ms={relay.p99_ms:.1f} rss_mb={relay.rss_mb:.1f}"
+    )
+    complete = all(f.delivered == f.expected for f in results.values())
+    return 0 if complete else 1
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
