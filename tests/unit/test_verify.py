@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
+from pathlib import Path
 
 import pytest
 from opentimestamps.core.notary import BitcoinBlockHeaderAttestation, PendingAttestation
@@ -129,3 +131,17 @@ def test_headers_file_round_trip_and_errors():
     assert parse_headers_file(text) == {0: GENESIS_HEADER, 840000: BLOCK_840000_HEADER}
     with pytest.raises(HeaderSourceError, match=":2:"):
         parse_headers_file(f"0 {GENESIS_HEADER.hex()}\n1 abcd\n")
+
+
+@pytest.mark.parametrize("module", ["merkle", "verify"])
+def test_proof_modules_are_pure(module):
+    """No network, loop, database, clock or randomness inside merkle and verify: callers pass them in."""
+    source = (Path(__file__).resolve().parents[2] / "relay" / f"{module}.py").read_text()
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add((node.module or "").split(".")[0])
+    forbidden = {"asyncio", "aiohttp", "aiosqlite", "socket", "time", "os", "random", "secrets", "urllib"}
+    assert imported & forbidden == set()
