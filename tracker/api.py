@@ -181,6 +181,11 @@ _ERRORS = {
 }
 _NULLABLE_RECORD = {"oneOf": [_ref("Record"), {"type": "null"}]}
 
+def _closed(schema: dict[str, Any]) -> dict[str, Any]:
+    """An object schema whose every property is required and nothing else is allowed."""
+    return {**schema, "required": list(schema["properties"]), "additionalProperties": False}
+
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -270,7 +275,7 @@ OPENAPI: dict[str, Any] = {
                     "anchoring": _ref("Anchoring"),
                 },
             },
-            "Fetch": {
+            "Fetch": _closed({
                 "type": "object",
                 "properties": {
                     "at": {"type": "string", "format": "date-time"},
@@ -279,8 +284,8 @@ OPENAPI: dict[str, Any] = {
                     "reason": {"type": "string"},
                     "record": _NULLABLE_RECORD,
                 },
-            },
-            "Recipient": {
+            }),
+            "Recipient": _closed({
                 "type": "object",
                 "properties": {
                     "recipient": {"type": "string"},
@@ -296,11 +301,11 @@ OPENAPI: dict[str, Any] = {
                         {"type": "null"},
                     ]},
                 },
-            },
-            "Message": {
+            }),
+            "Message": _closed({
                 "type": "object",
                 "properties": {
-                    "message_id": {"type": "string"},
+                    "message_id": {"type": ["string", "null"]},
                     "subject": {"type": ["string", "null"]},
                     "sender": {"type": "string"},
                     "received_at": {"type": "string", "format": "date-time"},
@@ -313,8 +318,8 @@ OPENAPI: dict[str, Any] = {
                                        ("recipients", "delivered", "acknowledged", "records", "anchored")},
                     },
                 },
-            },
-            "MessageSummary": {
+            }),
+            "MessageSummary": _closed({
                 "type": "object",
                 "properties": {
                     "message_id": {"type": ["string", "null"]},
@@ -324,8 +329,8 @@ OPENAPI: dict[str, Any] = {
                     **{k: {"type": "integer"} for k in ("recipients", "delivered", "acknowledged", "records", "anchored")},
                     "href": {"type": "string"},
                 },
-            },
-            "MessagePage": {
+            }),
+            "MessagePage": _closed({
                 "type": "object",
                 "properties": {
                     "messages": {"type": "array", "items": _ref("MessageSummary")},
@@ -334,7 +339,7 @@ OPENAPI: dict[str, Any] = {
                     "total": {"type": "integer"},
                     "q": {"type": "string"},
                 },
-            },
+            }),
         },
     },
 }

@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from relay.config import Config
 from relay.store import Store
 from tests.support.deliveries import make_delivery
+from tests.support.openapi import assert_matches
 from tracker.admin_auth import COOKIE, new_token
 from tracker.app import make_app
 
@@ -167,3 +168,14 @@ async def test_message_page_and_unacknowledged_csv(env):
     assert r.status == 200 and r.content_type == "text/csv"
     lines = (await r.read()).decode("utf-8-sig").splitlines()
     assert lines[0] == "recipient,state,last_reply,handed_at,fetches" and lines[1].startswith(RECIPIENT)
+
+
+
+async def test_answers_match_the_openapi_document(env):
+    c, mid = env["client"], env["message_id"]
+    r = await c.get("/api/v1/messages", headers=bearer(env["token"]))
+    assert_matches("MessagePage", await r.json())
+    r = await c.get(f"/api/v1/messages/{quote(mid, safe='')}", headers=bearer(env["token"]))
+    assert_matches("Message", await r.json())
+    r = await c.get("/api/v1/messages/%3Cnone%3E", headers=bearer(env["token"]))
+    assert_matches("Error", await r.json())

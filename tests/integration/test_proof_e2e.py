@@ -16,6 +16,7 @@ from urllib.parse import quote
 import aiohttp
 
 from relay import cli
+from tests.support.openapi import assert_matches
 from tests.support.proved import ACKNOWLEDGER, MESSAGE_ID, RECIPIENTS, SUBJECT, proved_message
 
 
@@ -45,6 +46,7 @@ async def test_message_to_three_recipients_proved_end_to_end(tmp_path):
         explorers, data_dir = p.explorers, p.data_dir
 
         # The API's JSON shows exactly what happened.
+        assert_matches("Message", view)
         assert view["message_id"] == MESSAGE_ID and view["subject"] == SUBJECT
         # Records: the submission, 3 deliveries, 3 hand-offs, Bob's fetch of the page and his acknowledgment.
         assert view["summary"] == {"recipients": 3, "delivered": 3, "acknowledged": 1, "records": 9, "anchored": 9}
