@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import dkim as dkimpy
+from dkim import canonicalization
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
@@ -63,6 +64,10 @@ DNS_STRING_MAX = 255  # one character-string of a TXT record
 
 _HEADER_NAME = b"DKIM-Signature"
 _RELAXED = dkimpy.CanonicalizationPolicy.from_c_value(CANONICALIZATION)
+_TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
+# Whitespace runs that relaxed canonicalisation changes: any run with a tab, or two spaces or more.
+# (dkimpy replaces every run, single spaces included, by a space: same result, 30x slower.)
+_WSP_TO_COMPRESS = re.compile(rb"[\t ]*\t[\t ]*|  +")
 
 
 @dataclass(frozen=True, eq=False)
@@ -208,12 +213,21 @@ def sign(message: bytes, keys: DomainKeys, signed_headers: Iterable[str], now: i
     head_end = header_end(message)
     headers, _ = dkimpy.rfc822_parse(message[:head_end])
     body = message[head_end + 2 :] if head_end < len(message) else b""
-    body_hash = base64.b64encode(hashlib.sha256(_RELAXED.canonicalize_body(body)).digest())
+    body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
     include = _include_list(headers, signed_headers)
     canonical = _RELAXED.canonicalize_headers(headers)
     # Each signature covers the message without the other one (both are added last).
     fields = [_signature(canonical, include, body_hash, key, now) for key in keys.keys]
     return b"".join(fields) + message
+
+
+def relaxed_body(body: bytes) -> bytes:
+    """The relaxed body canonicalisation of RFC 6376 3.4.4, byte for byte dkimpy's (a test checks)."""
+    if b" \r\n" in body or b"\t" in body:
+        body = _TRAILING_WSP.sub(b"\r\n", body)
+    if b"  " in body or b"\t" in body:
+        body = _WSP_TO_COMPRESS.sub(b" ", body)
+    return canonicalization.correct_empty_body(canonicalization.strip_trailing_lines(body))
 
 
 def strip_signatures(message: bytes, keys: DomainKeys) -> bytes:

@@ -9,6 +9,8 @@ from unittest import mock
 
 import dkim as dkimpy
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -170,3 +172,19 @@ def test_dkim_keygen_command_writes_private_keys_and_prints_both_records(
     assert published.rsa.public_key in out.replace('" "', "") and published.ed25519.public_key in out
     assert main(argv) == 4  # an existing key is never overwritten
     assert "already exists" in capsys.readouterr().err
+
+
+CORPUS_DIR = Path(__file__).resolve().parent.parent / "corpus"
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(max_size=60).map(lambda b: bytes(b" \t\r\nab"[x % 6] for x in b)))
+def test_relaxed_body_canonicalisation_is_dkimpys(body: bytes) -> None:
+    assert dkim.relaxed_body(body) == dkimpy.canonicalization.Relaxed.canonicalize_body(body)
+
+
+def test_relaxed_body_canonicalisation_is_dkimpys_on_the_corpus() -> None:
+    for path in sorted(CORPUS_DIR.glob("*.eml")):
+        body = path.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n").split(b"\r\n\r\n", 1)[-1]
+        for sample in (body, body.replace(b" ", b" \t  "), body + b"  \r\n\r\n"):
+            assert dkim.relaxed_body(sample) == dkimpy.canonicalization.Relaxed.canonicalize_body(sample)
