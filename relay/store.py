@@ -486,12 +486,20 @@ class Store:
         def target() -> sqlite3.Connection:
             return sqlite3.connect(dest, check_same_thread=False)
 
+        def self_contained() -> None:
+            # One file, no -wal beside it. The cursor is closed before the connection:
+            # a statement left open makes close() lazy, and the file would still
+            # change after the caller has fingerprinted it.
+            cursor = conn.execute("PRAGMA journal_mode=DELETE")
+            cursor.fetchall()
+            cursor.close()
+
         conn = await asyncio.to_thread(target)
         try:
             # The lock keeps an open transaction of this process out of the copy.
             async with self._write_lock:
                 await self._db.backup(conn, pages=-1)
-            await asyncio.to_thread(conn.execute, "PRAGMA journal_mode=DELETE")
+            await asyncio.to_thread(self_contained)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot back up the database to {dest}: {exc}") from exc
         finally:

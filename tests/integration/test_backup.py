@@ -1,11 +1,15 @@
 """Backup and restore: every record and message file survives the round trip,
-a backup is taken while the store is being written, and restore refuses to
-overwrite data unless told to."""
+a backup is taken while the store is being written, restore refuses to
+overwrite data unless told to, and a proof bundle made from a restored copy
+verifies offline."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,7 @@ from relay.cli import main
 from relay.errors import BackupError
 from relay.records import iso_time, sha256_hex, submission_record
 from relay.store import Store
+from tests.support.proved import ACKNOWLEDGER, MESSAGE_ID, RECIPIENTS, proved_message
 
 NOW = 1_790_000_000.0
 
@@ -149,3 +154,31 @@ def test_cli_backup_and_restore(tmp_path: Path, capsys):
     assert main(["restore", "--config", str(other), str(tmp_path / "b")]) == 4
     assert "--force" in capsys.readouterr().err
     assert main(["restore", "--config", str(other), "--force", str(tmp_path / "b")]) == 0
+
+
+async def test_a_bundle_made_from_the_restored_copy_verifies(tmp_path: Path):
+    """Backup while the relay runs, lose the data directory, restore, prove, verify offline."""
+    async with proved_message(tmp_path) as p:
+        await p.anchor()
+        await p.confirm()
+        await backup_data_dir(p.data_dir, tmp_path / "backup", now=NOW)  # a second connection, as the CLI
+        await p.service.stop()
+        shutil.rmtree(p.data_dir)
+
+        config = tmp_path / "restored.toml"
+        config.write_text('data_dir = "restored"\n')
+        assert await asyncio.to_thread(main, ["restore", "--config", str(config), str(tmp_path / "backup")]) == 0
+        bundle = tmp_path / "bundle.zip"
+        assert await asyncio.to_thread(
+            main, ["proof", "--config", str(config), "-o", str(bundle), MESSAGE_ID]
+        ) == 0
+        esplora = [arg for url in p.explorers for arg in ("--esplora", url)]
+        result = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "relay.cli", "verify", str(bundle), *esplora, "--regtest", "--json"],
+            capture_output=True, text=True, timeout=60,
+        )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["status"] == "verified"
+    assert {r["recipient"]: r["acknowledged_at"] is not None for r in report["recipients"]} == {
+        r: r == ACKNOWLEDGER for r in RECIPIENTS}
