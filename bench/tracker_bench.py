@@ -1,0 +1,228 @@
+"""Tracker throughput: GET pages and POST acknowledgments at 50 concurrent clients,
+against a bare aiohttp handler measured in the same run.
+
+    /work/venv/bin/python bench/tracker_bench.py [--requests 4000] [--concurrency 50]
+
+Each server runs in its own subprocess on 127.0.0.1 (port 0); the client is
+aiohttp in this process with a bounded number of requests. Every GET records a
+classified fetch and every POST a first acknowledgment (each to its own token),
+durably (synchronous=FULL), and the count of receipts is checked afterwards.
+Goals: GET at least 0.5 of the bare handler's rate; at least 1,000 acks/s.
+The last line is ``RESULT get_ratio=… get_p99_ms=… post_per_s=… post_p99_ms=…``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import random
+import re
+import secrets
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from relay.config import Config  # noqa: E402
+from relay.records import delivery_record, iso_time, submission_record  # noqa: E402
+from relay.store import Store  # noqa: E402
+from tracker import antiforgery  # noqa: E402
+from tracker.app import start_tracker  # noqa: E402
+
+USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36"
+BARE_PAGE = "<!doctype html><title>bare</title><p>ok</p>" * 20  # about the size of an ack page
+WARMUP = 300
+DELIVERED_AGO = 3600.0  # deliveries an hour old: fetches are outside the scanner window
+
+
+# -- servers (run in subprocesses) ------------------------------------------
+
+async def serve_bare() -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(text=BARE_PAGE, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/a/{token}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    print(f"PORT {runner.addresses[0][1]}", flush=True)
+    await asyncio.Event().wait()
+
+
+async def serve_tracker(data_dir: Path) -> None:
+    config = Config.from_toml(f'data_dir = "{data_dir}"\n[tracker]\nlisten_port = 0\n')
+    store = await Store.open(config.data_path)
+    server = await start_tracker(config, store)
+    print(f"PORT {server.port}", flush=True)
+    await asyncio.Event().wait()
+
+
+# -- data --------------------------------------------------------------------
+
+async def make_tokens(data_dir: Path, count: int) -> list[str]:
+    """``count`` deliveries with one token each, as certify leaves them (bulk, one transaction)."""
+    store = await Store.open(data_dir)
+    now = time.time() - DELIVERED_AGO
+    submission_id = uuid.uuid4().hex
+    recipients = [f"member{n}@commune.example" for n in range(count)]
+    sub = submission_record(
+        data_sha256="0" * 64, mail_from="mairie@commune.example", rcpt_to=recipients, client_address="127.0.0.1",
+        auth_user=None, tls=None, received_at=iso_time(now), message_id=f"<{submission_id}@bench>", attachments=[],
+    )
+    tokens = [secrets.token_urlsafe(22) for _ in recipients]
+    async with store.transaction() as db:
+        await Store.insert_record(db, sub, submission_id=submission_id, now=now)
+        await Store.insert_submission(db, {
+            "id": submission_id, "received_at": now, "mail_from": "mairie@commune.example",
+            "client_address": "127.0.0.1", "message_id": f"<{submission_id}@bench>",
+            "subject": "Convocation au conseil municipal", "size": 1000, "data_sha256": "0" * 64,
+            "record_digest": sub.digest,
+        }, [(r, "[]") for r in recipients])
+    rows = await store.delivery_states(submission_id)
+    async with store.transaction() as db:
+        for row, token in zip(rows, tokens):
+            record = delivery_record(
+                submission_digest=sub.digest, recipient=row["recipient"], copy_sha256="1" * 64, dkim=[],
+                ack_link_inserted=True, ack_link_reason=None, certified_at=iso_time(now),
+            )
+            await Store.insert_record(db, record, delivery_id=row["id"], now=now)
+            await Store.set_delivery_copy(db, row["id"], "1" * 64, record.digest, now)
+            await Store.insert_ack_token(db, token_sha256=hashlib.sha256(token.encode()).hexdigest(),
+                                         delivery_id=row["id"], target_url=None, now=now)
+    await store.close()
+    return tokens
+
+
+async def count_receipts(data_dir: Path) -> int:
+    store = await Store.open(data_dir)
+    try:
+        return (await store.fetchone("SELECT COUNT(*) FROM receipts"))[0]
+    finally:
+        await store.close()
+
+
+# -- client --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Run:
+    rate: float
+    p99_ms: float
+    ok: int
+    server_cpu_us: float  # server CPU time per request: steadier than rates on a shared machine
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+async def hammer(base: str, requests: list[tuple[str, str, dict | None]], concurrency: int, pid: int) -> Run:
+    latencies: list[float] = []
+    cpu_before = cpu_seconds(pid)
+    ok = 0
+    queue = iter(requests)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, headers={"User-Agent": USER_AGENT}) as http:
+        async def worker() -> None:
+            nonlocal ok
+            for method, path, form in queue:
+                start = time.perf_counter()
+                async with http.request(method, base + path, data=form) as response:
+                    await response.read()
+                    ok += response.status == 200
+                latencies.append(time.perf_counter() - start)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - began
+    latencies.sort()
+    cpu_us = (cpu_seconds(pid) - cpu_before) / len(requests) * 1e6
+    return Run(len(requests) / elapsed, latencies[int(len(latencies) * 0.99) - 1] * 1000, ok, cpu_us)
+
+
+async def start_server(*args: str) -> tuple[asyncio.subprocess.Process, int]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, *args, stdout=asyncio.subprocess.PIPE
+    )
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    match = re.match(rb"PORT (\d+)", line)
+    if match is None:
+        proc.kill()
+        raise SystemExit(f"server did not start: {line!r}")
+    return proc, int(match.group(1))
+
+
+async def stop_server(proc: asyncio.subprocess.Process) -> None:
+    proc.terminate()
+    await proc.wait()
+
+
+async def bench(count: int, concurrency: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="tracker-bench-") as tmp:
+        data_dir = Path(tmp)
+        tokens = await make_tokens(data_dir, WARMUP + count * 2)
+        print(f"{len(tokens)} deliveries with tokens prepared", flush=True)
+        rng = random.Random(1)
+        gets = [("GET", f"/a/{rng.choice(tokens)}", None) for _ in range(count)]
+        warm = [("GET", f"/a/{t}", None) for t in tokens[:WARMUP]]
+
+        proc, port = await start_server("--serve", "bare")
+        try:
+            await hammer(f"http://127.0.0.1:{port}", warm, concurrency, proc.pid)
+            bare = await hammer(f"http://127.0.0.1:{port}", gets, concurrency, proc.pid)
+        finally:
+            await stop_server(proc)
+        print(f"bare    GET  {bare.rate:7.0f} req/s  p99 {bare.p99_ms:6.1f} ms  server CPU {bare.server_cpu_us:4.0f} us/req",
+              flush=True)
+
+        proc, port = await start_server("--serve", "tracker", "--data", str(data_dir))
+        try:
+            base = f"http://127.0.0.1:{port}"
+            await hammer(base, warm, concurrency, proc.pid)
+            get = await hammer(base, gets, concurrency, proc.pid)
+            print(f"tracker GET  {get.rate:7.0f} req/s  p99 {get.p99_ms:6.1f} ms  server CPU {get.server_cpu_us:4.0f} us/req"
+                  f"  ({get.ok} ok)", flush=True)
+            secret = antiforgery.load_secret(data_dir)
+            posts = [("POST", f"/a/{t}", {antiforgery.FIELD: antiforgery.form_value(secret, t)})
+                     for t in tokens[WARMUP + count: WARMUP + 2 * count]]
+            post = await hammer(base, posts, concurrency, proc.pid)
+        finally:
+            await stop_server(proc)
+        receipts = await count_receipts(data_dir)
+        print(f"tracker POST {post.rate:7.0f} ack/s  p99 {post.p99_ms:6.1f} ms  server CPU {post.server_cpu_us:4.0f} us/req"
+              f"  ({post.ok} ok, "
+              f"{receipts} receipts in the store)", flush=True)
+        if post.ok != count or receipts != count or get.ok != count:
+            raise SystemExit("some requests failed or receipts are missing")
+        print(f"RESULT get_ratio={get.rate / bare.rate:.2f} get_p99_ms={get.p99_ms:.1f} "
+              f"post_per_s={post.rate:.0f} post_p99_ms={post.p99_ms:.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=4000, help="GET requests, and POST requests, per run")
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--serve", choices=("bare", "tracker"), help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve == "bare":
+        asyncio.run(serve_bare())
+    elif args.serve == "tracker":
+        asyncio.run(serve_tracker(args.data))
+    else:
+        asyncio.run(bench(args.requests, args.concurrency))
+
+
+if __name__ == "__main__":
+    main()
