@@ -14,6 +14,7 @@ backoff until ``delivery.give_up_after``, then failed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -287,6 +288,11 @@ class Deliverer:
         self._workers = []
         await self.store.requeue_interrupted(self.clock())
         await self.upstream.close()
+
+    def use_keyring(self, keyring: dkim.Keyring) -> None:
+        """SIGHUP: copies certified from now on are signed with ``keyring``; a copy being
+        certified keeps the keys it started with (each job reads ``self.certifier`` once)."""
+        self.certifier = dataclasses.replace(self.certifier, keyring=keyring)
 
     def wake(self) -> None:
         """New deliveries were queued: look at the queue now rather than at the next poll."""

@@ -16,11 +16,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from relay import logs
+from relay import dkim, logs
 from relay.anchor import Anchorer
 from relay.config import Config
 from relay.deliver import Deliverer, Upstream
-from relay.errors import ConfigError
+from relay.errors import ConfigError, DKIMKeyError
 from relay.intake import IntakeHandler, start_intake
 from relay.metrics import Metrics, start_metrics_server
 from relay.notify import Notifier
@@ -142,19 +142,22 @@ class Service:
                  len(self.config.anchor.calendars), self.config.anchor.min_calendars)
 
     def reload(self) -> None:
-        """SIGHUP: reread the TLS certificate and key and the SMTP credentials file.
+        """SIGHUP: reread the TLS certificate and key, the SMTP credentials file and the DKIM keys.
 
-        Connections stay open; new sessions get the new files. If a file is unusable,
-        the error is logged and what is in use stays in use.
+        Connections stay open; new sessions and copies certified from now on get the
+        new files. All or nothing: if a file is unusable, the error is logged and
+        everything in use stays in use.
         """
-        if self.intake is None:
+        if self.intake is None or self.deliverer is None:
             return
         try:
+            keyring = dkim.load_keyring(self.config)
             self.intake.reload()
-        except ConfigError as exc:
+        except (ConfigError, DKIMKeyError) as exc:
             log.error("reload refused, keeping the current files: %s", exc)
             return
-        log.info("reloaded the TLS certificate and the SMTP credentials")
+        self.deliverer.use_keyring(keyring)
+        log.info("reloaded the TLS certificate, the SMTP credentials and the DKIM keys")
 
     @property
     def smtp_addresses(self) -> list[str]:

@@ -3,15 +3,19 @@
 SIGTERM in the middle of a burst: exit 0, and after a restart every message that
 got a 250 is delivered. SIGHUP: a new STARTTLS session sees the new certificate,
 an open session keeps working, an unusable certificate is refused and the one in
-use stays. systemd's notification socket gets READY=1 and STOPPING=1.
+use stays; renewed DKIM keys sign the copies certified after the reload.
+systemd's notification socket gets READY=1 and STOPPING=1.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import os
 import re
+import shutil
 import signal
 import smtplib
 import socket
@@ -22,7 +26,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.integration.test_relay import message
+from relay import dkim
+from tests.integration.test_relay import message, smtplib_send
+from tests.support.relay import relay_config, running
 from tests.support.served import Relay, write_config
 from tests.support.sink import Sink
 from tests.support.tlscert import self_signed
@@ -163,3 +169,46 @@ async def test_sighup_reloads_the_certificate_and_keeps_open_sessions(tmp_path: 
             code = await relay.wait()
             relay.kill()
     assert code == 0, relay.log.decode(errors="replace")
+
+
+async def signing_keys(service, count: int) -> list[set[str]]:
+    """The DKIM public keys named by each delivery record, once there are ``count`` of them."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while len(rows := await service.store.fetchall(
+            "SELECT body FROM records WHERE type = 'delivery' ORDER BY created_at")) < count:
+        assert time.monotonic() < deadline, "timed out waiting for the delivery records"
+        await asyncio.sleep(0.02)
+    return [{key["public_key"] for key in json.loads(row["body"])["dkim"]} for row in rows]
+
+
+def public_keys(entry) -> set[str]:
+    return {dkim.SigningKey.from_file(entry.domain, selector, path).public_key
+            for selector, path in ((entry.rsa_selector, entry.rsa_key), (entry.ed25519_selector, entry.ed25519_key))}
+
+
+async def test_reload_signs_later_copies_with_renewed_dkim_keys(tmp_path: Path, caplog):
+    old = dkim.generate_keys(tmp_path / "old", "mairie.example", "s1", "e1")
+    old_keys = public_keys(old)
+    async with Sink() as sink:
+        config = relay_config(tmp_path / "data", sink.port, dkim={"domains": [old]})
+        async with running(config) as service:
+            send = lambda subject: asyncio.to_thread(  # noqa: E731
+                smtplib_send, service.smtp_port, "convocations@mairie.example", ["elu@example.net"],
+                message(subject=subject))
+            await send("before")
+            assert await signing_keys(service, 1) == [old_keys]
+
+            new = dkim.generate_keys(tmp_path / "new", "mairie.example", "s1", "e1")
+            for source, target in ((new.rsa_key, old.rsa_key), (new.ed25519_key, old.ed25519_key)):
+                shutil.copyfile(source, target)  # renewed in place, as an operator would
+            service.reload()
+            await send("after")
+            assert (await signing_keys(service, 2))[1] == public_keys(new) != old_keys
+
+            Path(old.rsa_key).write_text("broken\n")
+            with caplog.at_level(logging.ERROR, logger="estampille.service"):
+                service.reload()
+            assert "reload refused" in caplog.text
+            await send("after a failed reload")
+            assert (await signing_keys(service, 3))[2] == public_keys(new)
+            await sink.wait_for(3)
