@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from email.utils import format_datetime
 from datetime import datetime
+from email.utils import format_datetime
 
 DSN_SUBJECT = "Undelivered Mail Returned to Sender"
 _UNSAFE = re.compile(r"[\r\n]+")

@@ -1,0 +1,34 @@
+"""relay.deliver's pure rules: reply classes, backoff, queue ids; relay.spool's ids."""
+
+from __future__ import annotations
+
+from relay.deliver import classify, parse_queue_id, retry_delay
+from relay.spool import new_submission_id
+
+
+def test_replies_are_classified_like_mailman():
+    assert classify(250) == "delivered"
+    assert classify(251) == "delivered"
+    assert classify(421) == "deferred"
+    assert classify(451) == "deferred"
+    assert classify(None) == "deferred"  # timeout or connection failure
+    assert classify(550) == "failed"
+    assert classify(552) == "failed"
+
+
+def test_backoff_doubles_up_to_the_maximum():
+    assert [retry_delay(n, 300, 3600) for n in range(1, 7)] == [300, 600, 1200, 2400, 3600, 3600]
+
+
+def test_queue_ids_of_common_mtas():
+    assert parse_queue_id("2.0.0 Ok: queued as 4XkV1m2Z3Qz8") == "4XkV1m2Z3Qz8"  # Postfix
+    assert parse_queue_id("OK id=1rT5xY-0004Zb-2C") == "1rT5xY-0004Zb-2C"  # Exim
+    assert parse_queue_id("2.6.0 <m@x> [InternalId=1224] Queued mail for delivery") == "1224"  # Exchange
+    assert parse_queue_id("2.0.0 OK") is None
+
+
+def test_submission_ids_sort_by_time_and_differ():
+    a, b = new_submission_id(1_700_000_000.0), new_submission_id(1_700_000_000.0)
+    c = new_submission_id(1_700_000_001.0)
+    assert a != b and max(a, b) < c
+    assert len(a) == len(c) == 23
