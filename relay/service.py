@@ -89,7 +89,7 @@ class Service:
             return
         log.info("SMTP intake listening on %s", ", ".join(self.smtp_addresses))
         if self.config.upstream.kind == "maildir":
-            log.info("upstream: maildir %s (nothing leaves this machine)", self.config.data_path / "outbox")
+            log.info("upstream: maildir %s (no mail leaves this machine)", self.config.data_path / "outbox")
         else:
             u = self.config.upstream
             log.info("upstream: smtp %s:%d (tls: %s)", u.host, u.port, u.tls)
