@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -103,7 +104,7 @@ class SigningKey:
             raise DKIMKeyError(f"cannot read DKIM key {path}: {exc.strerror}") from exc
         return cls.from_pem(domain, selector, pem)
 
-    @property
+    @functools.cached_property
     def public_key(self) -> str:
         """The p= value published in DNS (RFC 6376 for RSA, RFC 8463 for Ed25519)."""
         pub = self.private_key.public_key()
