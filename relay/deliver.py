@@ -41,6 +41,10 @@ log = logging.getLogger("estampille.deliver")
 
 CLAIM_BATCH_MAX = 64
 STOP_GRACE_SECONDS = 5.0
+# An outcome the store could not take (locked, full) is known: recording it is retried,
+# not the sending (that would send the copy twice), from this wait doubling up to the max.
+RECORD_RETRY_FIRST = 0.5
+RECORD_RETRY_MAX = 30.0
 _QUEUE_ID = re.compile(r"(?:queued as|queue id|id=|\bid\b)\s*[:=]?\s*<?([A-Za-z0-9][A-Za-z0-9._@-]{2,})>?", re.I)
 
 
@@ -345,10 +349,16 @@ class Deliverer:
             reply = Reply(None, f"local error while preparing the copy: {type(exc).__name__}", "local")
         else:
             reply = await self.upstream.send(job.mail_from, job.recipient, data, _forwarded_options(job))
-        try:
-            await self._finish(job, reply, started)
-        except Exception:  # noqa: BLE001 - left 'sending': resumed at the next start
-            log.exception("delivery %d (%s): outcome not recorded", job.delivery_id, job.submission_id)
+        wait = RECORD_RETRY_FIRST
+        while True:
+            try:
+                await self._finish(job, reply, started)
+                return
+            except Exception:  # noqa: BLE001 - still 'sending': a stop re-queues it for the next start
+                log.exception("delivery %d (%s): outcome not recorded, trying again in %.1fs",
+                              job.delivery_id, job.submission_id, wait)
+            await asyncio.sleep(wait)
+            wait = min(RECORD_RETRY_MAX, wait * 2)
 
     # -- preparing the copy (the certify step plugs in here) ----------------
 

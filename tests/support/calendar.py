@@ -17,12 +17,15 @@ then the operations from the commitment to a BitcoinBlockHeaderAttestation,
 like a real calendar: commitment -> calendar Merkle tree -> transaction bytes
 -> double SHA-256 (txid) -> block Merkle tree -> the block header's Merkle root.
 Switches: ``down`` (answers 503), ``oversize`` (pads replies past 10,000 bytes),
+``garbage`` (answers 200 with bytes that are no timestamp), ``delay`` (seconds to wait
+before answering: longer than the client's timeout is a calendar that times out),
 ``attestation_uri`` (the URI written in pending attestations). ``requests``
 records every (method, path) received.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -170,6 +173,8 @@ class FakeCalendar(_Server):
         self.block_txs = block_txs  # transactions per mined block: the proof's block path length
         self.down = False
         self.oversize = False
+        self.garbage = False
+        self.delay = 0.0
         self.attestation_uri: str | None = None
         self.pending: dict[bytes, None] = {}  # commitments awaiting a block, in order
         self.confirmed: dict[bytes, bytes] = {}  # commitment -> serialized upgrade
@@ -182,6 +187,9 @@ class FakeCalendar(_Server):
         return sum(1 for method, path in self.requests if method == "POST" and path == "/digest")
 
     async def _digest(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(self.delay)
+        if self.garbage:
+            return web.Response(body=b"\xff\x00<html>not a timestamp" + bytes(40), content_type="text/html")
         if self.down:
             return web.Response(status=503, text="calendar unavailable")
         digest = await request.content.read(65)
@@ -194,6 +202,9 @@ class FakeCalendar(_Server):
         return self._ots_reply(_serialize(stamp))
 
     async def _timestamp(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(self.delay)
+        if self.garbage:
+            return web.Response(body=b"\x00\x01garbage" * 5, content_type="application/vnd.opentimestamps.v1")
         if self.down:
             return web.Response(status=503, text="calendar unavailable")
         try:
