@@ -44,6 +44,7 @@ MAX_DEPTH = 20  # MIME nesting followed; deeper parts are left as they are
 PROTECTED = ("multipart/signed", "multipart/encrypted", "application/pkcs7-mime", "application/x-pkcs7-mime")
 _HEADER_PARSER = BytesHeaderParser(policy=email_policy.compat32)
 _ASCII = ("us-ascii", "ascii", "ansi_x3.4-1968")
+_FIELD_START = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")  # a field name and its colon, as DKIM signers read it
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,19 @@ class _Part:
 
 
 @dataclass(frozen=True, eq=False)
+class Prepared:
+    """What every recipient's copy of one message shares, worked out once per message."""
+
+    data: bytes  # CRLF, Date and Message-ID present, our own earlier signatures removed
+    root: _Part
+    keys: dkim.DomainKeys
+    policy: AckPolicy
+    message_id: str
+
+
+@dataclass(frozen=True, eq=False)
 class Certifier:
-    """What stays the same for every copy: the ack settings, templates, keys and upstream abilities."""
+    """What stays the same for every message: the ack settings, templates and keys."""
 
     ack: AckConfig
     templates: AckTemplates
@@ -96,24 +108,40 @@ class Certifier:
         now: int,
         eight_bit_mime: bool = False,
     ) -> Certified:
-        """The certified copy of ``data`` for one recipient.
+        """The certified copy of ``data`` for one recipient: :meth:`prepare` then :meth:`copy`."""
+        prepared = self.prepare(data, mail_from=mail_from, date=date, message_id_local=message_id_local)
+        return self.copy(prepared, tokens=tokens, now=now, eight_bit_mime=eight_bit_mime)
+
+    def prepare(self, data: bytes, *, mail_from: str, date: datetime, message_id_local: str) -> Prepared:
+        """The per-message work: line endings, signing keys, Date and Message-ID, MIME structure.
 
         ``date`` and ``message_id_local`` (the left part of a Message-ID) are used only when
-        the message lacks Date or Message-ID; pass the same values for every recipient.
-        ``now`` is the DKIM t= (Unix seconds); ``tokens`` makes one fresh token per call.
-        ``eight_bit_mime``: the upstream announced 8BITMIME, so 8-bit parts may stay 8-bit.
+        the message lacks Date or Message-ID; every recipient's copy then shares them.
         """
         data = _with_trailing_blank(to_crlf(data))
         keys = self.keyring.for_addresses([*_from_addresses(data), mail_from])
-        maker = LinkMaker(self.public_url, tokens)
-        policy = AckPolicy.for_sender(self.ack, mail_from)
-        root = _parse(data, 0, len(data), 0)
-        edits = _Edits(self, policy, maker, data, eight_bit_mime)
-        reason = edits.plan(root)
-        changes, failure = edits.rebuild_all(root)
-        data = _splice(data, changes)
         data = _complete_headers(data, date, f"<{message_id_local}@{keys.domain}>")
-        signed = dkim.sign(data, keys, self.keyring.signed_headers, now)
+        data = dkim.strip_signatures(data, keys)
+        return Prepared(
+            data=data,
+            root=_parse(data, 0, len(data), 0),
+            keys=keys,
+            policy=AckPolicy.for_sender(self.ack, mail_from),
+            message_id=_header_value(data, b"message-id") or "",
+        )
+
+    def copy(self, prepared: Prepared, *, tokens: TokenSource, now: int, eight_bit_mime: bool = False) -> Certified:
+        """One recipient's copy: its acknowledgment link(s), both DKIM signatures, its SHA-256.
+
+        ``tokens`` makes one fresh token per call; ``now`` is the DKIM t= (Unix seconds);
+        ``eight_bit_mime``: the upstream announced 8BITMIME, so 8-bit parts may stay 8-bit.
+        """
+        maker = LinkMaker(self.public_url, tokens)
+        edits = _Edits(self, prepared.policy, maker, prepared.data, eight_bit_mime)
+        reason = edits.plan(prepared.root)
+        changes, failure = edits.rebuild_all(prepared.root)
+        data = _splice(prepared.data, changes)
+        signed = dkim.sign(data, prepared.keys, self.keyring.signed_headers, now)
         links = tuple(maker.links)
         return Certified(
             data=signed,
@@ -121,8 +149,8 @@ class Certifier:
             links=links,
             ack_link_inserted=bool(links),
             ack_link_reason=None if links else (reason or failure or "no link matched the rewrite patterns"),
-            dkim=tuple(k.evidence() for k in keys.keys),
-            message_id=_header_value(data, b"message-id") or "",
+            dkim=tuple(k.evidence() for k in prepared.keys.keys),
+            message_id=prepared.message_id,
         )
 
 
@@ -253,7 +281,10 @@ class _Edits:
                 except CertifyError as exc:
                     failure = str(exc)
             if _needs_transport_fix(leaf, body, eight_bit):
-                changes.append((leaf.start, leaf.end, _rebuild(self.data, leaf, None, eight_bit)))
+                try:
+                    changes.append((leaf.start, leaf.end, _rebuild(self.data, leaf, None, eight_bit)))
+                except CertifyError as exc:  # undecodable (invalid base64): the part goes out as it came
+                    failure = failure or str(exc)
         return changes, failure
 
     def _edit_for(self, part: _Part) -> Edit:
@@ -442,12 +473,38 @@ def _complete_headers(data: bytes, date: datetime, message_id: str) -> bytes:
 
 
 def _with_trailing_blank(data: bytes) -> bytes:
-    """End with CRLF (SMTP adds one otherwise) and make sure the header block is closed."""
+    """End with CRLF (SMTP adds one otherwise); make sure the header block is closed and well formed.
+
+    A line in the header block that is neither a field nor a continuation ends it: every
+    parser takes it for the body's first line, and DKIM signers refuse it, so the empty
+    line is put before it. Fields with lines over 998 octets are folded at their whitespace.
+    """
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
-    if dkim.header_end(data) == len(data):
-        data += b"\r\n"
-    return data
+    end = dkim.header_end(data)
+    lines = data[:end].split(b"\r\n")[:-1]
+    count = 0
+    for line in lines:
+        if not (_FIELD_START.match(line) or (count and line[:1] in (b" ", b"\t"))):
+            break
+        count += 1
+    head = b"".join(_fold(line) + b"\r\n" for line in lines[:count])
+    if count < len(lines) or end == len(data):
+        return head + b"\r\n" + data[sum(len(line) + 2 for line in lines[:count]) :]
+    return head + data[end:]
+
+
+def _fold(line: bytes) -> bytes:
+    """A header line over 998 octets folded before whitespace (relaxed DKIM reads it unchanged);
+    a run without whitespace that long cannot be folded and is left as it came."""
+    pieces = []
+    while len(line) > MAX_LINE:
+        cut = max(line.rfind(b" ", 1, MAX_LINE + 1), line.rfind(b"\t", 1, MAX_LINE + 1))
+        if cut <= 0:
+            break
+        pieces.append(line[:cut])
+        line = line[cut:]
+    return b"\r\n".join([*pieces, line])
 
 
 def _splice(data: bytes, changes: list[tuple[int, int, bytes]]) -> bytes:

@@ -22,6 +22,7 @@ import re
 import secrets
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -31,7 +32,7 @@ from typing import Any, Protocol
 import aiosmtplib
 
 from relay import acklink, dkim, dsn, records
-from relay.certify import Certified, Certifier
+from relay.certify import Certified, Certifier, Prepared
 from relay.config import AckConfig, Config, UpstreamConfig
 from relay.message import header_block, read_facts
 from relay.spool import Incoming, Spool
@@ -40,6 +41,8 @@ from relay.store import Store
 log = logging.getLogger("estampille.deliver")
 
 CLAIM_BATCH_MAX = 64
+PREPARED_CACHE_ENTRIES = 16  # messages whose certify preparation is kept for their other recipients
+PREPARED_CACHE_OCTETS = 32 * 2**20
 STOP_GRACE_SECONDS = 5.0
 # An outcome the store could not take (locked, full) is known: recording it is retried,
 # not the sending (that would send the copy twice), from this wait doubling up to the max.
@@ -249,6 +252,9 @@ class Deliverer:
             ack=config.ack, templates=acklink.AckTemplates.from_config(config.ack),
             public_url=config.tracker.public_url, keyring=dkim.load_keyring(config),
         )
+        self._dsn_certifier = dataclasses.replace(self.certifier, ack=AckConfig(insert=False))
+        # The last messages' preparation, by submission: their other recipients' copies reuse it.
+        self._prepared: OrderedDict[str, Prepared] = OrderedDict()
         self.spool = Spool(store, on_queued=self.wake)
         self._wakeup = asyncio.Event()
         self._limit = max(1, config.upstream.concurrency)
@@ -370,9 +376,11 @@ class Deliverer:
         """
         if job.copy_sha256:
             return await self.store.get_blob(job.copy_sha256)
-        original = await self.store.get_blob(job.data_sha256)
         now = self.clock()
-        copy = await asyncio.to_thread(self._certify, job, original, now)
+        prepared = self._prepared.get(job.submission_id)
+        original = None if prepared is not None else await self.store.get_blob(job.data_sha256)
+        copy, prepared = await asyncio.to_thread(self._certify, job, prepared, original, now)
+        self._remember(job.submission_id, prepared)
         copy_sha256 = await self.store.put_blob(copy.data)
         record = records.delivery_record(
             submission_digest=job.submission_digest,
@@ -396,20 +404,27 @@ class Deliverer:
         await self.store.write(record_copy)
         return copy.data
 
-    def _certify(self, job: Job, original: bytes, now: float) -> Certified:
+    def _certify(self, job: Job, prepared: Prepared | None, original: bytes | None,
+                 now: float) -> tuple[Certified, Prepared]:
         """The certify step for one recipient (in a thread: signing and MIME work are CPU-bound).
 
         The Date and Message-ID added to a message lacking them come from the submission,
         so every recipient's copy carries the same ones. A DSN gets no acknowledgment link.
         """
-        certifier = self.certifier
-        if job.kind != "mail":
-            certifier = Certifier(ack=AckConfig(insert=False), templates=certifier.templates,
-                                  public_url=certifier.public_url, keyring=certifier.keyring)
-        return certifier.certify(
-            original, mail_from=job.mail_from, date=_utc(job.received_at), message_id_local=job.submission_id,
-            tokens=lambda: secrets.token_urlsafe(acklink.TOKEN_BYTES), now=int(now),
-        )
+        certifier = self.certifier if job.kind == "mail" else self._dsn_certifier
+        if prepared is None:
+            assert original is not None
+            prepared = certifier.prepare(original, mail_from=job.mail_from, date=_utc(job.received_at),
+                                         message_id_local=job.submission_id)
+        copy = certifier.copy(prepared, tokens=lambda: secrets.token_urlsafe(acklink.TOKEN_BYTES), now=int(now))
+        return copy, prepared
+
+    def _remember(self, submission_id: str, prepared: Prepared) -> None:
+        self._prepared[submission_id] = prepared
+        self._prepared.move_to_end(submission_id)
+        while (len(self._prepared) > PREPARED_CACHE_ENTRIES
+               or sum(len(p.data) for p in self._prepared.values()) > PREPARED_CACHE_OCTETS):
+            self._prepared.popitem(last=False)
 
     async def _with_record(self, job: Job) -> Job:
         if job.record_digest:

@@ -289,3 +289,12 @@ def test_pure_modules_import_no_io_clock_or_randomness(module) -> None:
     assert not imported & forbidden
     source = Path(module.__file__).read_text(encoding="utf-8")
     assert "os.environ" not in source and "datetime.now" not in source
+
+
+def test_one_preparation_serves_every_recipient(keyring: dkim.Keyring) -> None:
+    c = certifier(keyring)
+    for path in CORPUS:
+        original = path.read_bytes()
+        prepared = c.prepare(original, mail_from=SENDER, date=DATE, message_id_local="sub-1")
+        for prefix in ("rA", "rB"):
+            assert c.copy(prepared, tokens=tokens(prefix), now=NOW) == run(c, original, prefix), path.name
