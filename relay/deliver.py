@@ -461,6 +461,13 @@ class Deliverer:
                                           delivery_id=job.delivery_id, now=now)
             await Store.finish_attempt(db, attempt, state=outcome, next_attempt_at=next_at,
                                        handoff_digest=handoff.digest if handoff else None)
+            if job.kind == "mail":  # webhook event 'delivered', 'deferred' or 'failed'
+                await self.store.enqueue_event(db, outcome, {
+                    "submission_id": job.submission_id, "message_id": job.message_id, "recipient": job.recipient,
+                    "delivery_id": job.delivery_id, "code": reply.code, "reply": reply.text,
+                    "record": handoff.digest if handoff else None,
+                    "next_attempt_at": records.iso_time(next_at) if outcome == "deferred" else None,
+                }, now)
             return (await Spool.insert(db, *dsn_blob, now)).submission_id if dsn_blob is not None else None
 
         dsn_id = await self.store.write(record_outcome)

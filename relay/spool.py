@@ -67,7 +67,19 @@ class Spool:
         data_sha256, facts = await asyncio.gather(
             self.store.put_blob(incoming.data), asyncio.to_thread(read_facts, incoming.data)
         )
-        queued = await self.store.write(lambda db: self.insert(db, incoming, facts, data_sha256, now))
+
+        async def rows(db: aiosqlite.Connection) -> Queued:
+            queued = await self.insert(db, incoming, facts, data_sha256, now)
+            if incoming.kind == "mail":  # a DSN is the relay's own doing, not an event of the sender's
+                payload = {
+                    "submission_id": queued.submission_id, "message_id": facts.message_id, "subject": facts.subject,
+                    "sender": incoming.mail_from, "recipients": list(incoming.recipients),
+                    "record": queued.record_digest,
+                }
+                await self.store.enqueue_event(db, "accepted", payload, now)
+            return queued
+
+        queued = await self.store.write(rows)
         if self.on_queued is not None:
             self.on_queued()
         return queued

@@ -369,28 +369,41 @@ class Store:
                     future.set_result(result)
 
     async def _run_batch(self, batch: list[tuple[Any, asyncio.Future[Any]]]) -> list[tuple[Any, BaseException | None]]:
+        # Fast path: every writer in one transaction. If one fails (rare), the whole batch is
+        # rolled back and replayed with each writer in its own SAVEPOINT, so only it fails.
         try:
             await self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            error = StoreError(f"cannot begin a transaction: {exc}")
-            return [(None, error) for _ in batch]
-        outcomes: list[tuple[Any, BaseException | None]] = []
-        try:
-            for work, _ in batch:
-                await self._db.execute("SAVEPOINT writer")
-                try:
-                    result = await work(self._db)
-                except Exception as exc:  # noqa: BLE001 - handed to that writer alone
-                    await self._db.execute("ROLLBACK TO writer")
-                    outcomes.append((None, exc))
-                else:
-                    outcomes.append((result, None))
-                await self._db.execute("RELEASE writer")
+            outcomes = await self._apply(batch, isolated=False)
+            if outcomes is None:
+                await self._db.rollback()
+                await self._db.execute("BEGIN IMMEDIATE")
+                outcomes = await self._apply(batch, isolated=True)
             await self._db.commit()
         except (sqlite3.Error, asyncio.CancelledError) as exc:
-            await self._db.rollback()
-            error = StoreError(f"commit failed: {exc}")
+            if self._db.in_transaction:
+                await self._db.rollback()
+            error = StoreError(f"transaction failed: {exc}")
             return [(None, error) for _ in batch]
+        return outcomes
+
+    async def _apply(self, batch: list[tuple[Any, asyncio.Future[Any]]], *,
+                     isolated: bool) -> list[tuple[Any, BaseException | None]] | None:
+        """Run the writers; None when one failed and ``isolated`` is False."""
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        for work, _ in batch:
+            if isolated:
+                await self._db.execute("SAVEPOINT writer")
+            try:
+                result = await work(self._db)
+            except Exception as exc:  # noqa: BLE001 - handed to that writer alone
+                if not isolated:
+                    return None
+                await self._db.execute("ROLLBACK TO writer")
+                outcomes.append((None, exc))
+            else:
+                outcomes.append((result, None))
+            if isolated:
+                await self._db.execute("RELEASE writer")
         return outcomes
 
     async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
@@ -848,6 +861,8 @@ class Store:
         """
         if event not in WEBHOOK_EVENTS:
             raise ValueError(f"unknown webhook event {event!r}")
+        if not self.webhook_urls:
+            return
         body = canonical_json(payload)
         await db.executemany(
             "INSERT INTO webhook_events (url, event, payload, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?)",

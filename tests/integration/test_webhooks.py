@@ -165,3 +165,33 @@ async def _count(receiver: Receiver, n: int) -> bool:
 async def _attempts(store: Store, n: int) -> bool:
     row = await store.fetchone("SELECT MAX(attempts) FROM webhook_events")
     return (row[0] or 0) >= n
+
+
+async def test_the_relay_sends_every_event_of_a_message_in_order(tmp_path, receiver):
+    from tests.support.proved import ACKNOWLEDGER, MESSAGE_ID, RECIPIENTS, proved_message
+
+    webhooks = {"urls": [receiver.url], "secret": SECRET}
+    async with proved_message(tmp_path, webhooks=webhooks) as p:
+        await p.anchor()
+        height = await p.confirm()
+        await until(lambda: _has(receiver, "confirmed"), "the confirmation")
+    assert receiver.bad_signatures == 0
+    assert [e["id"] for e in receiver.events] == sorted(e["id"] for e in receiver.events)  # in commit order
+    names = [e["event"] for e in receiver.events]
+    assert sorted(names) == sorted(["accepted", "delivered", "delivered", "delivered", "fetched", "acknowledged",
+                                    "anchored", "confirmed"]), names
+    # Bob may open his link before the relay has recorded the upstream's 250: events follow commits.
+    bob = [e["event"] for e in receiver.events if e["data"].get("recipient") == ACKNOWLEDGER]
+    assert names[0] == "accepted" and sorted(bob) == ["acknowledged", "delivered", "fetched"], names
+    assert bob.index("fetched") < bob.index("acknowledged"), bob
+    assert names[-2:] == ["anchored", "confirmed"], names
+    by_name = {e["event"]: e["data"] for e in receiver.events}
+    assert by_name["accepted"]["message_id"] == MESSAGE_ID and by_name["accepted"]["recipients"] == RECIPIENTS
+    assert {e["data"]["recipient"] for e in receiver.events if e["event"] == "delivered"} == set(RECIPIENTS)
+    assert by_name["acknowledged"]["recipient"] == ACKNOWLEDGER
+    assert by_name["fetched"]["classification"] == "person"
+    assert by_name["confirmed"]["bitcoin_height"] == height
+
+
+async def _has(receiver: Receiver, name: str) -> bool:
+    return any(e["event"] == name for e in receiver.events)
