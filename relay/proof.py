@@ -282,7 +282,7 @@ def render_attestation(facts: dict[str, Any], files: dict[str, bytes]) -> str:
         anchored=states.count("confirmed"),
         total_records=len(states),
         heights=sorted({a["bitcoin_height"] for a in confirmed}),
-        block_times=sorted({block_time_text(a["block_time"], tz) for a in confirmed}),
+        block_times=sorted({block_time_text(a["block_time"], tz) for a in confirmed if a["block_time"] is not None}),
         local_time=lambda iso: local_time(iso, tz),
     )
 
