@@ -43,6 +43,14 @@ async def test_message_to_three_recipients_proved_end_to_end(tmp_path):
                 view = await r.json()
             async with api.get(message_url + "/bundle") as r:
                 (out / "bundle.zip").write_bytes(await r.read())
+        # `estampille proof` makes the same bundle from the command line.
+        config_file = tmp_path / "estampille.toml"
+        config_file.write_text(f'data_dir = "{p.data_dir}"\n')
+        code = await asyncio.to_thread(
+            cli.main, ["proof", MESSAGE_ID.strip("<>"), "-o", str(out / "cli.zip"), "--config", str(config_file)])
+        with zipfile.ZipFile(out / "cli.zip") as a, zipfile.ZipFile(out / "bundle.zip") as b:
+            assert code == 0 and sorted(a.namelist()) == sorted(b.namelist())
+            assert all(a.read(n) == b.read(n) for n in a.namelist() if n.startswith(("records/", "copies/", "keys/")))
         explorers, data_dir = p.explorers, p.data_dir
 
         # The API's JSON shows exactly what happened.
