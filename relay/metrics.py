@@ -37,7 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from relay.config import Config
-from relay.errors import StoreError
+from relay.errors import EstampilleError, StoreError
 from relay.store import Store
 
 log = logging.getLogger("estampille.metrics")
@@ -146,7 +146,10 @@ async def start_metrics_server(
     site = web.TCPSite(runner, config.admin.metrics_listen_host, config.admin.metrics_listen_port)
     try:
         await site.start()
-    except OSError:
+    except OSError as exc:
         await runner.cleanup()
-        raise
+        raise EstampilleError(
+            f"metrics cannot listen on {config.admin.metrics_listen_host}:{config.admin.metrics_listen_port}:"
+            f" {exc.strerror}"
+        ) from exc
     return runner
