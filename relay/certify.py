@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import hashlib
 import re
 import unicodedata
@@ -310,6 +311,8 @@ class _Edits:
 
 def _needs_transport_fix(part: _Part, body: bytes, eight_bit_mime: bool) -> bool:
     """Lines too long for SMTP, or 8-bit octets the upstream did not say it accepts."""
+    if part.content_type.startswith("multipart/"):
+        return False  # a multipart we could not enter (no usable boundary) cannot take an encoding
     if part.cte == "base64" and body.isascii():
         return False  # base64 lines are short by construction (checked below otherwise)
     return _longest_line(body) > MAX_LINE or (not eight_bit_mime and not body.isascii())
@@ -344,6 +347,7 @@ def _rebuild(data: bytes, part: _Part, edit: Edit | None, eight_bit_mime: bool) 
 def _edit_text(decoded: bytes, charset: str, html: bool, edit: Edit) -> tuple[bytes, str]:
     """Apply ``edit`` to the text, and encode it back in its charset (widened from ASCII if needed)."""
     try:
+        codecs.lookup(charset)  # an empty body decodes with any name; encoding it back would not
         text = decoded.decode(charset)
     except LookupError as exc:
         raise CertifyError(f"the text part's charset {charset!r} is unknown") from exc
