@@ -3,7 +3,9 @@ files after retention.messages_days when set; evidence records never."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,8 @@ from relay.errors import NotFoundError
 from relay.records import Record, commitment, iso_time, receipt_record, submission_record
 from relay.retention import DAY, purge
 from relay.store import FetchWrite, PersonalData, ReceiptWrite, Store
+from tests.support.deliveries import make_delivery
+from tests.support.relay import relay_config, running
 
 NOW = 1_790_000_000.0
 
@@ -141,3 +145,20 @@ def test_cli_purge(tmp_path: Path, capsys):
     (tmp_path / "estampille.toml").write_text('data_dir = "data"\n[retention]\nmessages_days = 30\n')
     assert main(["purge", "--config", str(tmp_path / "estampille.toml")]) == 0
     assert "0 message files" in capsys.readouterr().out
+
+
+async def test_the_service_purges_periodically(tmp_path: Path):
+    """The running relay applies privacy.retention_days itself, every retention.purge_interval."""
+    config = relay_config(tmp_path / "data", privacy={"retention_days": 0}, retention={"purge_interval": 1})
+    now = [NOW]
+    async with running(config, clock=lambda: now[0]) as service:
+        made = await make_delivery(service.store, now=NOW)
+        await acknowledge(service.store, {"delivery": made.delivery_id, "digest": made.delivery_digest},
+                          age_days=-1)  # recorded one day after the clock's "now": not yet due
+        assert (await service.store.fetchone("SELECT COUNT(*) FROM personal"))[0] == 2
+        now[0] = NOW + 2 * DAY
+        deadline = time.monotonic() + 20
+        while (await service.store.fetchone("SELECT COUNT(*) FROM personal"))[0]:
+            assert time.monotonic() < deadline, "the periodic purge never ran"
+            await asyncio.sleep(0.05)
+        assert (await service.store.fetchone("SELECT COUNT(*) FROM receipts"))[0] == 1
