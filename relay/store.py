@@ -273,6 +273,54 @@ _SQL_CHUNK = 500  # digests per IN (...) query, well under SQLite's variable lim
 WEBHOOK_EVENTS = ("accepted", "delivered", "deferred", "failed", "fetched", "acknowledged", "anchored", "confirmed")
 
 
+_Statement = tuple[bool, str, Any]  # (executemany?, SQL, parameters)
+
+
+class _NoResult:
+    """What a recorded statement returns: nothing can be read from it."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise StoreError("a batched write cannot read a statement's result; use Store.write(..., reads=True)")
+
+
+class _Recorder:
+    """The connection a batched writer sees: statements are collected, to run later in one go."""
+
+    def __init__(self) -> None:
+        self.statements: list[_Statement] = []
+
+    async def execute(self, sql: str, parameters: Iterable[Any] = ()) -> _NoResult:
+        self.statements.append((False, sql, parameters if isinstance(parameters, dict) else tuple(parameters)))
+        return _NoResult()
+
+    async def executemany(self, sql: str, seq_of_parameters: Iterable[Iterable[Any]]) -> _NoResult:
+        self.statements.append((True, sql, [p if isinstance(p, dict) else tuple(p) for p in seq_of_parameters]))
+        return _NoResult()
+
+
+def _apply_statements(conn: sqlite3.Connection, writers: list[list[_Statement]], begin: bool) -> list[BaseException | None]:
+    """In the database thread: each writer's statements in its own SAVEPOINT, then COMMIT.
+
+    Returns each writer's error (None when it succeeded); a failed COMMIT raises.
+    """
+    if begin:
+        conn.execute("BEGIN IMMEDIATE")
+    errors: list[BaseException | None] = []
+    for statements in writers:
+        conn.execute("SAVEPOINT writer")
+        try:
+            for many, sql, parameters in statements:
+                (conn.executemany if many else conn.execute)(sql, parameters).close()
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK TO writer")
+            errors.append(exc)
+        else:
+            errors.append(None)
+        conn.execute("RELEASE writer")
+    conn.execute("COMMIT")
+    return errors
+
+
 class Store:
     """The database and the message directory under one data directory."""
 
@@ -281,7 +329,7 @@ class Store:
         self.blob_dir = data_dir / BLOB_DIR
         self._db = db
         self._write_lock = asyncio.Lock()
-        self._pending_writes: list[tuple[Any, asyncio.Future[Any]]] = []
+        self._pending_writes: list[tuple[Any, bool, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
         # Set by the service from webhooks.urls; enqueue_event queues one row per URL.
         self.webhook_urls: tuple[str, ...] = ()
@@ -341,16 +389,20 @@ class Store:
                 await self._db.rollback()
                 raise StoreError(f"commit failed: {exc}") from exc
 
-    async def write(self, work: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+    async def write(self, work: Callable[[Any], Awaitable[T]], *, reads: bool = False) -> T:
         """Run ``work(db)`` atomically and return its result once it is committed (group commit).
 
         Writers that arrive while a commit is in progress share the next transaction, each in
         its own SAVEPOINT: one writer's failure rolls back only its own statements, and every
         writer gets its answer only after the shared COMMIT (one fsync for all of them).
         A writer cancelled while waiting may still be committed.
+
+        Unless ``reads`` is true, ``db`` only records ``execute``/``executemany`` calls, and the
+        whole batch runs in one trip to the database thread: such a writer cannot use a
+        statement's result (a cursor, a rowcount); a writer that must, passes ``reads=True``.
         """
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending_writes.append((work, future))
+        self._pending_writes.append((work, reads, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_writes())
         return await future
@@ -360,7 +412,7 @@ class Store:
             async with self._write_lock:
                 batch, self._pending_writes = self._pending_writes, []
                 outcomes = await self._run_batch(batch)
-            for (_, future), (result, error) in zip(batch, outcomes):
+            for (_, _, future), (result, error) in zip(batch, outcomes):
                 if future.done():
                     continue
                 if error is not None:
@@ -368,43 +420,48 @@ class Store:
                 else:
                     future.set_result(result)
 
-    async def _run_batch(self, batch: list[tuple[Any, asyncio.Future[Any]]]) -> list[tuple[Any, BaseException | None]]:
-        # Fast path: every writer in one transaction. If one fails (rare), the whole batch is
-        # rolled back and replayed with each writer in its own SAVEPOINT, so only it fails.
+    async def _run_batch(self, batch: list[tuple[Any, bool, asyncio.Future[Any]]]) -> list[tuple[Any, BaseException | None]]:
+        outcomes: list[tuple[Any, BaseException | None]] = [(None, None)] * len(batch)
+        recorded: list[tuple[int, list[_Statement], Any]] = []
+        readers: list[int] = []
+        for number, (work, reads, _) in enumerate(batch):
+            if reads:
+                readers.append(number)
+                continue
+            recorder = _Recorder()
+            try:
+                result = await work(recorder)  # no I/O: statements are only collected
+            except Exception as exc:  # noqa: BLE001 - handed to that writer alone
+                outcomes[number] = (None, exc)
+            else:
+                recorded.append((number, recorder.statements, result))
         try:
-            await self._db.execute("BEGIN IMMEDIATE")
-            outcomes = await self._apply(batch, isolated=False)
-            if outcomes is None:
-                await self._db.rollback()
+            if readers:
                 await self._db.execute("BEGIN IMMEDIATE")
-                outcomes = await self._apply(batch, isolated=True)
-            await self._db.commit()
+                for number in readers:
+                    outcomes[number] = await self._run_reader(batch[number][0])
+            errors = await self._db._execute(  # aiosqlite's own thread, one trip for all
+                _apply_statements, self._db._conn, [statements for _, statements, _ in recorded], not readers
+            )
         except (sqlite3.Error, asyncio.CancelledError) as exc:
             if self._db.in_transaction:
                 await self._db.rollback()
             error = StoreError(f"transaction failed: {exc}")
             return [(None, error) for _ in batch]
+        for (number, _, result), error in zip(recorded, errors):
+            outcomes[number] = (None, error) if error is not None else (result, None)
         return outcomes
 
-    async def _apply(self, batch: list[tuple[Any, asyncio.Future[Any]]], *,
-                     isolated: bool) -> list[tuple[Any, BaseException | None]] | None:
-        """Run the writers; None when one failed and ``isolated`` is False."""
-        outcomes: list[tuple[Any, BaseException | None]] = []
-        for work, _ in batch:
-            if isolated:
-                await self._db.execute("SAVEPOINT writer")
-            try:
-                result = await work(self._db)
-            except Exception as exc:  # noqa: BLE001 - handed to that writer alone
-                if not isolated:
-                    return None
-                await self._db.execute("ROLLBACK TO writer")
-                outcomes.append((None, exc))
-            else:
-                outcomes.append((result, None))
-            if isolated:
-                await self._db.execute("RELEASE writer")
-        return outcomes
+    async def _run_reader(self, work: Callable[[Any], Awaitable[Any]]) -> tuple[Any, BaseException | None]:
+        await self._db.execute("SAVEPOINT writer")
+        try:
+            result = await work(self._db)
+        except Exception as exc:  # noqa: BLE001 - handed to that writer alone
+            await self._db.execute("ROLLBACK TO writer")
+            await self._db.execute("RELEASE writer")
+            return None, exc
+        await self._db.execute("RELEASE writer")
+        return result, None
 
     async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
         # One trip to the database thread, and the statement is reset at once: cursors left
@@ -681,7 +738,7 @@ class Store:
                 )
             return rows
 
-        return await self.write(claim)
+        return await self.write(claim, reads=True)
 
     async def next_due_at(self) -> float | None:
         """When the earliest queued or deferred delivery is due, or None when there is none."""

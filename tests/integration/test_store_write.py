@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from relay.errors import StoreError
 from relay.store import Store
 
 
@@ -37,5 +38,30 @@ async def test_a_writer_that_fails_alone_raises_its_own_error(tmp_path):
         with pytest.raises(Exception, match="no_such_table"):
             await store.write(broken)
         assert await store.write(lambda db: asyncio.sleep(0, result="still usable")) == "still usable"
+    finally:
+        await store.close()
+
+
+async def test_readers_and_recorded_writers_in_one_batch(tmp_path):
+    store = await Store.open(tmp_path)
+    try:
+        async def record(db):
+            await db.execute("INSERT INTO personal (salt, ip, created_at) VALUES (?, ?, ?)", (b"s", "recorded", 0.0))
+
+        async def read_back(db):
+            await db.execute("INSERT INTO personal (salt, ip, created_at) VALUES (?, ?, ?)", (b"s", "reader", 0.0))
+            cursor = await db.execute("SELECT COUNT(*) FROM personal WHERE ip = 'reader'")
+            return (await cursor.fetchone())[0]
+
+        async def misuse(db):
+            cursor = await db.execute("SELECT 1")
+            return cursor.rowcount
+
+        results = await asyncio.gather(store.write(record), store.write(read_back, reads=True), store.write(misuse),
+                                       return_exceptions=True)
+        assert results[0] is None and results[1] == 1
+        assert isinstance(results[2], StoreError) and "reads=True" in str(results[2])
+        rows = await store.fetchall("SELECT ip FROM personal ORDER BY ip")
+        assert [r["ip"] for r in rows] == ["reader", "recorded"]
     finally:
         await store.close()
