@@ -8,8 +8,13 @@ sending its share of MESSAGES messages of about 9 KB to RECIPIENTS recipients.
     python bench/relay_bench.py [--messages 400] [--clients 4] [--recipients 10]
 
 Prints, per system: accepted messages/s, delivered recipients/s, p50 and p99
-time to the 250, peak RSS; then the ratios relay/baseline, and last:
-``RESULT accepted_ratio=... delivered_ratio=... p99_ms=... rss_mb=...``
+time to the 250, peak RSS; then the ratios relay/baseline; then what certification
+costs (bench/certify_bench.py): the cost per delivery of each stage (rewrite, sign,
+store, send) and, for one 2 MB message to RECIPIENTS recipients through the relay,
+the time until all are delivered and the peak RSS; and last:
+``RESULT accepted_ratio=... delivered_ratio=... p99_ms=... rss_mb=... certified_ratio=...
+big_seconds=... big_rss_mb=...`` (certified_ratio: the certifying relay's delivered
+recipients/s over the baseline's, goal >= 0.8).
 
 To add a system (e.g. the relay with certification), add a ``System`` to
 ``systems()``: a name and the command that starts it, which must print
@@ -30,6 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiosmtplib
+
+import certify_bench
+from relay.config import UpstreamConfig
 
 HERE = Path(__file__).resolve().parent
 MESSAGE_OCTETS = 9 * 1024
@@ -65,7 +73,7 @@ def systems(work: Path) -> list[System]:
     ]
 
 
-def make_message(number: int, recipients: list[str]) -> bytes:
+def make_message(number: int, recipients: list[str], octets: int = MESSAGE_OCTETS) -> bytes:
     head = (
         f"From: Mairie <mairie@example.org>\r\nTo: {', '.join(recipients)}\r\n"
         f"Subject: Convocation au conseil municipal n{number}\r\n"
@@ -73,7 +81,7 @@ def make_message(number: int, recipients: list[str]) -> bytes:
         "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
     )
     line = "Vous etes convoque a la seance du conseil municipal du lundi 9 mars a 18 h 30.\r\n"
-    body = line * ((MESSAGE_OCTETS - len(head)) // len(line))
+    body = line * ((octets - len(head)) // len(line))
     return (head + body).encode()
 
 
@@ -142,7 +150,7 @@ async def client(port: int, messages: list[tuple[list[str], bytes]], latencies: 
     await smtp.quit()
 
 
-async def measure(system: System, args: argparse.Namespace, work: Path) -> Figures:
+async def measure(system: System, args: argparse.Namespace, work: Path, octets: int = MESSAGE_OCTETS) -> Figures:
     expected = args.messages * args.recipients
     sink = await Process.start([sys.executable, str(HERE / "sink.py")])
     sut = None
@@ -152,7 +160,7 @@ async def measure(system: System, args: argparse.Namespace, work: Path) -> Figur
         batches: list[list[tuple[list[str], bytes]]] = [[] for _ in range(args.clients)]
         for n in range(args.messages):
             recipients = [f"conseiller{n}.{r}@example.net" for r in range(args.recipients)]
-            batches[n % args.clients].append((recipients, make_message(n, recipients)))
+            batches[n % args.clients].append((recipients, make_message(n, recipients, octets)))
         latencies: list[float] = []
         started = time.monotonic()
         await asyncio.gather(*(client(sut.port.result(), batch, latencies) for batch in batches))
@@ -188,6 +196,25 @@ def show(f: Figures) -> None:
     )
 
 
+async def certification_costs(args: argparse.Namespace, work: Path) -> Figures:
+    """Print the cost per delivery of each certify stage, then send one big message through the relay."""
+    sink = await Process.start([sys.executable, str(HERE / "sink.py")])
+    try:
+        costs = await certify_bench.stage_costs(sink.port.result(), work / "stages", make_message,
+                                                messages=20, recipients=args.recipients)
+    finally:
+        await sink.stop()
+    print(f"{costs.line()} ({costs.deliveries} deliveries, one at a time)", flush=True)
+    relay = next(s for s in systems(work) if s.name == "relay")
+    big_args = argparse.Namespace(messages=1, clients=1, recipients=args.recipients)
+    big = await measure(relay, big_args, work / "big", octets=certify_bench.BIG_OCTETS)
+    goal = certify_bench.rss_goal_mb(certify_bench.BIG_OCTETS, UpstreamConfig().concurrency)
+    print(f"{certify_bench.BIG_OCTETS / 2**20:.0f} MB message to {args.recipients} recipients: all delivered in "
+          f"{big.delivered / big.delivered_per_s if big.delivered_per_s else float('inf'):.2f} s "
+          f"({big.delivered}/{big.expected}), peak RSS {big.rss_mb:.1f} MB (goal: below {goal:.0f} MB)", flush=True)
+    return big
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=300)
@@ -203,8 +230,9 @@ async def main() -> int:
             if args.only in (None, system.name):
                 results[system.name] = await measure(system, args, Path(tmp))
                 show(results[system.name])
-    if args.only:
-        return 0
+        if args.only:
+            return 0
+        big = await certification_costs(args, Path(tmp))
     baseline = results["baseline"]
     for name in ("relay-core", "relay"):
         f = results[name]
@@ -213,11 +241,13 @@ async def main() -> int:
     relay = results["relay"]
     accepted_ratio = relay.accepted_per_s / baseline.accepted_per_s
     delivered_ratio = relay.delivered_per_s / baseline.delivered_per_s
+    big_seconds = big.delivered / big.delivered_per_s if big.delivered_per_s else float("inf")
     print(
         f"RESULT accepted_ratio={accepted_ratio:.2f} delivered_ratio={delivered_ratio:.2f} "
-        f"p99_ms={relay.p99_ms:.1f} rss_mb={relay.rss_mb:.1f}"
+        f"p99_ms={relay.p99_ms:.1f} rss_mb={relay.rss_mb:.1f} "
+        f"certified_ratio={delivered_ratio:.2f} big_seconds={big_seconds:.2f} big_rss_mb={big.rss_mb:.1f}"
     )
-    complete = all(f.delivered == f.expected for f in results.values())
+    complete = all(f.delivered == f.expected for f in [*results.values(), big])
     return 0 if complete else 1
 
 
