@@ -119,31 +119,35 @@ async def test_thousand_leaves_one_batch_one_request_each_then_every_proof_verif
         assert len(proof) < 1500
 
 
+SAMPLE = (0, 511, 999)  # first, middle, and the odd last node of a level (1000 -> 125 at level 3)
+
+
 async def test_stock_ots_client_upgrades_and_verifies(store, calendars, chain, tmp_path):
     ots = ots_tool()
-    recs = records(3)
+    recs = records(1000)
     await queue(store, recs)
     async with Anchorer(store, anchor_config(calendars)) as anchorer:
         await anchorer.batch_all()
-        record = tmp_path / "record.json"
-        record.write_bytes(recs[1].body)
-        (tmp_path / "record.json.ots").write_bytes(await export_ots(store, recs[1].digest))
+        for i in SAMPLE:  # exported while pending: the stock client upgrades them itself
+            (tmp_path / f"p{i}.json").write_bytes(recs[i].body)
+            (tmp_path / f"p{i}.json.ots").write_bytes(await export_ots(store, recs[i].digest))
         for cal in calendars:
             cal.confirm()
         whitelist = [arg for cal in calendars for arg in ("-l", cal.url)]
-        code, out = await run(ots, "--no-cache", *whitelist, "upgrade", str(tmp_path / "record.json.ots"))
-        assert code == 0 and "Timestamp complete" in out, out
+        for i in SAMPLE:
+            code, out = await run(ots, "--no-cache", *whitelist, "upgrade", str(tmp_path / f"p{i}.json.ots"))
+            assert code == 0 and "Timestamp complete" in out, out
         await anchorer.upgrade()
-        confirmed = tmp_path / "confirmed.json"
-        confirmed.write_bytes(recs[2].body)
-        (tmp_path / "confirmed.json.ots").write_bytes(await export_ots(store, recs[2].digest))
+        for i in SAMPLE:  # exported once our upgrade grafted the block
+            (tmp_path / f"c{i}.json").write_bytes(recs[i].body)
+            (tmp_path / f"c{i}.json.ots").write_bytes(await export_ots(store, recs[i].digest))
     async with BitcoindFake(chain) as node:
-        for name in ("record.json.ots", "confirmed.json.ots"):
+        for name in [f"{kind}{i}.json.ots" for kind in "pc" for i in SAMPLE]:
             code, out = await run(ots, "--no-cache", "--bitcoin-node", node.url, "verify", str(tmp_path / name))
-            assert code == 0 and "Success! Bitcoin block" in out, out
+            assert code == 0 and "Success! Bitcoin block" in out, (name, out)
         # The stock client checks the Merkle root only: a changed record is refused by its digest.
-        record.write_bytes(recs[1].body.replace(b"r1", b"r7"))
-        code, out = await run(ots, "--no-cache", "--bitcoin-node", node.url, "verify", str(tmp_path / "record.json.ots"))
+        (tmp_path / "c0.json").write_bytes(recs[0].body.replace(b"r0", b"r7"))
+        code, out = await run(ots, "--no-cache", "--bitcoin-node", node.url, "verify", str(tmp_path / "c0.json.ots"))
         assert code != 0 and "File does not match original" in out, out
 
 
@@ -151,23 +155,25 @@ async def test_javascript_opentimestamps_verifies_against_esplora_fake(store, ca
     node_bin = require_tool("node")
     if not (JS_DIR / "node_modules" / "opentimestamps").exists():
         pytest.fail("tests/js/node_modules is missing: run 'npm install' in tests/js")
-    recs = records(5)
+    recs = records(1000)
     await queue(store, recs)
     async with Anchorer(store, anchor_config(calendars)) as anchorer:
         await anchorer.batch_all()
         for cal in calendars:
             cal.confirm()
         await anchorer.upgrade()
-        (tmp_path / "r.json").write_bytes(recs[3].body)
-        (tmp_path / "r.json.ots").write_bytes(await export_ots(store, recs[3].digest))
+        for i in SAMPLE:
+            (tmp_path / f"r{i}.json").write_bytes(recs[i].body)
+            (tmp_path / f"r{i}.json.ots").write_bytes(await export_ots(store, recs[i].digest))
+    verify = str(JS_DIR / "verify-ots.js")
     async with EsploraFake(chain) as explorer:
-        code, out = await run(node_bin, str(JS_DIR / "verify-ots.js"), str(tmp_path / "r.json"),
-                              str(tmp_path / "r.json.ots"), explorer.url)
-        assert code == 0, out
-        assert json.loads(out.strip().splitlines()[-1])["bitcoin"]["height"] == 1
-        (tmp_path / "r.json").write_bytes(recs[4].body)
-        code, out = await run(node_bin, str(JS_DIR / "verify-ots.js"), str(tmp_path / "r.json"),
-                              str(tmp_path / "r.json.ots"), explorer.url)
+        for i in SAMPLE:
+            code, out = await run(node_bin, verify, str(tmp_path / f"r{i}.json"), str(tmp_path / f"r{i}.json.ots"),
+                                  explorer.url)
+            assert code == 0, out
+            assert json.loads(out.strip().splitlines()[-1])["bitcoin"]["height"] == 1
+        (tmp_path / "r0.json").write_bytes(recs[1].body)
+        code, out = await run(node_bin, verify, str(tmp_path / "r0.json"), str(tmp_path / "r0.json.ots"), explorer.url)
         assert code == 1 and "does not match" in out, out
 
 
