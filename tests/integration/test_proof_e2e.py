@@ -35,6 +35,11 @@ async def test_message_to_three_recipients_proved_end_to_end(tmp_path):
         message_url = f"{p.base}/api/v1/messages/{quote(MESSAGE_ID, safe='')}"
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {p.token}"}) as api:
             await p.anchor()  # one batch, at the calendar: pending
+            async with api.get(message_url) as r:
+                pending = await r.json()
+            states = [pending["submission"]["anchoring"]] + [
+                x["anchoring"] for r in pending["recipients"] for x in (r["delivery"], r["handoff"])]
+            assert all(a == {"state": "pending", "calendars": [p.calendar.url]} for a in states), states
             async with api.get(message_url + "/bundle") as r:
                 assert r.status == 200 and r.content_type == "application/zip"
                 (out / "pending.zip").write_bytes(await r.read())
