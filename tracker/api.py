@@ -27,6 +27,7 @@ log = logging.getLogger("estampille.api")
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
 MAX_QUERY = 200  # characters of a search
+MAX_PAGE = 1_000_000
 
 
 def add_routes(app: web.Application) -> None:
@@ -99,7 +100,7 @@ async def search(request: web.Request) -> dict[str, Any]:
     q = request.query
     query = q.get("q", "").strip()[:MAX_QUERY]
     since, until = parse_time("since", q.get("since")), parse_time("until", q.get("until"))
-    page = parse_int("page", q.get("page"), 1, 1, 1_000_000)
+    page = parse_int("page", q.get("page"), 1, 1, MAX_PAGE)
     per_page = parse_int("per_page", q.get("per_page"), DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
     store = request.app[TRACKER].store
     rows, total = await store.search_submissions(
@@ -179,6 +180,9 @@ _ERRORS = {
     "401": {"description": "No token, or a wrong one.", "content": {"application/json": {"schema": _ref("Error")}}},
     "404": {"description": "No message with this Message-ID.", "content": {"application/json": {"schema": _ref("Error")}}},
 }
+# What parse_time accepts, so a client (or a generator) can tell a valid value without trying it.
+_TIME = {"anyOf": [{"type": "string", "format": "date-time"},
+                   {"type": "string", "pattern": r"^[0-9]{1,12}(\.[0-9]{1,6})?$"}]}
 _NULLABLE_RECORD = {"oneOf": [_ref("Record"), {"type": "null"}]}
 
 def _closed(schema: dict[str, Any]) -> dict[str, Any]:
@@ -204,10 +208,11 @@ OPENAPI: dict[str, Any] = {
                     {"name": "q", "in": "query", "description": "Part of a Message-ID, subject, sender or recipient.",
                      "schema": {"type": "string", "maxLength": MAX_QUERY}},
                     {"name": "since", "in": "query", "description": "Received at or after (ISO 8601 or Unix seconds).",
-                     "schema": {"type": "string"}},
+                     "schema": _TIME},
                     {"name": "until", "in": "query", "description": "Received before (ISO 8601 or Unix seconds).",
-                     "schema": {"type": "string"}},
-                    {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 1}},
+                     "schema": _TIME},
+                    {"name": "page", "in": "query",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1}},
                     {"name": "per_page", "in": "query",
                      "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE, "default": DEFAULT_PAGE_SIZE}},
                 ],

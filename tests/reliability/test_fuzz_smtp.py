@@ -9,12 +9,10 @@ error of its own, and after every example a normal transaction still gets its 25
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import smtplib
 import socket
-import threading
 import time
 
 import pytest
@@ -22,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.relay import relay_config
-from relay.service import Service
+from tests.support.threaded import ThreadedRelay
 
 EXAMPLES = 100
 READ_SECONDS = 10.0
@@ -39,31 +37,6 @@ line = st.one_of(
     st.sampled_from([b".", b"..", b"\n.\n", b"\r.\r", b"Subject: x", b"", b"\x00\x00", b"\xff" * 3000]),
 )
 streams = st.lists(st.tuples(line, st.sampled_from([b"\r\n", b"\n", b"\r", b"\r\n"])), min_size=1, max_size=25)
-
-
-class ThreadedRelay:
-    """The relay (Service) on an event loop of its own, in a thread, so tests can use blocking sockets."""
-
-    def __init__(self, config) -> None:
-        self.config = config
-        self.loop = asyncio.new_event_loop()
-        self.service = Service(config)
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def __enter__(self) -> "ThreadedRelay":
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.service.start(), self.loop).result(30)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.service.stop(), self.loop).result(60)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-    @property
-    def port(self) -> int:
-        return self.service.smtp_port
 
 
 class ErrorLog(logging.Handler):
