@@ -1,0 +1,264 @@
+"""Abuse: the relay is no open relay, SMTP smuggling never splits a message, failed AUTH is
+rate-limited per address, and a full run logged at DEBUG never shows a secret or a body."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import re
+import secrets
+import signal
+import smtplib
+import socket
+import time
+from pathlib import Path
+
+import aiohttp
+import aiosmtplib
+import pytest
+
+from relay.auth import write_password
+from relay.store import BLOB_DIR
+from tests.support.relay import relay_config, running
+from tests.support.served import Relay
+from tests.support.sink import Sink, free_port
+from tests.support.tlscert import client_context, self_signed
+from tracker.admin_auth import new_token
+
+USER, PASSWORD = "mairie", "Corr3ct-Horse-" + secrets.token_hex(4)
+WRONG = "Wr0ng-Battery-" + secrets.token_hex(4)
+OUTSIDE = "127.0.0.2"  # a loopback address outside the allowlist (127.0.0.1/32 only)
+WAIT_SECONDS = 20.0
+
+
+@pytest.fixture
+def secured(tmp_path):
+    """TLS certificate and key, and a credentials file with USER:PASSWORD."""
+    cert, key = self_signed(tmp_path)
+    credentials = tmp_path / "credentials"
+    write_password(credentials, USER, PASSWORD, secrets.token_bytes(16))
+    return {"tls_cert": str(cert), "tls_key": str(key), "credentials_file": str(credentials)}, cert
+
+
+def auth_plain(user: str, password: str) -> str:
+    return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+
+
+async def until(check, what: str):
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not (result := await check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+    return result
+
+
+# -- open relay ---------------------------------------------------------------
+
+
+def attempt(port: int, cert: Path, source: str, auth: str, tls: bool, rcpt: str) -> tuple[int, int]:
+    """One relaying attempt as an attacker makes it: (AUTH reply or 0, final reply of RCPT or DATA)."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=10, source_address=(source, 0)) as client:
+        client.ehlo("attacker.test")
+        if tls:
+            client.starttls(context=client_context(cert))
+            client.ehlo("attacker.test")
+        auth_code = 0
+        if auth != "none":  # sent even when AUTH is not offered: the server must refuse it
+            auth_code, _ = client.docmd("AUTH", "PLAIN " + auth_plain(USER, PASSWORD if auth == "right" else WRONG))
+        code, _ = client.mail("mairie@ville.example")
+        if code != 250:
+            return auth_code, code
+        code, _ = client.rcpt(rcpt)
+        if code != 250:
+            return auth_code, code
+        code, _ = client.data(f"Subject: essai {rcpt}\r\n\r\nBonjour.\r\n".encode())
+        return auth_code, code
+
+
+async def test_open_relay_matrix_only_allowlisted_or_authenticated_over_tls_relays(tmp_path, secured):
+    smtp, cert = secured
+    combos = list(itertools.product(["127.0.0.1", OUTSIDE], ["none", "wrong", "right"], [False, True]))
+    async with Sink() as sink:
+        config = relay_config(tmp_path / "data", sink.port, smtp={**smtp, "allowed_networks": ["127.0.0.1/32"]})
+        async with running(config) as service:
+            results = {}
+            for n, (source, auth, tls) in enumerate(combos):
+                rcpt = f"r{n}@conseil.example"
+                results[(source, auth, tls)] = await asyncio.to_thread(
+                    attempt, service.smtp_port, cert, source, auth, tls, rcpt)
+            allowed = {c for c in combos if c[0] == "127.0.0.1" or (c[1] == "right" and c[2])}
+            await sink.wait_for(len(allowed))
+            await until(lambda: _settled(service.store, len(allowed)), "the deliveries")
+            submissions = await service.store.fetchall("SELECT client_address, auth_user, tls FROM submissions")
+        blobs = [p for p in (tmp_path / "data" / BLOB_DIR).rglob("*") if p.is_file()]
+    for combo, (auth_code, code) in results.items():
+        source, auth, tls = combo
+        if auth != "none":  # AUTH: refused without TLS (538), 535 when wrong, 235 when right
+            assert auth_code == (538 if not tls else 235 if auth == "right" else 535), (combo, auth_code)
+        assert (code == 250) == (combo in allowed), (combo, code)
+        if combo not in allowed:
+            assert code == 550, (combo, code)  # 5.7.1 at RCPT
+    assert len(submissions) == len(allowed) == 7
+    assert sorted(m.rcpt_tos[0] for m in sink.messages) == sorted(
+        f"r{n}@conseil.example" for n, c in enumerate(combos) if c in allowed)
+    outside = [s for s in submissions if s["client_address"] == OUTSIDE]
+    assert len(outside) == 1 and outside[0]["auth_user"] == USER and outside[0]["tls"]
+    assert len(blobs) == 2 * len(allowed)  # each accepted message and its one copy, nothing else
+
+
+async def _settled(store, expected: int) -> bool:
+    row = await store.fetchone("SELECT COUNT(*) AS n FROM deliveries WHERE state = 'delivered'")
+    return row["n"] == expected
+
+
+async def test_failed_auth_is_rate_limited_per_address_even_for_the_right_password(tmp_path, secured):
+    smtp, cert = secured
+    config = relay_config(tmp_path / "data", smtp={**smtp, "auth_failures_per_minute": 3})
+
+    def tries(port: int, source: str, passwords: list[str]) -> list[int]:
+        codes = []
+        for password in passwords:  # a new connection each time: the limit is per address, not per session
+            with smtplib.SMTP("127.0.0.1", port, timeout=10, source_address=(source, 0)) as client:
+                client.starttls(context=client_context(cert))
+                client.ehlo("guesser.test")
+                codes.append(client.docmd("AUTH", "PLAIN " + auth_plain(USER, password))[0])
+        return codes
+
+    async with running(config) as service:
+        port = service.smtp_port
+        guessed = await asyncio.to_thread(tries, port, OUTSIDE, [f"guess-{i}" for i in range(5)] + [PASSWORD])
+        other = await asyncio.to_thread(tries, port, "127.0.0.1", [PASSWORD])
+    assert guessed == [535, 535, 535, 454, 454, 454]
+    assert other == [235]
+
+
+# -- SMTP smuggling -------------------------------------------------------------
+
+SMUGGLED = (b"MAIL FROM:<evil@attacker.example>\r\nRCPT TO:<victim@target.example>\r\nDATA\r\n"
+            b"From: ceo@ville.example\r\nSubject: smuggled\r\n\r\nPay now.\r\n")
+ENDINGS = [b"\n.\n", b"\r.\r", b"\n.\r\n", b"\r\n.\r", b"\r\n.\n", b"\n.\r", b"\r.\r\n"]
+
+
+def smuggle(port: int, ending: bytes) -> bytes:
+    data = b"From: mairie@ville.example\r\nSubject: ordre du jour\r\n\r\nBonjour." + ending + SMUGGLED
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"EHLO client.test\r\nMAIL FROM:<mairie@ville.example>\r\nRCPT TO:<elu@conseil.example>\r\n"
+                     b"DATA\r\n")
+        time_to_read = time.monotonic() + 10
+        received = b""
+        while b"354" not in received and time.monotonic() < time_to_read:
+            received += sock.recv(4096)
+        sock.sendall(data + b"\r\n.\r\nQUIT\r\n")
+        while not received.endswith(b"221 Bye\r\n") and time.monotonic() < time_to_read:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            received += chunk
+    return received
+
+
+async def test_smuggling_payloads_never_split_a_message(tmp_path):
+    async with Sink() as sink:
+        async with running(relay_config(tmp_path, sink.port)) as service:
+            replies = [await asyncio.to_thread(smuggle, service.smtp_port, ending) for ending in ENDINGS]
+            await sink.wait_for(len(ENDINGS))
+            await until(lambda: _settled(service.store, len(ENDINGS)), "the deliveries")
+            submissions = await service.store.fetchall("SELECT mail_from FROM submissions")
+    for ending, received in zip(ENDINGS, replies):
+        assert received.count(b"250 2.0.0 Ok: queued") == 1, (ending, received)
+        assert b"554" not in received and b"500" not in received, (ending, received)
+    assert [s["mail_from"] for s in submissions] == ["mairie@ville.example"] * len(ENDINGS)
+    assert len(sink.attempts) == len(ENDINGS)
+    assert all(m.rcpt_tos == ("elu@conseil.example",) and m.mail_from == "mairie@ville.example"
+               for m in sink.messages)
+    assert all(b"Pay now." in m.data for m in sink.messages)  # the payload stays inside the one message
+
+
+# -- nothing secret in the logs ------------------------------------------------
+
+BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36"
+
+
+def full_config(tmp_path: Path, smtp: dict, sink_port: int, tracker_port: int, token_hash: str) -> Path:
+    path = tmp_path / "estampille.toml"
+    path.write_text(f"""
+data_dir = "data"
+[smtp]
+listen_host = "127.0.0.1"
+listen_port = 0
+hostname = "relay.test"
+min_free_disk_mb = 1
+allowed_networks = []
+tls_cert = "{smtp['tls_cert']}"
+tls_key = "{smtp['tls_key']}"
+credentials_file = "{smtp['credentials_file']}"
+[upstream]
+kind = "smtp"
+host = "127.0.0.1"
+port = {sink_port}
+tls = "none"
+[delivery]
+retry_first = 0.2
+poll_interval = 0.05
+[tracker]
+listen_host = "127.0.0.1"
+listen_port = {tracker_port}
+public_url = "http://127.0.0.1:{tracker_port}"
+scanner_window = 0
+[anchor]
+enabled = false
+[admin]
+token_hashes = ["{token_hash}"]
+[log]
+level = "DEBUG"
+""", encoding="utf-8")
+    return path
+
+
+async def test_a_full_run_logged_at_debug_shows_no_password_token_or_body(tmp_path, secured):
+    smtp, cert = secured
+    admin_token, admin_hash = new_token()
+    marker = "MARQUEUR-CONFIDENTIEL-" + secrets.token_hex(8)
+    tracker_port = free_port()
+    base = f"http://127.0.0.1:{tracker_port}"
+    async with Sink() as sink:
+        relay = await Relay.start(full_config(tmp_path, smtp, sink.port, tracker_port, admin_hash))
+        try:
+            port = relay.port.result()
+            client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=True, tls_context=client_context(cert))
+            await client.connect()
+            with pytest.raises(aiosmtplib.SMTPAuthenticationError):
+                await client.login(USER, WRONG)
+            await client.login(USER, PASSWORD)
+            body = f"Subject: Convocation\r\nMessage-ID: <secret@ville.example>\r\n\r\n{marker}\r\n"
+            await client.sendmail("mairie@ville.example", ["un@conseil.example", "deux@conseil.example"], body)
+            await client.quit()
+            got = await sink.wait_for(2)
+            ack_tokens = [t.decode() for m in got for t in re.findall(rb"/a/([A-Za-z0-9_-]{20,})", m.data)]
+            assert len(ack_tokens) == 2
+            async with aiohttp.ClientSession(headers={"User-Agent": BROWSER}) as web:
+                async with web.get(f"{base}/a/{ack_tokens[0]}") as r:
+                    form_key = re.search(r'name="form_key" value="([0-9a-f]+)"', await r.text()).group(1)
+                async with web.post(f"{base}/a/{ack_tokens[0]}", data={"form_key": form_key},
+                                    allow_redirects=False) as r:
+                    assert r.status in (200, 303)
+                api = {"Authorization": f"Bearer {admin_token}"}
+                for path in ("/api/v1/messages?q=Convocation", "/api/v1/messages/secret@ville.example",
+                             "/api/v1/messages/secret@ville.example/bundle"):
+                    async with web.get(base + path, headers=api) as r:
+                        assert r.status == 200, path
+                async with web.post(f"{base}/admin/login", data={"token": admin_token}, allow_redirects=False) as r:
+                    assert r.status == 303
+        finally:
+            relay.proc.send_signal(signal.SIGTERM)
+            assert await relay.wait() == 0
+    log = relay.log.decode("utf-8", "replace")
+    assert "acknowledged" in log and "AUTH from 127.0.0.1 refused" in log and "DEBUG" in log  # it did log
+    secrets_seen = {
+        "password": PASSWORD, "wrong password": WRONG, "AUTH PLAIN data": auth_plain(USER, PASSWORD),
+        "AUTH PLAIN data (wrong)": auth_plain(USER, WRONG), "admin token": admin_token, "body": marker,
+        **{f"ack token {n}": token for n, token in enumerate(ack_tokens)},
+    }
+    leaked = {name: line for name, value in secrets_seen.items() for line in log.splitlines() if value in line}
+    assert not leaked, leaked
