@@ -195,14 +195,31 @@ class Keyring:
         sender. Without a match: the default domain's keys, or refused, as configured.
         """
         for address in addresses:
-            domain = address.rpartition("@")[2].lower().rstrip(".")
-            while domain:
-                if domain in self.domains:
-                    return self.domains[domain]
-                domain = domain.partition(".")[2]
+            domain = signing_domain(self.domains, address)
+            if domain is not None:
+                return self.domains[domain]
         if self.refuse_unknown:
             raise DKIMKeyError("no DKIM key for the sender's domain (dkim.unknown_domain = 'refuse')")
         return self.domains[self.default_domain]
+
+
+def signing_domain(domains: Iterable[str], address: str) -> str | None:
+    """The domain among ``domains`` (lower-case) that signs for ``address``: its own, else a parent's."""
+    known = set(domains)
+    domain = address.rpartition("@")[2].lower().rstrip(".")
+    while domain:
+        if domain in known:
+            return domain
+        domain = domain.partition(".")[2]
+    return None
+
+
+def refuses_sender(config: DKIMConfig, address: str) -> bool:
+    """Whether intake must refuse this envelope sender: dkim.unknown_domain = 'refuse' and no
+    configured domain signs for it (the null sender of a bounce is never refused)."""
+    if config.unknown_domain != "refuse" or not config.domains or address in ("", "<>"):
+        return False
+    return signing_domain((d.domain.lower() for d in config.domains), address) is None
 
 
 def sign(message: bytes, keys: DomainKeys, signed_headers: Iterable[str], now: int) -> bytes:

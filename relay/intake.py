@@ -25,6 +25,7 @@ from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from relay import dkim
 from relay.auth import Credentials, FailureLimiter, load_credentials
 from relay.config import Config
 from relay.errors import ConfigError, DiskFullError, StoreError
@@ -39,6 +40,7 @@ REPLY_QUEUED = "250 2.0.0 Ok: queued as {}"
 REPLY_OUR_FAILURE = "451 4.3.0 Temporary failure on our side, please try again later"
 REPLY_DISK_FULL = "452 4.3.1 Insufficient system storage, please try again later"
 REPLY_NOT_ALLOWED = "550 5.7.1 Relaying denied: authenticate first"
+REPLY_NO_DKIM_KEY = "550 5.7.1 This relay does not sign mail from that sender's domain"
 REPLY_AUTH_THROTTLED = "454 4.7.0 Too many failed authentication attempts, try again later"
 REPLY_SHUTTING_DOWN = b"421 4.3.2 Service shutting down, please try again later\r\n"
 
@@ -225,6 +227,9 @@ class IntakeHandler:
         except DiskFullError as exc:
             log.warning("MAIL from %s refused: %s", _peer_text(session), exc)
             return REPLY_DISK_FULL
+        if dkim.refuses_sender(self.config.dkim, address):
+            log.warning("MAIL from %s refused: no DKIM key signs for <%s>", _peer_text(session), address)
+            return REPLY_NO_DKIM_KEY
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 Ok"

@@ -180,3 +180,18 @@ async def test_twenty_megabyte_message_through_the_relay(tmp_path: Path) -> None
             await wait_delivered(service, 2)
             await check_copies(service, sink, original, "99-big.eml", keyring, tmp_path / "verify")
 
+
+
+async def test_sender_domain_without_keys_is_refused_at_mail_when_configured(tmp_path: Path) -> None:
+    async with Sink() as sink:
+        config, _ = certifying_config(tmp_path, sink.port)
+        config = dataclasses.replace(config, dkim=dataclasses.replace(config.dkim, unknown_domain="refuse"))
+        async with running(config) as service:
+            async with aiosmtplib.SMTP(hostname="127.0.0.1", port=service.smtp_port, timeout=30) as client:
+                await client.ehlo()
+                refused = await client.execute_command(b"MAIL", b"FROM:<x@elsewhere.example>")
+                assert (refused.code, refused.message) == (550, "5.7.1 This relay does not sign mail from that sender's domain")
+                for sender in ("mairie@ville-exemple.fr", "dgs@services.ville-exemple.fr", ""):
+                    await client.rset()
+                    reply = await client.execute_command(b"MAIL", f"FROM:<{sender}>".encode())
+                    assert reply.code == 250, (sender, reply)
