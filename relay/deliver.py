@@ -143,9 +143,10 @@ class SMTPUpstream:
                     client = await self._connect()
                 reply = await self._transaction(client, sender, recipient, data, mail_options)
             except aiosmtplib.SMTPResponseException as exc:
-                # Refused before the connection was usable (greeting, EHLO, STARTTLS, AUTH).
+                # Refused before any envelope (greeting, EHLO, STARTTLS, AUTH): a problem between
+                # us and our upstream, not with this recipient, so never a permanent failure.
                 self._discard(client)
-                return Reply(exc.code, exc.message, self.config.host, None)
+                return Reply(None, f"connection refused by upstream: {exc.code} {exc.message}", self.config.host)
             except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
                 self._discard(client)
                 return Reply(None, f"{type(exc).__name__}: {exc}", self.config.host, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
+import ssl
 import time
 from email import policy
 from email.message import EmailMessage
@@ -14,6 +15,7 @@ import aiosmtplib
 from tests.conftest import require_tool
 from tests.support.relay import relay_config, running
 from tests.support.sink import Sink, free_port
+from tests.support.tlscert import self_signed
 
 WAIT_SECONDS = 20.0
 
@@ -167,3 +169,48 @@ async def test_every_step_leaves_an_evidence_record(tmp_path):
     assert handoff.fields["delivery"] == delivery.digest
     assert handoff.fields["code"] == 250 and handoff.fields["queue_id"] == "SINK1"
     assert copy == sink.messages[0].data
+
+
+def server_context(tmp_path):
+    cert, key = self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+async def last_attempt(service) -> dict:
+    row = await service.store.fetchone("SELECT outcome, code, reply, tls FROM attempts ORDER BY id DESC")
+    return dict(row)
+
+
+async def test_upstream_certificate_is_verified_by_default(tmp_path):
+    async with Sink(tls=server_context(tmp_path)) as sink:
+        config = relay_config(tmp_path, sink.port, upstream={"tls": "starttls"})
+        async with running(config) as service:
+            await aiosmtplib.send(message(), sender="a@example.org", recipients=["b@example.net"],
+                                  hostname="127.0.0.1", port=service.smtp_port)
+            (row,) = await wait_states(service, "deferred")
+    assert "certificate" in row["last_reply"].lower() and sink.messages == []
+
+
+async def test_upstream_starttls_and_auth(tmp_path):
+    async with Sink(tls=server_context(tmp_path), credentials={"relay": "s3cret"}) as sink:
+        upstream = {"tls": "starttls", "verify_certificates": False, "username": "relay", "password": "s3cret"}
+        async with running(relay_config(tmp_path, sink.port, upstream=upstream)) as service:
+            await aiosmtplib.send(message(), sender="a@example.org", recipients=["b@example.net"],
+                                  hostname="127.0.0.1", port=service.smtp_port)
+            await sink.wait_for(1)
+            await wait_states(service, "delivered")
+            attempt = await last_attempt(service)
+    assert attempt["tls"].startswith("TLSv1")
+
+
+async def test_upstream_refusing_our_password_defers_and_never_bounces(tmp_path):
+    async with Sink(tls=server_context(tmp_path), credentials={"relay": "s3cret"}) as sink:
+        upstream = {"tls": "starttls", "verify_certificates": False, "username": "relay", "password": "wrong",
+                    "timeout": 2.0}
+        async with running(relay_config(tmp_path, sink.port, upstream=upstream)) as service:
+            await aiosmtplib.send(message(), sender="a@example.org", recipients=["b@example.net"],
+                                  hostname="127.0.0.1", port=service.smtp_port)
+            (row,) = await wait_states(service, "deferred")
+    assert row["last_code"] is None and row["last_reply"] and sink.attempts == []

@@ -14,17 +14,21 @@ Replies are chosen at DATA: first the next scripted reply of the envelope's firs
 recipient, then ``reply(envelope)`` if it returns a string, else ``default``.
 Only messages answered 2xx are in ``messages``; every DATA is in ``attempts``.
 Stop and restart on the same port with ``await sink.stop()`` / ``await sink.start()``.
+``Sink(tls=context)`` offers STARTTLS; ``Sink(tls=context, credentials={"user": "pw"})``
+also requires AUTH.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 DEFAULT_REPLY = "250 2.0.0 Ok: queued as SINK{n}"
 WAIT_SECONDS = 20.0
@@ -56,6 +60,8 @@ class Sink:
     reply: Callable[[Envelope], str | None] | None = None
     messages: list[Received] = field(default_factory=list)
     attempts: list[Received] = field(default_factory=list)
+    tls: ssl.SSLContext | None = None  # offer STARTTLS with this server context
+    credentials: dict[str, str] | None = None  # require AUTH (after STARTTLS) with these users
     _scripts: dict[str, deque[str]] = field(default_factory=lambda: defaultdict(deque))
     _server: asyncio.Server | None = None
     _changed: asyncio.Condition | None = None
@@ -67,8 +73,11 @@ class Sink:
     async def start(self) -> "Sink":
         self._changed = self._changed or asyncio.Condition()
         loop = asyncio.get_running_loop()
+        options: dict[str, Any] = {"tls_context": self.tls}
+        if self.credentials is not None:
+            options.update(auth_required=True, authenticator=self._authenticate)
         self._server = await loop.create_server(
-            lambda: SMTP(self, hostname="sink.test", enable_SMTPUTF8=True, loop=loop), self.host, self.port
+            lambda: SMTP(self, hostname="sink.test", enable_SMTPUTF8=True, loop=loop, **options), self.host, self.port
         )
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -111,6 +120,13 @@ class Sink:
                 self.messages.append(received)
             self._changed.notify_all()
         return reply
+
+    def _authenticate(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
+                      auth_data: Any) -> AuthResult:
+        assert self.credentials is not None
+        ok = isinstance(auth_data, LoginPassword) and self.credentials.get(
+            auth_data.login.decode()) == auth_data.password.decode()
+        return AuthResult(success=ok)
 
     def _choose(self, envelope: Envelope) -> str:
         first = (envelope.rcpt_tos or [""])[0].lower()
