@@ -298,3 +298,18 @@ def test_one_preparation_serves_every_recipient(keyring: dkim.Keyring) -> None:
         prepared = c.prepare(original, mail_from=SENDER, date=DATE, message_id_local="sub-1")
         for prefix in ("rA", "rB"):
             assert c.copy(prepared, tokens=tokens(prefix), now=NOW) == run(c, original, prefix), path.name
+
+
+def test_charset_without_the_blocks_accents_keeps_its_charset_and_loses_only_the_blocks_accents(
+    keyring: dkim.Keyring,
+) -> None:
+    body = "Заседание совета.\r\n"
+    original = (
+        "From: mairie@ville-exemple.fr\r\nTo: elu@conseil.example\r\nSubject: koi8\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=koi8-r\r\nContent-Transfer-Encoding: 8bit\r\n\r\n" + body
+    ).encode("koi8-r")
+    copy = run(certifier(keyring), original, eight_bit_mime=True)
+    assert _leaf_encodings(copy.data)[0] == ("text/plain", "koi8-r", "8bit")
+    (_, text), = text_parts(copy.data)
+    assert _nl(text).endswith(_nl(body)) and "Accuse de reception demande" in text
+    assert tokens_in(copy.data) == {copy.links[0].token}

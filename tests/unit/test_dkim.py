@@ -188,3 +188,23 @@ def test_relaxed_body_canonicalisation_is_dkimpys_on_the_corpus() -> None:
         body = path.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n").split(b"\r\n\r\n", 1)[-1]
         for sample in (body, body.replace(b" ", b" \t  "), body + b"  \r\n\r\n"):
             assert dkim.relaxed_body(sample) == dkimpy.canonicalization.Relaxed.canonicalize_body(sample)
+
+
+def test_serve_without_configured_keys_generates_them_once_and_logs_the_records(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from relay.config import Config, SMTPConfig
+
+    config = Config(data_dir=str(tmp_path), smtp=SMTPConfig(hostname="relais.commune.example"))
+    with caplog.at_level("INFO", logger="estampille.dkim"):
+        first = dkim.load_keyring(config)
+    assert first.default_domain == "relais.commune.example"
+    assert "rsa._domainkey.relais.commune.example. IN TXT" in caplog.text
+    assert str(tmp_path / "dkim") in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="estampille.dkim"):
+        second = dkim.load_keyring(config)
+    assert "IN TXT" not in caplog.text  # already there: not generated again
+    assert second.domains["relais.commune.example"].rsa.public_key == first.domains["relais.commune.example"].rsa.public_key
+    bare = dkim.load_keyring(Config(data_dir=str(tmp_path / "other"), smtp=SMTPConfig(hostname="localhost")))
+    assert bare.default_domain == dkim.FALLBACK_DOMAIN
