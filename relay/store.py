@@ -968,6 +968,14 @@ class Store:
         row = await self.fetchone("SELECT MIN(next_attempt_at) FROM webhook_events WHERE state = 'pending'")
         return None if row is None else row[0]
 
+    async def purge_webhook_events(self, before: float) -> int:
+        """Delete events sent or given up before ``before``; pending ones are kept whatever their age."""
+        async with self.transaction() as db:
+            cursor = await db.execute(
+                "DELETE FROM webhook_events WHERE state != 'pending' AND next_attempt_at < ?", (before,)
+            )
+            return cursor.rowcount
+
     async def finish_webhook_event(
         self, event_id: int, *, state: str, next_attempt_at: float, error: str | None
     ) -> None:
