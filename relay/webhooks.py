@@ -21,6 +21,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -35,6 +36,8 @@ SIGNATURE_HEADER = "X-Estampille-Signature"
 RETRY_FIRST = 10.0  # seconds before the first retry
 RETRY_MAX = 900.0  # longest wait between two retries
 POLL_INTERVAL = 1.0  # seconds between scans for due events
+KEEP_SENT = 7 * 86400  # seconds sent and given-up events stay in the table (for inquiries)
+PURGE_EVERY = 3600.0  # seconds between two purges of old events
 REQUEST_TIMEOUT = 10.0  # seconds a receiver has to answer
 MAX_ERROR_TEXT = 200  # characters of the last error kept in the table
 
@@ -90,10 +93,14 @@ class WebhookWorker:
 
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
+        purged_at = 0.0
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
                 try:
                     await self.send_due(session)
+                    if self.clock() - purged_at >= PURGE_EVERY:
+                        purged_at = self.clock()
+                        await self.store.purge_webhook_events(purged_at - KEEP_SENT)
                 except StoreError:
                     log.exception("webhook queue scan failed; retrying")
                 self._wake.clear()
@@ -129,11 +136,18 @@ class WebhookWorker:
         now = self.clock()
         attempts = row["attempts"] + 1
         if now - row["created_at"] >= self.config.retry_for:
-            log.warning("webhook event %s to %s given up after %d attempts: %s", row["id"], row["url"], attempts, error)
+            log.warning("webhook event %s to %s given up after %d attempts: %s", row["id"], _site(row["url"]), attempts,
+                        error)
             await self.store.finish_webhook_event(row["id"], state="failed", next_attempt_at=now, error=error)
             return True  # the next event to this URL may go now
         await self.store.finish_webhook_event(
             row["id"], state="pending", next_attempt_at=now + self.backoff.delay(attempts), error=error
         )
-        log.info("webhook event %s to %s failed (%s); attempt %d", row["id"], row["url"], error, attempts)
+        log.info("webhook event %s to %s failed (%s); attempt %d", row["id"], _site(row["url"]), error, attempts)
         return False
+
+
+def _site(url: str) -> str:
+    """A webhook URL as logged: scheme and host only (paths and queries may carry secrets)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")

@@ -195,3 +195,17 @@ async def test_the_relay_sends_every_event_of_a_message_in_order(tmp_path, recei
 
 async def _has(receiver: Receiver, name: str) -> bool:
     return any(e["event"] == name for e in receiver.events)
+
+
+async def test_old_sent_events_are_purged_pending_ones_kept(tmp_path):
+    store = await Store.open(tmp_path)
+    store.webhook_urls = ("http://127.0.0.1:9/hook",)
+    async with store.transaction() as db:
+        await store.enqueue_event(db, "accepted", {"n": 1}, 1000.0)
+        await store.enqueue_event(db, "accepted", {"n": 2}, 1000.0)
+    first = (await store.fetchone("SELECT MIN(id) FROM webhook_events"))[0]
+    await store.finish_webhook_event(first, state="sent", next_attempt_at=1001.0, error=None)
+    assert await store.purge_webhook_events(before=2000.0) == 1
+    rows = await store.fetchall("SELECT state FROM webhook_events")
+    assert [r["state"] for r in rows] == ["pending"]
+    await store.close()
