@@ -150,6 +150,10 @@ class SMTPUpstream:
             except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
                 self._discard(client)
                 return Reply(None, f"{type(exc).__name__}: {exc}", self.config.host, None)
+            except Exception as exc:  # noqa: BLE001 - e.g. an address the upstream cannot take: retry, never crash
+                log.exception("unexpected error sending to %s", self.config.host)
+                self._discard(client)
+                return Reply(None, f"local error while sending: {type(exc).__name__}", self.config.host, None)
             if client.is_connected and reply.code != 421:
                 self._idle.append(client)
             else:
@@ -159,9 +163,11 @@ class SMTPUpstream:
     async def _transaction(self, client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes,
                            mail_options: list[str]) -> Reply:
         tls = _tls_of(client)
+        # UTF-8 addresses (RFC 6531) go out as UTF-8 when the client asked for SMTPUTF8.
+        encoding = "utf-8" if any(opt.upper() == "SMTPUTF8" for opt in mail_options) else "ascii"
         try:
-            await client.mail(sender, options=mail_options, timeout=self.config.timeout)
-            await client.rcpt(recipient, timeout=self.config.timeout)
+            await client.mail(sender, options=mail_options, encoding=encoding, timeout=self.config.timeout)
+            await client.rcpt(recipient, encoding=encoding, timeout=self.config.timeout)
             response = await client.data(data, timeout=self.config.timeout)
         except aiosmtplib.SMTPResponseException as exc:
             # Refused for this envelope: reset it and keep the connection.
@@ -348,6 +354,8 @@ class Deliverer:
             self._all_idle.clear()
             try:
                 await self._deliver(job)
+            except Exception:  # noqa: BLE001 - a worker never dies; the job stays 'sending' until restart
+                log.exception("delivery %d (%s) crashed", job.delivery_id, job.submission_id)
             finally:
                 self._busy -= 1
                 if not self._busy:

@@ -214,3 +214,25 @@ async def test_upstream_refusing_our_password_defers_and_never_bounces(tmp_path)
                                   hostname="127.0.0.1", port=service.smtp_port)
             (row,) = await wait_states(service, "deferred")
     assert row["last_code"] is None and row["last_reply"] and sink.attempts == []
+
+
+async def test_utf8_addresses_and_8bit_body_go_through(tmp_path):
+    data = ("From: élu@exemple.fr\r\nTo: maire@exemple.fr\r\nSubject: Séance\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+            "Ordre du jour: budget, école.\r\n")
+
+    def session(port: int) -> int:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.ehlo("client.test")
+            assert client.has_extn("smtputf8") and client.has_extn("8bitmime")
+            client.sendmail("élu@exemple.fr", ["maire@exemple.fr"], data.encode(),
+                            mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+            return 250
+
+    async with Sink() as sink:
+        async with running(relay_config(tmp_path, sink.port)) as service:
+            assert await asyncio.to_thread(session, service.smtp_port) == 250
+            got = await sink.wait_for(1)
+    assert got[0].mail_from == "élu@exemple.fr" and got[0].rcpt_tos == ("maire@exemple.fr",)
+    delivered = BytesParser(policy=policy.default).parsebytes(got[0].data)
+    assert "école" in delivered.get_body(("plain",)).get_content()
