@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import datetime
+from datetime import date, datetime, time, timedelta
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
@@ -48,6 +49,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "messages": "Messages",
         "search": "Rechercher",
         "search_label": "Message-ID, objet, expéditeur ou destinataire",
+        "since": "Reçus depuis le",
+        "until": "jusqu'au (inclus)",
         "no_results": "Aucun message ne correspond.",
         "subject": "Objet",
         "sent": "Envoyé le",
@@ -96,6 +99,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "messages": "Messages",
         "search": "Search",
         "search_label": "Message-ID, subject, sender or recipient",
+        "since": "Received from",
+        "until": "until (included)",
         "no_results": "No message matches.",
         "subject": "Subject",
         "sent": "Sent",
@@ -200,19 +205,32 @@ async def logout(request: web.Request) -> web.Response:
 
 
 async def messages(request: web.Request) -> web.Response:
-    try:
-        found = await api.search(request)
-    except api.BadRequest:
-        raise web.HTTPBadRequest() from None
     tracker = request.app[TRACKER]
     lang = negotiate(request.headers.get("Accept-Language"))
     tz = tracker.config.tracker.timezone
+    since, until = request.query.get("since", ""), request.query.get("until", "")
+    try:
+        params = {**request.query, "since": _day_start(since, tz, 0), "until": _day_start(until, tz, 1)}
+        found = await api.search(request, params)
+    except (api.BadRequest, ValueError):
+        raise web.HTTPBadRequest() from None
     rows = [
         {**m, "href": message_href(request, m["message_id"]), "sent": _time(m["received_at"], tz, lang)}
         for m in found["messages"]
     ]
     pages = max(1, -(-found["total"] // found["per_page"]))
-    return _page(request, "admin_messages.html", {**found, "rows": rows, "pages": pages})
+    filters = urlencode({"q": found["q"], "since": since, "until": until})
+    return _page(request, "admin_messages.html",
+                 {**found, "rows": rows, "pages": pages, "since": since, "until": until, "filters": filters})
+
+
+def _day_start(day: str, tz: str, offset_days: int) -> str:
+    """Unix seconds of midnight in ``tz`` on ``day`` (YYYY-MM-DD) plus ``offset_days``: the form's
+    'until' day is included. '' for no day; ValueError for a malformed one."""
+    if not day:
+        return ""
+    start = datetime.combine(date.fromisoformat(day) + timedelta(days=offset_days), time(), ZoneInfo(tz))
+    return str(int(start.timestamp()))
 
 
 async def message_page(request: web.Request) -> web.Response:

@@ -9,7 +9,7 @@ Errors are JSON ``{"error": code, "message": text}``; the OpenAPI document at
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
@@ -95,9 +95,8 @@ def parse_int(name: str, value: str | None, default: int, low: int, high: int) -
     return number
 
 
-async def search(request: web.Request) -> dict[str, Any]:
-    """The page of messages the query asks for (shared by the API and the admin list)."""
-    q = request.query
+async def search(request: web.Request, q: Mapping[str, str]) -> dict[str, Any]:
+    """The page of messages the parameters ``q`` ask for (shared by the API and the admin list)."""
     query = q.get("q", "").strip()[:MAX_QUERY]
     since, until = parse_time("since", q.get("since")), parse_time("until", q.get("until"))
     page = parse_int("page", q.get("page"), 1, 1, MAX_PAGE)
@@ -132,7 +131,7 @@ async def search(request: web.Request) -> dict[str, Any]:
 
 async def list_messages(request: web.Request) -> web.Response:
     try:
-        return web.json_response(await search(request))
+        return web.json_response(await search(request, request.query))
     except BadRequest as exc:
         return error(400, "bad_request", str(exc))
 

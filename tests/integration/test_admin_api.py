@@ -179,3 +179,16 @@ async def test_answers_match_the_openapi_document(env):
     assert_matches("Message", await r.json())
     r = await c.get("/api/v1/messages/%3Cnone%3E", headers=bearer(env["token"]))
     assert_matches("Error", await r.json())
+
+
+async def test_admin_list_filters_by_day_in_the_tracker_time_zone(env):
+    c = env["client"]
+    sid, _ = await login(c, env["token"])
+    headers = {"Cookie": f"{COOKIE}={sid}"}
+    # T0 is 2026-11-29 06:33:20 in Paris: the 29th includes it (both ends inclusive), the 28th and the 30th do not.
+    for since, until, found in (("2026-11-29", "2026-11-29", True), ("2026-11-30", "", False),
+                                ("", "2026-11-28", False), ("", "", True)):
+        r = await c.get("/admin/", params={"since": since, "until": until}, headers=headers)
+        assert r.status == 200 and (SUBJECT in await r.text()) == found, (since, until)
+    r = await c.get("/admin/", params={"since": "29/11/2026"}, headers=headers)
+    assert r.status == 400
