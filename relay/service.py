@@ -69,11 +69,6 @@ class Service:
                 self.deliverer = Deliverer(self.config, self.store, self._upstream, clock=self.clock)
                 await self.deliverer.start()
                 self._started("delivery", self.deliverer.stop)
-                self.intake = IntakeHandler.from_config(
-                    self.config, self.deliverer.spool, clock=self.clock, on_reply=self.metrics.smtp_reply
-                )
-                self.smtp_server = await start_intake(self.config, self.deliverer.spool, handler=self.intake)
-                self._started("smtp", self._stop_smtp)
             if self.config.tracker.enabled or self.tracker_only:
                 self.tracker = await start_tracker(
                     self.config, self.store, clock=self.clock, on_response=self.metrics.count_http_response
@@ -81,6 +76,12 @@ class Service:
                 self._started("tracker", self.tracker.close)
             if not self.tracker_only:
                 await self._start_operations()
+                # Mail is taken last, once everything it needs runs; so it is the first to stop.
+                self.intake = IntakeHandler.from_config(
+                    self.config, self.deliverer.spool, clock=self.clock, on_reply=self.metrics.smtp_reply
+                )
+                self.smtp_server = await start_intake(self.config, self.deliverer.spool, handler=self.intake)
+                self._started("smtp", self._stop_smtp)
         except BaseException:
             await self.stop()
             raise
