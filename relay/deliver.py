@@ -42,6 +42,7 @@ from relay.store import Store
 log = logging.getLogger("estampille.deliver")
 
 CLAIM_BATCH_MAX = 64
+MAILBOX_FULL = 552
 PREPARED_CACHE_ENTRIES = 16  # messages whose certify preparation is kept for their other recipients
 PREPARED_CACHE_OCTETS = 32 * 2**20
 # Certifying is CPU-bound and holds a few transient copies of the message: more at once than
@@ -99,10 +100,13 @@ class Reply:
 
 
 def classify(code: int | None) -> str:
-    """'delivered' for 2xx, 'failed' for 5xx, 'deferred' for anything else (4xx, no answer)."""
+    """'delivered' for 2xx, 'failed' for 5xx, 'deferred' for anything else (4xx, no answer).
+
+    552 (mailbox full) is deferred, as GNU Mailman does: space may free up before we give up.
+    """
     if code is not None and 200 <= code < 300:
         return "delivered"
-    if code is not None and 500 <= code < 600:
+    if code is not None and 500 <= code < 600 and code != MAILBOX_FULL:
         return "failed"
     return "deferred"
 

@@ -13,7 +13,8 @@ def test_replies_are_classified_like_mailman():
     assert classify(451) == "deferred"
     assert classify(None) == "deferred"  # timeout or connection failure
     assert classify(550) == "failed"
-    assert classify(552) == "failed"
+    assert classify(554) == "failed"
+    assert classify(552) == "deferred"  # mailbox full: may clear before we give up
 
 
 def test_backoff_doubles_up_to_the_maximum():
