@@ -4,11 +4,15 @@ its data directory under --work, logging at the default level (INFO).
 With --uncertified, each copy is the received message as is (CRLF line endings), with no
 DKIM signature and no acknowledgment link: the relay core alone, to compare with the
 uncertified baseline. Only the bench does this; the relay itself always certifies.
+
+$BENCH_UPSTREAM_EXTRA, if set, is appended to the [upstream] table (TOML lines such as
+"concurrency = 16"), to try settings without editing this file.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -57,6 +61,7 @@ kind = "smtp"
 host = "127.0.0.1"
 port = {args.sink_port}
 tls = "none"
+{os.environ.get("BENCH_UPSTREAM_EXTRA", "")}
 [tracker]
 enabled = false
 [anchor]
