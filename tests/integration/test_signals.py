@@ -3,7 +3,8 @@
 SIGTERM in the middle of a burst: exit 0, and after a restart every message that
 got a 250 is delivered. SIGHUP: a new STARTTLS session sees the new certificate,
 an open session keeps working, an unusable certificate is refused and the one in
-use stays; renewed DKIM keys sign the copies certified after the reload.
+use stays; renewed DKIM keys sign the copies certified after the reload; a changed
+credentials file is read at the reload, not before.
 systemd's notification socket gets READY=1 and STOPPING=1.
 """
 
@@ -27,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from relay import dkim
+from relay.auth import write_password
 from tests.integration.test_relay import message, smtplib_send
 from tests.support.relay import relay_config, running
 from tests.support.served import Relay, write_config
@@ -212,3 +214,32 @@ async def test_reload_signs_later_copies_with_renewed_dkim_keys(tmp_path: Path, 
             await send("after a failed reload")
             assert (await signing_keys(service, 3))[2] == public_keys(new)
             await sink.wait_for(3)
+
+
+def login(port: int, password: str) -> bool:
+    """STARTTLS then AUTH as 'mairie'; True when the relay accepts the password."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with smtplib.SMTP("127.0.0.1", port, timeout=WAIT_SECONDS) as client:
+        client.starttls(context=context)
+        try:
+            client.login("mairie", password)
+        except smtplib.SMTPAuthenticationError:
+            return False
+        return True
+
+
+async def test_reload_reads_a_changed_credentials_file(tmp_path: Path):
+    cert, key = self_signed(tmp_path)
+    credentials = tmp_path / "credentials"
+    write_password(credentials, "mairie", "ancien mot de passe", os.urandom(16))
+    config = relay_config(tmp_path / "data", smtp={
+        "tls_cert": str(cert), "tls_key": str(key), "credentials_file": str(credentials),
+        "auth_failures_per_minute": 100})
+    async with running(config) as service:
+        assert await asyncio.to_thread(login, service.smtp_port, "ancien mot de passe")
+        write_password(credentials, "mairie", "nouveau mot de passe", os.urandom(16))
+        assert await asyncio.to_thread(login, service.smtp_port, "ancien mot de passe")  # not reread yet
+        service.reload()
+        assert await asyncio.to_thread(login, service.smtp_port, "nouveau mot de passe")
+        assert not await asyncio.to_thread(login, service.smtp_port, "ancien mot de passe")
