@@ -156,10 +156,20 @@ def cmd_proof(args: argparse.Namespace) -> int:
     from tracker.api import bundle_filename
 
     config = load_config(args)
-    message_id, data = asyncio.run(
-        _on_store(config, lambda s: build_proof(s, args.message_id, now=time.time(), timezone=config.tracker.timezone))
-    )
-    return _write(args.output or bundle_filename(message_id), data)
+    partial = Path(f"{args.output or 'proof'}.partial")  # renamed once complete: no half-written bundle
+    try:
+        with open(partial, "wb") as out:
+            message_id = asyncio.run(_on_store(config, lambda s: build_proof(
+                s, args.message_id, out, now=time.time(), timezone=config.tracker.timezone)))
+        target = Path(args.output or bundle_filename(message_id))
+        os.replace(partial, target)
+    except OSError as exc:
+        print(f"estampille: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_RUNTIME
+    finally:
+        partial.unlink(missing_ok=True)
+    print(f"wrote {target} ({target.stat().st_size} bytes)")
+    return EXIT_OK
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

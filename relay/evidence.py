@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from relay import merkle
 from relay.anchor import export_ots
@@ -184,7 +184,7 @@ async def proof_input(store: Store, ev: MessageEvidence, *, now: float, timezone
             RecipientEvidence(
                 recipient=d["recipient"],
                 state=d["state"],
-                copy=await store.get_blob(d["copy_sha256"]) if d["copy_sha256"] else None,
+                copy_sha256=d["copy_sha256"],
                 delivery=evidence(d["record_digest"]),
                 handoff=evidence(d["handoff_digest"]),
                 acknowledgment=evidence(receipt["record_digest"]) if receipt else None,
@@ -200,7 +200,7 @@ async def proof_input(store: Store, ev: MessageEvidence, *, now: float, timezone
     return ProofInput(
         message_id=s["message_id"],
         subject=s["subject"],
-        original=await store.get_blob(s["data_sha256"]),
+        original_sha256=s["data_sha256"],
         submission=submission,
         recipients=tuple(recipients),
         generated_at=iso_time(now),
@@ -208,11 +208,19 @@ async def proof_input(store: Store, ev: MessageEvidence, *, now: float, timezone
     )
 
 
-async def build_proof(store: Store, message_id: str, *, now: float, timezone: str) -> tuple[str, bytes]:
-    """(Message-ID as stored, bundle bytes) for ``message_id``; the zip is built off the event loop."""
+async def build_proof(store: Store, message_id: str, out: BinaryIO, *, now: float, timezone: str) -> str:
+    """Write the bundle of ``message_id`` to ``out`` (off the event loop); the Message-ID as stored."""
     ev = await load_message(store, message_id)
     proof = await proof_input(store, ev, now=now, timezone=timezone)
-    return proof.message_id, await asyncio.to_thread(build_bundle, proof)
+
+    def read_blob(sha256: str) -> bytes:
+        try:
+            return store.blob_path(sha256).read_bytes()
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"message file {sha256} is missing (purged after its retention?)") from exc
+
+    await asyncio.to_thread(build_bundle, proof, read_blob, out)
+    return proof.message_id
 
 
 def read_bundle(path: Path) -> dict[str, bytes]:

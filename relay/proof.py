@@ -29,9 +29,10 @@ import io
 import json
 import re
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, BinaryIO
 from zoneinfo import ZoneInfo
 
 import jinja2
@@ -85,7 +86,7 @@ class Evidence:
 class RecipientEvidence:
     recipient: str
     state: str  # the delivery's state: queued, sending, deferred, delivered, failed
-    copy: bytes | None  # the certified bytes sent, None before certification
+    copy_sha256: str | None  # the certified copy sent (a message file), None before certification
     delivery: Evidence | None
     handoff: Evidence | None
     acknowledgment: Evidence | None
@@ -98,7 +99,7 @@ class ProofInput:
 
     message_id: str
     subject: str | None
-    original: bytes
+    original_sha256: str  # the DATA bytes received (a message file)
     submission: Evidence
     recipients: tuple[RecipientEvidence, ...]
     generated_at: str  # ISO 8601 UTC
@@ -144,16 +145,21 @@ def copy_path(index: int, recipient: str) -> str:
     return f"copies/{index:02d}-{_SAFE_NAME.sub('_', recipient)}.eml"
 
 
-def build_bundle(proof: ProofInput) -> bytes:
-    """The zip bundle for ``proof``: deterministic for the same input."""
-    files: dict[str, bytes] = {ORIGINAL: proof.original}
-    files.update(_evidence_files(proof.submission))
+def build_bundle(proof: ProofInput, read_blob: Callable[[str], bytes], out: BinaryIO) -> None:
+    """Write the zip bundle for ``proof`` to ``out``, deterministically for the same input.
+
+    Message files (the original and the copies, possibly megabytes each) are read
+    through ``read_blob(sha256)`` one at a time and written straight to the zip,
+    so memory holds one of them at a time, not the whole bundle.
+    """
+    blobs: dict[str, str] = {ORIGINAL: proof.original_sha256}  # path -> SHA-256 of a message file
+    files: dict[str, bytes] = _evidence_files(proof.submission)  # everything small
     recipients = []
     for index, r in enumerate(proof.recipients, start=1):
         entry: dict[str, Any] = {"recipient": r.recipient, "state": r.state, "copy": None}
-        if r.copy is not None:
+        if r.copy_sha256 is not None:
             entry["copy"] = copy_path(index, r.recipient)
-            files[entry["copy"]] = r.copy
+            blobs[entry["copy"]] = r.copy_sha256
         for role in ("delivery", "handoff", "acknowledgment"):
             ev: Evidence | None = getattr(r, role)
             entry[role] = None if ev is None else record_path(ev.record)
@@ -178,8 +184,26 @@ def build_bundle(proof: ProofInput) -> bytes:
     }
     files[ATTESTATION] = render_attestation(facts, files).encode("utf-8")
     files[VERIFY_DOC] = render_verify_doc(proof.message_id).encode("utf-8")
-    manifest = make_manifest(facts, files)
-    return _zip({MANIFEST: manifest, **dict(sorted(files.items()))}, proof.generated_at)
+    stamp = max(ZIP_EPOCH, _parse_time(proof.generated_at).timetuple()[:6])
+    listing: dict[str, tuple[str, int]] = {}
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
+        for path, sha256 in sorted(blobs.items()):
+            data = read_blob(sha256)
+            if sha256_hex(data) != sha256:
+                raise ValueError(f"message file {sha256} does not have the content its name says")
+            listing[path] = _add(zf, path, data, stamp)
+        for path, data in sorted(files.items()):
+            listing[path] = _add(zf, path, data, stamp)
+        _add(zf, MANIFEST, make_manifest(facts, listing), stamp)
+
+
+def _add(zf: zipfile.ZipFile, path: str, data: bytes, stamp: tuple[int, ...]) -> tuple[str, int]:
+    """Add one file with a fixed date and mode (deterministic bytes); its (SHA-256, size)."""
+    info = zipfile.ZipInfo(path, date_time=stamp)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = 0o644 << 16
+    zf.writestr(info, data)
+    return sha256_hex(data), len(data)
 
 
 def _evidence_files(ev: Evidence) -> dict[str, bytes]:
@@ -208,27 +232,15 @@ def _anchoring_facts(proof: ProofInput) -> dict[str, dict[str, Any]]:
     return out
 
 
-def make_manifest(facts: dict[str, Any], files: dict[str, bytes]) -> bytes:
-    """Canonical JSON listing every file's SHA-256, with a checksum of its own content."""
+def make_manifest(facts: dict[str, Any], listing: dict[str, tuple[str, int]]) -> bytes:
+    """Canonical JSON listing every file's (SHA-256, size), with a checksum of its own content."""
     body = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "facts": facts,
-        "files": [{"path": p, "sha256": sha256_hex(data), "size": len(data)} for p, data in sorted(files.items())],
+        "files": [{"path": p, "sha256": sha, "size": size} for p, (sha, size) in sorted(listing.items())],
     }
     return canonical_json({**body, "checksum": sha256_hex(canonical_json(body))})
-
-
-def _zip(files: dict[str, bytes], generated_at: str) -> bytes:
-    stamp = max(ZIP_EPOCH, _parse_time(generated_at).timetuple()[:6])
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
-        for path, data in files.items():
-            info = zipfile.ZipInfo(path, date_time=stamp)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, data)
-    return out.getvalue()
 
 
 # -- human-readable documents ----------------------------------------------

@@ -8,7 +8,9 @@ Errors are JSON ``{"error": code, "message": text}``; the OpenAPI document at
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import tempfile
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -27,6 +29,7 @@ log = logging.getLogger("estampille.api")
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
 MAX_QUERY = 200  # characters of a search
+DOWNLOAD_CHUNK = 256 * 1024  # bytes read from the built bundle per write to the client
 MAX_PAGE = 1_000_000
 
 
@@ -141,17 +144,26 @@ async def show_message(request: web.Request) -> web.Response:
     return web.json_response(message_json(ev))
 
 
-async def bundle(request: web.Request) -> web.Response:
-    """The proof bundle of the message in the path, as a zip download."""
+async def bundle(request: web.Request) -> web.StreamResponse:
+    """The proof bundle of the message in the path, as a zip download (built in a temporary file)."""
     tracker = request.app[TRACKER]
-    message_id, data = await build_proof(
-        tracker.store, request.match_info["message_id"], now=tracker.clock(), timezone=tracker.config.tracker.timezone
-    )
-    return web.Response(
-        body=data,
-        content_type="application/zip",
-        headers={"Content-Disposition": f'attachment; filename="{bundle_filename(message_id)}"'},
-    )
+    with tempfile.TemporaryFile() as out:
+        message_id = await build_proof(
+            tracker.store, request.match_info["message_id"], out, now=tracker.clock(),
+            timezone=tracker.config.tracker.timezone,
+        )
+        size = out.tell()
+        out.seek(0)
+        response = web.StreamResponse(headers={
+            "Content-Type": "application/zip",
+            "Content-Disposition": f'attachment; filename="{bundle_filename(message_id)}"',
+        })
+        response.content_length = size
+        await response.prepare(request)
+        while chunk := await asyncio.to_thread(out.read, DOWNLOAD_CHUNK):
+            await response.write(chunk)
+        await response.write_eof()
+    return response
 
 
 def bundle_filename(message_id: str) -> str:

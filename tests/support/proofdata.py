@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 from dataclasses import dataclass
 
 import dkim
@@ -16,7 +17,7 @@ from opentimestamps.core.timestamp import Timestamp
 
 from relay import records
 from relay.merkle import Tree, leaf_ots
-from relay.proof import Anchoring, Evidence, ProofInput, RecipientEvidence
+from relay.proof import Anchoring, Evidence, ProofInput, RecipientEvidence, build_bundle
 from relay.verify import block_hash
 
 DOMAIN = "mairie-exemple.fr"
@@ -89,7 +90,21 @@ def mine_header(merkle_root: bytes) -> bytes:
     raise AssertionError("no nonce found")
 
 
-def build_input(n: int, keys: Keys, *, acknowledged: int = 1, confirmed: bool = True) -> tuple[ProofInput, dict[int, bytes]]:
+@dataclass(frozen=True)
+class Built:
+    """A proof's input, the message files it names (by SHA-256) and the block headers it needs."""
+
+    proof: ProofInput
+    blobs: dict[str, bytes]
+    headers: dict[int, bytes]
+
+    def bundle(self) -> bytes:
+        out = io.BytesIO()
+        build_bundle(self.proof, self.blobs.__getitem__, out)
+        return out.getvalue()
+
+
+def build_input(n: int, keys: Keys, *, acknowledged: int = 1, confirmed: bool = True) -> Built:
     """A message to ``n`` recipients, all delivered, the first ``acknowledged`` of them acknowledged."""
     rcpts = [f"membre{i:03d}@exemple.net" for i in range(n)]
     original = original_message(rcpts)
@@ -134,14 +149,17 @@ def build_input(n: int, keys: Keys, *, acknowledged: int = 1, confirmed: bool = 
     }
     recipients = tuple(
         RecipientEvidence(
-            recipient=rcpt, state="delivered", copy=copy, delivery=evidence[d.digest], handoff=evidence[h.digest],
+            recipient=rcpt, state="delivered", copy_sha256=hashlib.sha256(copy).hexdigest(),
+            delivery=evidence[d.digest], handoff=evidence[h.digest],
             acknowledgment=evidence[a.digest] if a else None,
         )
         for rcpt, copy, d, h, a in per
     )
     proof = ProofInput(
-        message_id=f"<conv-42@{DOMAIN}>", subject="Convocation au conseil municipal", original=original,
+        message_id=f"<conv-42@{DOMAIN}>", subject="Convocation au conseil municipal",
+        original_sha256=hashlib.sha256(original).hexdigest(),
         submission=evidence[sub.digest], recipients=recipients, generated_at="2026-11-29T08:00:00.000000Z",
     )
-    return proof, headers
+    blobs = {hashlib.sha256(data).hexdigest(): data for data in [original] + [p[1] for p in per]}
+    return Built(proof, blobs, headers)
 

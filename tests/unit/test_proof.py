@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from relay import bundle_verify, proof
 from relay.bundle_verify import EXIT_INVALID, EXIT_PENDING, EXIT_VERIFIED, verify_files
 from relay.proof import MANIFEST, make_manifest, read_zip
-from tests.support.proofdata import Keys, build_input
+from tests.support.proofdata import Built, Keys, build_input
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +22,8 @@ def keys() -> Keys:
 
 @pytest.fixture(scope="module")
 def confirmed(keys):
-    proof_input, headers = build_input(3, keys, acknowledged=1)
-    return proof.build_bundle(proof_input), headers
+    built = build_input(3, keys, acknowledged=1)
+    return built.bundle(), built.headers
 
 
 def verify(data: bytes, headers):
@@ -58,8 +59,8 @@ def test_bundle_holds_every_part(confirmed):
 
 
 def test_building_is_deterministic(keys):
-    proof_input = build_input(2, keys)[0]  # signing stamps the time: one input, built twice
-    assert proof.build_bundle(proof_input) == proof.build_bundle(proof_input)
+    built = build_input(2, keys)  # signing stamps the time: one input, built twice
+    assert built.bundle() == built.bundle()
 
 
 def test_any_single_changed_byte_of_any_file_is_named(confirmed):
@@ -72,6 +73,14 @@ def test_any_single_changed_byte_of_any_file_is_named(confirmed):
             report = verify_files(changed, headers, regtest=True)
             assert report.exit_code == EXIT_INVALID, (path, offset)
             assert report.problem.path == path, (path, offset, report.problem)
+
+
+def test_a_message_file_whose_content_differs_from_its_name_is_refused(keys):
+    built = build_input(1, keys)
+    sha = built.proof.original_sha256
+    damaged = Built(built.proof, {**built.blobs, sha: built.blobs[sha] + b" "}, built.headers)
+    with pytest.raises(ValueError, match=sha):
+        damaged.bundle()
 
 
 def test_a_damaged_zip_is_invalid_not_a_crash(confirmed):
@@ -90,8 +99,8 @@ def read_zip_or_empty(data: bytes) -> dict[str, bytes]:
 
 
 def test_pending_anchors_give_exit_1(keys):
-    proof_input, headers = build_input(2, keys, confirmed=False)
-    report = verify(proof.build_bundle(proof_input), headers)
+    built = build_input(2, keys, confirmed=False)
+    report = verify(built.bundle(), built.headers)
     assert report.status == "pending" and report.exit_code == EXIT_PENDING, report.summary()
     assert all(c.anchor.calendars == ("http://127.0.0.1:1/calendar",) for c in report.records)
 
@@ -135,7 +144,8 @@ def reforge(files: dict[str, bytes]) -> dict[str, bytes]:
     """What a forger would do: recompute the manifest over edited files."""
     manifest = json.loads(files[MANIFEST])
     rest = {p: d for p, d in files.items() if p != MANIFEST}
-    return {MANIFEST: make_manifest(manifest["facts"], rest), **rest}
+    listing = {p: (hashlib.sha256(d).hexdigest(), len(d)) for p, d in rest.items()}
+    return {MANIFEST: make_manifest(manifest["facts"], listing), **rest}
 
 
 @pytest.mark.parametrize("module", ["relay/proof.py", "relay/bundle_verify.py"])
