@@ -76,7 +76,8 @@ async def backup(store: Store, dest: Path, *, now: float) -> BackupSummary:
     except OSError as exc:
         raise BackupError(f"cannot write the backup in {dest}: {exc}") from exc
     files.update(copied)
-    missing = sorted(digest for digest in await store.referenced_blobs() if _blob_rel(digest) not in files)
+    named = await Store.blobs_named_in(db_file)  # the snapshot's, not the live database's
+    missing = sorted(digest for digest in named if _blob_rel(digest) not in files)
     manifest = {
         "format": FORMAT,
         "created_at": now,

@@ -217,6 +217,10 @@ _INSERT_RECORD_SQL = (
     "INSERT OR IGNORE INTO records (digest, type, body, submission_id, delivery_id, created_at)"
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
+_REFERENCED_BLOBS_SQL = (
+    "SELECT data_sha256 FROM submissions UNION SELECT copy_sha256 FROM deliveries"
+    " WHERE copy_sha256 IS NOT NULL EXCEPT SELECT sha256 FROM purged_messages"
+)
 _QUEUE_LEAF_SQL = "INSERT OR IGNORE INTO anchor_leaves (digest, queued_at) VALUES (?, ?)"
 
 
@@ -583,13 +587,23 @@ class Store:
         problems += [f"{row[0]} row {row[1]} names a missing {row[2]}" for row in rows]
         return problems
 
-    async def referenced_blobs(self) -> set[str]:
-        """SHA-256 of every message file a row names and retention has not purged."""
-        rows = await self.fetchall(
-            "SELECT data_sha256 FROM submissions UNION SELECT copy_sha256 FROM deliveries"
-            " WHERE copy_sha256 IS NOT NULL EXCEPT SELECT sha256 FROM purged_messages"
-        )
-        return {row[0] for row in rows}
+    @staticmethod
+    async def blobs_named_in(db_file: Path) -> set[str]:
+        """SHA-256 of every message file the rows of ``db_file`` name and retention has not
+        purged. Read-only, on a file no store has open: a backup checks its snapshot with
+        it, not the live database, which has moved on since."""
+
+        def read() -> set[str]:
+            conn = sqlite3.connect(db_file.resolve().as_uri() + "?mode=ro", uri=True)
+            try:
+                return {row[0] for row in conn.execute(_REFERENCED_BLOBS_SQL).fetchall()}
+            finally:
+                conn.close()
+
+        try:
+            return await asyncio.to_thread(read)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read {db_file}: {exc}") from exc
 
     # -- operations: retention of message files -----------------------------
 

@@ -40,7 +40,13 @@ async def add_message(store: Store, n: int) -> tuple[str, str]:
         attachments=[],
     )
     async with store.transaction() as db:
-        await Store.insert_record(db, record, now=NOW + n)
+        await Store.insert_record(db, record, submission_id=f"s{n}", now=NOW + n)
+        await Store.insert_submission(
+            db,
+            {"id": f"s{n}", "received_at": NOW + n, "mail_from": "mairie@example.org", "client_address": "127.0.0.1",
+             "size": len(data), "data_sha256": data_sha, "record_digest": record.digest},
+            [(f"elu{n}@example.org", "[]")],
+        )
     return data_sha, record.digest
 
 
@@ -76,20 +82,27 @@ async def test_round_trip_keeps_every_record_and_message(tmp_path: Path):
 
 
 async def test_backup_while_writing_is_consistent(tmp_path: Path):
-    """Writers keep committing during the backup; the copy is one consistent snapshot."""
+    """A writer keeps committing messages while `estampille backup` (another connection)
+    copies: the copy is one consistent snapshot with every message file it names."""
     store = await Store.open(tmp_path / "live")
     try:
         await asyncio.gather(*(add_message(store, n) for n in range(5)))
+        done = asyncio.Event()
 
-        async def keep_writing() -> None:
-            for n in range(5, 60):
+        async def keep_writing() -> int:
+            n = 5
+            while not done.is_set():
                 await add_message(store, n)
+                n += 1
+            return n
 
         writer = asyncio.create_task(keep_writing())
-        await backup(store, tmp_path / "backup", now=NOW)
-        await writer
+        await backup_data_dir(tmp_path / "live", tmp_path / "backup", now=NOW)
+        done.set()
+        written = await writer
     finally:
         await store.close()
+    assert written > 5  # the writer did commit while the backup ran
 
     await restore(tmp_path / "backup", tmp_path / "restored", force=False)
     restored = await Store.open(tmp_path / "restored")
