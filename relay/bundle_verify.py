@@ -32,7 +32,6 @@ from relay.proof import (
     BundleProblem,
     DKIMKey,
     parse_manifest,
-    read_zip,
     record_path,
 )
 from relay.records import Record, sha256_hex

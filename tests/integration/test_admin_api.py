@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from http.cookies import SimpleCookie
 from pathlib import Path
 from urllib.parse import quote
