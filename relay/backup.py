@@ -86,10 +86,9 @@ async def backup(store: Store, dest: Path, *, now: float) -> BackupSummary:
     }
     await asyncio.to_thread(_write_durably, dest / MANIFEST, json.dumps(manifest, indent=1).encode())
     if corrupt or missing:
-        raise BackupError(
-            f"backup written to {dest}, but the data directory is damaged: "
-            + "; ".join([f"{rel} does not match its name" for rel in corrupt] + [f"message file {d} is missing" for d in missing])
-        )
+        problems = [f"{rel} does not match its name" for rel in corrupt]
+        problems += [f"message file {digest} is missing" for digest in missing]
+        raise BackupError(f"backup written to {dest}, but the data directory is damaged: {'; '.join(problems)}")
     return _summary(dest, manifest)
 
 
