@@ -18,7 +18,8 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from relay.evidence import load_message, message_json
+from relay.errors import NotFoundError
+from relay.evidence import MessageEvidence, load_message, message_json
 from tracker import api
 from tracker.admin_auth import (
     ADMIN_PREFIX,
@@ -155,7 +156,7 @@ def setup(app: web.Application) -> None:
     r.add_post(f"{ADMIN_PREFIX}/logout", logout)
     r.add_get(ADMIN_PREFIX, to_list)
     r.add_get(f"{ADMIN_PREFIX}/", messages)
-    r.add_get(f"{ADMIN_PREFIX}/messages/{{message_id:.+}}/bundle", api.bundle)
+    r.add_get(f"{ADMIN_PREFIX}/messages/{{message_id:.+}}/bundle", bundle)
     r.add_get(f"{ADMIN_PREFIX}/messages/{{message_id:.+}}/unacknowledged.csv", unacknowledged_csv)
     r.add_get(f"{ADMIN_PREFIX}/messages/{{message_id:.+}}", message_page)
 
@@ -235,7 +236,7 @@ def _day_start(day: str, tz: str, offset_days: int) -> str:
 
 async def message_page(request: web.Request) -> web.Response:
     tracker = request.app[TRACKER]
-    ev = await load_message(tracker.store, request.match_info["message_id"])
+    ev = await _message(request)
     view = message_json(ev)
     lang = negotiate(request.headers.get("Accept-Language"))
     a = TEXTS[lang]
@@ -257,6 +258,22 @@ async def message_page(request: web.Request) -> web.Response:
             "csv_href": f"{href}/unacknowledged.csv",
         },
     )
+
+
+async def _message(request: web.Request) -> MessageEvidence:
+    """The message named in the path; an unknown one is the 404 page."""
+    try:
+        return await load_message(request.app[TRACKER].store, request.match_info["message_id"])
+    except NotFoundError:
+        raise web.HTTPNotFound() from None
+
+
+async def bundle(request: web.Request) -> web.StreamResponse:
+    """The API's bundle download, with the admin pages' 404 for an unknown message or a missing file."""
+    try:
+        return await api.bundle(request)
+    except NotFoundError:
+        raise web.HTTPNotFound() from None
 
 
 def _ack_at(recipient: dict[str, Any]) -> str | None:
@@ -302,7 +319,7 @@ def timeline(view: dict[str, Any], r: dict[str, Any], a: dict[str, str], tz: str
 
 async def unacknowledged_csv(request: web.Request) -> web.Response:
     """The recipients without an acknowledgment, with their delivery state."""
-    ev = await load_message(request.app[TRACKER].store, request.match_info["message_id"])
+    ev = await _message(request)
     view = message_json(ev)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")

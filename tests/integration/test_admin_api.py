@@ -191,3 +191,11 @@ async def test_admin_list_filters_by_day_in_the_tracker_time_zone(env):
         assert r.status == 200 and (SUBJECT in await r.text()) == found, (since, until)
     r = await c.get("/admin/", params={"since": "29/11/2026"}, headers=headers)
     assert r.status == 400
+
+
+async def test_unknown_message_pages_are_404(env):
+    c = env["client"]
+    sid, _ = await login(c, env["token"])
+    for suffix in ("", "/bundle", "/unacknowledged.csv"):
+        r = await c.get(f"/admin/messages/%3Cnobody%40nowhere%3E{suffix}", headers={"Cookie": f"{COOKIE}={sid}"})
+        assert r.status == 404, suffix
