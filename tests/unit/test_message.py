@@ -57,3 +57,10 @@ def test_header_block_and_crlf():
     assert header_block(b"A: 1\r\nB: 2\r\n\r\nbody\r\n") == b"A: 1\r\nB: 2\r\n"
     assert header_block(b"A: 1\nB: 2\n\nbody\n") == b"A: 1\nB: 2\n"
     assert to_crlf(b"a\nb\r\nc\rd") == b"a\r\nb\r\nc\r\nd"
+
+
+def test_single_part_attachment_is_found():
+    data = (b"Subject: x\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=a.pdf\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n")
+    (only,) = read_facts(data).attachments
+    assert only.filename == "a.pdf" and only.sha256 == hashlib.sha256(b"%PDF-").hexdigest()
