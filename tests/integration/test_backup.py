@@ -195,3 +195,15 @@ async def test_a_bundle_made_from_the_restored_copy_verifies(tmp_path: Path):
     assert report["status"] == "verified"
     assert {r["recipient"]: r["acknowledged_at"] is not None for r in report["recipients"]} == {
         r: r == ACKNOWLEDGER for r in RECIPIENTS}
+
+
+async def test_a_damaged_message_file_is_reported_by_the_backup(tmp_path: Path):
+    store = await Store.open(tmp_path / "live")
+    try:
+        data_sha, _ = await add_message(store, 1)
+        store.blob_path(data_sha).write_bytes(b"bit rot")
+        with pytest.raises(BackupError, match=f"messages/{data_sha[:2]}/{data_sha} does not match its name"):
+            await backup(store, tmp_path / "backup", now=NOW)
+    finally:
+        await store.close()
+    assert (tmp_path / "backup" / MANIFEST).is_file()  # written anyway: the rest is worth having
