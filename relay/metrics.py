@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
@@ -38,7 +37,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from relay.config import Config
 from relay.errors import EstampilleError, StoreError
-from relay.store import Store
+from relay.store import OperationsFigures, Store
 
 log = logging.getLogger("estampille.metrics")
 
@@ -52,10 +51,10 @@ class StoreFigures:
     """A prometheus-client collector over the last figures read from the store."""
 
     def __init__(self) -> None:
-        self.figures: dict[str, Any] | None = None
+        self.figures: OperationsFigures | None = None
         self.now = 0.0
 
-    def update(self, figures: dict[str, Any], now: float) -> None:
+    def update(self, figures: OperationsFigures, now: float) -> None:
         self.figures, self.now = figures, now
 
     def _age(self, since: float | None) -> float:
@@ -66,27 +65,27 @@ class StoreFigures:
         if f is None:
             return
         yield _labelled(GaugeMetricFamily, "deliveries", "Deliveries by state (queue depth).", "state",
-                        DELIVERY_STATES, f["deliveries_by_state"])
+                        DELIVERY_STATES, f.deliveries_by_state)
         yield _labelled(CounterMetricFamily, "delivery_attempts", "Delivery attempts by outcome.", "outcome",
-                        ATTEMPT_OUTCOMES, f["attempts_by_outcome"])
+                        ATTEMPT_OUTCOMES, f.attempts_by_outcome)
         yield GaugeMetricFamily(PREFIX + "oldest_deferred_age_seconds",
                                 "Age of the oldest message with a deferred delivery (0: none).",
-                                value=self._age(f["oldest_deferred_received_at"]))
+                                value=self._age(f.oldest_deferred_received_at))
         yield GaugeMetricFamily(PREFIX + "anchor_leaves_pending", "Evidence records waiting for a batch.",
-                                value=f["leaves_pending"])
+                                value=f.leaves_pending)
         yield GaugeMetricFamily(PREFIX + "anchor_oldest_leaf_age_seconds",
                                 "Age of the oldest record waiting for a batch (0: none).",
-                                value=self._age(f["oldest_leaf_queued_at"]))
+                                value=self._age(f.oldest_leaf_queued_at))
         yield GaugeMetricFamily(PREFIX + "anchor_batches_pending",
                                 "Batches submitted or being submitted, not yet confirmed in Bitcoin.",
-                                value=f["batches_pending"])
+                                value=f.batches_pending)
         yield GaugeMetricFamily(PREFIX + "anchor_oldest_batch_age_seconds",
                                 "Age of the oldest unconfirmed batch (0: none).",
-                                value=self._age(f["oldest_batch_created_at"]))
+                                value=self._age(f.oldest_batch_created_at))
         yield CounterMetricFamily(PREFIX + "acknowledgments", "Deliveries whose recipient acknowledged receipt.",
-                                  value=f["receipts"])
+                                  value=f.receipts)
         yield _labelled(CounterMetricFamily, "ack_page_fetches", "Acknowledgment page fetches by classification.",
-                        "classification", FETCH_CLASSES, f["fetches_by_classification"])
+                        "classification", FETCH_CLASSES, f.fetches_by_classification)
 
 
 def _labelled(kind: type, name: str, documentation: str, label: str, values: tuple[str, ...],

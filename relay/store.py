@@ -273,6 +273,23 @@ class ReceiptWrite:
     at: float
     personal: PersonalData
     record: Record
+
+
+@dataclass(frozen=True)
+class OperationsFigures:
+    """What /metrics reads from the database at each scrape (times are Unix times)."""
+
+    deliveries_by_state: dict[str, int]
+    attempts_by_outcome: dict[str, int]
+    fetches_by_classification: dict[str, int]
+    oldest_deferred_received_at: float | None
+    leaves_pending: int
+    oldest_leaf_queued_at: float | None
+    batches_pending: int
+    oldest_batch_created_at: float | None
+    receipts: int
+
+
 _SQL_CHUNK = 500  # digests per IN (...) query, well under SQLite's variable limit
 WEBHOOK_EVENTS = ("accepted", "delivered", "deferred", "failed", "fetched", "acknowledged", "anchored", "confirmed")
 
@@ -675,7 +692,7 @@ class Store:
 
     # -- operations: figures for /metrics -----------------------------------
 
-    async def operations_figures(self) -> dict[str, Any]:
+    async def operations_figures(self) -> OperationsFigures:
         """Counts and oldest times that the metrics endpoint exposes."""
         deferred = await self.fetchone(
             "SELECT MIN(s.received_at) FROM deliveries d JOIN submissions s ON s.id = d.submission_id"
@@ -686,19 +703,19 @@ class Store:
             "SELECT COUNT(*), MIN(created_at) FROM anchor_batches WHERE state IN ('submitting', 'pending')"
         )
         receipts = await self.fetchone("SELECT COUNT(*) FROM receipts")
-        return {
-            "deliveries_by_state": await self._counts("SELECT state, COUNT(*) FROM deliveries GROUP BY state"),
-            "attempts_by_outcome": await self._counts("SELECT outcome, COUNT(*) FROM attempts GROUP BY outcome"),
-            "fetches_by_classification": await self._counts(
+        return OperationsFigures(
+            deliveries_by_state=await self._counts("SELECT state, COUNT(*) FROM deliveries GROUP BY state"),
+            attempts_by_outcome=await self._counts("SELECT outcome, COUNT(*) FROM attempts GROUP BY outcome"),
+            fetches_by_classification=await self._counts(
                 "SELECT classification, COUNT(*) FROM fetches GROUP BY classification"
             ),
-            "oldest_deferred_received_at": deferred[0],
-            "leaves_pending": leaves[0],
-            "oldest_leaf_queued_at": leaves[1],
-            "batches_pending": batches[0],
-            "oldest_batch_created_at": batches[1],
-            "receipts": receipts[0],
-        }
+            oldest_deferred_received_at=deferred[0],
+            leaves_pending=leaves[0],
+            oldest_leaf_queued_at=leaves[1],
+            batches_pending=batches[0],
+            oldest_batch_created_at=batches[1],
+            receipts=receipts[0],
+        )
 
     async def _counts(self, sql: str) -> dict[str, int]:
         return {row[0]: row[1] for row in await self.fetchall(sql)}

@@ -13,6 +13,7 @@ from prometheus_client import generate_latest
 from relay.cli import build_parser, main
 from relay.config import Config, documented_keys
 from relay.metrics import Metrics
+from relay.store import OperationsFigures
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = sorted((ROOT / "docs").glob("*.md"))
@@ -80,11 +81,11 @@ def test_every_configuration_key_named_exists(page):
 
 def test_every_metric_named_is_exposed():
     metrics = Metrics()
-    metrics.store_figures.update({
-        "deliveries_by_state": {}, "attempts_by_outcome": {}, "fetches_by_classification": {},
-        "oldest_deferred_received_at": None, "leaves_pending": 0, "oldest_leaf_queued_at": None,
-        "batches_pending": 0, "oldest_batch_created_at": None, "receipts": 0,
-    }, 0.0)
+    metrics.store_figures.update(OperationsFigures(
+        deliveries_by_state={}, attempts_by_outcome={}, fetches_by_classification={},
+        oldest_deferred_received_at=None, leaves_pending=0, oldest_leaf_queued_at=None,
+        batches_pending=0, oldest_batch_created_at=None, receipts=0,
+    ), 0.0)
     metrics.smtp_reply("451 4.3.0 x")
     metrics.http_errors.labels("404").inc()
     exposed = set(METRIC.findall(generate_latest(metrics.registry).decode()))
