@@ -369,6 +369,10 @@ class Store:
             await db.execute("PRAGMA synchronous=FULL")
             await db.execute("PRAGMA foreign_keys=ON")
             await db.execute("PRAGMA busy_timeout=5000")
+            # Temporary data (statement journals, which foreign keys make SQLite keep for each
+            # statement) stays in memory rather than temporary files: for the 10^6 UPDATEs of an
+            # anchoring batch, system CPU went from 8.5 s to 1.4 s.
+            await db.execute("PRAGMA temp_store=MEMORY")
             store = cls(data_dir, db)
             await store._migrate()
         except sqlite3.Error as exc:
