@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -154,7 +155,10 @@ async def test_stock_ots_client_upgrades_and_verifies(store, calendars, chain, t
 async def test_javascript_opentimestamps_verifies_against_esplora_fake(store, calendars, chain, tmp_path):
     node_bin = require_tool("node")
     if not (JS_DIR / "node_modules" / "opentimestamps").exists():
-        pytest.fail("tests/js/node_modules is missing: run 'npm install' in tests/js")
+        message = "tests/js/node_modules is missing: run 'npm install' in tests/js"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     recs = records(1000)
     await queue(store, recs)
     async with Anchorer(store, anchor_config(calendars)) as anchorer:
