@@ -29,6 +29,7 @@ import io
 import json
 import re
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -328,6 +329,10 @@ class BundleProblem(VerificationError):
         self.detail = detail
 
 
+# What zipfile raises on damaged archives (a flipped bit can hit a header, a method, the deflate stream).
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError, RuntimeError)
+
+
 def read_zip(data: bytes, name: str = "bundle.zip") -> dict[str, bytes]:
     """The files of a zip bundle, refusing archives that are corrupt or far too large."""
     try:
@@ -339,10 +344,10 @@ def read_zip(data: bytes, name: str = "bundle.zip") -> dict[str, bytes]:
             for info in infos:
                 try:
                     files[info.filename] = zf.read(info)
-                except (zipfile.BadZipFile, OSError, ValueError) as exc:
+                except _ZIP_ERRORS as exc:
                     raise BundleProblem(info.filename, "archive", f"cannot be read from the zip ({exc})") from exc
             return files
-    except zipfile.BadZipFile as exc:
+    except _ZIP_ERRORS as exc:
         raise BundleProblem(name, "archive", f"not a readable zip file ({exc})") from exc
 
 
