@@ -162,6 +162,10 @@ def _verify(bundle: Bundle, headers: Headers, regtest: bool) -> BundleReport:
         raise BundleProblem(facts["original"], "submission digest", "differs from data_sha256 in the submission record")
     if fields.get("message_id") != facts["message_id"]:
         raise BundleProblem(facts["submission"], "message id", "the record names another Message-ID")
+    named = [entry["recipient"] for entry in facts["recipients"]]
+    if len(named) != len(set(named)) or set(named) != set(fields["rcpt_to"]):
+        # Leaving a recipient out would hide what happened to them: the record lists them all.
+        raise BundleProblem(MANIFEST, "recipients", "does not list each recipient of the submission record once")
     paths = [facts["submission"]]
     recipients = []
     for entry in facts["recipients"]:

@@ -155,3 +155,34 @@ def test_proof_modules_are_pure(module):
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert not imported & {"asyncio", "aiohttp", "aiosqlite", "aiosmtpd", "socket", "time", "random", "secrets", "os"}
+
+
+def test_forged_manifests_are_refused_not_crashed(confirmed):
+    """A manifest rewritten by hand (checksum recomputed) with missing or mistyped facts: exit 2."""
+    data, headers = confirmed
+    files = read_zip(data)
+    manifest = json.loads(files[MANIFEST])
+    rest = {p: d for p, d in files.items() if p != MANIFEST}
+    listing = {p: (hashlib.sha256(d).hexdigest(), len(d)) for p, d in rest.items()}
+    facts = manifest["facts"]
+    variants = [{k: v for k, v in facts.items() if k != key} for key in facts]
+    variants += [{**facts, key: value} for key in facts for value in (None, 7, "x", [], {})]
+    first = facts["recipients"][0]
+    variants += [{**facts, "recipients": [{k: v for k, v in first.items() if k != key}]} for key in first]
+    variants += [{**facts, "recipients": [{**first, key: 7}]} for key in first]
+    for forged in variants:
+        report = verify_files({MANIFEST: make_manifest(forged, listing), **rest}, headers, regtest=True)
+        assert report.exit_code in (EXIT_INVALID, EXIT_VERIFIED), forged
+        if report.exit_code == EXIT_VERIFIED:  # only facts the verifier does not rely on were changed
+            assert forged.keys() >= {"submission", "original", "recipients", "message_id"}
+            assert len(report.recipients) == 3  # nobody can be left out of the report
+
+
+def test_a_manifest_leaving_a_recipient_out_is_refused(confirmed):
+    data, headers = confirmed
+    files = read_zip(data)
+    manifest = json.loads(files[MANIFEST])
+    manifest["facts"]["recipients"] = manifest["facts"]["recipients"][:2]
+    files[MANIFEST] = json.dumps(manifest).encode()
+    report = verify_files(reforge(files), headers, regtest=True)
+    assert (report.problem.path, report.problem.check) == (MANIFEST, "recipients")
