@@ -237,6 +237,7 @@ OPENAPI: dict[str, Any] = {
         f"{API_PREFIX}/messages/{{message_id}}": {
             "get": {
                 "summary": "A message's evidence: submission, and per recipient delivery, hand-off, fetches, acknowledgment",
+                "description": "If the application submitted the same Message-ID more than once, the latest submission.",
                 "parameters": [_MESSAGE_ID_PARAM],
                 "responses": {
                     "200": {"description": "The message.", "content": {"application/json": {"schema": _ref("Message")}}},
