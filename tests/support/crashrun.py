@@ -5,9 +5,10 @@ messages). Each message has 3 recipients and a sequence number header; sending
 clients retry a message until it gets a 250 (as an MTA would), so a 250 lost in a
 kill shows up as a duplicate, never as a loss. The relay is killed at ``kills``
 moments chosen at random among the numbers of accepted messages, and started again
-on the same port. At the end the relay is stopped with SIGTERM, anchoring is run
-to completion against a local calendar and a fake chain, and :func:`check` reads
-the database and the sink::
+on the same port. At the end, once every copy is delivered, the relay's own anchoring
+workers batch every record to a local calendar, a (fake) block is mined and the
+upgrade worker confirms every batch; then the relay is stopped with SIGTERM and
+:func:`check` reads the database and the sink::
 
     report = await crash_run(tmp_path, messages=200, kills=5, seed=1)
     assert report.problems == []
@@ -16,6 +17,7 @@ the database and the sink::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import random
 import re
@@ -28,9 +30,7 @@ from pathlib import Path
 
 import aiosmtplib
 
-from relay import anchor
-from relay.config import Config
-from relay.store import DB_NAME, Store
+from relay.store import DB_NAME
 from tests.support.calendar import FakeCalendar, FakeChain
 from tests.support.served import Relay
 from tests.support.sink import Sink, free_port
@@ -178,21 +178,18 @@ async def crash_run(work: Path, *, messages: int, kills: int = 5, clients: int =
             await asyncio.wait_for(asyncio.gather(*senders), deadline)
             report.accepted, report.send_retries = len(run.accepted), run.retries
             await _until_delivered(work / "data", run.accepted, sink, deadline)
+            # The relay's own anchoring workers: every leaf in a batch at the calendar, a block
+            # is mined, and the upgrade worker grafts it.
+            await _until(lambda: _anchoring(work / "data")[:2] == (0, 0), deadline, "every leaf submitted")
+            calendar.confirm()
+            await _until(lambda: _anchoring(work / "data")[2] == 0, deadline, "every batch confirmed")
         finally:
             assert run.relay is not None
             run.relay.proc.send_signal(signal.SIGTERM)
             code = await run.relay.wait()
         if code != 0:
             report.problems.append(f"relay exited {code} on SIGTERM")
-        config = Config.from_file(config_path)
-        store = await Store.open(config.data_path)
-        try:
-            await anchor.anchor_now(store, config.anchor)  # what the workers had not batched yet
-            calendar.confirm()
-            await anchor.anchor_now(store, config.anchor)  # the upgrade grafts the block
-        finally:
-            await store.close()
-        check(report, config.data_path, run.accepted, sink)
+        check(report, work / "data", run.accepted, sink)
     report.seconds = time.monotonic() - started
     return report
 
@@ -208,8 +205,25 @@ async def _until_delivered(data_dir: Path, accepted: set[int], sink: Sink, deadl
         await asyncio.sleep(0.2)
 
 
+async def _until(condition, deadline: float, what: str) -> None:
+    end = time.monotonic() + deadline
+    while not await asyncio.to_thread(condition):
+        if time.monotonic() > end:
+            raise TimeoutError(f"waited {deadline:.0f}s for {what}")
+        await asyncio.sleep(0.2)
+
+
+def _anchoring(data_dir: Path) -> tuple[int, int, int]:
+    """(unbatched leaves, batches still submitting, batches not yet confirmed)."""
+    with contextlib.closing(sqlite3.connect(f"file:{data_dir / DB_NAME}?mode=ro", uri=True)) as db:
+        unbatched = db.execute("SELECT COUNT(*) FROM anchor_leaves WHERE batch_id IS NULL").fetchone()[0]
+        submitting = db.execute("SELECT COUNT(*) FROM anchor_batches WHERE state = 'submitting'").fetchone()[0]
+        open_ = db.execute("SELECT COUNT(*) FROM anchor_batches WHERE state != 'confirmed'").fetchone()[0]
+    return unbatched, submitting, open_
+
+
 def _open_deliveries(data_dir: Path) -> int:
-    with sqlite3.connect(f"file:{data_dir / DB_NAME}?mode=ro", uri=True) as db:
+    with contextlib.closing(sqlite3.connect(f"file:{data_dir / DB_NAME}?mode=ro", uri=True)) as db:
         return db.execute("SELECT COUNT(*) FROM deliveries WHERE state NOT IN ('delivered', 'failed')").fetchone()[0]
 
 
