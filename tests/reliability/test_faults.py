@@ -18,6 +18,7 @@ import pytest
 
 from relay.anchor import Anchorer, export_ots
 from relay.config import AnchorConfig
+from relay.errors import StoreError
 from relay.records import Record
 from relay.store import DB_NAME, Store
 from relay.verify import verify_ots
@@ -152,23 +153,27 @@ def small_tmpfs(path: Path, megabytes: int):
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-async def test_full_disk_answers_452_or_451_and_loses_nothing_accepted(tmp_path, monkeypatch):
+@pytest.mark.parametrize("floor_mb", [1, 0])
+async def test_full_disk_answers_452_or_451_and_loses_nothing_accepted(tmp_path, monkeypatch, floor_mb):
     """On a 6 MB tmpfs when we can mount one (else ENOSPC injected into the store's writes):
-    every refusal is 452 (MAIL) or 451 (DATA); once space is back, everything accepted is delivered."""
+    every refusal is 452 (MAIL, below smtp.min_free_disk_mb) or 451 (DATA: with no floor, the
+    writes themselves fail); once space is back, everything accepted is delivered."""
     body = "Piece jointe: " + "x" * 76 + "\r\n"
     big = body * 3000  # about 270 kB a message, and as much again for each copy
     with small_tmpfs(tmp_path / "disk", 6) as grow:
         if grow is None:
             grow = _inject_enospc(monkeypatch)
         async with Sink() as sink:
-            config = relay_config(tmp_path / "disk" / "data", sink.port)
+            config = relay_config(tmp_path / "disk" / "data", sink.port, smtp={"min_free_disk_mb": floor_mb})
             async with running(config) as service:
-                codes = []
+                codes, refusals = [], []
                 while len(codes) < 60 and codes[-3:] != ["refused"] * 3:
                     code = await send(service.smtp_port, len(codes), RECIPIENTS[:2], big)
                     assert code in (250, 451, 452), code
                     codes.append(code if code == 250 else "refused")
+                    refusals.append(code)
                 accepted = codes.count(250)
+                print(f"floor {floor_mb} MB: {accepted} accepted, refusals {sorted(set(refusals) - {250})}")
                 assert accepted and "refused" in codes
                 grow(64)
                 await until(lambda: all_delivered(service.store, 2 * accepted), "the accepted messages", 60)
@@ -185,7 +190,7 @@ def _inject_enospc(monkeypatch):
     def put(self, data):
         full["writes"] += 1
         if full["writes"] > 8 and not full["grown"]:
-            raise __import__("relay.errors", fromlist=["StoreError"]).StoreError("No space left on device")
+            raise StoreError("cannot write message file: No space left on device")
         return original(self, data)
 
     monkeypatch.setattr(Store, "_put_blob_sync", put)
