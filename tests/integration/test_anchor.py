@@ -338,3 +338,23 @@ async def test_the_service_runs_the_anchoring_workers(tmp_path, calendars):
             await asyncio.sleep(0.05)
         assert [cal.digests_received for cal in calendars] == [1, 1, 1]
         assert verify_ots(recs[0].body, await export_ots(service.store, recs[0].digest), {}).status == "pending"
+
+
+async def test_webhook_events_for_anchored_and_confirmed_batches(store, calendars):
+    store.webhook_urls = ("http://127.0.0.1:9/hook",)  # only queued here; the sender is tested elsewhere
+    calendars[0].down = calendars[1].down = True
+    await queue(store, records(3))
+    clock = Clock()
+    async with Anchorer(store, anchor_config(calendars, min_calendars=2), clock=clock) as anchorer:
+        [outcome] = await anchorer.batch_all()
+        assert outcome.state == "submitting"
+        calendars[0].down = calendars[1].down = False
+        clock.now += 11
+        await anchorer.retry_submissions()
+        for cal in calendars:
+            cal.confirm()
+        await anchorer.upgrade()
+    rows = await store.fetchall("SELECT event, payload FROM webhook_events ORDER BY id")
+    assert [row["event"] for row in rows] == ["anchored", "confirmed"]
+    confirmed = json.loads(rows[1]["payload"])
+    assert confirmed["batch"] == outcome.batch_id and confirmed["leaves"] == 3 and confirmed["bitcoin_height"] == 1
