@@ -139,7 +139,7 @@ class Anchorer:
         self._clock = clock
         self._randbytes = randbytes
         self._session: aiohttp.ClientSession | None = None
-        self.stale_batches = 0  # read by /metrics
+        self.stale_batches = 0  # batches past anchor.stale_after at the last upgrade round
         hosts = [urlsplit(url).hostname or "" for url in config.calendars]
         self._allowed = tuple(pattern.lower() for pattern in (*config.allowlist, *hosts) if pattern)
 
