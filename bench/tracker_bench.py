@@ -120,6 +120,7 @@ class Run:
     p99_ms: float
     ok: int
     server_cpu_us: float  # server CPU time per request: steadier than rates on a shared machine
+    client_cpu_us: float
 
 
 def cpu_seconds(pid: int) -> float:
@@ -129,7 +130,7 @@ def cpu_seconds(pid: int) -> float:
 
 async def hammer(base: str, requests: list[tuple[str, str, dict | None]], concurrency: int, pid: int) -> Run:
     latencies: list[float] = []
-    cpu_before = cpu_seconds(pid)
+    cpu_before, client_before = cpu_seconds(pid), time.process_time()
     ok = 0
     queue = iter(requests)
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -148,7 +149,8 @@ async def hammer(base: str, requests: list[tuple[str, str, dict | None]], concur
         elapsed = time.perf_counter() - began
     latencies.sort()
     cpu_us = (cpu_seconds(pid) - cpu_before) / len(requests) * 1e6
-    return Run(len(requests) / elapsed, latencies[int(len(latencies) * 0.99) - 1] * 1000, ok, cpu_us)
+    client_us = (time.process_time() - client_before) / len(requests) * 1e6
+    return Run(len(requests) / elapsed, latencies[int(len(latencies) * 0.99) - 1] * 1000, ok, cpu_us, client_us)
 
 
 async def start_server(*args: str) -> tuple[asyncio.subprocess.Process, int]:
@@ -183,7 +185,8 @@ async def bench(count: int, concurrency: int) -> None:
             bare = await hammer(f"http://127.0.0.1:{port}", gets, concurrency, proc.pid)
         finally:
             await stop_server(proc)
-        print(f"bare    GET  {bare.rate:7.0f} req/s  p99 {bare.p99_ms:6.1f} ms  server CPU {bare.server_cpu_us:4.0f} us/req",
+        print(f"bare    GET  {bare.rate:7.0f} req/s  p99 {bare.p99_ms:6.1f} ms  server CPU {bare.server_cpu_us:4.0f} us/req"
+              f"  client CPU {bare.client_cpu_us:4.0f} us/req",
               flush=True)
 
         proc, port = await start_server("--serve", "tracker", "--data", str(data_dir))

@@ -5,6 +5,7 @@ Pure: the caller passes the Accept-Language header and the time zone.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -85,6 +86,7 @@ TEXTS: dict[str, dict[str, str]] = {
 }
 
 
+@functools.lru_cache(maxsize=512)  # browsers send a handful of distinct headers; pages ask several times
 def negotiate(accept_language: str | None) -> str:
     """The supported language the header prefers most (RFC 9110 quality values); French otherwise."""
     best, best_q = DEFAULT_LANGUAGE, 0.0
