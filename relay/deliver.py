@@ -125,6 +125,8 @@ def parse_queue_id(text: str) -> str | None:
 class Upstream(Protocol):
     """Where copies go: an SMTP server, or a directory standing in for one."""
 
+    eight_bit_mime: bool  # the upstream takes 8-bit bodies (8BITMIME): certify may leave 8-bit parts as they are
+
     async def send(self, sender: str, recipient: str, data: bytes, mail_options: list[str]) -> Reply: ...
 
     async def close(self) -> None: ...
@@ -138,6 +140,7 @@ class SMTPUpstream:
         self.helo_name = config.helo_name or helo_name
         self._idle: list[aiosmtplib.SMTP] = []
         self._slots = asyncio.Semaphore(max(1, config.connections))
+        self.eight_bit_mime = False  # learnt from the upstream's EHLO at the first transaction
 
     async def send(self, sender: str, recipient: str, data: bytes, mail_options: list[str]) -> Reply:
         async with self._slots:
@@ -146,6 +149,7 @@ class SMTPUpstream:
                 if client is None or not client.is_connected:
                     client = await self._connect()
                 reply = await self._transaction(client, sender, recipient, data, mail_options)
+                self.eight_bit_mime = client.supports_extension("8bitmime")
             except aiosmtplib.SMTPResponseException as exc:
                 # Refused before any envelope (greeting, EHLO, STARTTLS, AUTH): a problem between
                 # us and our upstream, not with this recipient, so never a permanent failure.
@@ -216,6 +220,7 @@ class MaildirUpstream:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self.eight_bit_mime = True  # a file takes any octet
         for sub in ("tmp", "new", "cur"):
             (directory / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
 
@@ -376,7 +381,8 @@ class Deliverer:
             log.exception("delivery %d (%s) not prepared", job.delivery_id, job.submission_id)
             reply = Reply(None, f"local error while preparing the copy: {type(exc).__name__}", "local")
         else:
-            reply = await self.upstream.send(job.mail_from, job.recipient, data, _forwarded_options(job))
+            options = _forwarded_options(job, data, self.upstream.eight_bit_mime)
+            reply = await self.upstream.send(job.mail_from, job.recipient, data, options)
         wait = RECORD_RETRY_FIRST
         while True:
             try:
@@ -400,12 +406,13 @@ class Deliverer:
             return await self.store.get_blob(job.copy_sha256)
         now = self.clock()
         certifier = self.certifier if job.kind == "mail" else dataclasses.replace(self.certifier, ack=NO_LINKS)
+        eight_bit_mime = self.upstream.eight_bit_mime
         async with self._certify_slots:
             cached = self._prepared.get(job.submission_id)
             prepared = cached[1] if cached and cached[0] is certifier else None  # keys unchanged since
             original = None if prepared is not None else await self.store.get_blob(job.data_sha256)
             copy, prepared = await asyncio.get_running_loop().run_in_executor(
-                self._certify_executor, self._certify, job, certifier, prepared, original, now)
+                self._certify_executor, self._certify, job, certifier, prepared, original, now, eight_bit_mime)
         self._remember(job.submission_id, certifier, prepared)
         copy_sha256 = await self.store.put_blob(copy.data)
         record = records.delivery_record(
@@ -432,7 +439,7 @@ class Deliverer:
 
     @staticmethod
     def _certify(job: Job, certifier: Certifier, prepared: Prepared | None, original: bytes | None,
-                 now: float) -> tuple[Certified, Prepared]:
+                 now: float, eight_bit_mime: bool) -> tuple[Certified, Prepared]:
         """The certify step for one recipient (in a thread: signing and MIME work are CPU-bound).
 
         The Date and Message-ID added to a message lacking them come from the submission,
@@ -442,7 +449,8 @@ class Deliverer:
             assert original is not None
             prepared = certifier.prepare(original, mail_from=job.mail_from, date=_utc(job.received_at),
                                          message_id_local=job.submission_id)
-        copy = certifier.copy(prepared, tokens=lambda: secrets.token_urlsafe(acklink.TOKEN_BYTES), now=int(now))
+        copy = certifier.copy(prepared, tokens=lambda: secrets.token_urlsafe(acklink.TOKEN_BYTES), now=int(now),
+                              eight_bit_mime=eight_bit_mime)
         return copy, prepared
 
     def _remember(self, submission_id: str, certifier: Certifier, prepared: Prepared) -> None:
@@ -529,10 +537,17 @@ class Deliverer:
         return incoming, read_facts(data), sha
 
 
-def _forwarded_options(job: Job) -> list[str]:
-    """MAIL parameters the upstream needs to take the bytes as they are (8-bit body, UTF-8 addresses)."""
+def _forwarded_options(job: Job, data: bytes, eight_bit_mime: bool) -> list[str]:
+    """MAIL parameters the upstream needs to take the bytes as they are (8-bit body, UTF-8 addresses).
+
+    An 8-bit copy is declared BODY=8BITMIME to an upstream that announced it, even when the
+    client did not declare its own body (many send 8-bit bodies without saying so).
+    """
     wanted = {"BODY=8BITMIME", "SMTPUTF8"}
-    return [opt for opt in job.mail_options if opt.upper() in wanted]
+    options = [opt for opt in job.mail_options if opt.upper() in wanted]
+    if eight_bit_mime and not data.isascii() and "BODY=8BITMIME" not in (opt.upper() for opt in options):
+        options.append("BODY=8BITMIME")
+    return options
 
 
 def _orcpt(options: tuple[str, ...]) -> str | None:

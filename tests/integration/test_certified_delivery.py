@@ -195,3 +195,19 @@ async def test_sender_domain_without_keys_is_refused_at_mail_when_configured(tmp
                     await client.rset()
                     reply = await client.execute_command(b"MAIL", f"FROM:<{sender}>".encode())
                     assert reply.code == 250, (sender, reply)
+
+
+async def test_eight_bit_parts_stay_eight_bit_once_the_upstream_announced_8bitmime(tmp_path: Path) -> None:
+    original = (CORPUS_DIR / "02-utf8-8bit.eml").read_bytes()
+    async with Sink() as sink:
+        config, keyring = certifying_config(tmp_path, sink.port)
+        async with running(config) as service:
+            await submit(service.smtp_port, (CORPUS_DIR / "01-ascii-plain.eml").read_bytes())
+            await wait_delivered(service, 2)  # the upstream's EHLO is known from here on
+            async with aiosmtplib.SMTP(hostname="127.0.0.1", port=service.smtp_port, timeout=30) as client:
+                await client.sendmail(SENDER, list(RECIPIENTS), original)  # 8-bit, without BODY=8BITMIME
+            await wait_delivered(service, 4)
+    for got in sink.messages[2:]:
+        assert not got.data.isascii() and b"Content-Transfer-Encoding: 8bit" in got.data
+        assert "BODY=8BITMIME" in got.mail_options
+        assert dkimpy_results(got.data, keyring) == {"rsa-sha256": True, "ed25519-sha256": True}
