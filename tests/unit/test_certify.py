@@ -126,7 +126,7 @@ def test_corpus_message_certified_for_two_recipients(path: Path, keyring: dkim.K
     assert [ct for ct, _ in after] == [ct for ct, _ in before]
     url = first.links[0].url(PUBLIC)
     seen = set()
-    for (ctype, old), (_, new) in zip(before, after):
+    for (ctype, old), (_, new) in zip(before, after, strict=True):
         if ctype not in seen:
             assert _nl(new) != _nl(old) and _without_block(new, ctype, url, templates) == _nl(old)
         else:
@@ -134,7 +134,7 @@ def test_corpus_message_certified_for_two_recipients(path: Path, keyring: dkim.K
         seen.add(ctype)
 
     # Charsets and transfer encodings are kept, except where SMTP forces quoted-printable.
-    for (ct, cs, cte), (ct2, cs2, cte2) in zip(_leaf_encodings(normal), _leaf_encodings(first.data)):
+    for (ct, cs, cte), (ct2, cs2, cte2) in zip(_leaf_encodings(normal), _leaf_encodings(first.data), strict=True):
         assert ct2 == ct
         assert cs2 == cs or (cs in (None, "us-ascii") and cs2 == "utf-8")
         assert cte2 == cte or (cte in ("7bit", "8bit") and cte2 == "quoted-printable")
