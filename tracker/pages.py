@@ -12,6 +12,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -48,6 +49,11 @@ _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^https?://\[[0-9
 ERROR_PAGES = {403: "forbidden", 404: "not_found", 405: "method", 429: "too_many", 500: "error", 503: "error"}
 
 
+# The wording as objects: Jinja's ``t.key`` then succeeds on its first getattr, where a dict
+# costs a failed getattr per lookup (a third of the acknowledgment page's rendering time).
+_WORDING = {lang: SimpleNamespace(**texts) for lang, texts in TEXTS.items()}
+
+
 @dataclass(frozen=True)
 class Tracker:
     """What the handlers share: configuration, store, clock and the tracker's state."""
@@ -72,7 +78,7 @@ def render(
     """A page in the visitor's language, on the shared base template."""
     lang = negotiate(request.headers.get("Accept-Language"))
     tracker = request.app[TRACKER]
-    base = {"lang": lang, "t": TEXTS[lang], "css_href": f"{tracker.base_path}/static/style.css"}
+    base = {"lang": lang, "t": _WORDING[lang], "css_href": f"{tracker.base_path}/static/style.css"}
     response = aiohttp_jinja2.render_template(template, request, {**base, **context}, status=status)
     response.headers["Vary"] = "Accept-Language"
     return response
