@@ -1044,14 +1044,15 @@ class Store:
             (token_sha256, delivery_id, target_url, now),
         )
 
-    async def find_ack_link(self, token_sha256: str) -> aiosqlite.Row | None:
-        """What an acknowledgment page shows and needs for one token, or None if unknown.
+    async def find_ack_links(self, token_sha256s: Sequence[str]) -> dict[str, aiosqlite.Row]:
+        """What an acknowledgment page shows and needs, for each known token hash.
 
         ``delivered_at`` is the upstream's acceptance when there is one, else the token's
         creation; ``acknowledged_at`` is NULL until the delivery's first acknowledgment.
         """
-        return await self.fetchone(
-            "SELECT t.delivery_id, t.target_url, t.created_at AS token_created_at,"
+        marks = ", ".join("?" for _ in token_sha256s)
+        rows = await self.fetchall(
+            "SELECT t.token_sha256, t.delivery_id, t.target_url, t.created_at AS token_created_at,"
             " d.recipient, d.record_digest AS delivery_digest,"
             " s.mail_from, s.subject, s.received_at, s.message_id,"
             " COALESCE((SELECT MAX(a.finished_at) FROM attempts a"
@@ -1060,9 +1061,10 @@ class Store:
             " FROM ack_tokens t JOIN deliveries d ON d.id = t.delivery_id"
             " JOIN submissions s ON s.id = d.submission_id"
             " LEFT JOIN receipts r ON r.delivery_id = d.id"
-            " WHERE t.token_sha256 = ?",
-            (token_sha256,),
+            f" WHERE t.token_sha256 IN ({marks})",
+            token_sha256s,
         )
+        return {row["token_sha256"]: row for row in rows}
 
     async def write_tracker_events(
         self, fetches: Sequence[FetchWrite], receipts: Sequence[ReceiptWrite]

@@ -67,7 +67,7 @@ async def _link(request: web.Request, visitor: Visitor, now: float):
     token = request.match_info["token"]
     link = None
     if TOKEN.fullmatch(token):
-        link = await tracker.store.find_ack_link(hashlib.sha256(token.encode("ascii")).hexdigest())
+        link = await tracker.links.find(hashlib.sha256(token.encode("ascii")).hexdigest())
     ttl_days = tracker.config.tracker.token_ttl_days
     if link is not None and ttl_days and now >= link["token_created_at"] + ttl_days * DAY:
         link = None

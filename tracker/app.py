@@ -27,6 +27,7 @@ from relay.errors import EstampilleError
 from relay.store import Store
 from tracker import ack, admin, antiforgery
 from tracker.classify import parse_networks
+from tracker.lookup import LinkLookup
 from tracker.pages import TRACKER, Tracker, errors, security_headers
 from tracker.ratelimit import MissLimiter
 from tracker.recorder import Recorder
@@ -52,6 +53,7 @@ def make_app(config: Config, store: Store, *, clock: Callable[[], float] = time.
         clock=clock,
         secret=antiforgery.load_secret(config.data_path),
         recorder=Recorder(store),
+        links=LinkLookup(store),
         misses=MissLimiter(tc.miss_limit_per_minute),
         trusted_proxies=parse_networks(tc.trusted_proxies),
         scanner_networks=parse_networks(tc.scanner_networks),

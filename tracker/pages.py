@@ -24,6 +24,7 @@ from relay.errors import EstampilleError
 from relay.store import Store
 from tracker.classify import Network
 from tracker.i18n import TEXTS, negotiate
+from tracker.lookup import LinkLookup
 from tracker.ratelimit import MissLimiter
 from tracker.recorder import Recorder
 
@@ -63,6 +64,7 @@ class Tracker:
     clock: Callable[[], float]
     secret: bytes
     recorder: Recorder
+    links: LinkLookup
     misses: MissLimiter
     trusted_proxies: tuple[Network, ...]
     scanner_networks: tuple[Network, ...]
