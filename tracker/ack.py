@@ -16,11 +16,14 @@ import hashlib
 import logging
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
-from relay.records import commitment, iso_time, receipt_record
+from relay.errors import StoreError
+from relay.records import Record, commitment, iso_time, receipt_record
 from relay.store import FetchWrite, PersonalData, ReceiptWrite
 from tracker import antiforgery
 from tracker.classify import classify_fetch
@@ -35,6 +38,8 @@ TOKEN = re.compile(r"[A-Za-z0-9_-]{22,128}")
 SALT_BYTES = 16
 MAX_USER_AGENT = 512  # longer user agents are cut before they are stored and committed to
 DAY = 86400
+
+Link = Mapping[str, Any]  # a row of Store.find_ack_links
 
 
 def add_routes(app: web.Application) -> None:
@@ -59,7 +64,7 @@ def _visitor(request: web.Request) -> Visitor:
     return Visitor(address, request.headers.get("User-Agent", "")[:MAX_USER_AGENT])
 
 
-async def _link(request: web.Request, visitor: Visitor, now: float):
+async def _link(request: web.Request, visitor: Visitor, now: float) -> Link:
     """The token's link row; a miss (404) or a blocked address (429) raises."""
     tracker = request.app[TRACKER]
     if tracker.misses.blocked(visitor.address, now):
@@ -75,15 +80,19 @@ async def _link(request: web.Request, visitor: Visitor, now: float):
         tracker.misses.miss(visitor.address, now)
         raise web.HTTPNotFound()
     if link["delivery_digest"] is None:
-        raise RuntimeError(f"delivery {link['delivery_id']} has a token but no delivery record")
+        raise StoreError(f"delivery {link['delivery_id']} has a token but no delivery record")
     return link
 
 
-def _personal(visitor: Visitor) -> tuple[PersonalData, str, str]:
-    """Fresh salt, the raw data kept until the purge, and the two commitments records hold."""
+def _evidence(link: Link, visitor: Visitor, kind: str, now: float) -> tuple[PersonalData, Record]:
+    """The raw data kept until the purge (with a fresh salt), and the receipt record that
+    holds only their salted commitments."""
     salt = secrets.token_bytes(SALT_BYTES)
-    personal = PersonalData(salt=salt, ip=visitor.address, user_agent=visitor.user_agent)
-    return personal, commitment(salt, visitor.address), commitment(salt, visitor.user_agent)
+    record = receipt_record(
+        delivery_digest=link["delivery_digest"], kind=kind, at=iso_time(now),
+        ip_commitment=commitment(salt, visitor.address), user_agent_commitment=commitment(salt, visitor.user_agent),
+    )
+    return PersonalData(salt=salt, ip=visitor.address, user_agent=visitor.user_agent), record
 
 
 async def show(request: web.Request) -> web.Response:
@@ -100,11 +109,7 @@ async def show(request: web.Request) -> web.Response:
         scanner_window=tracker.config.tracker.scanner_window,
         scanner_networks=tracker.scanner_networks,
     )
-    personal, ip_c, ua_c = _personal(visitor)
-    record = receipt_record(
-        delivery_digest=link["delivery_digest"], kind="fetched", at=iso_time(now),
-        ip_commitment=ip_c, user_agent_commitment=ua_c,
-    )
+    personal, record = _evidence(link, visitor, "fetched", now)
     await tracker.recorder.record_fetch(
         FetchWrite(link["delivery_id"], now, request.method, verdict.kind, verdict.reason, personal, record)
     )
@@ -127,11 +132,7 @@ async def acknowledge(request: web.Request) -> web.StreamResponse:
     value = form.get(antiforgery.FIELD)
     if not antiforgery.is_valid(tracker.secret, request.match_info["token"], value if isinstance(value, str) else None):
         raise web.HTTPForbidden()
-    personal, ip_c, ua_c = _personal(visitor)
-    record = receipt_record(
-        delivery_digest=link["delivery_digest"], kind="acknowledged", at=iso_time(now),
-        ip_commitment=ip_c, user_agent_commitment=ua_c,
-    )
+    personal, record = _evidence(link, visitor, "acknowledged", now)
     ack = await tracker.recorder.record_receipt(ReceiptWrite(link["delivery_id"], now, personal, record))
     if ack.first:
         log.info("delivery %d acknowledged (receipt %s)", link["delivery_id"], record.digest)
@@ -145,7 +146,7 @@ async def acknowledge(request: web.Request) -> web.StreamResponse:
     })
 
 
-def _details(request: web.Request, link, tz: str) -> dict:
+def _details(request: web.Request, link: Link, tz: str) -> dict[str, Any]:
     """What the pages show about the message, in the visitor's language."""
     lang = negotiate(request.headers.get("Accept-Language"))
     return {

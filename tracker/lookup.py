@@ -8,8 +8,8 @@ next one, which asks for all of them at once.
 from __future__ import annotations
 
 import asyncio
-
-import aiosqlite
+from collections.abc import Mapping
+from typing import Any
 
 from relay.store import Store
 
@@ -24,7 +24,7 @@ class LinkLookup:
         self._waiting: dict[str, list[asyncio.Future]] = {}
         self._task: asyncio.Task | None = None
 
-    async def find(self, token_sha256: str) -> aiosqlite.Row | None:
+    async def find(self, token_sha256: str) -> Mapping[str, Any] | None:
         """The link of this token hash, or None when no token has it."""
         future = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(token_sha256, []).append(future)

@@ -59,7 +59,7 @@ class Recorder:
     async def record_receipt(self, receipt: ReceiptWrite) -> Acknowledgment:
         return await self._submit(receipt)
 
-    async def _submit(self, event: FetchWrite | ReceiptWrite):
+    async def _submit(self, event: FetchWrite | ReceiptWrite) -> Acknowledgment | None:
         if self._task is None or self._stopping:
             raise StoreError("the tracker is stopping; nothing can be recorded")
         future = asyncio.get_running_loop().create_future()
