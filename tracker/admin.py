@@ -74,6 +74,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "ev_certified": "Copie certifiée et signée",
         "ev_attempt": "Tentative de remise",
         "ev_handoff": "Remis au serveur de messagerie",
+        "ev_handoff_4": "Refusé pour l'instant par le serveur de messagerie",
+        "ev_handoff_5": "Refusé définitivement par le serveur de messagerie",
         "ev_fetch_person": "Lien ouvert (probablement une personne)",
         "ev_fetch_scanner": "Lien ouvert (probablement un filtre de sécurité)",
         "ev_ack": "Accusé de réception",
@@ -124,6 +126,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "ev_certified": "Copy certified and signed",
         "ev_attempt": "Delivery attempt",
         "ev_handoff": "Handed to the mail server",
+        "ev_handoff_4": "Refused for now by the mail server",
+        "ev_handoff_5": "Refused for good by the mail server",
         "ev_fetch_person": "Link opened (likely a person)",
         "ev_fetch_scanner": "Link opened (likely a security scanner)",
         "ev_ack": "Acknowledgment of receipt",
@@ -303,7 +307,8 @@ def timeline(view: dict[str, Any], r: dict[str, Any], a: dict[str, str], tz: str
                        "detail": r["delivery"]["record"]["copy_sha256"][:16] + "…", "anchor": _anchor_text(r["delivery"], a)})
     if r["handoff"]:
         h = r["handoff"]["record"]
-        events.append({"at": h["handed_at"], "what": a["ev_handoff"], "detail": f"{h['code']} {h['text']}",
+        what = a.get(f"ev_handoff_{str(h['code'])[:1]}", a["ev_handoff"])  # the last answer: 2xx, 4xx or 5xx
+        events.append({"at": h["handed_at"], "what": what, "detail": f"{h['code']} {h['text']}",
                        "anchor": _anchor_text(r["handoff"], a)})
     elif r["last_reply"]:
         events.append({"at": r["updated_at"], "what": a["ev_attempt"], "detail": r["last_reply"], "anchor": ""})

@@ -199,3 +199,17 @@ async def test_unknown_message_pages_are_404(env):
     for suffix in ("", "/bundle", "/unacknowledged.csv"):
         r = await c.get(f"/admin/messages/%3Cnobody%40nowhere%3E{suffix}", headers={"Cookie": f"{COOKIE}={sid}"})
         assert r.status == 404, suffix
+
+
+def test_timeline_says_whether_the_mail_server_took_or_refused_the_copy():
+    from tracker.admin import TEXTS, timeline
+
+    def handoff(code: int, text: str) -> dict:
+        return {"record": {"handed_at": "2026-11-29T06:00:03Z", "code": code, "text": text},
+                "anchoring": {"state": "queued"}}
+
+    view = {"received_at": "2026-11-29T06:00:00Z", "submission": None}
+    for code, words in ((250, "Remis au serveur"), (451, "Refusé pour l'instant"), (550, "Refusé définitivement")):
+        r = {"delivery": None, "handoff": handoff(code, "x"), "last_reply": None, "fetches": [], "acknowledgment": None}
+        events = timeline(view, r, TEXTS["fr"], "Europe/Paris", "fr")
+        assert events[-1]["what"].startswith(words) and events[-1]["detail"] == f"{code} x"
