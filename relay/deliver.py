@@ -405,7 +405,7 @@ class Deliverer:
         if job.copy_sha256:
             return await self.store.get_blob(job.copy_sha256)
         now = self.clock()
-        certifier = self.certifier if job.kind == "mail" else dataclasses.replace(self.certifier, ack=NO_LINKS)
+        certifier = self.certifier if job.kind == "mail" else self._dsn_certifier()
         eight_bit_mime = self.upstream.eight_bit_mime
         async with self._certify_slots:
             cached = self._prepared.get(job.submission_id)
@@ -452,6 +452,11 @@ class Deliverer:
         copy = certifier.copy(prepared, tokens=lambda: secrets.token_urlsafe(acklink.TOKEN_BYTES), now=int(now),
                               eight_bit_mime=eight_bit_mime)
         return copy, prepared
+
+    def _dsn_certifier(self) -> Certifier:
+        """Our own DSNs: signed with the default domain's keys even under 'refuse', and no link."""
+        keyring = dataclasses.replace(self.certifier.keyring, refuse_unknown=False)
+        return dataclasses.replace(self.certifier, ack=NO_LINKS, keyring=keyring)
 
     def _remember(self, submission_id: str, certifier: Certifier, prepared: Prepared) -> None:
         self._prepared[submission_id] = (certifier, prepared)

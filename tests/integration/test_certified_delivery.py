@@ -210,3 +210,17 @@ async def test_eight_bit_parts_stay_eight_bit_once_the_upstream_announced_8bitmi
         assert not got.data.isascii() and b"Content-Transfer-Encoding: 8bit" in got.data
         assert "BODY=8BITMIME" in got.mail_options
         assert dkimpy_results(got.data, keyring) == {"rsa-sha256": True, "ed25519-sha256": True}
+
+
+async def test_dsn_is_signed_without_a_link_even_when_unknown_domains_are_refused(tmp_path: Path) -> None:
+    async with Sink() as sink:
+        sink.script(RECIPIENTS[1], ["550 5.1.1 no such user"])
+        config, keyring = certifying_config(tmp_path, sink.port)
+        config = dataclasses.replace(config, dkim=dataclasses.replace(config.dkim, unknown_domain="refuse"))
+        async with running(config) as service:
+            await submit(service.smtp_port, (CORPUS_DIR / "01-ascii-plain.eml").read_bytes())
+            got = await sink.wait_for(2)
+    dsn = next(m for m in got if m.mail_from == "")
+    assert dsn.rcpt_tos == (SENDER,) and b"multipart/report" in dsn.data
+    assert dkimpy_results(dsn.data, keyring) == {"rsa-sha256": True, "ed25519-sha256": True}
+    assert tokens_in(dsn.data) == set()
