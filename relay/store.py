@@ -905,7 +905,8 @@ class Store:
             "SELECT m.submission_id, m.digest, b.state AS batch_state FROM ("
             f" SELECT id AS submission_id, record_digest AS digest FROM submissions WHERE id IN ({marks})"
             f" UNION ALL SELECT submission_id, record_digest FROM deliveries WHERE submission_id IN ({marks})"
-            f" UNION ALL SELECT submission_id, handoff_digest FROM deliveries WHERE submission_id IN ({marks})"
+            " UNION ALL SELECT d.submission_id, r.digest FROM records r JOIN deliveries d ON d.id = r.delivery_id"
+            f"  WHERE r.type = 'handoff' AND d.submission_id IN ({marks})"
             " UNION ALL SELECT d.submission_id, r.record_digest FROM receipts r JOIN deliveries d"
             f"  ON d.id = r.delivery_id WHERE d.submission_id IN ({marks})"
             " UNION ALL SELECT d.submission_id, f.record_digest FROM fetches f JOIN deliveries d"
@@ -916,7 +917,7 @@ class Store:
         )
 
     async def message_evidence(self, submission_id: str) -> dict[str, list[aiosqlite.Row]]:
-        """The rows of one submission: deliveries, attempts, fetches, receipts, records."""
+        """The rows of one submission: deliveries, attempts, fetches, receipts, hand-off records."""
         sid = (submission_id,)
         return {
             "deliveries": await self.fetchall("SELECT * FROM deliveries WHERE submission_id = ? ORDER BY id", sid),
@@ -932,6 +933,12 @@ class Store:
             ),
             "receipts": await self.fetchall(
                 "SELECT r.* FROM receipts r JOIN deliveries d ON d.id = r.delivery_id WHERE d.submission_id = ?",
+                sid,
+            ),
+            # Every answer of the upstream (one hand-off record per attempt it answered), oldest first.
+            "handoffs": await self.fetchall(
+                "SELECT r.delivery_id, r.digest FROM records r JOIN deliveries d ON d.id = r.delivery_id"
+                " WHERE d.submission_id = ? AND r.type = 'handoff' ORDER BY r.created_at, r.rowid",
                 sid,
             ),
         }
