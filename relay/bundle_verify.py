@@ -70,6 +70,7 @@ class RecipientSummary:
     handed_at: str | None
     reply: str | None
     delivered: bool
+    earlier_answers: tuple[str, ...]  # the upstream's answers to earlier attempts, oldest first
     acknowledged_at: str | None
     fetches: int
     dkim: tuple[str, ...]
@@ -120,6 +121,8 @@ class BundleReport:
             lines.append(f"- {r.recipient}")
             lines.append(f"    sent:         {r.sent_at or 'not yet certified'}")
             lines.append(f"    handed over:  {r.handed_at or 'not yet'}" + (f" ({r.reply})" if r.reply else ""))
+            for answer in r.earlier_answers:
+                lines.append(f"    earlier:      {answer}")
             lines.append(f"    delivered:    {'yes' if r.delivered else 'no'}")
             lines.append(f"    acknowledged: {r.acknowledged_at or 'no'}" + (f"; link fetched {r.fetches}x" if r.fetches else ""))
             lines.append(f"    DKIM:         {', '.join(r.dkim) or 'no signature checked'}")
@@ -222,18 +225,27 @@ def _verify_recipient(bundle: Bundle, entry: dict[str, Any], submission: Record)
     for path in entry["fetches"]:
         _chained(bundle, path, "receipt", delivery)
         used.append(path)
+    earlier = entry.get("earlier_handoffs", [])  # absent from bundles made before they were included
+    for path in earlier:
+        _chained(bundle, path, "handoff", delivery)
+        used.append(path)
     h = handoff.fields if handoff else {}
     summary = RecipientSummary(
         recipient=recipient,
         sent_at=delivery.fields["certified_at"] if delivery else None,
         handed_at=h.get("handed_at"),
-        reply=f"{h['code']} {h['text']}".strip() if h else None,
+        reply=_answer(h) if h else None,
         delivered=bool(h) and 200 <= int(h["code"]) < 300,
+        earlier_answers=tuple(_answer(_record(bundle, path, "handoff").fields) for path in earlier),
         acknowledged_at=ack.fields["at"] if ack else None,
         fetches=len(entry["fetches"]),
         dkim=dkim_results,
     )
     return summary, used
+
+
+def _answer(handoff: dict[str, Any]) -> str:
+    return f"{handoff['code']} {handoff['text']}".strip()
 
 
 def _chained(bundle: Bundle, path: str, kind: str, delivery: Record | None) -> Record:

@@ -41,6 +41,7 @@ class MessageEvidence:
     attempts: dict[int, tuple[dict[str, Any], ...]]  # by delivery id
     fetches: dict[int, tuple[dict[str, Any], ...]]  # by delivery id
     receipts: dict[int, dict[str, Any]]  # by delivery id
+    handoffs: dict[int, tuple[str, ...]]  # by delivery id: every hand-off record's digest, oldest first
     records: dict[str, Record]  # by digest
     anchoring: dict[str, Anchoring]  # by digest
 
@@ -71,6 +72,7 @@ async def load_message(store: Store, message_id: str) -> MessageEvidence:
         attempts=by_delivery(rows["attempts"]),
         fetches=by_delivery(rows["fetches"]),
         receipts={r["delivery_id"]: dict(r) for r in rows["receipts"]},
+        handoffs={k: tuple(h["digest"] for h in v) for k, v in by_delivery(rows["handoffs"]).items()},
         records={d: Record.from_bytes(found[d]["body"]) for d in digests if d in found},
         anchoring={d: anchoring_of(found[d]) for d in digests if d in found},
     )
@@ -87,6 +89,11 @@ def anchoring_of(row: Any) -> Anchoring:
         root = merkle.deserialize_timestamp(row["batch_timestamp"], row["root"])
         calendars = tuple(sorted({uri for _, uri in merkle.pending_calendars(root)}))
     return Anchoring("pending", calendars)
+
+
+def _earlier(ev: MessageEvidence, delivery: dict[str, Any]) -> list[str]:
+    """The hand-off records of a delivery before its last one (answers to earlier attempts)."""
+    return [h for h in ev.handoffs.get(delivery["id"], ()) if h != delivery["handoff_digest"]]
 
 
 # -- the JSON view (API and admin pages) -----------------------------------
@@ -128,6 +135,7 @@ def message_json(ev: MessageEvidence) -> dict[str, Any]:
                 "updated_at": iso_time(d["updated_at"]),
                 "delivery": _record_json(ev, d["record_digest"]),
                 "handoff": _record_json(ev, d["handoff_digest"]),
+                "earlier_handoffs": [_record_json(ev, h) for h in _earlier(ev, d)],
                 "fetches": [
                     {
                         "at": iso_time(f["at"]),
@@ -187,6 +195,7 @@ async def proof_input(store: Store, ev: MessageEvidence, *, now: float, timezone
                 copy_sha256=d["copy_sha256"],
                 delivery=evidence(d["record_digest"]),
                 handoff=evidence(d["handoff_digest"]),
+                earlier_handoffs=tuple(e for h in _earlier(ev, d) if (e := evidence(h)) is not None),
                 acknowledgment=evidence(receipt["record_digest"]) if receipt else None,
                 fetches=tuple(
                     e for f in ev.fetches.get(d["id"], ()) if (e := evidence(f["record_digest"])) is not None

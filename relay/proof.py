@@ -92,6 +92,7 @@ class RecipientEvidence:
     handoff: Evidence | None
     acknowledgment: Evidence | None
     fetches: tuple[Evidence, ...] = ()
+    earlier_handoffs: tuple[Evidence, ...] = ()  # answers to earlier attempts (4xx), oldest first
 
 
 @dataclass(frozen=True)
@@ -166,9 +167,10 @@ def build_bundle(proof: ProofInput, read_blob: Callable[[str], bytes], out: Bina
             entry[role] = None if ev is None else record_path(ev.record)
             if ev is not None:
                 files.update(_evidence_files(ev))
-        entry["fetches"] = [record_path(ev.record) for ev in r.fetches]
-        for ev in r.fetches:
-            files.update(_evidence_files(ev))
+        for role in ("fetches", "earlier_handoffs"):
+            entry[role] = [record_path(ev.record) for ev in getattr(r, role)]
+            for ev in getattr(r, role):
+                files.update(_evidence_files(ev))
         if r.delivery is not None:
             for key in dkim_keys_of(r.delivery.record):
                 files[key.path] = key.txt.encode("ascii") + b"\n"
@@ -220,7 +222,7 @@ def _anchoring_facts(proof: ProofInput) -> dict[str, dict[str, Any]]:
     evidences = [proof.submission]
     for r in proof.recipients:
         evidences += [e for e in (r.delivery, r.handoff, r.acknowledgment) if e is not None]
-        evidences += list(r.fetches)
+        evidences += [*r.fetches, *r.earlier_handoffs]
     out = {}
     for ev in evidences:
         a = ev.anchoring
@@ -281,6 +283,7 @@ def render_attestation(facts: dict[str, Any], files: dict[str, bytes]) -> str:
                 "state": r["state"],
                 "delivery": record(r["delivery"]),
                 "handoff": record(r["handoff"]),
+                "earlier": [record(path) for path in r["earlier_handoffs"]],
                 "ack": record(r["acknowledgment"]),
                 "fetches": len(r["fetches"]),
             }

@@ -312,6 +312,8 @@ OPENAPI: dict[str, Any] = {
                     "updated_at": {"type": "string", "format": "date-time"},
                     "delivery": _NULLABLE_RECORD,
                     "handoff": _NULLABLE_RECORD,
+                    "earlier_handoffs": {"type": "array", "items": _ref("Record"),
+                                         "description": "The upstream's answers to earlier attempts, oldest first."},
                     "fetches": {"type": "array", "items": _ref("Fetch")},
                     "acknowledgment": {"oneOf": [
                         {"allOf": [_ref("Record"), {"type": "object", "properties": {"at": {"type": "string"}}}]},

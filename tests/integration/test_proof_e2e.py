@@ -117,3 +117,29 @@ async def test_message_to_three_recipients_proved_end_to_end(tmp_path):
             code, text = await asyncio.to_thread(verify_cli, str(changed), *esplora, "--regtest", "--json")
             report = json.loads(text)
             assert code == 2 and report["problem"]["file"] == name, (name, report["problem"])
+
+
+async def test_a_temporary_refusal_then_delivery_is_in_the_proof(tmp_path):
+    carol = "carol@example.net"
+    async with proved_message(tmp_path, replies={carol: ["451 4.3.0 try again later", "250 2.0.0 Ok: queued as C2"]}) as p:
+        await p.anchor()
+        height = await p.confirm()
+        message_url = f"{p.base}/api/v1/messages/{quote(MESSAGE_ID, safe='')}"
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {p.token}"}) as api:
+            async with api.get(message_url) as r:
+                view = await r.json()
+            async with api.get(message_url + "/bundle") as r:
+                bundle = tmp_path / "bundle.zip"
+                bundle.write_bytes(await r.read())
+        esplora = [arg for url in p.explorers for arg in ("--esplora", url)]
+        code, text = await asyncio.to_thread(verify_cli, str(bundle), *esplora, "--regtest", "--json")
+    assert_matches("Message", view)
+    rcpt = next(r for r in view["recipients"] if r["recipient"] == carol)
+    assert rcpt["handoff"]["record"]["code"] == 250
+    assert [h["record"]["code"] for h in rcpt["earlier_handoffs"]] == [451]
+    assert rcpt["earlier_handoffs"][0]["anchoring"]["bitcoin_height"] == height
+    report = json.loads(text)
+    assert code == 0, report["problem"]
+    summary = next(r for r in report["recipients"] if r["recipient"] == carol)
+    assert summary["earlier_answers"] == ["451 4.3.0 try again later"] and summary["delivered"]
+    assert len(report["records"]) == 10  # the 9 of the simple case and the 451's hand-off record

@@ -101,9 +101,13 @@ async def proved_message(
     *,
     recipients: list[str] = RECIPIENTS,
     acknowledgers: tuple[str, ...] = (ACKNOWLEDGER,),
+    replies: dict[str, list[str]] | None = None,
     **sections: dict,
 ) -> AsyncIterator[Proved]:
-    """The relay running, the message delivered to every recipient, ``acknowledgers`` acknowledged."""
+    """The relay running, the message delivered to every recipient, ``acknowledgers`` acknowledged.
+
+    ``replies`` scripts the sink's answers per recipient (e.g. a 451 before the 250).
+    """
     chain = FakeChain()
     token, token_hash = new_token()
     data_dir = tmp_path / "data"
@@ -116,6 +120,8 @@ async def proved_message(
             admin={"token_hashes": [token_hash]},
             **sections,
         )
+        for rcpt, answers in (replies or {}).items():
+            sink.script(rcpt, answers)
         async with running(config) as service:
             p = Proved(service, config, calendar, (e1.url, e2.url), token, data_dir)
             await aiosmtplib.send(convocation(recipients), sender="convocations@mairie.example", recipients=recipients,
