@@ -305,12 +305,12 @@ def timeline(view: dict[str, Any], r: dict[str, Any], a: dict[str, str], tz: str
     if r["delivery"]:
         events.append({"at": r["delivery"]["record"]["certified_at"], "what": a["ev_certified"],
                        "detail": r["delivery"]["record"]["copy_sha256"][:16] + "…", "anchor": _anchor_text(r["delivery"], a)})
-    if r["handoff"]:
-        h = r["handoff"]["record"]
-        what = a.get(f"ev_handoff_{str(h['code'])[:1]}", a["ev_handoff"])  # the last answer: 2xx, 4xx or 5xx
+    for handoff in [*r["earlier_handoffs"], *([r["handoff"]] if r["handoff"] else [])]:
+        h = handoff["record"]
+        what = a.get(f"ev_handoff_{str(h['code'])[:1]}", a["ev_handoff"])  # each answer: 2xx, 4xx or 5xx
         events.append({"at": h["handed_at"], "what": what, "detail": f"{h['code']} {h['text']}",
-                       "anchor": _anchor_text(r["handoff"], a)})
-    elif r["last_reply"]:
+                       "anchor": _anchor_text(handoff, a)})
+    if not r["handoff"] and r["last_reply"]:
         events.append({"at": r["updated_at"], "what": a["ev_attempt"], "detail": r["last_reply"], "anchor": ""})
     for f in r["fetches"]:
         events.append({"at": f["at"], "what": a[f"ev_fetch_{f['classification']}"], "detail": f["method"],

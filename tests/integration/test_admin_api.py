@@ -210,6 +210,10 @@ def test_timeline_says_whether_the_mail_server_took_or_refused_the_copy():
 
     view = {"received_at": "2026-11-29T06:00:00Z", "submission": None}
     for code, words in ((250, "Remis au serveur"), (451, "Refusé pour l'instant"), (550, "Refusé définitivement")):
-        r = {"delivery": None, "handoff": handoff(code, "x"), "last_reply": None, "fetches": [], "acknowledgment": None}
+        r = {"delivery": None, "handoff": handoff(code, "x"), "last_reply": None, "fetches": [], "acknowledgment": None,
+             "earlier_handoffs": []}
         events = timeline(view, r, TEXTS["fr"], "Europe/Paris", "fr")
         assert events[-1]["what"].startswith(words) and events[-1]["detail"] == f"{code} x"
+    r["earlier_handoffs"] = [handoff(451, "busy")]
+    events = timeline(view, r, TEXTS["en"], "Europe/Paris", "en")
+    assert [e["what"] for e in events[-2:]] == ["Refused for now by the mail server", "Refused for good by the mail server"]
