@@ -99,6 +99,12 @@ async def test_message_to_three_recipients_proved_end_to_end(tmp_path):
             r: r == ACKNOWLEDGER for r in RECIPIENTS}
         assert {r["anchor"]["bitcoin_height"] for r in report["records"]} == {height}
 
+        # Unpacked into a directory, as a court expert might do first: the same verdict.
+        with zipfile.ZipFile(alone / "bundle.zip") as zf:
+            zf.extractall(alone / "unpacked")
+        code, text = await asyncio.to_thread(verify_cli, str(alone / "unpacked"), *esplora, "--regtest")
+        assert code == 0 and "VERIFIED" in text, text
+
         # Pending anchors: exit 1.
         code, text = await asyncio.to_thread(verify_cli, str(out / "pending.zip"), *esplora, "--regtest")
         assert code == 1, text
