@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import tomllib
 import types
 import typing
@@ -387,3 +388,15 @@ def _check(config: Config) -> None:
             raise ConfigError(f"dkim.domains[{pos}].domain = '': expected a domain name")
     if not config.tracker.public_url.startswith(("http://", "https://")):
         raise ConfigError(f"tracker.public_url = {config.tracker.public_url!r}: expected an http(s) URL")
+    for pos, digest in enumerate(config.admin.token_hashes):
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+            # A token pasted instead of its hash would never match: say so rather than refuse every login.
+            raise ConfigError(
+                f"admin.token_hashes[{pos}]: expected the 64 hex digits of a SHA-256 ('estampille admin-token'"
+                " prints it), not the token itself"
+            )
+    for pos, url in enumerate(config.webhooks.urls):
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"webhooks.urls[{pos}] = {url!r}: expected an http(s) URL")
+    if config.webhooks.urls and not config.webhooks.secret:
+        raise ConfigError("webhooks.secret = '': expected a secret to sign the events sent to webhooks.urls")
