@@ -319,7 +319,13 @@ def timeline(view: dict[str, Any], r: dict[str, Any], a: dict[str, str], tz: str
         events.append({"at": r["acknowledgment"]["at"], "what": a["ev_ack"], "detail": "",
                        "anchor": _anchor_text(r["acknowledgment"], a)})
     events.sort(key=lambda e: e["at"])
-    return [{**e, "when": _time(e["at"], tz, lang)} for e in events]
+    return [{**e, "when": _precise_time(e["at"], tz, lang)} for e in events]
+
+
+def _precise_time(iso: str, tz: str, lang: str) -> str:
+    """To the second: a timeline's events often fall within the same minute."""
+    moment = datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone(ZoneInfo(tz))
+    return f"{moment:%d/%m/%Y %H:%M:%S}" if lang == "fr" else f"{moment:%Y-%m-%d %H:%M:%S}"
 
 
 async def unacknowledged_csv(request: web.Request) -> web.Response:

@@ -214,6 +214,7 @@ def test_timeline_says_whether_the_mail_server_took_or_refused_the_copy():
              "earlier_handoffs": []}
         events = timeline(view, r, TEXTS["fr"], "Europe/Paris", "fr")
         assert events[-1]["what"].startswith(words) and events[-1]["detail"] == f"{code} x"
+        assert events[-1]["when"] == "29/11/2026 07:00:03"  # Paris time, to the second
     r["earlier_handoffs"] = [handoff(451, "busy")]
     events = timeline(view, r, TEXTS["en"], "Europe/Paris", "en")
     assert [e["what"] for e in events[-2:]] == ["Refused for now by the mail server", "Refused for good by the mail server"]
