@@ -170,8 +170,12 @@ class Anchorer:
         leaves = await self.store.unbatched_leaves(self.config.max_batch)
         if not leaves:
             return None
-        nonces = self._randbytes(merkle.NONCE_BYTES * len(leaves))
-        tree = await asyncio.to_thread(merkle.Tree.build, [bytes.fromhex(d) for _, d in leaves], nonces)
+        digests = [bytes.fromhex(digest) for _, digest in leaves]
+        rowids = [rowid for rowid, _ in leaves]
+        del leaves  # a million rows weigh a few hundred megabytes
+        nonces = self._randbytes(merkle.NONCE_BYTES * len(rowids))
+        tree = await asyncio.to_thread(merkle.Tree.build, digests, nonces)
+        del digests
         root = Timestamp(tree.root)
         replies = await self._submit(root, self.config.calendars)
         now = self._clock()
@@ -183,15 +187,15 @@ class Anchorer:
                 state=state,
                 next_attempt_at=next_at,
                 timestamp=merkle.serialize_timestamp(root) if replies else None,
-                rowids=[rowid for rowid, _ in leaves],
+                rowids=rowids,
                 nonces=nonces,
                 levels=tree.levels,
                 replies=tuple(replies.items()),
             )
         )
         log.info("batch %d: %d leaves, root %s, accepted by %d calendar(s), %s",
-                 batch_id, len(leaves), tree.root.hex(), len(replies), state)
-        return BatchOutcome(batch_id, len(leaves), tuple(sorted(replies)), state)
+                 batch_id, len(rowids), tree.root.hex(), len(replies), state)
+        return BatchOutcome(batch_id, len(rowids), tuple(sorted(replies)), state)
 
     async def batch_all(self) -> list[BatchOutcome]:
         """Batch every waiting leaf, ``max_batch`` at a time."""
