@@ -30,6 +30,7 @@ from tracker.classify import classify_fetch
 from tracker.forwarded import client_address
 from tracker.i18n import format_time, negotiate
 from tracker.pages import TRACKER, form_action_csp, render
+from tracker.ratelimit import WINDOW_SECONDS as MISS_WINDOW_SECONDS
 
 log = logging.getLogger("estampille.tracker")
 
@@ -68,7 +69,7 @@ async def _link(request: web.Request, visitor: Visitor, now: float) -> Link:
     """The token's link row; a miss (404) or a blocked address (429) raises."""
     tracker = request.app[TRACKER]
     if tracker.misses.blocked(visitor.address, now):
-        raise web.HTTPTooManyRequests()
+        raise web.HTTPTooManyRequests(headers={"Retry-After": str(int(MISS_WINDOW_SECONDS))})
     token = request.match_info["token"]
     link = None
     if TOKEN.fullmatch(token):

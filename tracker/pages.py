@@ -116,8 +116,9 @@ async def errors(request: web.Request, handler: Callable) -> web.StreamResponse:
         if exc.status < 400:
             raise
         response = render(request, "error.html", {"page": ERROR_PAGES.get(exc.status, "error")}, status=exc.status)
-        if "Allow" in exc.headers:
-            response.headers["Allow"] = exc.headers["Allow"]
+        for name in ("Allow", "Retry-After"):
+            if name in exc.headers:
+                response.headers[name] = exc.headers[name]
         return response
     except EstampilleError as exc:
         log.error("tracker request failed: %s", exc)

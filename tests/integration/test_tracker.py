@@ -236,6 +236,8 @@ async def test_misses_are_rate_limited_per_client_address(tmp_path: Path) -> Non
         me = {"X-Forwarded-For": "203.0.113.5", "User-Agent": BROWSER}
         statuses = [(await env.client.get(f"/a/{'B' * 22}{n}", headers=me)).status for n in range(4)]
         assert statuses == [404, 404, 404, 429]
+        blocked = await env.client.get(f"/a/{'B' * 22}", headers=me)
+        assert blocked.headers["Retry-After"] == "60" and "Trop de tentatives" in page_text(await blocked.text())
         # Blocked even for a real token (a guess that hits learns nothing), but not others.
         assert (await env.client.get(f"/a/{made.token}", headers=me)).status == 429
         other = {"X-Forwarded-For": "203.0.113.6", "User-Agent": BROWSER}
