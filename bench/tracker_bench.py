@@ -8,6 +8,8 @@ aiohttp in this process with a bounded number of requests. Every GET records a
 classified fetch and every POST a first acknowledgment (each to its own token),
 durably (synchronous=FULL), and the count of receipts is checked afterwards.
 Goals: GET at least 0.5 of the bare handler's rate; at least 1,000 acks/s.
+Rates depend on what else runs on the machine, so the server's and the client's
+CPU time per request are printed too (from /proc): they vary much less.
 The last line is ``RESULT get_ratio=… get_p99_ms=… post_per_s=… post_p99_ms=…``.
 """
 
