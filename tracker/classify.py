@@ -55,6 +55,8 @@ def parse_networks(networks: Sequence[str]) -> tuple[Network, ...]:
 
 def in_networks(address: str, networks: Sequence[Network]) -> Network | None:
     """The first of ``networks`` holding ``address``, or None (also for an unparsable address)."""
+    if not networks:
+        return None
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
