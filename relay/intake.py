@@ -28,7 +28,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from relay import dkim
 from relay.auth import Credentials, FailureLimiter, load_credentials
 from relay.config import Config
-from relay.errors import ConfigError, DiskFullError, StoreError
+from relay.errors import ConfigError, DiskFullError, EstampilleError, StoreError
 from relay.spool import Incoming, Spool
 
 log = logging.getLogger("estampille.intake")
@@ -311,9 +311,11 @@ async def start_intake(config: Config, spool: Spool, *, credentials: Credentials
             loop=loop,
         )
 
-    return await loop.create_server(
-        factory, host or config.smtp.listen_host, config.smtp.listen_port if port is None else port
-    )
+    address = (host or config.smtp.listen_host, config.smtp.listen_port if port is None else port)
+    try:
+        return await loop.create_server(factory, *address)
+    except OSError as exc:  # port taken, or below 1024 without CAP_NET_BIND_SERVICE
+        raise EstampilleError(f"SMTP intake cannot listen on {address[0]}:{address[1]}: {exc.strerror}") from exc
 
 
 def _reverse_path(mail_from: str | None) -> str:

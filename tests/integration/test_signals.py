@@ -21,6 +21,7 @@ import signal
 import smtplib
 import socket
 import ssl
+import sys
 import tempfile
 import threading
 import time
@@ -243,3 +244,21 @@ async def test_reload_reads_a_changed_credentials_file(tmp_path: Path):
         service.reload()
         assert await asyncio.to_thread(login, service.smtp_port, "nouveau mot de passe")
         assert not await asyncio.to_thread(login, service.smtp_port, "ancien mot de passe")
+
+
+async def test_a_port_already_taken_is_one_line_and_exit_4(tmp_path: Path):
+    """What an operator sees when another MTA holds the port: no traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path, 25).read_text().replace("listen_port = 0", f"listen_port = {port}", 1)
+        (tmp_path / "estampille.toml").write_text(config)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "relay.cli", "serve", "--config", str(tmp_path / "estampille.toml"),
+            stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), WAIT_SECONDS)
+    assert proc.returncode == 4
+    last = err.decode().strip().splitlines()[-1]
+    assert last.startswith(f"estampille: SMTP intake cannot listen on 127.0.0.1:{port}:")
+    assert "Traceback" not in err.decode()
