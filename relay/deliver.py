@@ -14,6 +14,7 @@ backoff until ``delivery.give_up_after``, then failed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -351,10 +352,11 @@ class Deliverer:
                 await self._idle()
 
     async def _idle(self) -> None:
-        try:
-            await asyncio.wait_for(self._wakeup.wait(), self.config.delivery.poll_interval)
-        except asyncio.TimeoutError:
-            pass
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that races
+        # the event being set (CPython gh-86296), and stop() then waited for ever.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.delivery.poll_interval):
+                await self._wakeup.wait()
 
     async def _work(self) -> None:
         while True:

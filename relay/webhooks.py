@@ -15,6 +15,7 @@ The body is canonical JSON ``{"id", "event", "created_at", "data"}``; the header
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -104,10 +105,10 @@ class WebhookWorker:
                 except StoreError:
                     log.exception("webhook queue scan failed; retrying")
                 self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-                except TimeoutError:
-                    pass
+                # Not wait_for: on 3.11 it can swallow the cancel that stops this loop (gh-86296).
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.poll_interval):
+                        await self._wake.wait()
 
     async def send_due(self, session: aiohttp.ClientSession) -> int:
         """Send every URL's oldest due event, repeatedly while they succeed; the number sent."""
