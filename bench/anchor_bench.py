@@ -76,7 +76,7 @@ async def insert_leaves(store: Store, n: int) -> list[str]:
             for i in range(start, min(n, start + INSERT_CHUNK))
         ]
         async with store.transaction() as db:
-            await Store._insert_records_many(db, [(r, None, time.time()) for r in recs])
+            await Store.insert_records(db, recs, now=time.time())
         digests.extend(r.digest for r in recs[:1])
     return digests
 

@@ -573,6 +573,12 @@ class Store:
         )
         await db.execute(_QUEUE_LEAF_SQL, (record.digest, now))
 
+    @staticmethod
+    async def insert_records(db: aiosqlite.Connection, records: Sequence[Record], *, now: float) -> None:
+        """:meth:`insert_record` for many records at once (no submission or delivery link)."""
+        await db.executemany(_INSERT_RECORD_SQL, [(r.digest, r.type, r.body, None, None, now) for r in records])
+        await db.executemany(_QUEUE_LEAF_SQL, [(r.digest, now) for r in records])
+
     async def get_record(self, digest: str) -> Record:
         row = await self.fetchone("SELECT body FROM records WHERE digest = ?", (digest,))
         if row is None:

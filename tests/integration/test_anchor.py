@@ -43,8 +43,7 @@ def records(n: int, tag: str = "r") -> list[Record]:
 
 async def queue(store: Store, recs: list[Record]) -> None:
     async with store.transaction() as db:
-        for rec in recs:
-            await Store.insert_record(db, rec, now=time.time())
+        await Store.insert_records(db, recs, now=time.time())
 
 
 @pytest.fixture
