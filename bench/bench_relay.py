@@ -39,6 +39,7 @@ async def uncertified_prepare(self, job) -> bytes:
         await Store.set_delivery_copy(db, job.delivery_id, copy_sha256, record.digest, now)
 
     await self.store.write(record_copy)
+    self._record_digests[job.delivery_id] = record.digest
     return copy
 
 
