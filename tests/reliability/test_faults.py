@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import resource
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -272,3 +275,49 @@ async def test_outcome_that_could_not_be_recorded_is_recorded_once_the_lock_is_g
 def _states(data_dir: Path) -> list[tuple[str, int]]:
     with contextlib.closing(sqlite3.connect(f"file:{data_dir / DB_NAME}?mode=ro", uri=True)) as db:
         return db.execute("SELECT state, handoff_digest IS NOT NULL FROM deliveries").fetchall()
+
+
+# -- file descriptors exhausted -----------------------------------------------------
+
+FD_LIMIT = 128
+
+
+async def test_idle_connection_flood_exhausting_file_descriptors_is_survived(tmp_path):
+    """200 idle connections against a relay allowed 128 open files: it cannot accept, open
+    the upstream or write, yet it keeps running; once they close it takes mail again and
+    everything it had accepted is delivered."""
+    async with Sink() as sink:
+        relay = await Relay.start(write_config(tmp_path, sink.port))
+        pid, port = relay.proc.pid, relay.port.result()
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
+        flood: list[socket.socket] = []
+        try:
+            assert await send(port, 1, RECIPIENTS[:1]) == 250
+            for _ in range(200):
+                sock = socket.socket()
+                sock.setblocking(False)
+                sock.connect_ex(("127.0.0.1", port))
+                flood.append(sock)
+            await until(lambda: _true(len(os.listdir(f"/proc/{pid}/fd")) >= FD_LIMIT - 2), "the limit reached")
+            with pytest.raises((aiosmtplib.SMTPException, OSError, asyncio.TimeoutError)):
+                await aiosmtplib.send(message(2), sender="mairie@ville.example", recipients=RECIPIENTS[:1],
+                                      hostname="127.0.0.1", port=port, timeout=2)
+        finally:
+            for sock in flood:
+                sock.close()
+        try:
+            await until(lambda: _sent(port, 3), "a transaction after the flood")
+            got = await sink.wait_for(2)
+            assert relay.proc.returncode is None
+        finally:
+            relay.proc.send_signal(signal.SIGTERM)
+            code = await relay.wait()
+    assert {_subject(m.data) for m in got} == {b"Convocation 1", b"Convocation 3"}
+    assert code == 0
+
+
+async def _sent(port: int, n: int) -> bool:
+    try:
+        return await send(port, n, RECIPIENTS[:1]) == 250
+    except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+        return False
