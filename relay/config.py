@@ -70,6 +70,9 @@ class SMTPConfig:
     min_free_disk_mb: int = key(100, "Below this much free space in the data directory, MAIL gets 452.")
     timeout: int = key(300, "Seconds of client inactivity before the connection is closed.")
     auth_failures_per_minute: int = key(5, "Failed AUTH attempts allowed per client address per minute.")
+    max_sessions_per_client: int = key(
+        50, "SMTP sessions one client (an IPv4 address, an IPv6 /64) may hold open at once; past it, 421 at once."
+    )
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import ipaddress
 import logging
 import ssl
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, AnyStr
@@ -26,7 +27,7 @@ from typing import Any, AnyStr
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from relay import dkim
-from relay.auth import Credentials, FailureLimiter, load_credentials
+from relay.auth import Credentials, FailureLimiter, client_key, load_credentials
 from relay.config import Config
 from relay.errors import ConfigError, DiskFullError, EstampilleError, StoreError
 from relay.spool import Incoming, Spool
@@ -43,6 +44,7 @@ REPLY_NOT_ALLOWED = "550 5.7.1 Relaying denied: authenticate first"
 REPLY_NO_DKIM_KEY = "550 5.7.1 This relay does not sign mail from that sender's domain"
 REPLY_AUTH_THROTTLED = "454 4.7.0 Too many failed authentication attempts, try again later"
 REPLY_SHUTTING_DOWN = b"421 4.3.2 Service shutting down, please try again later\r\n"
+REPLY_TOO_MANY_SESSIONS = b"421 4.7.0 Too many connections from your address, please try again later\r\n"
 
 
 class IntakeEnvelope(Envelope):
@@ -59,6 +61,7 @@ class IntakeSMTP(SMTP):
     def __init__(self, handler: "IntakeHandler", *, line_length_limit: int, **kwargs: Any) -> None:
         # Read by SMTP.__init__ for the stream limit and by DATA for the per-line check.
         self.line_length_limit = line_length_limit
+        self._client: str | None = None  # the client key this session is counted under
         super().__init__(handler, **kwargs)
         self.intake = handler
 
@@ -66,6 +69,9 @@ class IntakeSMTP(SMTP):
         return IntakeEnvelope()
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self._client is not None:
+            self.intake.session_closed(self._client)
+            self._client = None
         self.intake.sessions.discard(self)
         if not self.intake.sessions:
             self.intake.no_sessions.set()
@@ -76,10 +82,10 @@ class IntakeSMTP(SMTP):
         """Between MAIL and the reply to DATA (or RSET): a stop waits for it to end."""
         return self.envelope is not None and self.envelope.mail_from is not None
 
-    def shut(self) -> None:
+    def shut(self, reply: bytes = REPLY_SHUTTING_DOWN) -> None:
         """Say 421 and close (RFC 5321 allows 421 at any point when the service stops)."""
         if self.transport is not None and not self.transport.is_closing():
-            self._writer.write(REPLY_SHUTTING_DOWN)
+            self._writer.write(reply)
             self.transport.close()
 
     async def push(self, status: AnyStr) -> None:
@@ -92,6 +98,12 @@ class IntakeSMTP(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        if self._client is None:  # counted once: connection_made runs again after STARTTLS
+            client = client_key(_ip_text(self.session.peer))
+            if not self.intake.session_opened(client):
+                self.shut(REPLY_TOO_MANY_SESSIONS)  # before the greeting: the session task never runs
+                return
+            self._client = client
         self.intake.sessions.add(self)  # called again after STARTTLS: a set keeps one entry
         self.intake.no_sessions.clear()
         # AUTH needs TLS, unless configured otherwise for loopback clients.
@@ -150,6 +162,7 @@ class IntakeHandler:
         self.tls_context = tls_context(config)
         self.allowed = [ipaddress.ip_network(n, strict=False) for n in config.smtp.allowed_networks]
         self.limiter = FailureLimiter(config.smtp.auth_failures_per_minute)
+        self.open_per_client: Counter[str] = Counter()
         self.min_free_bytes = config.smtp.min_free_disk_mb * 2**20
 
     @classmethod
@@ -186,6 +199,19 @@ class IntakeHandler:
                 session.shut()
 
     # -- policy helpers ---------------------------------------------------
+
+    def session_opened(self, client: str) -> bool:
+        """Count a new session of ``client``; False (and not counted) past smtp.max_sessions_per_client."""
+        if self.open_per_client[client] >= self.config.smtp.max_sessions_per_client:
+            log.warning("connection from %s refused: %d sessions already open", client, self.open_per_client[client])
+            return False
+        self.open_per_client[client] += 1
+        return True
+
+    def session_closed(self, client: str) -> None:
+        self.open_per_client[client] -= 1
+        if self.open_per_client[client] <= 0:
+            del self.open_per_client[client]
 
     def plaintext_auth_allowed(self, peer: Any) -> bool:
         return self.config.smtp.auth_plaintext_on_loopback and _is_loopback(peer)

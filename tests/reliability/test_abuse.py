@@ -274,3 +274,36 @@ def test_auth_failure_limiter_counts_an_ipv6_slash64_as_one_client_and_stays_bou
         limiter.record_failure(f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}", 1002.0)
     assert limiter.tracked <= MAX_TRACKED_CLIENTS
     assert limiter.blocked("10.0.3.231", 1003.0) is False  # each of those failed once only
+
+
+def greeting(port: int, source: str) -> tuple[socket.socket, bytes]:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+    return sock, sock.recv(512)
+
+
+async def test_one_client_cannot_hold_more_than_its_share_of_sessions(tmp_path):
+    """Idle sessions per client (an address, an IPv6 /64) are limited: past the limit the
+    greeting is 421 and the connection closes, so one client cannot use up the open files."""
+    config = relay_config(tmp_path / "data", smtp={"max_sessions_per_client": 3})
+    async with running(config) as service:
+        port = service.smtp_port
+        held = [await asyncio.to_thread(greeting, port, "127.0.0.1") for _ in range(3)]
+        try:
+            assert all(reply.startswith(b"220 ") for _, reply in held)
+            extra, reply = await asyncio.to_thread(greeting, port, "127.0.0.1")
+            extra.close()
+            assert reply.startswith(b"421 4.7.0"), reply
+            other, reply = await asyncio.to_thread(greeting, port, OUTSIDE)  # another client is not affected
+            other.close()
+            assert reply.startswith(b"220 "), reply
+            held.pop()[0].close()
+
+            async def free_again() -> bool:
+                sock, reply = await asyncio.to_thread(greeting, port, "127.0.0.1")
+                sock.close()
+                return reply.startswith(b"220 ")
+
+            await until(free_again, "a session slot after one closed")
+        finally:
+            for sock, _ in held:
+                sock.close()
