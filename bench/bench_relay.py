@@ -12,7 +12,6 @@ $BENCH_UPSTREAM_EXTRA, if set, is appended to the [upstream] table (TOML lines s
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from pathlib import Path
@@ -27,12 +26,8 @@ async def uncertified_prepare(self, job) -> bytes:
     its delivery record in one transaction as the real one does."""
     if job.copy_sha256:
         return await self.store.get_blob(job.copy_sha256)
-
-    def copy_and_store() -> tuple[bytes, str]:  # one thread hand-over, as the real _prepare makes
-        copy = to_crlf(self.store.blob_path(job.data_sha256).read_bytes())
-        return copy, self.store.put_blob_blocking(copy)
-
-    copy, copy_sha256 = await asyncio.to_thread(copy_and_store)
+    copy = to_crlf(await self.store.get_blob(job.data_sha256))
+    copy_sha256 = await self.store.put_blob(copy)
     now = self.clock()
     record = records.delivery_record(
         submission_digest=job.submission_digest, recipient=job.recipient, copy_sha256=copy_sha256, dkim=[],

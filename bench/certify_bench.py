@@ -107,7 +107,6 @@ async def stage_costs(
             stack.enter_context(_timed(certify.dkim, "sign", totals, "sign"))
             stack.enter_context(_timed(deliverer, "_prepare", totals, "prepare"))
             stack.enter_context(_timed(deliverer, "_certify", totals, "certify_call"))
-            stack.enter_context(_timed(store, "put_blob_blocking", totals, "copy_file"))  # inside _certify
             stack.enter_context(_timed(deliverer.upstream, "send", totals, "send"))
             while rows := await store.claim_due(time.time(), recipients):
                 for row in rows:
@@ -119,7 +118,7 @@ async def stage_costs(
     ms = {
         "rewrite": totals["certify"] - totals["sign"],
         "sign": totals["sign"],
-        "store": totals["prepare"] - totals["certify_call"] + totals["copy_file"],
+        "store": totals["prepare"] - totals["certify_call"],
         "send": totals["send"],
     }
     return StageCosts(deliveries=count, ms={k: v * 1000 / max(1, count) for k, v in ms.items()})

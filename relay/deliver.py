@@ -415,12 +415,10 @@ class Deliverer:
             cached = self._prepared.get(job.submission_id)
             prepared = cached[1] if cached and cached[0] is certifier else None  # keys unchanged since
             original = None if prepared is not None else await self.store.get_blob(job.data_sha256)
-            # The copy is stored by the same thread that made it: one hand-over to a thread per
-            # delivery instead of two (each costs the event loop a GIL hand-off).
-            copy, prepared, copy_sha256 = await asyncio.get_running_loop().run_in_executor(
-                self._certify_executor, self._certify, job, certifier, prepared, original, now, eight_bit_mime,
-                self.store.put_blob_blocking)
+            copy, prepared = await asyncio.get_running_loop().run_in_executor(
+                self._certify_executor, self._certify, job, certifier, prepared, original, now, eight_bit_mime)
         self._remember(job.submission_id, certifier, prepared)
+        copy_sha256 = await self.store.put_blob(copy.data)
         record = records.delivery_record(
             submission_digest=job.submission_digest,
             recipient=job.recipient,
@@ -446,9 +444,8 @@ class Deliverer:
 
     @staticmethod
     def _certify(job: Job, certifier: Certifier, prepared: Prepared | None, original: bytes | None,
-                 now: float, eight_bit_mime: bool, put_blob: Callable[[bytes], str]) -> tuple[Certified, Prepared, str]:
-        """The certify step for one recipient, then its copy stored durably with ``put_blob``
-        (in a thread: signing and MIME work are CPU-bound, the write blocks).
+                 now: float, eight_bit_mime: bool) -> tuple[Certified, Prepared]:
+        """The certify step for one recipient (in a thread: signing and MIME work are CPU-bound).
 
         The Date and Message-ID added to a message lacking them come from the submission,
         so every recipient's copy carries the same ones.
@@ -459,7 +456,7 @@ class Deliverer:
                                          message_id_local=job.submission_id)
         copy = certifier.copy(prepared, tokens=lambda: secrets.token_urlsafe(acklink.TOKEN_BYTES), now=int(now),
                               eight_bit_mime=eight_bit_mime)
-        return copy, prepared, put_blob(copy.data)
+        return copy, prepared
 
     def _dsn_certifier(self) -> Certifier:
         """Our own DSNs: signed with the default domain's keys even under 'refuse', and no link."""

@@ -521,10 +521,6 @@ class Store:
         """Write ``data`` durably under its SHA-256 and return the hex digest."""
         return await asyncio.to_thread(self._put_blob_sync, data)
 
-    def put_blob_blocking(self, data: bytes) -> str:
-        """:meth:`put_blob` for a caller already in a worker thread (blocks until durable)."""
-        return self._put_blob_sync(data)
-
     def _put_blob_sync(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
         final = self.blob_path(digest)
