@@ -31,6 +31,7 @@ from pathlib import Path
 from relay import dkim
 from relay.auth import write_password
 from tests.integration.test_relay import message, smtplib_send
+from tests.support.polling import until
 from tests.support.relay import relay_config, running
 from tests.support.served import Relay, write_config
 from tests.support.sink import Sink
@@ -56,14 +57,6 @@ def notify_socket() -> Iterator[tuple[str, socket.socket]]:
 async def notification(sock: socket.socket) -> list[str]:
     data = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(sock, 4096), WAIT_SECONDS)
     return data.decode().splitlines()
-
-
-async def until(condition, what: str) -> None:
-    """Poll ``condition`` until it holds, for at most WAIT_SECONDS."""
-    deadline = time.monotonic() + WAIT_SECONDS
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 def sender(port: int, number: int, accepted: list[str], stop: threading.Event) -> None:

@@ -6,10 +6,8 @@ Screenshots go to test-artifacts/ (phone and desktop)."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
-import time
 from email.message import EmailMessage
 
 import aiosmtplib
@@ -43,14 +41,6 @@ def convocation(recipients: list[str], document: str) -> bytes:
         subtype="html",
     )
     return msg.as_bytes()
-
-
-async def until(check, what: str):
-    deadline = time.monotonic() + DEADLINE
-    while not (result := await check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-    return result
 
 
 async def document_server() -> tuple[web.AppRunner, int, list[str]]:

@@ -13,6 +13,7 @@ from aiohttp import web
 from relay.config import WebhooksConfig
 from relay.store import Store
 from relay.webhooks import SIGNATURE_HEADER, Backoff, WebhookWorker, signature_ok
+from tests.support.polling import until
 
 SECRET = "s3cret-for-tests"
 DEADLINE = 10.0
@@ -50,14 +51,6 @@ class Receiver:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hook"
-
-
-async def until(condition, what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not await condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

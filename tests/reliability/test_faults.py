@@ -26,6 +26,7 @@ from relay.records import Record
 from relay.store import DB_NAME, Store
 from relay.verify import verify_ots
 from tests.support.calendar import FakeCalendar, FakeChain
+from tests.support.polling import until
 from tests.support.relay import relay_config, running
 from tests.support.served import Relay, write_config
 from tests.support.sink import Sink
@@ -37,14 +38,6 @@ RECIPIENTS = ["un@conseil.example", "deux@conseil.example", "trois@conseil.examp
 def message(n: int, body: str = "Vous etes convoque.\r\n") -> bytes:
     return (f"From: mairie@ville.example\r\nTo: conseil@ville.example\r\nSubject: Convocation {n}\r\n"
             f"Message-ID: <fault-{n}@ville.example>\r\n\r\n{body}").encode()
-
-
-async def until(check, what: str, timeout: float = WAIT_SECONDS):
-    deadline = time.monotonic() + timeout
-    while not (result := await check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-    return result
 
 
 async def send(port: int, n: int, recipients=RECIPIENTS, body: str = "Vous etes convoque.\r\n") -> int:

@@ -10,10 +10,8 @@ POST, and the records are anchored on a local calendar.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -27,6 +25,7 @@ from relay.config import Config
 from relay.service import Service
 from relay.store import Store
 from tests.support.calendar import EsploraFake, FakeCalendar, FakeChain
+from tests.support.polling import until
 from tests.support.relay import relay_config, running
 from tests.support.sink import Sink
 from tracker.admin_auth import new_token
@@ -47,15 +46,6 @@ def convocation(recipients: list[str]) -> bytes:
     msg["Message-ID"] = MESSAGE_ID
     msg.set_content("Mesdames et Messieurs les conseillers,\n\nvous êtes convoqués le 3 décembre à 18 h.\n")
     return msg.as_bytes()
-
-
-async def until(check, what: str):
-    """Poll ``check`` (a coroutine function) until it returns something true, within DEADLINE."""
-    deadline = time.monotonic() + DEADLINE
-    while not (result := await check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-    return result
 
 
 async def acknowledge(session: aiohttp.ClientSession, link: str) -> None:
