@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from relay.durable import fsync_directory, write_durably
 from relay.errors import BackupError, StoreError
 from relay.store import BLOB_DIR, DB_NAME, SCHEMA_VERSION, Store
 
@@ -84,7 +85,7 @@ async def backup(store: Store, dest: Path, *, now: float) -> BackupSummary:
         "schema_version": SCHEMA_VERSION,
         "files": {rel: {"sha256": d, "size": s} for rel, (d, s) in sorted(files.items())},
     }
-    await asyncio.to_thread(_write_durably, dest / MANIFEST, json.dumps(manifest, indent=1).encode())
+    await asyncio.to_thread(write_durably, dest / MANIFEST, json.dumps(manifest, indent=1).encode())
     if corrupt or missing:
         problems = [f"{rel} does not match its name" for rel in corrupt]
         problems += [f"message file {digest} is missing" for digest in missing]
@@ -210,11 +211,7 @@ def _fsync_dirs(root: Path, names: Iterable[str]) -> None:
     for rel in names:
         dirs.update(root / parent for parent in Path(rel).parents)
     for directory in sorted(dirs, key=lambda d: len(d.parts), reverse=True):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_directory(directory)
 
 
 def _copy_file(source: Path, target: Path) -> tuple[str, int]:
@@ -240,17 +237,3 @@ def _digest_file(path: Path) -> tuple[str, int]:
             digest.update(chunk)
             size += len(chunk)
     return digest.hexdigest(), size
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + TEMP_SUFFIX)
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

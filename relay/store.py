@@ -15,10 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 import shutil
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from relay.durable import fsync_directory, write_durably
 from relay.errors import DiskFullError, NotFoundError, StoreError
 from relay.records import Record, canonical_json, iso_time
 
@@ -527,20 +526,9 @@ class Store:
         if final.exists():
             return digest
         final.parent.mkdir(exist_ok=True, mode=0o700)
-        tmp = final.with_name(f".{digest}.{os.getpid()}.{time.monotonic_ns()}.tmp")
         try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-            dir_fd = os.open(final.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            write_durably(final, data)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise StoreError(f"cannot write message file {final}: {exc.strerror}") from exc
         return digest
 
@@ -698,11 +686,7 @@ class Store:
                 path.unlink()
             except FileNotFoundError:
                 return False
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            fsync_directory(path.parent)
             return True
 
         try:
