@@ -14,7 +14,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("estampille.notify")
 
 
 @dataclass(frozen=True)

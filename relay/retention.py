@@ -24,7 +24,7 @@ from relay.config import Config
 from relay.errors import StoreError
 from relay.store import Store
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("estampille.retention")
 
 DAY = 86400
 

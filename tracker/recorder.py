@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from relay.errors import StoreError
 from relay.store import FetchWrite, ReceiptWrite, Store
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("estampille.tracker")
 
 MAX_BATCH = 512  # events per transaction; bounds one commit's latency
 
