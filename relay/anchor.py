@@ -15,7 +15,10 @@ Two workers, both driven by :class:`Anchorer`:
   plus the configured calendars). Bitcoin attestations are merged into the
   batch; leaves get them when their ``.ots`` is exported. Batches pending past
   ``anchor.stale_after`` are logged and counted; past ``anchor.resubmit_after``
-  their root goes to other calendars once.
+  their root goes to other calendars once. With ``anchor.esplora`` or
+  ``anchor.bitcoind`` set, a batch's confirmation also records the block time,
+  read from the header at its height once that header's proof of work and
+  Merkle root check out against the attestation (else the time stays unknown).
 
 Calendar replies are refused above 10,000 bytes, as the reference client does.
 Run time uses the ``opentimestamps`` library, never ``otsclient``.
@@ -33,14 +36,17 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
+from opentimestamps.core.notary import BitcoinBlockHeaderAttestation
 from opentimestamps.core.serialize import DeserializationError
 from opentimestamps.core.timestamp import Timestamp
 
 from relay import merkle
 from relay.config import AnchorConfig
-from relay.errors import AnchorError
+from relay.errors import AnchorError, HeaderSourceError
 from relay.fetch import ReplyTooLarge, read_bounded
+from relay.headers import AgreeingSources, BitcoindSource, EsploraSource, HeaderSource
 from relay.store import NewAnchorBatch, Store
+from relay.verify import check_attestation
 
 log = logging.getLogger("estampille.anchor")
 
@@ -48,6 +54,15 @@ MAX_REPLY_BYTES = 10_000  # the reference client's limit for a calendar reply
 PENDING_REPLY = "Pending confirmation in Bitcoin blockchain"
 HEADERS = {"Accept": "application/vnd.opentimestamps.v1", "User-Agent": "Estampille"}
 POLL_SECONDS = 5.0  # how often the batching worker checks whether max_batch leaves are waiting
+
+
+def header_source(config: AnchorConfig) -> HeaderSource | None:
+    """The source of block headers ``anchor.bitcoind`` and ``anchor.esplora`` name (all must agree); None if none."""
+    sources: list[HeaderSource] = [BitcoindSource(config.bitcoind, timeout=config.timeout)] if config.bitcoind else []
+    sources += [EsploraSource(url, timeout=config.timeout) for url in config.esplora]
+    if not sources:
+        return None
+    return sources[0] if len(sources) == 1 else AgreeingSources(sources)
 
 
 def calendar_url(base: str, path: str) -> str:
@@ -140,6 +155,7 @@ class Anchorer:
         self._randbytes = randbytes
         self._session: aiohttp.ClientSession | None = None
         self.stale_batches = 0  # batches past anchor.stale_after at the last upgrade round
+        self._headers = header_source(config)
         hosts = [urlsplit(url).hostname or "" for url in config.calendars]
         self._allowed = tuple(pattern.lower() for pattern in (*config.allowlist, *hosts) if pattern)
 
@@ -275,6 +291,7 @@ class Anchorer:
                 await self.store.update_anchor_batch(
                     row["id"], now=now, timestamp=merkle.serialize_timestamp(root), state=state,
                     next_attempt_at=row["next_attempt_at"], bitcoin_height=heights[0] if heights else None,
+                    block_time=await self._block_time(row["id"], root, heights[0]) if heights else None,
                 )
                 if heights:
                     log.info("batch %d confirmed in Bitcoin block %d", row["id"], heights[0])
@@ -291,6 +308,27 @@ class Anchorer:
             log.warning("%d batch(es) pending for more than %d s: %s", len(stale), self.config.stale_after,
                         ", ".join(map(str, stale)))
         return UpgradeReport(len(rows), tuple(confirmed), tuple(stale), tuple(resubmitted))
+
+    async def _block_time(self, batch_id: int, root: Timestamp, height: int) -> int | None:
+        """The time of the block at ``height`` if a header source gives a header every attestation there checks
+        against; None (logged) otherwise: the batch is confirmed all the same, its height being known."""
+        if self._headers is None:
+            return None
+        try:
+            raw = await self._headers.header(height)
+        except HeaderSourceError as exc:
+            log.warning("batch %d: no block time for height %d: %s", batch_id, height, exc)
+            return None
+        results = [
+            check_attestation(msg, height, {height: raw}, regtest=self.config.regtest)
+            for msg, att in root.all_attestations()
+            if isinstance(att, BitcoinBlockHeaderAttestation) and att.height == height
+        ]
+        failed = next((r for r in results if not r.ok), None)
+        if failed is not None:
+            log.warning("batch %d: no block time for height %d: %s", batch_id, height, failed.reason)
+            return None
+        return results[0].block_time
 
     async def _upgrade_timestamp(self, root: Timestamp) -> bool:
         """Ask each allowed calendar for its pending commitments; graft what they return."""

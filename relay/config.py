@@ -179,6 +179,15 @@ class AnchorConfig:
     resubmit_after: int = key(7 * 86400, "Seconds after which a pending batch's root is resubmitted.")
     retry_first: float = key(60.0, "Seconds before a batch that too few calendars accepted is submitted again.")
     retry_max: float = key(3600.0, "Longest wait between submission retries, in seconds (the wait doubles up to this).")
+    esplora: list[str] = key(
+        [],
+        "Esplora explorer API URLs the relay reads the block header of a confirmed batch from, to record its"
+        " block time (two or more must agree); empty, with bitcoind empty: no block time is recorded.",
+    )
+    bitcoind: str = key(
+        "", "bitcoind JSON-RPC URL (http://user:pass@host:8332) to read block headers from, as anchor.esplora does."
+    )
+    regtest: bool = key(False, "Accept regtest proof of work in those block headers (tests only).")
 
 
 @dataclass(frozen=True)
@@ -398,6 +407,11 @@ def _check(config: Config) -> None:
                 f"admin.token_hashes[{pos}]: expected the 64 hex digits of a SHA-256 ('estampille admin-token'"
                 " prints it), not the token itself"
             )
+    for pos, url in enumerate(config.anchor.esplora):
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"anchor.esplora[{pos}] = {url!r}: expected an http(s) URL")
+    if config.anchor.bitcoind and not config.anchor.bitcoind.startswith(("http://", "https://")):
+        raise ConfigError("anchor.bitcoind: expected an http(s) URL")  # the URL may carry a password: not echoed
     for pos, url in enumerate(config.webhooks.urls):
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"webhooks.urls[{pos}] = {url!r}: expected an http(s) URL")

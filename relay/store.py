@@ -1226,6 +1226,7 @@ class Store:
         replies: Iterable[tuple[str, bytes]] = (),
         attempted: bool = False,
         bitcoin_height: int | None = None,
+        block_time: int | None = None,
         resubmitted: bool = False,
     ) -> None:
         """Record a submission retry or an upgrade round of one batch (webhook event on a state change)."""
@@ -1233,11 +1234,12 @@ class Store:
             row = await (await db.execute("SELECT state FROM anchor_batches WHERE id = ?", (batch_id,))).fetchone()
             await db.execute(
                 "UPDATE anchor_batches SET timestamp = COALESCE(?, timestamp), state = ?, next_attempt_at = ?,"
-                " attempts = attempts + ?, bitcoin_height = COALESCE(?, bitcoin_height),"
+                " attempts = attempts + ?, bitcoin_height = COALESCE(?, bitcoin_height), block_time = COALESCE(?, block_time),"
                 " confirmed_at = CASE WHEN ? = 'confirmed' THEN COALESCE(confirmed_at, ?) ELSE confirmed_at END,"
                 " resubmitted_at = CASE WHEN ? THEN ? ELSE resubmitted_at END"
                 " WHERE id = ?",
-                (timestamp, state, next_attempt_at, int(attempted), bitcoin_height, state, now, resubmitted, now, batch_id),
+                (timestamp, state, next_attempt_at, int(attempted), bitcoin_height, block_time, state, now, resubmitted, now,
+                 batch_id),
             )
             await self._insert_anchor_replies(db, batch_id, replies, now)
             if row is not None and row[0] != state and state in ("pending", "confirmed"):

@@ -160,7 +160,7 @@ def verify_ots(
         key=lambda item: item[1].height,
     )
     pending = tuple(sorted({att.uri for _, att in attestations if isinstance(att, PendingAttestation)}))
-    results = [_check_attestation(msg, att.height, headers, regtest) for msg, att in confirmed]
+    results = [check_attestation(msg, att.height, headers, regtest=regtest) for msg, att in confirmed]
     for result in results:
         if result.status == "invalid":
             return result
@@ -171,7 +171,8 @@ def verify_ots(
     return Verification("invalid", "proof carries no Bitcoin or pending attestation")
 
 
-def _check_attestation(msg: bytes, height: int, headers: Mapping[int, bytes], regtest: bool) -> Verification:
+def check_attestation(msg: bytes, height: int, headers: Mapping[int, bytes], *, regtest: bool = False) -> Verification:
+    """Check one Bitcoin attestation of ``msg`` at ``height``: the header's proof of work, then its Merkle root."""
     raw = headers.get(height)
     if raw is None:
         return Verification("invalid", f"no block header for height {height}")

@@ -311,6 +311,51 @@ async def test_two_explorers_that_disagree_are_an_error(store, calendars, chain)
             await verify_with(AgreeingSources([EsploraSource(one.url), EsploraSource(two.url)]), recs[0].body, proof)
 
 
+async def confirmed_batch(store: Store, calendars, config: AnchorConfig):
+    """Two records batched, every calendar's block mined, one upgrade round: the confirmed batch row."""
+    await queue(store, records(2))
+    async with Anchorer(store, config) as anchorer:
+        await anchorer.batch_all()
+        for cal in calendars:
+            cal.confirm()
+        report = await anchorer.upgrade()
+    assert len(report.confirmed) == 1
+    return (await store.anchor_batches(["confirmed"]))[0]
+
+
+@pytest.mark.parametrize("sources", ["one explorer", "two explorers", "bitcoind and an explorer"])
+async def test_confirmed_batch_records_its_block_time_from_the_header_sources(store, calendars, chain, sources):
+    async with EsploraFake(chain) as one, EsploraFake(chain) as two, BitcoindFake(chain) as node:
+        given = {"one explorer": {"esplora": [one.url]}, "two explorers": {"esplora": [one.url, two.url]},
+                 "bitcoind and an explorer": {"esplora": [one.url], "bitcoind": node.url}}[sources]
+        batch = await confirmed_batch(store, calendars, anchor_config(calendars, regtest=True, **given))
+        asked = [server.requests for server in (one, two, node)]
+    height = batch["bitcoin_height"]
+    assert batch["block_time"] == int.from_bytes(chain.headers[height][68:72], "little") == 1_700_000_000 + 600 * height
+    expected = {"one explorer": [2, 0, 0], "two explorers": [2, 2, 0], "bitcoind and an explorer": [2, 0, 2]}
+    assert [len(r) for r in asked] == expected[sources]  # block hash, then header, at each source
+
+
+async def test_no_header_source_leaves_the_block_time_unknown(store, calendars):
+    batch = await confirmed_batch(store, calendars, anchor_config(calendars))
+    assert batch["bitcoin_height"] is not None and batch["block_time"] is None
+
+
+@pytest.mark.parametrize("fault", ["other merkle root", "explorer down", "mainnet proof of work"])
+async def test_a_header_that_does_not_check_out_records_no_block_time(store, calendars, chain, fault, caplog):
+    other = FakeChain()  # same heights and times, other Merkle roots: headers hash fine, attest nothing of ours
+    for _ in calendars:
+        other.mine(os.urandom(32))
+    async with EsploraFake(other if fault == "other merkle root" else chain) as explorer:
+        url = explorer.url
+        if fault == "explorer down":
+            await explorer.stop()
+        config = anchor_config(calendars, esplora=[url], regtest=fault != "mainnet proof of work")
+        batch = await confirmed_batch(store, calendars, config)
+    assert batch["bitcoin_height"] is not None and batch["block_time"] is None  # confirmed all the same
+    assert "no block time for height" in caplog.text
+
+
 async def test_bitcoind_and_esplora_sources_give_the_chain_headers(chain):
     chain.mine(bytes(32))
     async with EsploraFake(chain) as explorer, BitcoindFake(chain) as node:

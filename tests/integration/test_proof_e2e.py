@@ -11,13 +11,25 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from datetime import UTC, datetime
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 import aiohttp
 
 from relay import cli
 from tests.support.openapi import assert_matches
 from tests.support.proved import ACKNOWLEDGER, MESSAGE_ID, RECIPIENTS, SUBJECT, proved_message
+
+
+def anchorings(view: dict) -> list[dict]:
+    """The anchoring of every record in the API's view of a message."""
+    out = [view["submission"]["anchoring"]]
+    for r in view["recipients"]:
+        records = [r["delivery"], r["handoff"], r["acknowledgment"], *r["earlier_handoffs"]]
+        out += [x["anchoring"] for x in records if x is not None]
+        out += [f["record"]["anchoring"] for f in r["fetches"]]
+    return out
 
 
 def verify_cli(*argv: str) -> tuple[int, str]:
@@ -78,6 +90,13 @@ async def test_message_to_three_recipients_proved_end_to_end(tmp_path):
         assert [f["classification"] for f in bob["fetches"]] == ["person"]
         assert bob["fetches"][0]["record"]["anchoring"]["bitcoin_height"] == height
         assert view["submission"]["anchoring"]["bitcoin_height"] == height
+        # The block's time, read by the relay from the explorers (the fake chain's blocks are 600 s apart).
+        block_time = datetime.fromtimestamp(1_700_000_000 + 600 * height, UTC)
+        assert {datetime.fromisoformat(a["block_time"]) for a in anchorings(view)} == {block_time}
+        with zipfile.ZipFile(out / "bundle.zip") as zf:
+            attestation = zf.read("attestation.html").decode()
+        shown = block_time.astimezone(ZoneInfo(p.config.tracker.timezone)).strftime("%d/%m/%Y %H:%M:%S")
+        assert shown in attestation
 
         # The bundle verifies on its own: relay stopped, database gone, bundle copied to an empty directory.
         await p.service.stop()
