@@ -207,6 +207,21 @@ def test_links_disabled_for_a_sender_sends_the_message_unchanged_with_the_reason
     assert copy.data.endswith(original)
 
 
+def test_a_failure_while_editing_sends_the_message_unchanged_but_signed(
+    keyring: dkim.Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self, root):
+        raise UnicodeError("a part the editor cannot handle")
+
+    monkeypatch.setattr(certify._Edits, "rebuild_all", broken)
+    original = to_crlf((CORPUS_DIR / "04-alternative-qp.eml").read_bytes())
+    copy = run(certifier(keyring), original)
+    assert copy.links == () and not copy.ack_link_inserted
+    assert copy.ack_link_reason == "message left unchanged: inserting the link failed (UnicodeError)"
+    assert copy.data.endswith(original.split(b"\r\n\r\n", 1)[1])
+    assert dkimpy_results(copy.data, keyring) == {"rsa-sha256": True, "ed25519-sha256": True}
+
+
 def test_long_lines_become_quoted_printable(keyring: dkim.Keyring) -> None:
     for name in ("07-html-long-line.eml", "30-long-8bit-text.eml"):
         original = (CORPUS_DIR / name).read_bytes()
