@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from relay.config import Config
 from relay.records import Record
 from relay.retention import purge
-from relay.store import Store
+from relay.store import DB_NAME, Store
 from tests.support.deliveries import make_delivery
 from tracker import antiforgery
 from tracker.app import make_app
@@ -337,6 +337,10 @@ async def test_after_the_retention_purge_the_receipt_verifies_and_no_raw_ip_or_a
     assert summary.personal_rows == 2
 
     assert await env.count("personal") == 0
+    for name in (DB_NAME, DB_NAME + "-wal"):  # nor in free pages or the write-ahead log
+        path = env.store.data_dir / name
+        raw = path.read_bytes() if path.exists() else b""
+        assert b"203.0.113.77" not in raw and b"PurgeCheck" not in raw, name
     for table in ("submissions", "deliveries", "records", "ack_tokens", "fetches", "receipts", "anchor_leaves"):
         for row in await env.store.fetchall(f"SELECT * FROM {table}"):
             for value in tuple(row):
