@@ -195,6 +195,15 @@ _ERRORS = {
 _TIME = {"anyOf": [{"type": "string", "format": "date-time"},
                    {"type": "string", "pattern": r"^[0-9]{1,12}(\.[0-9]{1,6})?$"}]}
 _NULLABLE_RECORD = {"oneOf": [_ref("Record"), {"type": "null"}]}
+# What a message's page and its line in a listing share.
+_MESSAGE_HEADING = {
+    "message_id": {"type": ["string", "null"]},
+    "subject": {"type": ["string", "null"]},
+    "sender": {"type": "string"},
+    "received_at": {"type": "string", "format": "date-time"},
+}
+_COUNTS = {k: {"type": "integer"} for k in ("recipients", "delivered", "acknowledged", "records", "anchored")}
+
 
 def _closed(schema: dict[str, Any]) -> dict[str, Any]:
     """An object schema whose every property is required and nothing else is allowed."""
@@ -324,28 +333,18 @@ OPENAPI: dict[str, Any] = {
             "Message": _closed({
                 "type": "object",
                 "properties": {
-                    "message_id": {"type": ["string", "null"]},
-                    "subject": {"type": ["string", "null"]},
-                    "sender": {"type": "string"},
-                    "received_at": {"type": "string", "format": "date-time"},
+                    **_MESSAGE_HEADING,
                     "submission_id": {"type": "string"},
                     "submission": _NULLABLE_RECORD,
                     "recipients": {"type": "array", "items": _ref("Recipient")},
-                    "summary": {
-                        "type": "object",
-                        "properties": {k: {"type": "integer"} for k in
-                                       ("recipients", "delivered", "acknowledged", "records", "anchored")},
-                    },
+                    "summary": {"type": "object", "properties": _COUNTS},
                 },
             }),
             "MessageSummary": _closed({
                 "type": "object",
                 "properties": {
-                    "message_id": {"type": ["string", "null"]},
-                    "subject": {"type": ["string", "null"]},
-                    "sender": {"type": "string"},
-                    "received_at": {"type": "string", "format": "date-time"},
-                    **{k: {"type": "integer"} for k in ("recipients", "delivered", "acknowledged", "records", "anchored")},
+                    **_MESSAGE_HEADING,
+                    **_COUNTS,
                     "href": {"type": "string"},
                 },
             }),
