@@ -16,11 +16,12 @@ root in a block and the upgrade runs; the proof of one leaf is exported
 (median time of 20 exports) and its size reported.
 
 Proof size depends on the calendars: a real calendar aggregates other
-clients' commitments and its transaction sits among others in a block. The
-fake calendars here are given OTHER_COMMITMENTS other commitments and
-BLOCK_TXS transactions per block, so the calendar part of the proof has a
-realistic shape; the size of our own part (file digest, nonce, path) is
-printed separately.
+clients' digests and commitments, and its transaction sits among others in a
+block. The fake calendars here have the shape of a real calendar's answer
+(tests.support.calendar.MAINNET_LIKE: 1,140 bytes from the submitted root to
+the Bitcoin attestation, as in a real proof of block 808746), so the proof
+sizes are those real calendars would give; the size of our own part (file
+digest, nonce, path) is printed separately.
 
 The last line is: RESULT batch_1e6_s=… batch_1e6_rss_mb=… ots_bytes=… requests_per_calendar=…
 """
@@ -50,11 +51,9 @@ from relay.config import AnchorConfig  # noqa: E402
 from relay.records import Record  # noqa: E402
 from relay.store import Store  # noqa: E402
 from relay.verify import verify_ots  # noqa: E402
-from tests.support.calendar import FakeCalendar, FakeChain  # noqa: E402
+from tests.support.calendar import MAINNET_LIKE, FakeCalendar, FakeChain  # noqa: E402
 
 INSERT_CHUNK = 50_000
-OTHER_COMMITMENTS = 1000  # other clients' commitments in the calendar's tree: 10 levels
-BLOCK_TXS = 2000  # transactions in the block: 11 levels
 EXPORTS = 20
 
 
@@ -101,7 +100,7 @@ async def one_size(n: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         store = await Store.open(Path(tmp) / "data")
         chain = FakeChain()
-        cals = [FakeCalendar(chain, block_txs=BLOCK_TXS) for _ in range(3)]
+        cals = [FakeCalendar(chain, **MAINNET_LIKE) for _ in range(3)]
         for cal in cals:
             await cal.start()
         try:
@@ -121,7 +120,6 @@ async def one_size(n: int) -> dict:
                 requests = max(cal.digests_received for cal in cals)
                 pending_ots = await export_ots(store, sample[0])
                 for cal in cals:
-                    cal.pending.update({os.urandom(32): None for _ in range(OTHER_COMMITMENTS)})
                     cal.confirm()
                 report = await anchorer.upgrade()
                 assert report.confirmed == (outcome.batch_id,)

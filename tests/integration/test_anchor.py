@@ -22,7 +22,9 @@ from relay.records import Record
 from relay.store import Store
 from relay.verify import verify_ots
 from tests.conftest import require_tool
-from tests.support.calendar import BitcoindFake, EsploraFake, FakeCalendar, FakeChain
+from tests.support.calendar import (
+    MAINNET_LIKE, MAINNET_LIKE_BYTES, BitcoindFake, EsploraFake, FakeCalendar, FakeChain,
+)
 
 JS_DIR = Path(__file__).resolve().parent.parent / "js"
 
@@ -117,6 +119,23 @@ async def test_thousand_leaves_one_batch_one_request_each_then_every_proof_verif
         result = verify_ots(rec.body, proof, headers, regtest=True)
         assert (result.status, result.height) == ("verified", min(heights)), result.reason
         assert len(proof) < 1500
+
+
+OWN_BYTES_ONE_LEAF = 31 + 1 + 1 + 32 + 19  # magic, version, file hash op, record digest, nonce (no path: one leaf)
+
+
+async def test_mainnet_like_calendar_answers_as_long_as_a_real_calendar(store, chain):
+    recs = records(1)
+    await queue(store, recs)
+    async with FakeCalendar(chain, **MAINNET_LIKE) as cal:
+        async with Anchorer(store, AnchorConfig(calendars=[cal.url], min_calendars=1, allowlist=[])) as anchorer:
+            await anchorer.batch_all()
+            cal.confirm()
+            await anchorer.upgrade()
+    proof = await export_ots(store, recs[0].digest)
+    assert verify_ots(recs[0].body, proof, dict(enumerate(chain.headers)), regtest=True).ok
+    # The real branch's block 808746 is a 3-byte varint; the fake chain's heights take 1 byte.
+    assert len(proof) - OWN_BYTES_ONE_LEAF == MAINNET_LIKE_BYTES - 2
 
 
 SAMPLE = (0, 511, 999)  # first, middle, and the odd last node of a level (1000 -> 125 at level 3)

@@ -13,9 +13,16 @@ FakeCalendar speaks the real protocol: ``POST /digest`` (body: the raw digest)
 answers the serialized operations from the digest to a commitment carrying a
 PendingAttestation(calendar URI); ``GET /timestamp/<commitment hex>`` answers
 404 "Pending confirmation in Bitcoin blockchain" until :meth:`FakeCalendar.confirm`,
-then the operations from the commitment to a BitcoinBlockHeaderAttestation,
-like a real calendar: commitment -> calendar Merkle tree -> transaction bytes
--> double SHA-256 (txid) -> block Merkle tree -> the block header's Merkle root.
+then the operations from the commitment to a BitcoinBlockHeaderAttestation.
+The operations are those opentimestamps-server (otsserver/calendar.py and
+stamper.py) writes: digest -> append a 16-byte nonce, sha256 -> the Merkle tree
+of the digests received in the same second (``aggregated`` others) -> prepend
+the 4-byte time, append an 8-byte MAC (the commitment) || sha256 -> the Merkle
+tree of every commitment waiting for a transaction (``other_commitments``
+others) -> prepend the 89 bytes of a one-input, two-output segwit transaction up
+to its OP_RETURN push, append its 4-byte lock time, sha256 twice (the txid) ->
+the block's Merkle tree (``block_txs`` transactions) -> the header's Merkle root.
+``FakeCalendar(chain, **MAINNET_LIKE)`` gives proofs as long as a real calendar's.
 Switches: ``down`` (answers 503), ``oversize`` (pads replies past 10,000 bytes),
 ``garbage`` (answers 200 with bytes that are no timestamp), ``delay`` (seconds to wait
 before answering: longer than the client's timeout is a calendar that times out),
@@ -30,14 +37,22 @@ import base64
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass, field
 
 from aiohttp import web
 from opentimestamps.core.notary import BitcoinBlockHeaderAttestation, PendingAttestation
 from opentimestamps.core.op import OpAppend, OpPrepend, OpSHA256
 from opentimestamps.core.serialize import BytesSerializationContext
-from opentimestamps.core.timestamp import Timestamp, make_merkle_tree
+from opentimestamps.core.timestamp import Timestamp
 
+# The shape of a real calendar's answer: the finney.calendar.eternitywall.com branch of an `ots info`
+# listing of a real proof, confirmed in Bitcoin block 808746 (transaction 95f612d2...473f0c, Merkle root
+# 2e81f9bf...9a399b): 1 aggregation level, 15 levels of commitments, an 89-byte transaction prefix, 12 levels
+# of block Merkle tree; 1,140 bytes from the submitted digest to the attestation. The same proof's bob branch
+# (block 808752) has no aggregation level: 1,105 bytes.
+MAINNET_LIKE = {"aggregated": 1, "other_commitments": 2**14, "block_txs": 3000}
+MAINNET_LIKE_BYTES = 1140  # what MAINNET_LIKE gives from the digest a calendar receives to its attestation
 REGTEST_BITS = 0x207FFFFF
 REGTEST_TARGET = 0x7FFFFF << (8 * (0x20 - 3))
 PENDING_TEXT = "Pending confirmation in Bitcoin blockchain"
@@ -110,6 +125,41 @@ def _serialize(timestamp: Timestamp) -> bytes:
     return ctx.getbytes()
 
 
+def _merkle_tree(stamps: list[Timestamp], others: list[bytes]) -> Timestamp:
+    """``make_merkle_tree(stamps + others)`` with ``others`` as bare digests: only ``stamps`` get operations."""
+    level: list[tuple[Timestamp | None, bytes]] = [(s, s.msg) for s in stamps] + [(None, d) for d in others]
+    while len(level) > 1:
+        pairs = []
+        for (left, lmsg), (right, rmsg) in zip(level[0::2], level[1::2]):
+            tip = None
+            if right is not None:  # shared with the left node, as the library's cat_sha256 does
+                prepended = right.ops.add(OpPrepend(lmsg))
+                tip = prepended.ops.add(OpSHA256())
+                if left is not None:
+                    left.ops[OpAppend(rmsg)] = prepended
+            elif left is not None:
+                tip = left.ops.add(OpAppend(rmsg)).ops.add(OpSHA256())
+            pairs.append((tip, hashlib.sha256(lmsg + rmsg).digest()))
+        if len(level) % 2:
+            pairs.append(level[-1])  # an odd last node moves up unchanged
+        level = pairs
+    tip = level[0][0]
+    assert tip is not None, "at least one stamp"
+    return tip
+
+
+def _transaction_around_op_return(lock_time: int) -> tuple[bytes, bytes]:
+    """A calendar transaction's bytes before and after its OP_RETURN payload (stamper.py's template):
+    version 1, one input with an empty scriptSig and sequence 0xfffffffd, a P2WPKH change output, then the
+    OP_RETURN output pushing 32 bytes; the lock time after. Without witness: the txid covers none."""
+    prefix = b"".join((
+        (1).to_bytes(4, "little"), b"\x01", os.urandom(36), b"\x00", (0xFFFFFFFD).to_bytes(4, "little"),
+        b"\x02", os.urandom(8), b"\x16\x00\x14", os.urandom(20),
+        bytes(8), b"\x22\x6a\x20",
+    ))
+    return prefix, lock_time.to_bytes(4, "little")
+
+
 def _bitcoin_merkle_path(tip: Timestamp, txids: list[bytes], index: int) -> Timestamp:
     """Graft onto ``tip`` (whose msg is txids[index]) the ops up to the block's Merkle root."""
     level = list(txids)
@@ -166,11 +216,18 @@ class _Server:
 class FakeCalendar(_Server):
     """An OpenTimestamps calendar (see the module docstring)."""
 
-    def __init__(self, chain: FakeChain, *, host: str = "127.0.0.1", block_txs: int = 3) -> None:
+    def __init__(
+        self, chain: FakeChain, *, host: str = "127.0.0.1", block_txs: int = 3, aggregated: int = 0,
+        other_commitments: int = 0,
+    ) -> None:
         super().__init__()
+        if block_txs < 2:
+            raise ValueError("a block holds the coinbase and the calendar's transaction at least")
         self.host = host
         self.chain = chain
         self.block_txs = block_txs  # transactions per mined block: the proof's block path length
+        self.aggregated = aggregated  # other clients' digests received in the same second as each one
+        self.other_commitments = other_commitments  # other commitments in each transaction's tree
         self.down = False
         self.oversize = False
         self.garbage = False
@@ -196,7 +253,10 @@ class FakeCalendar(_Server):
         if not 1 <= len(digest) <= 64:
             return web.Response(status=400, text="digest too long")
         stamp = Timestamp(digest)
-        commitment_stamp = stamp.ops.add(OpAppend(os.urandom(8))).ops.add(OpSHA256())
+        tip = stamp.ops.add(OpAppend(os.urandom(16))).ops.add(OpSHA256())
+        tip = _merkle_tree([tip], [os.urandom(32) for _ in range(self.aggregated)])
+        second = int(time.time()).to_bytes(4, "big")
+        commitment_stamp = tip.ops.add(OpPrepend(second)).ops.add(OpAppend(os.urandom(8)))
         commitment_stamp.attestations.add(PendingAttestation(self.attestation_uri or self.url))
         self.pending[commitment_stamp.msg] = None
         return self._ots_reply(_serialize(stamp))
@@ -227,11 +287,12 @@ class FakeCalendar(_Server):
         if not self.pending:
             raise RuntimeError("nothing pending at this calendar")
         stamps = [Timestamp(c) for c in self.pending]
-        tip = make_merkle_tree(stamps)
-        prefix, suffix = os.urandom(42), os.urandom(12)  # the rest of the transaction around the OP_RETURN
+        others = [os.urandom(32) for _ in range(self.other_commitments)]  # digests of other clients' commitments
+        tip = _merkle_tree([stamp.ops.add(OpSHA256()) for stamp in stamps], others)
+        prefix, suffix = _transaction_around_op_return(self.chain.height)
         txid_stamp = tip.ops.add(OpPrepend(prefix)).ops.add(OpAppend(suffix)).ops.add(OpSHA256()).ops.add(OpSHA256())
-        txids = [txid_stamp.msg] + [os.urandom(32) for _ in range(self.block_txs - 1)]
-        root_stamp = _bitcoin_merkle_path(txid_stamp, txids, 0)
+        txids = [os.urandom(32), txid_stamp.msg] + [os.urandom(32) for _ in range(self.block_txs - 2)]  # 0: coinbase
+        root_stamp = _bitcoin_merkle_path(txid_stamp, txids, 1)
         height = self.chain.mine(root_stamp.msg)
         root_stamp.attestations.add(BitcoinBlockHeaderAttestation(height))
         for stamp in stamps:
