@@ -24,7 +24,7 @@ hash op is OpSHA256 and its file digest the record digest.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from opentimestamps.core.notary import BitcoinBlockHeaderAttestation, PendingAttestation
@@ -149,24 +149,24 @@ def bitcoin_branch(timestamp: Timestamp) -> Timestamp | None:
     """A copy of ``timestamp`` keeping only the path to its lowest-height Bitcoin attestation.
 
     Pending branches and other calendars' paths are dropped: a confirmed proof
-    needs one path, and stays small. None if there is no Bitcoin attestation.
+    needs one path, and stays small. Of several paths to that height (calendars
+    confirmed in the same block), the shortest. None if there is no Bitcoin attestation.
     """
-    best = _lowest_bitcoin(timestamp)
-    if best is None:
+    paths = list(_bitcoin_paths(timestamp, ()))
+    if not paths:
         return None
-    return _copy_path(timestamp, best[1])
+    lowest = min(height for height, _ in paths)
+    copies = (_copy_path(timestamp, path) for height, path in paths if height == lowest)
+    return min(copies, key=lambda copy: len(serialize_timestamp(copy)))
 
 
-def _lowest_bitcoin(timestamp: Timestamp) -> tuple[int, list] | None:
-    best: tuple[int, list] | None = None
+def _bitcoin_paths(timestamp: Timestamp, ops: tuple) -> Iterator[tuple[int, list]]:
+    """(height, ops then attestation) for every Bitcoin attestation under ``timestamp``."""
     for att in timestamp.attestations:
-        if isinstance(att, BitcoinBlockHeaderAttestation) and (best is None or att.height < best[0]):
-            best = (att.height, [att])
-    for op, sub in sorted(timestamp.ops.items(), key=lambda item: item[0]):
-        found = _lowest_bitcoin(sub)
-        if found is not None and (best is None or found[0] < best[0]):
-            best = (found[0], [op, *found[1]])
-    return best
+        if isinstance(att, BitcoinBlockHeaderAttestation):
+            yield att.height, [*ops, att]
+    for op, sub in timestamp.ops.items():
+        yield from _bitcoin_paths(sub, (*ops, op))
 
 
 def _copy_path(timestamp: Timestamp, path: list) -> Timestamp:

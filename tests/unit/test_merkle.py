@@ -83,6 +83,19 @@ def test_bitcoin_branch_keeps_the_lowest_bitcoin_path_only():
     assert merkle.bitcoin_branch(Timestamp(bytes(32))) is None
 
 
+def test_bitcoin_branch_keeps_the_shortest_of_paths_to_the_same_block():
+    # Two calendars confirmed in the same block; the longer path's first op sorts first.
+    root = Timestamp(hashlib.sha256(b"root").digest())
+    longer = root.ops.add(OpAppend(b"a")).ops.add(OpSHA256())
+    for level in range(12):
+        longer = longer.ops.add(OpAppend(bytes([level]) * 32)).ops.add(OpSHA256())
+    longer.attestations.add(BitcoinBlockHeaderAttestation(810))
+    root.ops.add(OpAppend(b"b")).ops.add(OpSHA256()).attestations.add(BitcoinBlockHeaderAttestation(810))
+    branch = merkle.bitcoin_branch(root)
+    assert list(branch.ops) == [OpAppend(b"b")]
+    assert len(merkle.serialize_timestamp(branch)) == 3 + 1 + 12  # append 'b', sha256, attestation (0x00, tag, length, height)
+
+
 def test_graft_merges_a_calendar_answer_where_the_commitment_is():
     root = Timestamp(hashlib.sha256(b"root").digest())
     commitment = root.ops.add(OpAppend(b"n")).ops.add(OpSHA256())
