@@ -71,7 +71,9 @@ async def calendars(chain):
 
 
 def anchor_config(cals, **kw) -> AnchorConfig:
-    return AnchorConfig(calendars=[c.url for c in cals], allowlist=[], retry_first=10.0, retry_max=100.0, **kw)
+    """Test calendars; batches of up to 1,000 leaves (the 1,000-leaf tests make one batch)."""
+    return AnchorConfig(calendars=[c.url for c in cals], allowlist=[], retry_first=10.0, retry_max=100.0,
+                        **{"max_batch": 1000, **kw})
 
 
 async def batch_states(store: Store) -> list[str]:
@@ -118,6 +120,30 @@ async def test_thousand_leaves_one_batch_one_request_each_then_every_proof_verif
         proof = await export_ots(store, rec.digest)
         result = verify_ots(rec.body, proof, headers, regtest=True)
         assert (result.status, result.height) == ("verified", min(heights)), result.reason
+
+
+async def test_a_full_batch_at_the_default_size_gives_proofs_under_1500_bytes(store, chain):
+    """With calendars as long as real ones, the leaves of a full default batch get the longest paths."""
+    config = AnchorConfig()
+    recs = records(config.max_batch + 1)
+    await queue(store, recs)
+    cals = [FakeCalendar(chain, **MAINNET_LIKE) for _ in range(2)]
+    for cal in cals:
+        await cal.start()
+    try:
+        async with Anchorer(store, AnchorConfig(calendars=[c.url for c in cals], allowlist=[])) as anchorer:
+            outcomes = await anchorer.batch_all()
+            assert [o.leaves for o in outcomes] == [config.max_batch, 1]
+            for cal in cals:
+                cal.confirm()
+            await anchorer.upgrade()
+    finally:
+        for cal in cals:
+            await cal.stop()
+    headers = dict(enumerate(chain.headers))
+    for rec in (recs[0], recs[config.max_batch // 2], recs[config.max_batch - 1]):
+        proof = await export_ots(store, rec.digest)
+        assert verify_ots(rec.body, proof, headers, regtest=True).ok
         assert len(proof) < 1500
 
 
