@@ -75,7 +75,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def cmd_purge(args: argparse.Namespace) -> int:
     config = load_config(args)
     summary = asyncio.run(_purge(config))
-    print(f"purged {summary.personal_rows} personal data rows and {summary.message_files} message files")
+    print(f"purged {summary.personal_rows} personal data rows and {summary.messages} messages")
     return EXIT_OK
 
 

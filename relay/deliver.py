@@ -38,7 +38,7 @@ from relay.certify import Certified, Certifier, Prepared
 from relay.config import AckConfig, Config, UpstreamConfig
 from relay.message import header_block, read_facts
 from relay.spool import Incoming, Spool
-from relay.store import Store
+from relay.store import INLINE_COPY_MAX, Store
 
 log = logging.getLogger("estampille.deliver")
 
@@ -403,8 +403,8 @@ class Deliverer:
     async def _prepare(self, job: Job) -> bytes:
         """The exact bytes to send to ``job.recipient``, stored with their delivery record before sending.
 
-        The certified copy, its delivery record and its acknowledgment tokens are written in
-        one transaction. A delivery that already has a copy resends exactly what was recorded.
+        The certified copy (unless it is large: then as a file, before), its delivery record and
+        its acknowledgment tokens are written in one transaction. A delivery that already has a copy resends exactly what was recorded.
         """
         if job.copy_sha256:
             return await self.store.get_blob(job.copy_sha256)
@@ -418,7 +418,10 @@ class Deliverer:
             copy, prepared = await asyncio.get_running_loop().run_in_executor(
                 self._certify_executor, self._certify, job, certifier, prepared, original, now, eight_bit_mime)
         self._remember(job.submission_id, certifier, prepared)
-        copy_sha256 = await self.store.put_blob(copy.data)
+        copy_sha256 = copy.sha256
+        inline = len(copy.data) <= INLINE_COPY_MAX  # else a file, written durably first
+        if not inline:
+            await self.store.put_blob(copy.data)
         record = records.delivery_record(
             submission_digest=job.submission_digest,
             recipient=job.recipient,
@@ -430,6 +433,8 @@ class Deliverer:
         )
 
         async def record_copy(db: Any) -> None:
+            if inline:
+                await Store.insert_copy(db, copy_sha256, copy.data)
             await Store.insert_record(db, record, submission_id=job.submission_id, delivery_id=job.delivery_id, now=now)
             await Store.set_delivery_copy(db, job.delivery_id, copy_sha256, record.digest, now)
             for link in copy.links:

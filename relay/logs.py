@@ -2,10 +2,11 @@
 one JSON object per line (``log.format``), at ``log.level``.
 
 What must never reach a log: a password, a token, a message body. Estampille's
-own lines are written with that in mind; two libraries are not, and are kept
+own lines are written with that in mind; three libraries are not, and are kept
 at WARNING whatever the level: aiosmtpd's ``mail.log`` logs every command line
-a client sends, AUTH data included, and aiohttp's access log prints request
-paths, which carry acknowledgment tokens.
+a client sends, AUTH data included; aiohttp's access log prints request
+paths, which carry acknowledgment tokens; aiosqlite logs every statement with
+its parameters at DEBUG (certified copies, IP addresses, user agents).
 
 Under systemd (``$JOURNAL_STREAM`` set) each line starts with its syslog
 priority (``<3>``, ``<4>``, ...), which journald strips and records, so
@@ -24,7 +25,7 @@ from typing import Any, TextIO
 from relay.config import LogConfig
 
 # Loggers that print what must stay out of logs, held at WARNING or above.
-GUARDED_LOGGERS = ("mail.log", "aiohttp.access")
+GUARDED_LOGGERS = ("mail.log", "aiohttp.access", "aiosqlite")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 JOURNAL_TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
 SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}

@@ -34,21 +34,21 @@ class PurgeSummary:
     """What one purge removed."""
 
     personal_rows: int
-    message_files: int
+    messages: int  # message bodies deleted: files, and copies held in the database
 
 
 async def purge(store: Store, config: Config, *, now: float) -> PurgeSummary:
     """Delete what has outlived its retention period; evidence records are never touched."""
     personal = await store.purge_personal(now - config.privacy.retention_days * DAY)
+    deleted = 0
     if config.retention.messages_days > 0:
-        await store.purge_messages(now - config.retention.messages_days * DAY, now)
+        deleted += await store.purge_messages(now - config.retention.messages_days * DAY, now)
     # Files marked purged are deleted after the commit; a run interrupted in between
     # leaves files that the next run finds and deletes.
-    deleted = 0
     for digest in await store.purged_messages_present():
         deleted += await store.delete_blob(digest)
-    summary = PurgeSummary(personal_rows=personal, message_files=deleted)
-    log.info("purge: %d personal data rows, %d message files deleted", personal, deleted)
+    summary = PurgeSummary(personal_rows=personal, messages=deleted)
+    log.info("purge: %d personal data rows, %d messages deleted", personal, deleted)
     return summary
 
 

@@ -25,7 +25,8 @@ NOW = 1_790_000_000.0
 
 
 async def add_message(store: Store, n: int) -> tuple[str, str]:
-    """One message file and its submission record, as intake leaves them."""
+    """One message file and its submission record, as intake leaves them, and its sent copy,
+    which the database holds (a small copy, as deliver leaves it)."""
     data = f"Subject: convocation {n}\r\n\r\nConseil municipal, séance {n}.\r\n".encode()
     data_sha = await store.put_blob(data)
     record = submission_record(
@@ -47,6 +48,11 @@ async def add_message(store: Store, n: int) -> tuple[str, str]:
              "size": len(data), "data_sha256": data_sha, "record_digest": record.digest},
             [(f"elu{n}@example.org", "[]")],
         )
+    (delivery,) = await store.delivery_states(f"s{n}")
+    copy = b"DKIM-Signature: v=1\r\n" + data
+    async with store.transaction() as db:
+        await Store.insert_copy(db, sha256_hex(copy), copy)
+        await Store.set_delivery_copy(db, delivery["id"], sha256_hex(copy), record.digest, NOW + n)
     return data_sha, record.digest
 
 
@@ -56,6 +62,8 @@ async def contents(data_dir: Path) -> tuple[dict[str, bytes], dict[str, bytes]]:
         rows = await store.fetchall("SELECT digest FROM records")
         records = {row[0]: (await store.get_record(row[0])).body for row in rows}
         files = {p.name: p.read_bytes() for p in store.blob_dir.rglob("*") if p.is_file()}
+        copies = await store.fetchall("SELECT sha256 FROM message_bytes")
+        files.update(await store.inline_copies([row[0] for row in copies]))
     finally:
         await store.close()
     return records, files
@@ -70,11 +78,12 @@ async def test_round_trip_keeps_every_record_and_message(tmp_path: Path):
         await store.close()
 
     summary = await backup_data_dir(live, tmp_path / "backup", now=NOW)
-    assert summary.files == 21  # the database and 20 message files
+    assert summary.files == 21  # the database (with the 20 copies) and 20 message files
     restored = tmp_path / "restored"
     await restore(tmp_path / "backup", restored, force=False)
 
     records, files = await contents(restored)
+    assert len(files) == 40  # each message and its copy
     assert (records, files) == await contents(live)
     assert {sha for sha, _ in made} <= set(files)
     assert {digest for _, digest in made} <= set(records)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import time
 from pathlib import Path
 
@@ -31,12 +32,15 @@ def config(*, privacy_days: int = 365, messages_days: int = 0) -> Config:
     )
 
 
-async def submit(store: Store, name: str, *, age_days: float, state: str, body: str | None = None) -> dict:
-    """A submission with one delivery in ``state`` and its sent copy, as the relay leaves them."""
+async def submit(store: Store, name: str, *, age_days: float, state: str, body: str | None = None,
+                 copy_in_database: bool = False) -> dict:
+    """A submission with one delivery in ``state`` and its sent copy, as the relay leaves them
+    (a small copy in the database, a large one as a file)."""
     received = NOW - age_days * DAY
     data = (body or f"Subject: {name}\r\n\r\nConvocation {name}.\r\n").encode()
     data_sha = await store.put_blob(data)
-    copy_sha = await store.put_blob(b"DKIM-Signature: ...\r\n" + data)
+    copy = b"DKIM-Signature: ...\r\n" + data
+    copy_sha = hashlib.sha256(copy).hexdigest() if copy_in_database else await store.put_blob(copy)
     record = submission_record(
         data_sha256=data_sha, mail_from="mairie@example.org", rcpt_to=["elu@example.org"],
         client_address="127.0.0.1", auth_user=None, tls=None, received_at=iso_time(received),
@@ -52,6 +56,8 @@ async def submit(store: Store, name: str, *, age_days: float, state: str, body: 
         )
     (delivery,) = await store.delivery_states(name)
     async with store.transaction() as db:
+        if copy_in_database:
+            await Store.insert_copy(db, copy_sha, copy)
         await Store.set_delivery_copy(db, delivery["id"], copy_sha, record.digest, received)
         attempt = {"delivery_id": delivery["id"], "started_at": received, "finished_at": received,
                    "outcome": "delivered" if state == "delivered" else "deferred", "code": 250, "reply": "ok"}
@@ -103,14 +109,14 @@ async def test_personal_data_goes_after_its_retention_and_records_stay(store: St
     assert after_personal == [("192.0.2.7", "Firefox")] * 2  # only the recent acknowledgment's
     receipts = await store.fetchall("SELECT delivery_id, personal_id FROM receipts ORDER BY delivery_id")
     assert [r["personal_id"] is None for r in receipts] == [True, False]
-    assert summary.message_files == 0  # messages_days unset: bodies are the proof, kept
+    assert summary.messages == 0  # messages_days unset: bodies are the proof, kept
     for message in (old, recent):
         assert await store.get_blob(message["data"])
 
 
 async def test_message_files_go_after_messages_days_unless_still_needed(store: Store):
-    old = await submit(store, "old", age_days=100, state="delivered")
-    queued = await submit(store, "queued", age_days=100, state="deferred")
+    old = await submit(store, "old", age_days=100, state="delivered", copy_in_database=True)
+    queued = await submit(store, "queued", age_days=100, state="deferred", copy_in_database=True)
     shared = await submit(store, "shared-old", age_days=100, state="delivered", body="Subject: same\r\n\r\nx\r\n")
     await submit(store, "shared-new", age_days=1, state="delivered", body="Subject: same\r\n\r\nx\r\n")
     recent = await submit(store, "recent", age_days=1, state="delivered")
@@ -118,7 +124,7 @@ async def test_message_files_go_after_messages_days_unless_still_needed(store: S
 
     summary = await purge(store, config(messages_days=30), now=NOW)
 
-    assert summary.message_files == 2  # the old message and its sent copy
+    assert summary.messages == 2  # the old message (a file) and its sent copy (in the database)
     for sha in (old["data"], old["copy"]):
         with pytest.raises(NotFoundError):
             await store.get_blob(sha)
@@ -128,7 +134,7 @@ async def test_message_files_go_after_messages_days_unless_still_needed(store: S
         assert await store.message_purged_at(sha) is None
     assert (await everything(store))[:2] == (records, leaves)
     assert (await store.get_record(old["digest"])).fields["data_sha256"] == old["data"]
-    assert (await purge(store, config(messages_days=30), now=NOW)).message_files == 0
+    assert (await purge(store, config(messages_days=30), now=NOW)).messages == 0
 
 
 async def test_an_interrupted_purge_deletes_its_files_next_time(store: Store):
@@ -136,7 +142,7 @@ async def test_an_interrupted_purge_deletes_its_files_next_time(store: Store):
     await store.purge_messages(NOW - 30 * DAY, NOW)  # marked purged, files not yet deleted (a crash)
     assert await store.get_blob(old["data"])
     summary = await purge(store, config(), now=NOW)  # even with messages_days unset now
-    assert summary.message_files == 2
+    assert summary.messages == 2
     with pytest.raises(NotFoundError):
         await store.get_blob(old["data"])
 
@@ -144,7 +150,7 @@ async def test_an_interrupted_purge_deletes_its_files_next_time(store: Store):
 def test_cli_purge(tmp_path: Path, capsys):
     (tmp_path / "estampille.toml").write_text('data_dir = "data"\n[retention]\nmessages_days = 30\n')
     assert main(["purge", "--config", str(tmp_path / "estampille.toml")]) == 0
-    assert "0 message files" in capsys.readouterr().out
+    assert "0 messages" in capsys.readouterr().out
 
 
 async def test_the_service_purges_periodically(tmp_path: Path):
