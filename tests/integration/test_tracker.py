@@ -22,7 +22,8 @@ from relay.records import Record
 from relay.retention import purge
 from relay.store import DB_NAME, Store
 from tests.support.deliveries import make_delivery
-from tracker import antiforgery
+from tests.support.polling import until
+from tracker import antiforgery, recorder
 from tracker.app import make_app
 
 T0 = 1_795_930_400.0  # 2026-11-29T05:33:20Z; fixed so pages and windows are exact
@@ -61,6 +62,11 @@ class Env:
 
     async def count(self, table: str) -> int:
         return (await self.store.fetchone(f"SELECT COUNT(*) FROM {table}"))[0]
+
+    async def fetches_recorded(self, count: int) -> None:
+        """Wait for ``count`` fetches on disk: a page is answered before its fetch is written."""
+        await until(lambda: self.store.fetchone("SELECT 1 FROM fetches GROUP BY NULL HAVING COUNT(*) = ?", (count,)),
+                    f"{count} fetches recorded")
 
     async def form_key(self, token: str, **headers: str) -> str:
         response = await self.client.get(f"/a/{token}", headers={"User-Agent": BROWSER, **headers})
@@ -101,6 +107,7 @@ async def test_get_shows_the_message_and_records_a_person_fetch_without_acknowle
     # T0 is 2026-11-29 05:33:20 UTC: 06:33 in Paris (UTC+1 in winter).
     assert "dimanche 29 novembre 2026 à 06:33 (Europe/Paris)" in text
     assert "J'accuse réception" in text
+    await env.fetches_recorded(1)
     assert await env.count("receipts") == 0
     fetch = await env.store.fetchone("SELECT method, classification, reason FROM fetches")
     assert (fetch["method"], fetch["classification"]) == ("GET", "person")
@@ -128,6 +135,7 @@ async def test_scanner_like_fetches_are_classified_and_never_acknowledge(
     assert response.status == 200
     body = await response.read()
     assert (body == b"") if method == "HEAD" else (b"form_key" in body)
+    await env.fetches_recorded(1)
     fetch = await env.store.fetchone("SELECT method, classification, reason FROM fetches")
     assert (fetch["method"], fetch["classification"], fetch["reason"]) == (method, "scanner", reason)
     assert await env.count("receipts") == 0
@@ -147,6 +155,7 @@ async def test_post_without_the_right_anti_forgery_value_is_refused_and_records_
     await env.form_key(made.token)
     if form.get("form_key") == "0" * 64:
         form = {"form_key": await env.form_key(other.token)}  # a real value, for another token
+    await env.fetches_recorded(2 if form.get("form_key") else 1)
     before = [await env.count(t) for t in ("records", "anchor_leaves", "personal", "receipts")]
     response = await env.client.post(f"/a/{made.token}", data=form, headers={"User-Agent": BROWSER})
     assert response.status == 403
@@ -258,6 +267,7 @@ async def test_forwarded_for_is_ignored_from_untrusted_peers(tmp_path: Path) -> 
         env.clock.now = T0 + LATER
         headers = {"User-Agent": BROWSER, "X-Forwarded-For": "198.51.100.7"}
         assert (await env.client.get(f"/a/{made.token}", headers=headers)).status == 200
+        await env.fetches_recorded(1)
         fetch = await env.store.fetchone("SELECT classification FROM fetches")
         assert fetch["classification"] == "person"
         assert (await env.store.fetchone("SELECT ip FROM personal"))["ip"] == "127.0.0.1"
@@ -358,5 +368,69 @@ async def test_after_the_retention_purge_the_receipt_verifies_and_no_raw_ip_or_a
 async def test_recent_personal_data_survives_the_purge(env: Env) -> None:
     made = await make_delivery(env.store, now=T0)
     await env.client.get(f"/a/{made.token}", headers={"User-Agent": BROWSER})
+    await env.fetches_recorded(1)
     summary = await purge(env.store, env.config, now=T0 + 364 * 86400)
     assert summary.personal_rows == 0 and await env.count("personal") == 1
+
+
+# -- fetches are written in groups, off the request path (tracker/recorder.py) -----------------
+
+async def test_a_page_is_answered_while_the_database_is_busy_and_its_fetch_written_after(env: Env) -> None:
+    made = await make_delivery(env.store, now=T0)
+    async with env.store.transaction():  # another writer holds the database meanwhile
+        page = await asyncio.wait_for(env.client.get(f"/a/{made.token}", headers={"User-Agent": BROWSER}), 20)
+        assert page.status == 200
+        assert await env.count("fetches") == 0
+    await env.fetches_recorded(1)
+
+
+async def test_queued_fetches_are_written_by_count_with_a_receipt_and_at_a_graceful_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(recorder, "FETCH_FLUSH_SECONDS", 3600.0)  # only the other triggers write
+    monkeypatch.setattr(recorder, "FETCH_FLUSH_COUNT", 3)
+    env = await start(tmp_path)
+    try:
+        made = await make_delivery(env.store, now=T0)
+        env.clock.now = T0 + LATER
+        page = f"/a/{made.token}"
+        for _ in range(2):
+            assert (await env.client.get(page, headers={"User-Agent": BROWSER})).status == 200
+        assert await env.count("fetches") == 0  # two wait in memory
+        await env.client.get(page, headers={"User-Agent": BROWSER})
+        await env.fetches_recorded(3)  # the third starts the commit
+        key = await env.form_key(made.token)
+        assert (await env.client.post(page, data={"form_key": key})).status == 200
+        assert (await env.count("fetches"), await env.count("receipts")) == (4, 1)  # written with the receipt
+        for _ in range(2):
+            await env.client.get(page, headers={"User-Agent": BROWSER})
+        assert await env.count("fetches") == 4
+    finally:
+        await env.client.close()  # stops the application: what waits is written
+    try:
+        assert await env.count("fetches") == 6
+        assert await env.count("personal") == 7  # and each event's record is queued for anchoring:
+        anchored = await env.store.fetchone(
+            "SELECT COUNT(*) FROM anchor_leaves JOIN records USING (digest) WHERE records.type = 'receipt'")
+        assert anchored[0] == 7
+    finally:
+        await env.store.close()
+
+
+async def test_a_full_fetch_queue_holds_requests_until_it_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(recorder, "MAX_PENDING_FETCHES", 3)
+    env = await start(tmp_path)
+    try:
+        made = await make_delivery(env.store, now=T0)
+        async with env.store.transaction():  # the disk is stalled: nothing can be written
+            gets = [asyncio.ensure_future(env.client.get(f"/a/{made.token}")) for _ in range(5)]
+            await until(lambda: sum(g.done() for g in gets) >= 3, "three pages answered")
+            assert sum(g.done() for g in gets) == 3  # the other two wait for room
+        responses = await asyncio.gather(*gets)
+        assert [r.status for r in responses] == [200] * 5
+        await env.fetches_recorded(5)
+    finally:
+        await env.client.close()
+        await env.store.close()
