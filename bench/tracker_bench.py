@@ -6,10 +6,12 @@ against a bare aiohttp handler measured in the same run.
 Each server runs in its own subprocess on 127.0.0.1 (port 0); the client is
 aiohttp in this process with a bounded number of requests. Every GET records a
 classified fetch and every POST a first acknowledgment (each to its own token),
-durably (synchronous=FULL), and the count of receipts is checked afterwards.
+durably (synchronous=FULL), and the counts of fetches and receipts are checked afterwards.
 Goals: GET at least 0.5 of the bare handler's rate; at least 1,000 acks/s.
-Rates depend on what else runs on the machine, so the server's and the client's
-CPU time per request are printed too (from /proc): they vary much less.
+Rates depend on what else runs on the machine, so the GETs of the two servers are
+measured in alternating rounds (each round's order reversed from the last): a burst of
+other work then slows both alike, where one run after the other put it on one side only.
+The server's and the client's CPU time per request are printed too (from /proc).
 The last line is ``RESULT get_ratio=… get_p99_ms=… post_per_s=… post_p99_ms=…``.
 """
 
@@ -22,6 +24,7 @@ import os
 import random
 import re
 import secrets
+import signal
 import sys
 import tempfile
 import time
@@ -43,6 +46,7 @@ from tracker.app import start_tracker  # noqa: E402
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36"
 BARE_PAGE = "<!doctype html><title>bare</title><p>ok</p>" * 20  # about the size of an ack page
 WARMUP = 300
+ROUNDS = 8  # GET rounds per server, alternated between the bare handler and the tracker
 DELIVERED_AGO = 3600.0  # deliveries an hour old: fetches are outside the scanner window
 
 
@@ -66,8 +70,12 @@ async def serve_tracker(data_dir: Path) -> None:
     config = Config.from_toml(f'data_dir = "{data_dir}"\n[tracker]\nlisten_port = 0\n')
     store = await Store.open(config.data_path)
     server = await start_tracker(config, store)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     print(f"PORT {server.port}", flush=True)
-    await asyncio.Event().wait()
+    await stop.wait()
+    await server.close()  # as `estampille serve` does: queued fetches are written first
+    await store.close()
 
 
 # -- data --------------------------------------------------------------------
@@ -106,10 +114,10 @@ async def make_tokens(data_dir: Path, count: int) -> list[str]:
     return tokens
 
 
-async def count_receipts(data_dir: Path) -> int:
+async def count_rows(data_dir: Path, table: str) -> int:
     store = await Store.open(data_dir)
     try:
-        return (await store.fetchone("SELECT COUNT(*) FROM receipts"))[0]
+        return (await store.fetchone(f"SELECT COUNT(*) FROM {table}"))[0]
     finally:
         await store.close()
 
@@ -130,29 +138,51 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-async def hammer(base: str, requests: list[tuple[str, str, dict | None]], concurrency: int, pid: int) -> Run:
-    latencies: list[float] = []
-    cpu_before, client_before = cpu_seconds(pid), time.process_time()
-    ok = 0
-    queue = iter(requests)
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector, headers={"User-Agent": USER_AGENT}) as http:
+class Client:
+    """Requests to one server over ``concurrency`` kept-alive connections; totals over its rounds."""
+
+    def __init__(self, base: str, concurrency: int, pid: int) -> None:
+        self.base, self.concurrency, self.pid = base, concurrency, pid
+        self.http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=concurrency), headers={"User-Agent": USER_AGENT}
+        )
+        self.reset()
+
+    def reset(self) -> None:
+        self.latencies: list[float] = []
+        self.elapsed = self.server_cpu = self.client_cpu = 0.0
+        self.ok = 0
+
+    async def round(self, requests: list[tuple[str, str, dict | None]]) -> None:
+        queue = iter(requests)
+
         async def worker() -> None:
-            nonlocal ok
             for method, path, form in queue:
                 start = time.perf_counter()
-                async with http.request(method, base + path, data=form) as response:
+                async with self.http.request(method, self.base + path, data=form) as response:
                     await response.read()
-                    ok += response.status == 200
-                latencies.append(time.perf_counter() - start)
+                    self.ok += response.status == 200
+                self.latencies.append(time.perf_counter() - start)
 
-        began = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - began
-    latencies.sort()
-    cpu_us = (cpu_seconds(pid) - cpu_before) / len(requests) * 1e6
-    client_us = (time.process_time() - client_before) / len(requests) * 1e6
-    return Run(len(requests) / elapsed, latencies[int(len(latencies) * 0.99) - 1] * 1000, ok, cpu_us, client_us)
+        cpu_before, client_before, began = cpu_seconds(self.pid), time.process_time(), time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+        self.elapsed += time.perf_counter() - began
+        self.server_cpu += cpu_seconds(self.pid) - cpu_before
+        self.client_cpu += time.process_time() - client_before
+
+    def result(self) -> Run:
+        count = len(self.latencies)
+        latencies = sorted(self.latencies)
+        return Run(count / self.elapsed, latencies[int(count * 0.99) - 1] * 1000, self.ok,
+                   self.server_cpu / count * 1e6, self.client_cpu / count * 1e6)
+
+    async def close(self) -> None:
+        await self.http.close()
+
+
+def rounds(requests: list, count: int) -> list[list]:
+    size = -(-len(requests) // count)
+    return [requests[n:n + size] for n in range(0, len(requests), size)]
 
 
 async def start_server(*args: str) -> tuple[asyncio.subprocess.Process, int]:
@@ -181,36 +211,39 @@ async def bench(count: int, concurrency: int) -> None:
         gets = [("GET", f"/a/{rng.choice(tokens)}", None) for _ in range(count)]
         warm = [("GET", f"/a/{t}", None) for t in tokens[:WARMUP]]
 
-        proc, port = await start_server("--serve", "bare")
-        try:
-            await hammer(f"http://127.0.0.1:{port}", warm, concurrency, proc.pid)
-            bare = await hammer(f"http://127.0.0.1:{port}", gets, concurrency, proc.pid)
-        finally:
-            await stop_server(proc)
-        print(f"bare    GET  {bare.rate:7.0f} req/s  p99 {bare.p99_ms:6.1f} ms  server CPU {bare.server_cpu_us:4.0f} us/req"
-              f"  client CPU {bare.client_cpu_us:4.0f} us/req",
-              flush=True)
-
+        bare_proc, bare_port = await start_server("--serve", "bare")
         proc, port = await start_server("--serve", "tracker", "--data", str(data_dir))
+        bare = Client(f"http://127.0.0.1:{bare_port}", concurrency, bare_proc.pid)
+        tracker = Client(f"http://127.0.0.1:{port}", concurrency, proc.pid)
         try:
-            base = f"http://127.0.0.1:{port}"
-            await hammer(base, warm, concurrency, proc.pid)
-            get = await hammer(base, gets, concurrency, proc.pid)
+            for client in (bare, tracker):
+                await client.round(warm)
+                client.reset()
+            for number, chunk in enumerate(rounds(gets, ROUNDS)):
+                for client in (bare, tracker) if number % 2 == 0 else (tracker, bare):
+                    await client.round(chunk)
+            bare_get, get = bare.result(), tracker.result()
+            print(f"bare    GET  {bare_get.rate:7.0f} req/s  p99 {bare_get.p99_ms:6.1f} ms  server CPU "
+                  f"{bare_get.server_cpu_us:4.0f} us/req  client CPU {bare_get.client_cpu_us:4.0f} us/req", flush=True)
             print(f"tracker GET  {get.rate:7.0f} req/s  p99 {get.p99_ms:6.1f} ms  server CPU {get.server_cpu_us:4.0f} us/req"
-                  f"  ({get.ok} ok)", flush=True)
+                  f"  client CPU {get.client_cpu_us:4.0f} us/req  ({get.ok} ok)", flush=True)
             secret = antiforgery.load_secret(data_dir)
             posts = [("POST", f"/a/{t}", {antiforgery.FIELD: antiforgery.form_value(secret, t)})
                      for t in tokens[WARMUP + count: WARMUP + 2 * count]]
-            post = await hammer(base, posts, concurrency, proc.pid)
+            tracker.reset()
+            await tracker.round(posts)
+            post = tracker.result()
         finally:
+            await bare.close()
+            await tracker.close()
+            await stop_server(bare_proc)
             await stop_server(proc)
-        receipts = await count_receipts(data_dir)
+        receipts, fetches = await count_rows(data_dir, "receipts"), await count_rows(data_dir, "fetches")
         print(f"tracker POST {post.rate:7.0f} ack/s  p99 {post.p99_ms:6.1f} ms  server CPU {post.server_cpu_us:4.0f} us/req"
-              f"  ({post.ok} ok, "
-              f"{receipts} receipts in the store)", flush=True)
-        if post.ok != count or receipts != count or get.ok != count:
-            raise SystemExit("some requests failed or receipts are missing")
-        print(f"RESULT get_ratio={get.rate / bare.rate:.2f} get_p99_ms={get.p99_ms:.1f} "
+              f"  ({post.ok} ok, {receipts} receipts and {fetches} fetches in the store)", flush=True)
+        if post.ok != count or receipts != count or get.ok != count or fetches != WARMUP + count:
+            raise SystemExit("some requests failed, or receipts or fetches are missing")
+        print(f"RESULT get_ratio={get.rate / bare_get.rate:.2f} get_p99_ms={get.p99_ms:.1f} "
               f"post_per_s={post.rate:.0f} post_p99_ms={post.p99_ms:.1f}")
 
 
