@@ -19,6 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aiosmtpd.smtp import SMTP
+
+from relay.intake import IntakeSMTP
 from tests.support.relay import relay_config
 from tests.support.threaded import ThreadedRelay
 
@@ -99,4 +102,41 @@ def test_random_command_streams_leave_the_intake_up_and_answering(relay, stream)
     assert not re.search(rb"Traceback|Exception|\w+Error\b", received), received[:500]
     code, text = normal_transaction(relay.port)
     assert code == 250, text
+    assert not relay.errors.records, [r.getMessage() for r in relay.errors.records]
+
+
+# -- the intake's reading of MAIL and RCPT paths ----------------------------------
+
+PATH_ALPHABET = "ab9.@<>[]() \"\\\t-+=;:,é"
+paths = st.one_of(
+    st.text(alphabet=PATH_ALPHABET, max_size=30),
+    st.builds(lambda local, domain, rest: f"<{local}@{domain}>{rest}",
+              st.text(alphabet="ab9.-+_'", min_size=1, max_size=12),
+              st.text(alphabet="ab9.-", min_size=1, max_size=12),
+              st.sampled_from(["", " SIZE=100", "  NOTIFY=NEVER ORCPT=rfc822;x@y", " (comment) SIZE=1", "\tAUTH=<>", "x"])),
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(arg=paths, limit=st.sampled_from([0, 3, 64]))
+def test_the_intake_reads_an_address_as_aiosmtpd_does(arg: str, limit: int):
+    """IntakeSMTP reads plain <local@domain> paths itself (aiosmtpd's parser is slow): whatever
+    the argument, the address and the rest it finds are aiosmtpd's own."""
+    session = IntakeSMTP.__new__(IntakeSMTP)  # _getaddr reads local_part_limit only
+    session.local_part_limit = limit
+    try:
+        expected = SMTP._getaddr(session, arg)
+    except IndexError:  # the email package's parser fails on '<', '<a@'...: ours says "malformed"
+        expected = (None, None)
+    assert session._getaddr(arg) == expected
+
+
+@pytest.mark.parametrize("path", ["<", "<a@", '<"', "<@"])
+def test_a_path_the_email_parser_chokes_on_is_a_syntax_error(relay, path):
+    """aiosmtpd alone raised IndexError here: a 451 (try again later) and an error in the log."""
+    with smtplib.SMTP("127.0.0.1", relay.port, timeout=READ_SECONDS) as client:
+        client.ehlo("client.test")
+        assert client.docmd(f"MAIL FROM:{path}")[0] == 553
+        assert client.docmd("MAIL FROM:<mairie@ville.example>")[0] == 250
+        assert client.docmd(f"RCPT TO:{path}")[0] == 553
     assert not relay.errors.records, [r.getMessage() for r in relay.errors.records]
