@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from email.message import EmailMessage
 
 from relay.message import header_block, read_facts, read_header_facts, to_crlf
@@ -64,3 +65,18 @@ def test_single_part_attachment_is_found():
             b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n")
     (only,) = read_facts(data).attachments
     assert only.filename == "a.pdf" and only.sha256 == hashlib.sha256(b"%PDF-").hexdigest()
+
+
+def test_facts_are_the_email_packages_own_on_the_whole_corpus(monkeypatch):
+    """read_facts keeps one header class per name (the email package makes one per header
+    read): on every corpus message, the facts are those the stock default policy gives."""
+    from email import policy
+    from email.parser import BytesParser
+
+    from relay import message
+
+    corpus = sorted((Path(__file__).parent.parent / "corpus").glob("*.eml"))
+    ours = [read_facts(path.read_bytes()) for path in corpus]
+    monkeypatch.setattr(message, "_PARSER", BytesParser(policy=policy.default))
+    assert len(corpus) >= 30
+    assert ours == [read_facts(path.read_bytes()) for path in corpus]
