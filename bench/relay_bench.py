@@ -5,16 +5,23 @@ the relay's own), one after the other, in front of the same recording sink
 (another subprocess). This process is the load: CLIENTS connections, each
 sending its share of MESSAGES messages of about 9 KB to RECIPIENTS recipients.
 
-    python bench/relay_bench.py [--messages 400] [--clients 4] [--recipients 10]
+    python bench/relay_bench.py [--messages 300] [--clients 4] [--recipients 10] [--rounds 3]
 
-Prints, per system: accepted messages/s, delivered recipients/s, p50 and p99
+Each round measures every system once, in turn; the figures are each system's medians over
+the rounds. Prints, per system and round, then the medians: accepted messages/s, delivered recipients/s, p50 and p99
 time to the 250, peak RSS; then the ratios relay/baseline; then what certification
 costs (bench/certify_bench.py): the cost per delivery of each stage (rewrite, sign,
 store, send) and, for one 2 MB message to RECIPIENTS recipients through the relay,
 the time until all are delivered and the peak RSS; and last:
 ``RESULT accepted_ratio=... delivered_ratio=... p99_ms=... rss_mb=... certified_ratio=...
-big_seconds=... big_rss_mb=...`` (certified_ratio: the certifying relay's delivered
-recipients/s over the baseline's, goal >= 0.8).
+certified_accepted_ratio=... big_seconds=... big_rss_mb=...``.
+
+Two goals, two systems. The relay core's (issue 2: "at least as fast as the naive relay,
+before certification"): accepted_ratio and delivered_ratio, with p99_ms and rss_mb, are
+those of ``relay-core``, the relay with the certify step bypassed, goal >= 1.0 each.
+Certification's (issue 3): certified_ratio is the certifying relay's (``relay``) delivered
+recipients/s over the baseline's, goal >= 0.8; certified_accepted_ratio is its accepted
+messages/s over the baseline's, for information.
 
 To add a system (e.g. the relay with certification), add a ``System`` to
 ``systems()``: a name and the command that starts it, which must print
@@ -187,6 +194,24 @@ async def measure(system: System, args: argparse.Namespace, work: Path, octets: 
     )
 
 
+def median_figures(runs: list[Figures]) -> Figures:
+    """One system's rounds as one: the median of each rate and latency, the highest peak RSS.
+
+    The machine is shared and noisy: rounds alternate between the systems, so a slow spell
+    falls on all of them, and the median drops the round it spoiled most."""
+    return Figures(
+        name=runs[0].name,
+        accepted_per_s=statistics.median(f.accepted_per_s for f in runs),
+        delivered_per_s=statistics.median(f.delivered_per_s for f in runs),
+        p50_ms=statistics.median(f.p50_ms for f in runs),
+        p99_ms=statistics.median(f.p99_ms for f in runs),
+        rss_mb=max(f.rss_mb for f in runs),
+        cpu_s=statistics.median(f.cpu_s for f in runs),
+        delivered=min(f.delivered for f in runs),
+        expected=runs[0].expected,
+    )
+
+
 def show(f: Figures) -> None:
     print(
         f"{f.name:>10}: accepted {f.accepted_per_s:7.1f} msg/s, delivered {f.delivered_per_s:7.1f} rcpt/s "
@@ -220,32 +245,40 @@ async def main() -> int:
     parser.add_argument("--messages", type=int, default=300)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--recipients", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="each system is measured once per round, in turn; the figures are the medians")
     parser.add_argument("--only", metavar="NAME", help="measure one system alone (for profiling); no ratios")
     args = parser.parse_args()
     print(f"{args.messages} messages of {MESSAGE_OCTETS} octets, {args.recipients} recipients each, "
-          f"{args.clients} client connections, {os.cpu_count()} CPUs", flush=True)
+          f"{args.clients} client connections, {os.cpu_count()} CPUs, {args.rounds} rounds", flush=True)
     with tempfile.TemporaryDirectory(prefix="estampille-bench-") as tmp:
-        results = {}
-        for system in systems(Path(tmp)):
-            if args.only in (None, system.name):
-                results[system.name] = await measure(system, args, Path(tmp))
-                show(results[system.name])
+        runs: dict[str, list[Figures]] = {}
+        for n in range(args.rounds):
+            for system in systems(Path(tmp)):
+                if args.only in (None, system.name):
+                    runs.setdefault(system.name, []).append(await measure(system, args, Path(tmp) / f"round{n}"))
+                    show(runs[system.name][-1])
         if args.only:
             return 0
         big = await certification_costs(args, Path(tmp))
+    results = {name: median_figures(figures) for name, figures in runs.items()}
+    print(f"medians of {args.rounds} rounds:")
+    for figures in results.values():
+        show(figures)
     baseline = results["baseline"]
     for name in ("relay-core", "relay"):
         f = results[name]
         print(f"ratios {name}/baseline: accepted {f.accepted_per_s / baseline.accepted_per_s:.2f}, "
               f"delivered {f.delivered_per_s / baseline.delivered_per_s:.2f}")
-    relay = results["relay"]
-    accepted_ratio = relay.accepted_per_s / baseline.accepted_per_s
-    delivered_ratio = relay.delivered_per_s / baseline.delivered_per_s
+    core, certified = results["relay-core"], results["relay"]
     big_seconds = big.delivered / big.delivered_per_s if big.delivered_per_s else float("inf")
     print(
-        f"RESULT accepted_ratio={accepted_ratio:.2f} delivered_ratio={delivered_ratio:.2f} "
-        f"p99_ms={relay.p99_ms:.1f} rss_mb={relay.rss_mb:.1f} "
-        f"certified_ratio={delivered_ratio:.2f} big_seconds={big_seconds:.2f} big_rss_mb={big.rss_mb:.1f}"
+        f"RESULT accepted_ratio={core.accepted_per_s / baseline.accepted_per_s:.2f} "
+        f"delivered_ratio={core.delivered_per_s / baseline.delivered_per_s:.2f} "
+        f"p99_ms={core.p99_ms:.1f} rss_mb={core.rss_mb:.1f} "
+        f"certified_ratio={certified.delivered_per_s / baseline.delivered_per_s:.2f} "
+        f"certified_accepted_ratio={certified.accepted_per_s / baseline.accepted_per_s:.2f} "
+        f"big_seconds={big_seconds:.2f} big_rss_mb={big.rss_mb:.1f}"
     )
     complete = all(f.delivered == f.expected for f in [*results.values(), big])
     return 0 if complete else 1
