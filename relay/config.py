@@ -171,7 +171,7 @@ class AnchorConfig:
     max_batch: int = key(
         128,
         "Leaves that trigger a batch before the interval ends, and the most one batch holds. Each doubling adds"
-        " 35 bytes to every proof; 128 keeps a confirmed leaf's .ots under 1.5 KB with real calendars.",
+        " 35 bytes to every proof; with 128 a confirmed leaf's .ots is about 1,470 bytes (docs/anchoring.md).",
     )
     upgrade_interval: int = key(3600, "Seconds between upgrade rounds for pending batches.")
     timeout: float = key(10.0, "Seconds to wait for a calendar.")
