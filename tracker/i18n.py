@@ -108,6 +108,7 @@ def negotiate(accept_language: str | None) -> str:
     return best
 
 
+@functools.lru_cache(maxsize=4096)  # every recipient of a message shows the same sending time
 def format_time(timestamp: float, tz: str, lang: str) -> str:
     """A Unix time as a reader expects it, in ``tz``: 'dimanche 29 novembre 2026 à 06:37 (Europe/Paris)'."""
     moment = datetime.fromtimestamp(timestamp, tz=ZoneInfo(tz))

@@ -31,6 +31,7 @@ from tracker.recorder import Recorder
 log = logging.getLogger("estampille.tracker")
 
 STATIC_MAX_AGE = 3600
+HTML = "text/html; charset=utf-8"
 
 # Nothing external, no scripts, no framing; forms post only to us (see form_action_csp).
 CSP = (
@@ -77,13 +78,16 @@ TRACKER = web.AppKey("tracker", Tracker)
 def render(
     request: web.Request, template: str, context: dict[str, Any], *, status: int = 200
 ) -> web.Response:
-    """A page in the visitor's language, on the shared base template."""
+    """A page in the visitor's language, on the shared base template.
+
+    Rendered with the environment aiohttp_jinja2.setup made, but not through its
+    render_template, which parses the content type it has just set, twice, on every page.
+    """
     lang = negotiate(request.headers.get("Accept-Language"))
     tracker = request.app[TRACKER]
     base = {"lang": lang, "t": _WORDING[lang], "css_href": f"{tracker.base_path}/static/style.css"}
-    response = aiohttp_jinja2.render_template(template, request, {**base, **context}, status=status)
-    response.headers["Vary"] = "Accept-Language"
-    return response
+    page = aiohttp_jinja2.get_env(request.app).get_template(template).render({**base, **context})
+    return web.Response(body=page.encode(), status=status, headers={"Content-Type": HTML, "Vary": "Accept-Language"})
 
 
 def form_action_csp(target_url: str | None) -> str:
