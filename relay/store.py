@@ -1139,7 +1139,9 @@ class Store:
                 ),
                 db.executemany(
                     _INSERT_RECORD_SQL,
-                    [(e.record.digest, e.record.type, e.record.body, None, e.delivery_id, e.at) for e in events],
+                    # Each event's record is a receipt record (kind 'fetched' or 'acknowledged'):
+                    # Record.type would parse its JSON again, in the event loop's thread.
+                    [(e.record.digest, "receipt", e.record.body, None, e.delivery_id, e.at) for e in events],
                 ),
                 db.executemany(_QUEUE_LEAF_SQL, [(e.record.digest, e.at) for e in events]),
                 db.executemany(
