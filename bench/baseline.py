@@ -18,7 +18,11 @@ from pathlib import Path
 import aiosmtplib
 from aiosmtpd.smtp import SMTP
 
-CONCURRENCY = 8  # the relay's default upstream.concurrency
+from relay.config import UpstreamConfig
+
+# As many upstream sessions at once as the relay's default pool holds (upstream.connections):
+# both relays put at most this many transactions in flight to the sink.
+CONCURRENCY = UpstreamConfig().connections
 
 
 def spool_write(directory: Path, data: bytes) -> Path:

@@ -93,8 +93,8 @@ class UpstreamConfig:
     username: str = key("", "AUTH user at the upstream; empty for none.")
     password: str = key("", "AUTH password at the upstream.")
     helo_name: str = key("", "Name sent in EHLO; defaults to smtp.hostname.")
-    concurrency: int = key(8, "Deliveries in flight at once.")
-    connections: int = key(4, "Upstream connections kept open and reused.")
+    concurrency: int = key(16, "Deliveries in progress at once (certifying, storing, sending, recording).")
+    connections: int = key(8, "Upstream connections kept open and reused: the most sent at once.")
     timeout: float = key(60.0, "Seconds to wait for the upstream before deferring.")
 
 
