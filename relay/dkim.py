@@ -64,6 +64,7 @@ KEY_FILE_MODE = 0o600
 DNS_STRING_MAX = 255  # one character-string of a TXT record
 
 _HEADER_NAME = b"DKIM-Signature"
+SIGNED_HEADERS_CACHED = 16  # header blocks whose signed part is kept: a message being sent to its recipients
 _RELAXED = dkimpy.CanonicalizationPolicy.from_c_value(CANONICALIZATION)
 _TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
 # Whitespace runs that relaxed canonicalisation changes: any run with a tab, or two spaces or more.
@@ -229,14 +230,25 @@ def sign(message: bytes, keys: DomainKeys, signed_headers: Iterable[str], now: i
     """
     message = strip_signatures(message, keys)
     head_end = header_end(message)
-    headers, _ = dkimpy.rfc822_parse(message[:head_end])
     body = message[head_end + 2 :] if head_end < len(message) else b""
     body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
-    include = _include_list(headers, signed_headers)
-    canonical = _RELAXED.canonicalize_headers(headers)
+    include, signed = _signed_headers(message[:head_end], tuple(signed_headers))
     # Each signature covers the message without the other one (both are added last).
-    fields = [_signature(canonical, include, body_hash, key, now) for key in keys.keys]
+    fields = [_signature(signed, include, body_hash, key, now) for key in keys.keys]
     return b"".join(fields) + message
+
+
+@functools.lru_cache(maxsize=SIGNED_HEADERS_CACHED)
+def _signed_headers(block: bytes, signed_headers: tuple[str, ...]) -> tuple[tuple[bytes, ...], Any]:
+    """The h= list of a header block, and a SHA-256 that has hashed the fields it selects, as
+    dkimpy's hash_headers does before the DKIM-Signature field. Every recipient's copy of a
+    message has the same header block: parsed, canonicalised and hashed once, then copied."""
+    headers, _ = dkimpy.rfc822_parse(block)
+    include = _include_list(headers, signed_headers)
+    hasher = hashlib.sha256()
+    for name, value in dkimpy.select_headers(_RELAXED.canonicalize_headers(headers), include):
+        hasher.update(name + b":" + value)
+    return tuple(include), hasher
 
 
 def relaxed_body(body: bytes) -> bytes:
@@ -302,8 +314,9 @@ def _include_list(headers: list[list[bytes]], signed_headers: Iterable[str]) -> 
     return include + [b"from"]
 
 
-def _signature(canonical: list, include: list[bytes], body_hash: bytes, key: SigningKey, now: int) -> bytes:
-    """One DKIM-Signature field, built the way dkimpy's DKIM.sign builds it."""
+def _signature(signed: Any, include: tuple[bytes, ...], body_hash: bytes, key: SigningKey, now: int) -> bytes:
+    """One DKIM-Signature field, built the way dkimpy's DKIM.sign builds it; ``signed`` has
+    hashed the selected header fields (_signed_headers)."""
     domain = key.domain.encode("ascii")
     fields = [
         (b"v", b"1"),
@@ -320,8 +333,10 @@ def _signature(canonical: list, include: list[bytes], body_hash: bytes, key: Sig
     ]
     value = dkimpy.fold(b"; ".join(b"=".join(f) for f in fields), namelen=len(_HEADER_NAME), linesep=b"\r\n")
     value = dkimpy.RE_BTAG.sub(b"\\1", value)
-    hasher = hashlib.sha256()
-    dkimpy.hash_headers(hasher, _RELAXED, canonical, include, (_HEADER_NAME, b" " + value), dict(fields))
+    hasher = signed.copy()
+    # The field itself, canonicalised, without its trailing CRLF (RFC 6376 3.7), as hash_headers does.
+    for name, canonical in _RELAXED.canonicalize_headers([(_HEADER_NAME, b" " + value)]):
+        hasher.update(name + b":" + canonical.rstrip())
     fields[-1] = (b"b", base64.b64encode(key.sign_digest(hasher.digest())))
     value = dkimpy.fold(b"; ".join(b"=".join(f) for f in fields) + b"\r\n", namelen=len(_HEADER_NAME))
     return _HEADER_NAME + b": " + value
