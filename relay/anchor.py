@@ -20,6 +20,12 @@ Two workers, both driven by :class:`Anchorer`:
   read from the header at its height once that header's proof of work and
   Merkle root check out against the attestation (else the time stays unknown).
 
+Each round works on several batches at once: a backlog becomes all its batches in
+one round, and submissions, retries and upgrades go to the calendars together,
+never more than ``anchor.calendar_concurrency`` requests at once to one calendar
+host (both workers share that limit). A calendar that times out costs a round
+batches / calendar_concurrency timeouts, not one per batch.
+
 Calendar replies are refused above 10,000 bytes, as the reference client does.
 Run time uses the ``opentimestamps`` library, never ``otsclient``.
 """
@@ -31,8 +37,9 @@ import fnmatch
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -54,6 +61,12 @@ MAX_REPLY_BYTES = 10_000  # the reference client's limit for a calendar reply
 PENDING_REPLY = "Pending confirmation in Bitcoin blockchain"
 HEADERS = {"Accept": "application/vnd.opentimestamps.v1", "User-Agent": "Estampille"}
 POLL_SECONDS = 5.0  # how often the batching worker checks whether max_batch leaves are waiting
+# Leaves of batches formed and not yet stored, at most (one batch always): each holds its tree in memory while
+# its calendars answer, and a 10^6-leaf batch alone takes some 700 MB to form (bench/anchor_bench.py).
+MAX_LEAVES_FORMED = 2**17
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def header_source(config: AnchorConfig) -> HeaderSource | None:
@@ -65,22 +78,58 @@ def header_source(config: AnchorConfig) -> HeaderSource | None:
     return sources[0] if len(sources) == 1 else AgreeingSources(sources)
 
 
+async def _each(items: Sequence[T], work: Callable[[T], Awaitable[R]], at_once: int) -> list[R]:
+    """``work(item)`` for every item, at most ``at_once`` together; results in order.
+
+    The first failure cancels the rest and is raised as it is (not in an ExceptionGroup: callers map it).
+    """
+    slots = asyncio.Semaphore(at_once)
+
+    async def one(item: T) -> R:
+        async with slots:
+            return await work(item)
+
+    tasks = [asyncio.create_task(one(item)) for item in items]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        await _cancel(tasks)
+
+
+async def _cancel(tasks: Iterable[asyncio.Task]) -> None:
+    """Cancel those of ``tasks`` still running and wait for them: none outlives the round that started it."""
+    tasks = list(tasks)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def calendar_url(base: str, path: str) -> str:
     """``base``/``path``; urljoin would drop the last segment of a base without a trailing slash."""
     return base.rstrip("/") + "/" + path
 
 
 class CalendarClient:
-    """The two requests of the OpenTimestamps calendar protocol, with bounded replies."""
+    """The two requests of the OpenTimestamps calendar protocol, with bounded replies.
 
-    def __init__(self, session: aiohttp.ClientSession, timeout: float) -> None:
+    At most ``per_host`` requests are in flight at once to one host (and port), whatever
+    asks; a request's timeout starts once it has its slot, so waiting for one is no failure.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, timeout: float, per_host: int) -> None:
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._per_host = per_host
+        self._slots: dict[str, asyncio.Semaphore] = {}  # by host: configured or allowed calendars only
+
+    def _slot(self, calendar: str) -> asyncio.Semaphore:
+        host = urlsplit(calendar).netloc.lower()
+        return self._slots.setdefault(host, asyncio.Semaphore(self._per_host))
 
     async def submit(self, calendar: str, digest: bytes) -> Timestamp:
         """POST ``digest`` to ``calendar``; the reply's operations from ``digest`` (AnchorError if unusable)."""
         try:
-            async with self._session.post(
+            async with self._slot(calendar), self._session.post(
                 calendar_url(calendar, "digest"), data=digest, headers=HEADERS, timeout=self._timeout
             ) as resp:
                 body = await read_bounded(resp, MAX_REPLY_BYTES)
@@ -94,7 +143,7 @@ class CalendarClient:
         """GET the upgrade of ``commitment``; None while the calendar waits for Bitcoin."""
         url = calendar_url(calendar, "timestamp/" + commitment.hex())
         try:
-            async with self._session.get(url, headers=HEADERS, timeout=self._timeout) as resp:
+            async with self._slot(calendar), self._session.get(url, headers=HEADERS, timeout=self._timeout) as resp:
                 body = await read_bounded(resp, MAX_REPLY_BYTES)
                 status = resp.status
         except (aiohttp.ClientError, asyncio.TimeoutError, ReplyTooLarge) as exc:
@@ -129,6 +178,24 @@ class BatchOutcome:
 
 
 @dataclass(frozen=True)
+class _FormedBatch:
+    """A batch formed but not yet submitted nor stored: its leaves, their nonces, its tree."""
+
+    rowids: list[int]
+    nonces: bytes
+    tree: merkle.Tree
+
+
+@dataclass(frozen=True)
+class _Upgraded:
+    """What an upgrade round did to one batch."""
+
+    confirmed: bool = False
+    stale: bool = False
+    resubmitted: bool = False
+
+
+@dataclass(frozen=True)
 class UpgradeReport:
     """What one upgrade round found."""
 
@@ -154,6 +221,7 @@ class Anchorer:
         self._clock = clock
         self._randbytes = randbytes
         self._session: aiohttp.ClientSession | None = None
+        self._calendars: CalendarClient | None = None
         self.stale_batches = 0  # batches past anchor.stale_after at the last upgrade round
         self._headers = header_source(config)
         hosts = [urlsplit(url).hostname or "" for url in config.calendars]
@@ -161,18 +229,20 @@ class Anchorer:
 
     async def __aenter__(self) -> "Anchorer":
         self._session = aiohttp.ClientSession()
+        # One client for both workers: its per-host limit holds across batches and rounds.
+        self._calendars = CalendarClient(self._session, self.config.timeout, self.config.calendar_concurrency)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._session is not None:
             await self._session.close()
-            self._session = None
+            self._session = self._calendars = None
 
     @property
     def _client(self) -> CalendarClient:
-        if self._session is None:
+        if self._calendars is None:
             raise RuntimeError("use Anchorer inside 'async with'")
-        return CalendarClient(self._session, self.config.timeout)
+        return self._calendars
 
     def allowed(self, calendar: str) -> bool:
         """Whether the upgrade worker may contact ``calendar`` (its host matches the allowlist)."""
@@ -183,7 +253,59 @@ class Anchorer:
 
     async def batch(self) -> BatchOutcome | None:
         """Make one batch of up to ``max_batch`` waiting leaves and submit it; None if none wait."""
-        leaves = await self.store.unbatched_leaves(self.config.max_batch)
+        formed = await self._form_batch(frozenset())
+        return None if formed is None else await self._submit_batch(formed)
+
+    async def batch_all(self) -> list[BatchOutcome]:
+        """Batch every waiting leaf, ``max_batch`` at a time, in this one round, several batches at once.
+
+        A batch is formed as soon as one of ``_batches_at_once`` slots is free, and submitted while the
+        next is formed. Its leaves stay unbatched in the store until it is stored: the next ones skip them.
+        The first failure stops the round and is raised; batches not stored by then are not stored.
+        """
+        slots = asyncio.Semaphore(self._batches_at_once)
+        forming: set[int] = set()  # row ids of the leaves of batches formed but not stored yet
+        tasks: list[asyncio.Task[BatchOutcome]] = []
+        failed = False
+
+        async def submit(formed: _FormedBatch) -> BatchOutcome:
+            nonlocal failed
+            try:
+                return await self._submit_batch(formed)
+            except BaseException:
+                failed = True
+                raise
+            finally:
+                forming.difference_update(formed.rowids)  # stored, or still unbatched in the store
+                slots.release()
+
+        try:
+            while not failed:
+                await slots.acquire()
+                # A copy taken before the query: a leaf stored meanwhile left the set only once committed.
+                formed = await self._form_batch(frozenset(forming))
+                if formed is None:
+                    break
+                full = len(formed.rowids) == self.config.max_batch
+                forming.update(formed.rowids)
+                tasks.append(asyncio.create_task(submit(formed)))
+                del formed  # one large batch at a time is not kept while the next is formed
+                if not full:
+                    break
+            return list(await asyncio.gather(*tasks))
+        finally:
+            await _cancel(tasks)
+
+    @property
+    def _batches_at_once(self) -> int:
+        """As many as one calendar takes requests at once (more would wait for it), within MAX_LEAVES_FORMED."""
+        return max(1, min(self.config.calendar_concurrency, MAX_LEAVES_FORMED // self.config.max_batch))
+
+    async def _form_batch(self, skip: frozenset[int]) -> _FormedBatch | None:
+        """Nonces and Merkle tree of the oldest ``max_batch`` waiting leaves not in ``skip``; None if none."""
+        leaves = await self.store.unbatched_leaves(self.config.max_batch + len(skip))
+        if skip:
+            leaves = [leaf for leaf in leaves if leaf[0] not in skip][: self.config.max_batch]
         if not leaves:
             return None
         digests = [bytes.fromhex(digest) for _, digest in leaves]
@@ -191,7 +313,11 @@ class Anchorer:
         del leaves  # a million rows weigh a few hundred megabytes
         nonces = self._randbytes(merkle.NONCE_BYTES * len(rowids))
         tree = await asyncio.to_thread(merkle.Tree.build, digests, nonces)
-        del digests
+        return _FormedBatch(rowids, nonces, tree)
+
+    async def _submit_batch(self, formed: _FormedBatch) -> BatchOutcome:
+        """Submit a formed batch's root to every calendar; store the batch, its tree and the replies."""
+        tree = formed.tree
         root = Timestamp(tree.root)
         replies = await self._submit(root, self.config.calendars)
         now = self._clock()
@@ -203,24 +329,16 @@ class Anchorer:
                 state=state,
                 next_attempt_at=next_at,
                 timestamp=merkle.serialize_timestamp(root) if replies else None,
-                rowids=rowids,
-                nonces=nonces,
+                rowids=formed.rowids,
+                nonces=formed.nonces,
                 levels=tree.levels,
                 replies=tuple(replies.items()),
             )
         )
+        leaves = len(formed.rowids)
         log.info("batch %d: %d leaves, root %s, accepted by %d calendar(s), %s",
-                 batch_id, len(rowids), tree.root.hex(), len(replies), state)
-        return BatchOutcome(batch_id, len(rowids), tuple(sorted(replies)), state)
-
-    async def batch_all(self) -> list[BatchOutcome]:
-        """Batch every waiting leaf, ``max_batch`` at a time."""
-        outcomes = []
-        while (outcome := await self.batch()) is not None:
-            outcomes.append(outcome)
-            if outcome.leaves < self.config.max_batch:
-                break
-        return outcomes
+                 batch_id, leaves, tree.root.hex(), len(replies), state)
+        return BatchOutcome(batch_id, leaves, tuple(sorted(replies)), state)
 
     async def _submit(self, root: Timestamp, calendars: Iterable[str]) -> dict[str, bytes]:
         """POST the root to ``calendars`` in parallel; merge the good replies into ``root``."""
@@ -246,28 +364,29 @@ class Anchorer:
         return "submitting", now + delay
 
     async def retry_submissions(self) -> list[BatchOutcome]:
-        """Submit again every due batch that fewer than ``min_calendars`` calendars accepted."""
-        outcomes = []
-        for row in await self.store.anchor_batches(["submitting"], due_before=self._clock()):
-            accepted = await self.store.anchor_reply_calendars(row["id"])
-            targets = [url for url in self.config.calendars if url not in accepted]
-            root = self._root_timestamp(row)
-            replies = await self._submit(root, targets)
-            now = self._clock()
-            total = accepted | set(replies)
-            state, next_at = self._after_submission(len(total), attempts=row["attempts"] + 1, now=now)
-            await self.store.update_anchor_batch(
-                row["id"],
-                now=now,
-                timestamp=merkle.serialize_timestamp(root) if total else None,
-                state=state,
-                next_attempt_at=next_at,
-                replies=replies.items(),
-                attempted=True,
-            )
-            log.info("batch %d: retry %d, accepted by %d calendar(s), %s", row["id"], row["attempts"], len(total), state)
-            outcomes.append(BatchOutcome(row["id"], row["leaves"], tuple(sorted(total)), state))
-        return outcomes
+        """Submit again every due batch that fewer than ``min_calendars`` calendars accepted, several at once."""
+        rows = await self.store.anchor_batches(["submitting"], due_before=self._clock())
+        return await _each(rows, self._retry_submission, self.config.calendar_concurrency)
+
+    async def _retry_submission(self, row) -> BatchOutcome:
+        accepted = await self.store.anchor_reply_calendars(row["id"])
+        targets = [url for url in self.config.calendars if url not in accepted]
+        root = self._root_timestamp(row)
+        replies = await self._submit(root, targets)
+        now = self._clock()
+        total = accepted | set(replies)
+        state, next_at = self._after_submission(len(total), attempts=row["attempts"] + 1, now=now)
+        await self.store.update_anchor_batch(
+            row["id"],
+            now=now,
+            timestamp=merkle.serialize_timestamp(root) if total else None,
+            state=state,
+            next_attempt_at=next_at,
+            replies=replies.items(),
+            attempted=True,
+        )
+        log.info("batch %d: retry %d, accepted by %d calendar(s), %s", row["id"], row["attempts"], len(total), state)
+        return BatchOutcome(row["id"], row["leaves"], tuple(sorted(total)), state)
 
     @staticmethod
     def _root_timestamp(row) -> Timestamp:
@@ -278,36 +397,39 @@ class Anchorer:
     # -- upgrading ---------------------------------------------------------
 
     async def upgrade(self) -> UpgradeReport:
-        """One upgrade round over every unconfirmed batch that some calendar holds."""
+        """One upgrade round over every unconfirmed batch that some calendar holds, several at once."""
         now = self._clock()
-        confirmed, stale, resubmitted = [], [], []
         rows = [r for r in await self.store.anchor_batches(["submitting", "pending"]) if r["timestamp"] is not None]
-        for row in rows:
-            root = self._root_timestamp(row)
-            changed = await self._upgrade_timestamp(root)
-            heights = merkle.bitcoin_heights(root)
-            if changed:
-                state = "confirmed" if heights else row["state"]
-                await self.store.update_anchor_batch(
-                    row["id"], now=now, timestamp=merkle.serialize_timestamp(root), state=state,
-                    next_attempt_at=row["next_attempt_at"], bitcoin_height=heights[0] if heights else None,
-                    block_time=await self._block_time(row["id"], root, heights[0]) if heights else None,
-                )
-                if heights:
-                    log.info("batch %d confirmed in Bitcoin block %d", row["id"], heights[0])
-                    confirmed.append(row["id"])
-                    continue
-            age = now - row["created_at"]
-            if age > self.config.stale_after:
-                stale.append(row["id"])
-            if age > self.config.resubmit_after and row["resubmitted_at"] is None:
-                await self._resubmit(row, root)
-                resubmitted.append(row["id"])
+        done = await _each(rows, lambda row: self._upgrade_batch(row, now), self.config.calendar_concurrency)
+        confirmed = [row["id"] for row, d in zip(rows, done) if d.confirmed]
+        stale = [row["id"] for row, d in zip(rows, done) if d.stale]
+        resubmitted = [row["id"] for row, d in zip(rows, done) if d.resubmitted]
         self.stale_batches = len(stale)
         if stale:
             log.warning("%d batch(es) pending for more than %d s: %s", len(stale), self.config.stale_after,
                         ", ".join(map(str, stale)))
         return UpgradeReport(len(rows), tuple(confirmed), tuple(stale), tuple(resubmitted))
+
+    async def _upgrade_batch(self, row, now: float) -> _Upgraded:
+        """Upgrade one batch; count it stale, or resubmit it, while Bitcoin has not confirmed it."""
+        root = self._root_timestamp(row)
+        changed = await self._upgrade_timestamp(root)
+        heights = merkle.bitcoin_heights(root)
+        if changed:
+            state = "confirmed" if heights else row["state"]
+            await self.store.update_anchor_batch(
+                row["id"], now=now, timestamp=merkle.serialize_timestamp(root), state=state,
+                next_attempt_at=row["next_attempt_at"], bitcoin_height=heights[0] if heights else None,
+                block_time=await self._block_time(row["id"], root, heights[0]) if heights else None,
+            )
+            if heights:
+                log.info("batch %d confirmed in Bitcoin block %d", row["id"], heights[0])
+                return _Upgraded(confirmed=True)
+        age = now - row["created_at"]
+        resubmit = age > self.config.resubmit_after and row["resubmitted_at"] is None
+        if resubmit:
+            await self._resubmit(row, root)
+        return _Upgraded(stale=age > self.config.stale_after, resubmitted=resubmit)
 
     async def _block_time(self, batch_id: int, root: Timestamp, height: int) -> int | None:
         """The time of the block at ``height`` if a header source gives a header every attestation there checks

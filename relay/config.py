@@ -175,6 +175,11 @@ class AnchorConfig:
     )
     upgrade_interval: int = key(3600, "Seconds between upgrade rounds for pending batches.")
     timeout: float = key(10.0, "Seconds to wait for a calendar.")
+    calendar_concurrency: int = key(
+        4,
+        "Requests in flight at once to one calendar host, across batches and workers; as many batches are"
+        " submitted or upgraded at once. 4 is polite to the public calendars.",
+    )
     allowlist: list[str] = key(
         list(PUBLIC_CALENDAR_DOMAINS),
         "Calendar host names the upgrade worker may contact (configured calendars are always allowed).",
@@ -394,6 +399,8 @@ def _check(config: Config) -> None:
             raise ConfigError(f"{dotted} = {port!r}: expected a port from 0 to 65535")
     if bool(config.smtp.tls_cert) != bool(config.smtp.tls_key):
         raise ConfigError("smtp.tls_cert and smtp.tls_key: expected both or neither")
+    if config.anchor.calendar_concurrency < 1:
+        raise ConfigError(f"anchor.calendar_concurrency = {config.anchor.calendar_concurrency}: expected at least 1")
     if config.anchor.min_calendars > len(config.anchor.calendars):
         raise ConfigError(
             f"anchor.min_calendars = {config.anchor.min_calendars}: expected at most "

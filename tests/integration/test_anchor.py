@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from relay.anchor import Anchorer, export_ots
-from relay.config import AnchorConfig
+from relay.config import AnchorConfig, Config
 from relay.headers import AgreeingSources, BitcoindSource, EsploraSource, fetch_headers, verify_with
-from relay.errors import HeaderSourceError
+from relay.errors import ConfigError, HeaderSourceError
 from relay.records import Record
 from relay.store import Store
 from relay.verify import verify_ots
@@ -337,6 +337,55 @@ async def test_stale_batch_is_counted_and_resubmitted_to_other_calendars(store, 
         assert [cal.digests_received for cal in calendars] == [1, 1, 2]
         report = await anchorer.upgrade()
         assert report.resubmitted == ()  # once
+
+
+BATCHES = 20
+DELAY = 0.25  # seconds each calendar takes to answer: a round of one batch at a time takes BATCHES * DELAY
+
+
+async def test_many_batches_are_submitted_retried_and_upgraded_several_at_once(store, calendars, chain):
+    """20 batches, calendars answering after DELAY: each round takes a few DELAYs, not one per batch, and
+    no calendar ever has more than anchor.calendar_concurrency of our requests at once."""
+    clock = Clock()
+    config = anchor_config(calendars, max_batch=5, min_calendars=2)
+    recs = records(config.max_batch * BATCHES)
+    await queue(store, recs)
+    for cal in calendars:
+        cal.delay = DELAY
+    calendars[0].down = calendars[1].down = True  # they answer 503, after DELAY
+    bound = BATCHES * DELAY / 2
+    async with Anchorer(store, config, clock=clock) as anchorer:
+        started = time.monotonic()
+        outcomes = await anchorer.batch_all()
+        assert time.monotonic() - started < bound
+        assert [(o.leaves, o.state, o.accepted) for o in outcomes] == [(5, "submitting", (calendars[2].url,))] * BATCHES
+
+        calendars[0].down = calendars[1].down = False
+        clock.now += 11
+        started = time.monotonic()
+        retries = await anchorer.retry_submissions()
+        assert time.monotonic() - started < bound
+        assert [(o.state, len(o.accepted)) for o in retries] == [("pending", 3)] * BATCHES
+        # One request per calendar per batch and submission: the calendar that accepted is not asked again.
+        assert [cal.digests_received for cal in calendars] == [2 * BATCHES, 2 * BATCHES, BATCHES]
+
+        for cal in calendars:
+            cal.confirm()
+        started = time.monotonic()
+        report = await anchorer.upgrade()
+        assert time.monotonic() - started < bound
+    assert sorted(report.confirmed) == sorted(o.batch_id for o in outcomes)
+    assert await batch_states(store) == ["confirmed"] * BATCHES
+    assert all(1 < cal.peak_in_flight <= config.calendar_concurrency for cal in calendars), [
+        cal.peak_in_flight for cal in calendars]
+    headers = dict(enumerate(chain.headers))
+    for rec in recs:
+        assert verify_ots(rec.body, await export_ots(store, rec.digest), headers, regtest=True).ok
+
+
+def test_calendar_concurrency_below_one_is_refused():
+    with pytest.raises(ConfigError, match="anchor.calendar_concurrency = 0"):
+        Config.from_toml("[anchor]\ncalendar_concurrency = 0\n")
 
 
 async def test_two_explorers_that_disagree_are_an_error(store, calendars, chain):

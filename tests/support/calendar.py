@@ -27,7 +27,8 @@ Switches: ``down`` (answers 503), ``oversize`` (pads replies past 10,000 bytes),
 ``garbage`` (answers 200 with bytes that are no timestamp), ``delay`` (seconds to wait
 before answering: longer than the client's timeout is a calendar that times out),
 ``attestation_uri`` (the URI written in pending attestations). ``requests``
-records every (method, path) received.
+records every (method, path) received; ``peak_in_flight`` is the most requests it
+was answering at once (a client's concurrency, as the calendar sees it).
 """
 
 from __future__ import annotations
@@ -233,15 +234,27 @@ class FakeCalendar(_Server):
         self.garbage = False
         self.delay = 0.0
         self.attestation_uri: str | None = None
+        self.in_flight = 0
+        self.peak_in_flight = 0
         self.pending: dict[bytes, None] = {}  # commitments awaiting a block, in order
         self.confirmed: dict[bytes, bytes] = {}  # commitment -> serialized upgrade
         self.app.middlewares.append(self._record)
+        self.app.middlewares.append(self._count)
         self.app.router.add_post("/digest", self._digest)
         self.app.router.add_get("/timestamp/{hex}", self._timestamp)
 
     @property
     def digests_received(self) -> int:
         return sum(1 for method, path in self.requests if method == "POST" and path == "/digest")
+
+    @web.middleware
+    async def _count(self, request: web.Request, handler):
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            return await handler(request)
+        finally:
+            self.in_flight -= 1
 
     async def _digest(self, request: web.Request) -> web.Response:
         await asyncio.sleep(self.delay)
