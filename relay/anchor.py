@@ -400,7 +400,11 @@ class Anchorer:
         """One upgrade round over every unconfirmed batch that some calendar holds, several at once."""
         now = self._clock()
         rows = [r for r in await self.store.anchor_batches(["submitting", "pending"]) if r["timestamp"] is not None]
-        done = await _each(rows, lambda row: self._upgrade_batch(row, now), self.config.calendar_concurrency)
+        headers: dict[int, asyncio.Task[bytes]] = {}  # fetched once per round, however many batches a block confirms
+        try:
+            done = await _each(rows, lambda row: self._upgrade_batch(row, now, headers), self.config.calendar_concurrency)
+        finally:
+            await _cancel(headers.values())
         confirmed = [row["id"] for row, d in zip(rows, done) if d.confirmed]
         stale = [row["id"] for row, d in zip(rows, done) if d.stale]
         resubmitted = [row["id"] for row, d in zip(rows, done) if d.resubmitted]
@@ -410,7 +414,7 @@ class Anchorer:
                         ", ".join(map(str, stale)))
         return UpgradeReport(len(rows), tuple(confirmed), tuple(stale), tuple(resubmitted))
 
-    async def _upgrade_batch(self, row, now: float) -> _Upgraded:
+    async def _upgrade_batch(self, row, now: float, headers: dict[int, asyncio.Task[bytes]]) -> _Upgraded:
         """Upgrade one batch; count it stale, or resubmit it, while Bitcoin has not confirmed it."""
         root = self._root_timestamp(row)
         changed = await self._upgrade_timestamp(root)
@@ -420,7 +424,7 @@ class Anchorer:
             await self.store.update_anchor_batch(
                 row["id"], now=now, timestamp=merkle.serialize_timestamp(root), state=state,
                 next_attempt_at=row["next_attempt_at"], bitcoin_height=heights[0] if heights else None,
-                block_time=await self._block_time(row["id"], root, heights[0]) if heights else None,
+                block_time=await self._block_time(row["id"], root, heights[0], headers) if heights else None,
             )
             if heights:
                 log.info("batch %d confirmed in Bitcoin block %d", row["id"], heights[0])
@@ -431,13 +435,18 @@ class Anchorer:
             await self._resubmit(row, root)
         return _Upgraded(stale=age > self.config.stale_after, resubmitted=resubmit)
 
-    async def _block_time(self, batch_id: int, root: Timestamp, height: int) -> int | None:
+    async def _block_time(
+        self, batch_id: int, root: Timestamp, height: int, headers: dict[int, asyncio.Task[bytes]]
+    ) -> int | None:
         """The time of the block at ``height`` if a header source gives a header every attestation there checks
-        against; None (logged) otherwise: the batch is confirmed all the same, its height being known."""
+        against; None (logged) otherwise: the batch is confirmed all the same, its height being known.
+        ``headers`` holds this round's header requests by height: each is asked once (explorers limit rates)."""
         if self._headers is None:
             return None
+        if height not in headers:
+            headers[height] = asyncio.create_task(self._headers.header(height))
         try:
-            raw = await self._headers.header(height)
+            raw = await asyncio.shield(headers[height])  # one batch cancelled does not cancel the others' fetch
         except HeaderSourceError as exc:
             log.warning("batch %d: no block time for height %d: %s", batch_id, height, exc)
             return None

@@ -430,6 +430,22 @@ async def test_confirmed_batch_records_its_block_time_from_the_header_sources(st
     assert [len(r) for r in asked] == expected[sources]  # block hash, then header, at each source
 
 
+async def test_batches_confirmed_in_one_block_ask_the_explorer_for_its_header_once(store, calendars, chain):
+    await queue(store, records(12))
+    async with EsploraFake(chain) as explorer:
+        config = anchor_config(calendars, max_batch=2, regtest=True, esplora=[explorer.url])
+        async with Anchorer(store, config) as anchorer:
+            assert len(await anchorer.batch_all()) == 6
+            for cal in calendars:
+                cal.confirm()
+            report = await anchorer.upgrade()
+        asked = list(explorer.requests)
+    assert len(report.confirmed) == 6
+    batches = await store.anchor_batches(["confirmed"])
+    assert {(b["bitcoin_height"], b["block_time"]) for b in batches} == {(1, 1_700_000_600)}
+    assert asked == [("GET", "/block-height/1"), ("GET", f"/block/{chain.block_hash(1)}/header")]
+
+
 async def test_no_header_source_leaves_the_block_time_unknown(store, calendars):
     batch = await confirmed_batch(store, calendars, anchor_config(calendars))
     assert batch["bitcoin_height"] is not None and batch["block_time"] is None
