@@ -78,7 +78,7 @@ class Recorder:
         if len(self._fetches) >= FETCH_FLUSH_COUNT:
             self._wake.set()
         elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(FETCH_FLUSH_SECONDS, self._wake.set)
+            self._timer = asyncio.get_running_loop().call_later(FETCH_FLUSH_SECONDS, self._flush_due)
 
     async def record_receipt(self, receipt: ReceiptWrite) -> Acknowledgment:
         """Record a receipt; returns once it is committed (durable)."""
@@ -87,6 +87,10 @@ class Recorder:
         self._receipts.append((receipt, future))
         self._wake.set()
         return await future
+
+    def _flush_due(self) -> None:
+        self._timer = None
+        self._wake.set()
 
     def _check_running(self) -> None:
         if self._task is None or self._stopping:
@@ -116,7 +120,7 @@ class Recorder:
         room -= len(retries)
         fetches, self._fetches = self._fetches[:room], self._fetches[room:]
         if self._fetches and self._timer is None:  # what did not fit goes in the next commit
-            self._timer = asyncio.get_running_loop().call_later(FETCH_FLUSH_SECONDS, self._wake.set)
+            self._timer = asyncio.get_running_loop().call_later(FETCH_FLUSH_SECONDS, self._flush_due)
         error: Exception | None = None
         try:
             acks = iter(await self._store.write_tracker_events([*retries, *fetches], [r for r, _ in receipts]))
@@ -126,8 +130,8 @@ class Recorder:
             if retries:
                 log.error("%d page fetches not recorded (their second attempt failed)", len(retries))
             self._retries[:0] = fetches
-            if self._timer is None:
-                self._timer = asyncio.get_running_loop().call_later(FETCH_FLUSH_SECONDS, self._wake.set)
+            if self._retries and self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(FETCH_FLUSH_SECONDS, self._flush_due)
         waiters, self._room_waiters = self._room_waiters, []
         for receipt, future in [*receipts, *((None, w) for w in waiters)]:
             if future.done():  # the request may have been cancelled (client gone)

@@ -18,6 +18,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from relay.config import Config
+from relay.errors import StoreError
 from relay.records import Record
 from relay.retention import purge
 from relay.store import DB_NAME, Store
@@ -434,3 +435,27 @@ async def test_a_full_fetch_queue_holds_requests_until_it_is_written(
     finally:
         await env.client.close()
         await env.store.close()
+
+
+async def test_a_failed_fetch_write_is_tried_once_more_then_given_up_with_an_error_logged(
+    env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    made = await make_delivery(env.store, now=T0)
+    write = env.store.write_tracker_events
+    failures = [StoreError("disk I/O error")]
+
+    async def flaky(fetches, receipts):
+        if failures:
+            raise failures.pop()
+        return await write(fetches, receipts)
+
+    monkeypatch.setattr(env.store, "write_tracker_events", flaky)
+    assert (await env.client.get(f"/a/{made.token}", headers={"User-Agent": BROWSER})).status == 200
+    await env.fetches_recorded(1)  # the second attempt wrote it
+
+    failures.extend([StoreError("disk I/O error")] * 2)
+    assert (await env.client.get(f"/a/{made.token}", headers={"User-Agent": BROWSER})).status == 200
+    await until(lambda: "1 page fetches not recorded" in caplog.text, "the lost fetch logged")
+    assert await env.count("fetches") == 1
+    assert (await env.client.get(f"/a/{made.token}", headers={"User-Agent": BROWSER})).status == 200
+    await env.fetches_recorded(2)  # and the recorder goes on
