@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from relay import anchor
 from relay.anchor import Anchorer, export_ots
 from relay.config import AnchorConfig, Config
 from relay.headers import AgreeingSources, BitcoindSource, EsploraSource, fetch_headers, verify_with
@@ -381,6 +382,39 @@ async def test_many_batches_are_submitted_retried_and_upgraded_several_at_once(s
     headers = dict(enumerate(chain.headers))
     for rec in recs:
         assert verify_ots(rec.body, await export_ots(store, rec.digest), headers, regtest=True).ok
+
+
+async def test_the_batching_worker_makes_a_whole_backlog_in_its_first_round(store, calendars, monkeypatch):
+    """With the next round an hour away, every batch of the backlog must come from the first one."""
+    monkeypatch.setattr(anchor, "POLL_SECONDS", 3600.0)
+    await queue(store, records(5 * BATCHES + 3))
+    async with Anchorer(store, anchor_config(calendars, max_batch=5, interval=3600)) as anchorer:
+        worker = asyncio.create_task(anchorer.run_batches())
+        try:
+            deadline = time.monotonic() + 30
+            while (await store.anchor_summary())["unbatched"]:
+                assert time.monotonic() < deadline, "the backlog was not batched in the worker's first round"
+                await asyncio.sleep(0.05)
+        finally:
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
+    batches = await store.anchor_batches(["pending"])
+    assert sorted(b["leaves"] for b in batches) == [3] + [5] * BATCHES
+
+
+async def test_the_limit_per_calendar_holds_across_submission_and_upgrade_at_once(store, calendars):
+    await queue(store, records(5 * 8))
+    config = anchor_config(calendars, max_batch=5)
+    async with Anchorer(store, config) as anchorer:
+        await anchorer.batch_all()  # 8 pending batches for the upgrade round
+        await queue(store, records(5 * 8, tag="more"))
+        for cal in calendars:
+            cal.delay = 0.1
+        made, report = await asyncio.gather(anchorer.batch_all(), anchorer.upgrade())
+    assert len(made) == 8 and report.checked == 8
+    # 4 batches submitting and 4 upgrading want 8 requests at each calendar: the limit is the client's, not a round's.
+    assert all(1 < cal.peak_in_flight <= config.calendar_concurrency for cal in calendars), [
+        cal.peak_in_flight for cal in calendars]
 
 
 def test_calendar_concurrency_below_one_is_refused():
