@@ -19,9 +19,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from relay.config import Config
 from relay.errors import StoreError
-from relay.records import Record
+from relay.records import Record, commitment, iso_time, receipt_record
 from relay.retention import purge
-from relay.store import DB_NAME, Store
+from relay.store import DB_NAME, FetchWrite, PersonalData, Store
 from tests.support.deliveries import make_delivery
 from tests.support.polling import until
 from tracker import antiforgery, recorder
@@ -459,3 +459,20 @@ async def test_a_failed_fetch_write_is_tried_once_more_then_given_up_with_an_err
     assert await env.count("fetches") == 1
     assert (await env.client.get(f"/a/{made.token}", headers={"User-Agent": BROWSER})).status == 200
     await env.fetches_recorded(2)  # and the recorder goes on
+
+
+async def test_a_failed_tracker_write_leaves_nothing_behind_and_the_store_usable(env: Env) -> None:
+    made = await make_delivery(env.store, now=T0)
+
+    def fetch(delivery_id: int, salt: bytes) -> FetchWrite:
+        record = receipt_record(delivery_digest=made.delivery_digest, kind="fetched", at=iso_time(T0),
+                                ip_commitment=commitment(salt, "192.0.2.1"), user_agent_commitment=commitment(salt, ""))
+        return FetchWrite(delivery_id, T0, "GET", "scanner", "test", PersonalData(salt, "192.0.2.1", ""), record)
+
+    tables = ("personal", "records", "anchor_leaves", "fetches")
+    before = [await env.count(t) for t in tables]
+    with pytest.raises(StoreError):  # the second names no delivery: the fetches row breaks a foreign key
+        await env.store.write_tracker_events([fetch(made.delivery_id, b"a" * 16), fetch(10**9, b"b" * 16)], [])
+    assert [await env.count(t) for t in tables] == before
+    await env.store.write_tracker_events([fetch(made.delivery_id, b"c" * 16)], [])
+    assert [await env.count(t) for t in tables] == [n + 1 for n in before]
