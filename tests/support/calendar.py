@@ -28,7 +28,8 @@ Switches: ``down`` (answers 503), ``oversize`` (pads replies past 10,000 bytes),
 before answering: longer than the client's timeout is a calendar that times out),
 ``attestation_uri`` (the URI written in pending attestations). ``requests``
 records every (method, path) received; ``peak_in_flight`` is the most requests it
-was answering at once (a client's concurrency, as the calendar sees it).
+was answering at once (a client's concurrency, as the calendar sees it; a request
+the client gave up on counts until its ``delay`` ends).
 """
 
 from __future__ import annotations
@@ -257,12 +258,12 @@ class FakeCalendar(_Server):
             self.in_flight -= 1
 
     async def _digest(self, request: web.Request) -> web.Response:
+        digest = await request.content.read(65)  # before the delay: a client that gave up has sent it already
         await asyncio.sleep(self.delay)
         if self.garbage:
             return web.Response(body=b"\xff\x00<html>not a timestamp" + bytes(40), content_type="text/html")
         if self.down:
             return web.Response(status=503, text="calendar unavailable")
-        digest = await request.content.read(65)
         if not 1 <= len(digest) <= 64:
             return web.Response(status=400, text="digest too long")
         stamp = Timestamp(digest)
