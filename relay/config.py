@@ -95,6 +95,11 @@ class UpstreamConfig:
     helo_name: str = key("", "Name sent in EHLO; defaults to smtp.hostname.")
     concurrency: int = key(16, "Deliveries in progress at once (certifying, storing, sending, recording).")
     connections: int = key(8, "Upstream connections kept open and reused: the most sent at once.")
+    concurrency_while_receiving: int = key(
+        8,
+        "Deliveries in progress at most while a client is sending mail to the relay: the client waiting"
+        " for its 250 comes first. 0 keeps the full concurrency.",
+    )
     timeout: float = key(60.0, "Seconds to wait for the upstream before deferring.")
 
 

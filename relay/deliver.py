@@ -51,6 +51,7 @@ PREPARED_CACHE_OCTETS = 32 * 2**20
 CERTIFY_CONCURRENCY = 2
 NO_LINKS = AckConfig(insert=False)  # a DSN is signed but carries no acknowledgment link
 STOP_GRACE_SECONDS = 5.0
+INTAKE_CHECK_SECONDS = 0.05  # a delivery held back for intake looks again this often
 # An outcome the store could not take (locked, full) is known: recording it is retried,
 # not the sending (that would send the copy twice), from this wait doubling up to the max.
 RECORD_RETRY_FIRST = 0.5
@@ -289,6 +290,10 @@ class Deliverer:
         self._jobs: asyncio.Queue[Job] = asyncio.Queue()
         self._busy = 0
         self._all_idle = asyncio.Event()
+        # Set by the service once intake runs: while it says True, at most
+        # upstream.concurrency_while_receiving deliveries are in progress (clients come first).
+        self.receiving: Callable[[], bool] | None = None
+        self._job_done = asyncio.Event()
         self._claimer: asyncio.Task[None] | None = None
         self._workers: list[asyncio.Task[None]] = []
 
@@ -363,6 +368,7 @@ class Deliverer:
     async def _work(self) -> None:
         while True:
             job = await self._jobs.get()
+            await self._make_way_for_intake()
             self._busy += 1
             self._all_idle.clear()
             try:
@@ -371,10 +377,24 @@ class Deliverer:
                 log.exception("delivery %d (%s) crashed", job.delivery_id, job.submission_id)
             finally:
                 self._busy -= 1
+                self._job_done.set()
                 if not self._busy:
                     self._all_idle.set()
             if self._jobs.qsize() < self._limit:
                 self._wakeup.set()  # running low: let the claimer fetch the next batch
+
+    async def _make_way_for_intake(self) -> None:
+        """Wait while a client is sending mail and the reduced share of deliveries is taken.
+
+        Both compete for the same CPU; a client waits for each reply, a queued delivery does not
+        (as Exim's queue_only_load and Sendmail's QueueLA put accepting before delivering).
+        """
+        share = self.config.upstream.concurrency_while_receiving
+        while share and self.receiving is not None and self._busy >= share and self.receiving():
+            self._job_done.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(INTAKE_CHECK_SECONDS):
+                    await self._job_done.wait()
 
     async def _deliver(self, job: Job) -> None:
         started = self.clock()

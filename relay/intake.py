@@ -41,6 +41,9 @@ ACCEPTED_PARAMS = frozenset({"AUTH", "RET", "ENVID", "NOTIFY", "ORCPT"})
 # A dot-atom local part and a domain of dot-separated labels in angle brackets (RFC 5321).
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_PATH = re.compile(rf"\s*<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
+# After a DATA, a client that sends several messages starts its next transaction within a few
+# round trips: the relay counts as receiving until then (IntakeHandler.receiving).
+RECEIVING_GRACE_SECONDS = 0.25
 REPLY_QUEUED = "250 2.0.0 Ok: queued as {}"
 REPLY_OUR_FAILURE = "451 4.3.0 Temporary failure on our side, please try again later"
 REPLY_DISK_FULL = "452 4.3.1 Insufficient system storage, please try again later"
@@ -178,6 +181,7 @@ class IntakeHandler:
         self.no_sessions = asyncio.Event()
         self.no_sessions.set()
         self.draining = False
+        self._last_queued = -RECEIVING_GRACE_SECONDS  # time.monotonic() of the last DATA answered
         # Read by each new connection, so a reload reaches new sessions and spares open ones.
         self.tls_context = tls_context(config)
         self.allowed = [ipaddress.ip_network(n, strict=False) for n in config.smtp.allowed_networks]
@@ -202,6 +206,12 @@ class IntakeHandler:
         path = self.config.smtp.credentials_file
         credentials = load_credentials(Path(path)) if path else self.credentials
         self.tls_context, self.credentials = context, credentials
+
+    def receiving(self) -> bool:
+        """A client is in a transaction, or ended one a moment ago (its next MAIL is on its way)."""
+        if time.monotonic() - self._last_queued < RECEIVING_GRACE_SECONDS:
+            return True
+        return any(session.in_transaction for session in self.sessions)
 
     async def drain(self, grace: float) -> None:
         """Stop taking mail (the listener is already closed): idle sessions are closed
@@ -299,6 +309,8 @@ class IntakeHandler:
             log.log(level, "DATA from %s not queued: %s", _peer_text(session), type(exc).__name__,
                     exc_info=not isinstance(exc, StoreError))
             return REPLY_OUR_FAILURE
+        finally:
+            self._last_queued = time.monotonic()
         log.info(
             "queued %s from %s mail_from=<%s> rcpts=%d size=%d message_id=%s",
             queued.submission_id, _peer_text(session), incoming.mail_from, len(incoming.recipients),

@@ -80,6 +80,7 @@ class Service:
                 self.intake = IntakeHandler.from_config(
                     self.config, self.deliverer.spool, clock=self.clock, on_reply=self.metrics.smtp_reply
                 )
+                self.deliverer.receiving = self.intake.receiving
                 self.smtp_server = await start_intake(self.config, self.deliverer.spool, handler=self.intake)
                 self._started("smtp", self._stop_smtp)
         except BaseException:
