@@ -29,7 +29,7 @@ from tracker import antiforgery
 from tracker.classify import classify_fetch
 from tracker.forwarded import client_address
 from tracker.i18n import format_time, negotiate
-from tracker.pages import TRACKER, form_action_csp, render
+from tracker.pages import TRACKER, form_action_csp, render_planned
 from tracker.ratelimit import WINDOW_SECONDS as MISS_WINDOW_SECONDS
 
 log = logging.getLogger("estampille.tracker")
@@ -116,7 +116,7 @@ async def show(request: web.Request) -> web.Response:
     )
     log.debug("delivery %d fetched (%s): likely %s, %s", link["delivery_id"], request.method, verdict.kind,
               verdict.reason)
-    response = render(request, "ack.html", _details(request, link, tracker.config.tracker.timezone) | {
+    response = render_planned(request, "ack.html", _details(request, link, tracker.config.tracker.timezone) | {
         "form_key": antiforgery.form_value(tracker.secret, request.match_info["token"]),
     })
     response.headers["Content-Security-Policy"] = form_action_csp(link["target_url"])
@@ -142,7 +142,7 @@ async def acknowledge(request: web.Request) -> web.StreamResponse:
         return web.Response(status=303, headers={"Location": link["target_url"]})
     lang = negotiate(request.headers.get("Accept-Language"))
     when = format_time(ack.at, tracker.config.tracker.timezone, lang)
-    return render(request, "done.html", _details(request, link, tracker.config.tracker.timezone) | {
+    return render_planned(request, "done.html", _details(request, link, tracker.config.tracker.timezone) | {
         "first": ack.first, "acknowledged": when,
     })
 

@@ -28,6 +28,7 @@ from relay.store import Store
 from tracker import ack, admin, antiforgery
 from tracker.classify import parse_networks
 from tracker.lookup import LinkLookup
+from tracker.plans import Plans
 from tracker.pages import TRACKER, Tracker, errors, security_headers
 from tracker.ratelimit import MissLimiter
 from tracker.recorder import Recorder
@@ -46,6 +47,13 @@ def make_app(config: Config, store: Store, *, clock: Callable[[], float] = time.
     ``on_response`` sees every response before it is sent (the metrics count errors with it).
     """
     app = web.Application(middlewares=[errors], client_max_size=MAX_REQUEST_BODY)
+    env = aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.PackageLoader("tracker", "templates"),
+        autoescape=True,  # every value is escaped; subjects and addresses are attacker-controlled
+        undefined=jinja2.StrictUndefined,
+        auto_reload=False,  # templates ship with the package; no stat() per page
+    )
     tc = config.tracker
     app[TRACKER] = Tracker(
         config=config,
@@ -58,13 +66,7 @@ def make_app(config: Config, store: Store, *, clock: Callable[[], float] = time.
         trusted_proxies=parse_networks(tc.trusted_proxies),
         scanner_networks=parse_networks(tc.scanner_networks),
         base_path=urlsplit(tc.public_url).path.rstrip("/"),
-    )
-    aiohttp_jinja2.setup(
-        app,
-        loader=jinja2.PackageLoader("tracker", "templates"),
-        autoescape=True,  # every value is escaped; subjects and addresses are attacker-controlled
-        undefined=jinja2.StrictUndefined,
-        auto_reload=False,  # templates ship with the package; no stat() per page
+        plans=Plans(env),
     )
     app.on_response_prepare.append(security_headers)
     if on_response is not None:

@@ -25,6 +25,7 @@ from relay.store import Store
 from tracker.classify import Network
 from tracker.i18n import TEXTS, negotiate
 from tracker.lookup import LinkLookup
+from tracker.plans import Plans
 from tracker.ratelimit import MissLimiter
 from tracker.recorder import Recorder
 
@@ -70,6 +71,7 @@ class Tracker:
     trusted_proxies: tuple[Network, ...]
     scanner_networks: tuple[Network, ...]
     base_path: str  # path part of tracker.public_url, without the trailing slash
+    plans: Plans  # of the application's templates, for render_planned
 
 
 TRACKER = web.AppKey("tracker", Tracker)
@@ -84,9 +86,23 @@ def render(
     render_template, which parses the content type it has just set, twice, on every page.
     """
     lang = negotiate(request.headers.get("Accept-Language"))
-    tracker = request.app[TRACKER]
-    base = {"lang": lang, "t": _WORDING[lang], "css_href": f"{tracker.base_path}/static/style.css"}
-    page = aiohttp_jinja2.get_env(request.app).get_template(template).render({**base, **context})
+    page = aiohttp_jinja2.get_env(request.app).get_template(template).render({**_base(request, lang), **context})
+    return _response(page, status)
+
+
+def render_planned(request: web.Request, template: str, context: dict[str, Any]) -> web.Response:
+    """The page :func:`render` makes, from the template's plan (see tracker.plans): for the
+    acknowledgment pages, rendered on every fetch, whose templates keep to the plans' contract."""
+    lang = negotiate(request.headers.get("Accept-Language"))
+    return _response(request.app[TRACKER].plans.render(template, lang, _base(request, lang), context), 200)
+
+
+def _base(request: web.Request, lang: str) -> dict[str, Any]:
+    """What every page's context holds: the same for all pages in one language."""
+    return {"lang": lang, "t": _WORDING[lang], "css_href": f"{request.app[TRACKER].base_path}/static/style.css"}
+
+
+def _response(page: str, status: int) -> web.Response:
     return web.Response(body=page.encode(), status=status, headers={"Content-Type": HTML, "Vary": "Accept-Language"})
 
 
