@@ -28,8 +28,8 @@ from relay.store import Store
 from tracker import ack, admin, antiforgery
 from tracker.classify import parse_networks
 from tracker.lookup import LinkLookup
-from tracker.plans import Plans
 from tracker.pages import TRACKER, Tracker, errors, security_headers
+from tracker.plans import Plans
 from tracker.ratelimit import MissLimiter
 from tracker.recorder import Recorder
 

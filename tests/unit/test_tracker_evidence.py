@@ -6,7 +6,13 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.records import RECORD_VERSION, Record, canonical_json, receipt_record, sha256_hex
+from relay.records import (
+    RECORD_VERSION,
+    Record,
+    canonical_json,
+    receipt_record,
+    sha256_hex,
+)
 
 # Every code point, lone surrogates and control characters included: the JSON encoder escapes some.
 ANY_TEXT = st.text(alphabet=st.characters(codec=None, exclude_categories=()), max_size=40)
