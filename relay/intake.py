@@ -125,8 +125,8 @@ class IntakeSMTP(SMTP):
         if plain is None or rest.startswith("("):  # a comment after the path: aiosmtpd's parser
             try:
                 return super()._getaddr(arg)
-            except IndexError:  # the email package's parser on '<', '<a@'...: a syntax error, not ours
-                return None, None
+            except Exception:  # noqa: BLE001 - the email package's parser fails on '<', 'a@[', ...
+                return None, None  # (IndexError, AttributeError, UnboundLocalError): a syntax error
         address = plain.group(1)
         if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
             return None, None
