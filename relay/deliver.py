@@ -424,7 +424,8 @@ class Deliverer:
         """The exact bytes to send to ``job.recipient``, stored with their delivery record before sending.
 
         The certified copy (unless it is large: then as a file, before), its delivery record and
-        its acknowledgment tokens are written in one transaction. A delivery that already has a copy resends exactly what was recorded.
+        its acknowledgment tokens are written in one transaction. A delivery that already has a
+        copy resends exactly what was recorded.
         """
         if job.copy_sha256:
             return await self.store.get_blob(job.copy_sha256)
