@@ -315,6 +315,13 @@ WEBHOOK_EVENTS = ("accepted", "delivered", "deferred", "failed", "fetched", "ack
 _Statement = tuple[bool, str, Any]  # (executemany?, SQL, parameters)
 
 
+async def _insert_row(db: Any, table: str, row: dict[str, Any]) -> None:
+    """INSERT one row given as {column: value}; the column names are ours, never input."""
+    columns = ", ".join(row)
+    marks = ", ".join("?" for _ in row)
+    await db.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", tuple(row.values()))
+
+
 class _NoResult:
     """What a recorded statement returns: nothing can be read from it."""
 
@@ -776,9 +783,7 @@ class Store:
 
         ``sub`` holds the submissions columns; its evidence record must already be inserted.
         """
-        columns = ", ".join(sub)
-        marks = ", ".join("?" for _ in sub)
-        await db.execute(f"INSERT INTO submissions ({columns}) VALUES ({marks})", tuple(sub.values()))
+        await _insert_row(db, "submissions", sub)
         await db.executemany(
             "INSERT INTO deliveries (submission_id, recipient, rcpt_options, state, next_attempt_at, updated_at)"
             " VALUES (?, ?, ?, 'queued', ?, ?)",
@@ -839,9 +844,7 @@ class Store:
     async def finish_attempt(db: aiosqlite.Connection, attempt: dict[str, Any], *, state: str,
                              next_attempt_at: float, handoff_digest: str | None) -> None:
         """Record one attempt (the attempts columns in ``attempt``) and move its delivery to ``state``."""
-        columns = ", ".join(attempt)
-        marks = ", ".join("?" for _ in attempt)
-        await db.execute(f"INSERT INTO attempts ({columns}) VALUES ({marks})", tuple(attempt.values()))
+        await _insert_row(db, "attempts", attempt)
         await db.execute(
             "UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?, last_code = ?,"
             " last_reply = ?, handoff_digest = COALESCE(?, handoff_digest), updated_at = ? WHERE id = ?",

@@ -22,7 +22,7 @@ from relay.auth import MAX_TRACKED_CLIENTS, FailureLimiter, write_password
 from relay.store import BLOB_DIR
 from tests.support.polling import until
 from tests.support.relay import relay_config, running
-from tests.support.served import Relay
+from tests.support.served import Relay, write_config
 from tests.support.sink import Sink, free_port
 from tests.support.tlscert import client_context, self_signed
 from tracker.admin_auth import new_token
@@ -178,39 +178,23 @@ BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko
 
 
 def full_config(tmp_path: Path, smtp: dict, sink_port: int, tracker_port: int, token_hash: str) -> Path:
-    path = tmp_path / "estampille.toml"
-    path.write_text(f"""
-data_dir = "data"
-[smtp]
-listen_host = "127.0.0.1"
-listen_port = 0
-hostname = "relay.test"
-min_free_disk_mb = 1
-allowed_networks = []
+    return write_config(
+        tmp_path, sink_port,
+        smtp=f"""allowed_networks = []
 tls_cert = "{smtp['tls_cert']}"
 tls_key = "{smtp['tls_key']}"
 credentials_file = "{smtp['credentials_file']}"
-[upstream]
-kind = "smtp"
-host = "127.0.0.1"
-port = {sink_port}
-tls = "none"
-[delivery]
-retry_first = 0.2
-poll_interval = 0.05
-[tracker]
-listen_host = "127.0.0.1"
+""",
+        tracker=f"""listen_host = "127.0.0.1"
 listen_port = {tracker_port}
 public_url = "http://127.0.0.1:{tracker_port}"
-scanner_window = 0
-[anchor]
-enabled = false
-[admin]
+scanner_window = 0""",
+        extra=f"""[admin]
 token_hashes = ["{token_hash}"]
 [log]
 level = "DEBUG"
-""", encoding="utf-8")
-    return path
+""",
+    )
 
 
 async def test_a_full_run_logged_at_debug_shows_no_password_token_or_body(tmp_path, secured):

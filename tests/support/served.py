@@ -20,9 +20,11 @@ START_SECONDS = 30.0
 LISTENING = re.compile(rb"SMTP intake listening on 127\.0\.0\.1:(\d+)")
 
 
-def write_config(tmp_path: Path, upstream_port: int, extra: str = "", smtp: str = "") -> Path:
+def write_config(tmp_path: Path, upstream_port: int, extra: str = "", smtp: str = "",
+                 tracker: str = "enabled = false") -> Path:
     """A relay on 127.0.0.1 port 0 sending to an SMTP upstream without TLS, quick retries;
-    ``smtp`` adds lines to the [smtp] table, ``extra`` adds tables at the end."""
+    ``smtp`` adds lines to the [smtp] table, ``tracker`` is the [tracker] table's body (off by
+    default), ``extra`` adds tables at the end."""
     path = tmp_path / "estampille.toml"
     path.write_text(
         f"""
@@ -44,7 +46,7 @@ retry_first = 0.2
 retry_max = 0.5
 poll_interval = 0.05
 [tracker]
-enabled = false
+{tracker}
 [anchor]
 enabled = false
 {extra}""",
