@@ -1,9 +1,10 @@
 """The relay as the bench runs it: `estampille serve` with an SMTP upstream (the bench sink),
 its data directory under --work, logging at the default level (INFO).
 
-With --uncertified, each copy is the received message as is (CRLF line endings), with no
-DKIM signature and no acknowledgment link: the relay core alone, to compare with the
-uncertified baseline. Only the bench does this; the relay itself always certifies.
+With --uncertified, the certify step is bypassed: each copy is the received message as is
+(CRLF line endings), with no DKIM signature and no acknowledgment link, and everything else
+is the relay's own code: the relay core alone, to compare with the uncertified baseline.
+Only the bench does this; the relay itself always certifies.
 
 $BENCH_UPSTREAM_EXTRA, if set, is appended to the [upstream] table (TOML lines such as
 "concurrency = 16"), to try settings without editing this file.
@@ -12,35 +13,28 @@ $BENCH_UPSTREAM_EXTRA, if set, is appended to the [upstream] table (TOML lines s
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 from pathlib import Path
 
-from relay import cli, deliver, records
+from relay import cli, deliver
+from relay.certify import Certified, Prepared
 from relay.message import to_crlf
-from relay.store import Store
 
 
-async def uncertified_prepare(self, job) -> bytes:
-    """Deliverer._prepare without the certify step: the copy is the received bytes, stored with
-    its delivery record in one transaction as the real one does."""
-    if job.copy_sha256:
-        return await self.store.get_blob(job.copy_sha256)
-    copy = to_crlf(await self.store.get_blob(job.data_sha256))
-    copy_sha256 = await self.store.put_blob(copy)
-    now = self.clock()
-    record = records.delivery_record(
-        submission_digest=job.submission_digest, recipient=job.recipient, copy_sha256=copy_sha256, dkim=[],
-        ack_link_inserted=False, ack_link_reason="bench: uncertified", certified_at=records.iso_time(now),
-    )
+def uncertified(job, certifier, prepared, original, now, eight_bit_mime):
+    """Deliverer._certify without certifying: the copy is the received message as is (CRLF).
 
-    async def record_copy(db) -> None:
-        await Store.insert_record(db, record, submission_id=job.submission_id, delivery_id=job.delivery_id, now=now)
-        await Store.set_delivery_copy(db, job.delivery_id, copy_sha256, record.digest, now)
-
-    await self.store.write(record_copy)
-    self._record_digests[job.delivery_id] = record.digest
-    return copy
+    Everything around it is the relay's own: the preparation cache shared by a message's
+    recipients, the copy stored with its delivery record in one transaction, the sending.
+    """
+    if prepared is None:
+        prepared = Prepared(data=to_crlf(original), root=None, keys=None, policy=None, message_id=job.message_id or "")
+    copy = Certified(data=prepared.data, sha256=hashlib.sha256(prepared.data).hexdigest(), links=(),
+                     ack_link_inserted=False, ack_link_reason="bench: uncertified", dkim=(),
+                     message_id=prepared.message_id)
+    return copy, prepared
 
 
 def main() -> int:
@@ -71,7 +65,7 @@ enabled = false
         encoding="utf-8",
     )
     if args.uncertified:
-        deliver.Deliverer._prepare = uncertified_prepare
+        deliver.Deliverer._certify = staticmethod(uncertified)
     return cli.main(["serve", "--config", str(config)])
 
 
