@@ -25,7 +25,10 @@ from relay.store import FetchWrite, ReceiptWrite, Store
 log = logging.getLogger("estampille.tracker")
 
 MAX_BATCH = 512  # events per transaction; bounds one commit's latency
-FETCH_FLUSH_SECONDS = 0.01  # longest a fetch waits in memory before its commit starts
+# Longest a fetch waits in memory before its commit starts. Each fetch dirties about 4 random
+# index pages (digests, delivery ids), so larger commits share pages and fsyncs: at 3,500 fetches/s,
+# 50 ms instead of 10 took the write's CPU (rows and commit) from about 68 to 50 us a fetch.
+FETCH_FLUSH_SECONDS = 0.05
 FETCH_FLUSH_COUNT = 256  # fetches waiting that start a commit at once
 MAX_PENDING_FETCHES = 4096  # bounds memory if the disk stalls; more requests wait for room
 
