@@ -130,6 +130,22 @@ async def test_550_fails_and_sender_gets_a_multipart_report(tmp_path):
     assert "Subject: Conseil du 3 mars" in parts[2].as_bytes().decode()
 
 
+async def test_a_recipient_refused_at_rcpt_fails_and_the_connection_goes_on(tmp_path):
+    async with Sink(refuse_rcpt={"nobody@example.net": "550 5.1.1 no such user here"}) as sink:
+        config = relay_config(tmp_path, sink.port, upstream={"connections": 1, "concurrency": 1})
+        async with running(config) as service:
+            rcpts = ["b1@example.net", "nobody@example.net", "b2@example.net"]
+            code, _ = await asyncio.to_thread(smtplib_send, service.smtp_port, "a@example.org", rcpts, message())
+            assert code == 250
+            states = await wait_states(service, "delivered", "failed")
+            got = await sink.wait_for(3)  # two copies and the DSN for the refused one
+    by_recipient = {row["recipient"]: (row["state"], row["last_code"]) for row in states}
+    assert by_recipient == {"b1@example.net": ("delivered", 250), "b2@example.net": ("delivered", 250),
+                            "nobody@example.net": ("failed", 550)}
+    assert sorted(m.rcpt_tos for m in got) == [("a@example.org",), ("b1@example.net",), ("b2@example.net",)]
+    assert sink.connections == 1  # reset after the refusal, not closed
+
+
 async def test_no_dsn_for_a_null_sender(tmp_path):
     async with Sink() as sink:
         sink.reply = lambda envelope: "550 5.7.1 refused"

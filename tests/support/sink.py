@@ -11,7 +11,8 @@ Usage::
         got[0].mail_from, got[0].rcpt_tos, got[0].data
 
 Replies are chosen at DATA: first the next scripted reply of the envelope's first
-recipient, then ``reply(envelope)`` if it returns a string, else ``default``.
+recipient, then ``reply(envelope)`` if it returns a string, else ``default``. Addresses in
+``refuse_rcpt`` are refused at RCPT with their reply (and never reach DATA).
 Only messages answered 2xx are in ``messages``; every DATA is in ``attempts``.
 Stop and restart on the same port with ``await sink.stop()`` / ``await sink.start()``.
 ``Sink(tls=context)`` offers STARTTLS; ``Sink(tls=context, credentials={"user": "pw"})``
@@ -62,6 +63,8 @@ class Sink:
     attempts: list[Received] = field(default_factory=list)
     tls: ssl.SSLContext | None = None  # offer STARTTLS with this server context
     credentials: dict[str, str] | None = None  # require AUTH (after STARTTLS) with these users
+    refuse_rcpt: dict[str, str] = field(default_factory=dict)  # address -> reply at RCPT
+    connections: int = 0  # SMTP sessions opened, in all
     _scripts: dict[str, deque[str]] = field(default_factory=lambda: defaultdict(deque))
     _server: asyncio.Server | None = None
     _changed: asyncio.Condition | None = None
@@ -76,9 +79,12 @@ class Sink:
         options: dict[str, Any] = {"tls_context": self.tls}
         if self.credentials is not None:
             options.update(auth_required=True, authenticator=self._authenticate)
-        self._server = await loop.create_server(
-            lambda: SMTP(self, hostname="sink.test", enable_SMTPUTF8=True, loop=loop, **options), self.host, self.port
-        )
+
+        def session() -> SMTP:
+            self.connections += 1
+            return SMTP(self, hostname="sink.test", enable_SMTPUTF8=True, loop=loop, **options)
+
+        self._server = await loop.create_server(session, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -103,6 +109,13 @@ class Sink:
     def to(self, recipient: str) -> list[Received]:
         """Accepted messages whose envelope names ``recipient``."""
         return [m for m in self.messages if recipient in m.rcpt_tos]
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        if address.lower() in self.refuse_rcpt:
+            return self.refuse_rcpt[address.lower()]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         reply = self._choose(envelope)

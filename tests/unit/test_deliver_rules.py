@@ -1,8 +1,11 @@
-"""relay.deliver's pure rules: reply classes, backoff, queue ids; relay.spool's ids."""
+"""relay.deliver's pure rules: reply classes, backoff, queue ids, DATA on the wire; relay.spool's ids."""
 
 from __future__ import annotations
 
-from relay.deliver import classify, parse_queue_id, retry_delay
+from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+from hypothesis import given, settings, strategies as st
+
+from relay.deliver import classify, data_on_wire, parse_queue_id, retry_delay
 from relay.spool import new_submission_id
 
 
@@ -33,3 +36,15 @@ def test_submission_ids_sort_by_time_and_differ():
     c = new_submission_id(1_700_000_001.0)
     assert a != b and max(a, b) < c
     assert len(a) == len(c) == 23
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from([b"\r\n", b"\n", b"\r", b".", b"..", b"a", b" ", b"\xc3\xa9"]), max_size=40).map(b"".join))
+def test_data_on_wire_is_what_aiosmtplib_would_send(data):
+    """Our DATA payload is byte for byte aiosmtplib's (its line endings, dot-stuffing and end)."""
+    expected = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data)) + b".\r\n"
+    assert data_on_wire(data) == expected
+
+
+def test_data_on_wire_stuffs_leading_dots_and_ends_the_data():
+    assert data_on_wire(b"Subject: x\r\n\r\n.hidden\r\nend") == b"Subject: x\r\n\r\n..hidden\r\nend\r\n.\r\n"
