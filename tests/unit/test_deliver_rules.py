@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay.deliver import classify, data_on_wire, parse_queue_id, retry_delay
 from relay.spool import new_submission_id
