@@ -3,8 +3,8 @@ timelines, the members who have not acknowledged (CSV), the proof bundle.
 
 Server-rendered on the acknowledgment pages' base template, French by default,
 English by Accept-Language. Every page but the login form needs a session
-(``tracker.admin_auth``); :func:`setup` installs the guard, the API and these
-routes on the tracker application.
+(``tracker.admin_auth``); :func:`setup` adds these pages and the API to the
+tracker application, as sub-applications behind the guard.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from tracker import api
 from tracker.admin_auth import (
     ADMIN_PREFIX,
     ADMIN_SESSIONS,
+    API_PREFIX,
     COOKIE,
     LOGIN_PATH,
     TOKEN_HASHES,
@@ -147,37 +148,42 @@ TEXTS: dict[str, dict[str, str]] = {
 
 
 def setup(app: web.Application) -> None:
-    """Guard /admin and /api/v1, and add the API and the admin pages (from tracker.app.make_app)."""
+    """Add the admin pages (/admin) and the API (/api/v1) to the tracker application (from
+    tracker.app.make_app), each as a sub-application guarded by its own middlewares: the
+    acknowledgment pages, on the main application, do not pass through them."""
     tracker = app[TRACKER]
     app[TOKEN_HASHES] = tuple(tracker.config.admin.token_hashes)
     app[ADMIN_SESSIONS] = Sessions(clock=tracker.clock)
-    app.middlewares.append(require_admin)
-    app.middlewares.append(api.api_errors)
-    api.add_routes(app)
-    r = app.router
-    r.add_get(LOGIN_PATH, login_form)
-    r.add_post(LOGIN_PATH, login)
-    r.add_post(f"{ADMIN_PREFIX}/logout", logout)
-    r.add_get(ADMIN_PREFIX, to_list)
-    r.add_get(f"{ADMIN_PREFIX}/", messages)
-    r.add_get(f"{ADMIN_PREFIX}/messages/{{message_id:.+}}/bundle", bundle)
-    r.add_get(f"{ADMIN_PREFIX}/messages/{{message_id:.+}}/unacknowledged.csv", unacknowledged_csv)
-    r.add_get(f"{ADMIN_PREFIX}/messages/{{message_id:.+}}", message_page)
+    api_app = web.Application(middlewares=[require_admin, api.api_errors])
+    api.add_routes(api_app)
+    app.add_subapp(API_PREFIX, api_app)
+    pages = web.Application(middlewares=[require_admin])
+    r = pages.router  # paths below ADMIN_PREFIX
+    login_path = LOGIN_PATH.removeprefix(ADMIN_PREFIX)
+    r.add_get(login_path, login_form)
+    r.add_post(login_path, login)
+    r.add_post("/logout", logout)
+    r.add_get("", to_list)
+    r.add_get("/", messages)
+    r.add_get("/messages/{message_id:.+}/bundle", bundle)
+    r.add_get("/messages/{message_id:.+}/unacknowledged.csv", unacknowledged_csv)
+    r.add_get("/messages/{message_id:.+}", message_page)
+    app.add_subapp(ADMIN_PREFIX, pages)
 
 
 def _page(request: web.Request, template: str, context: dict[str, Any], *, status: int = 200) -> web.Response:
     lang = negotiate(request.headers.get("Accept-Language"))
-    base = request.app[TRACKER].base_path
+    base = request.config_dict[TRACKER].base_path
     context = {"a": TEXTS[lang], "admin_css": f"{base}/static/admin.css", "admin_base": f"{base}{ADMIN_PREFIX}", **context}
     return render(request, template, context, status=status)
 
 
 async def to_list(request: web.Request) -> web.Response:
-    raise web.HTTPSeeOther(f"{request.app[TRACKER].base_path}{ADMIN_PREFIX}/")
+    raise web.HTTPSeeOther(f"{request.config_dict[TRACKER].base_path}{ADMIN_PREFIX}/")
 
 
 def message_href(request: web.Request, message_id: str | None) -> str:
-    return f"{request.app[TRACKER].base_path}{ADMIN_PREFIX}/messages/{quote(message_id or '', safe='')}"
+    return f"{request.config_dict[TRACKER].base_path}{ADMIN_PREFIX}/messages/{quote(message_id or '', safe='')}"
 
 
 # -- login -------------------------------------------------------------------
@@ -190,18 +196,18 @@ async def login_form(request: web.Request) -> web.Response:
 async def login(request: web.Request) -> web.Response:
     form = await request.post()
     token = str(form.get("token", ""))[:MAX_TOKEN_FIELD].strip()
-    if not token_ok(token, request.app[TOKEN_HASHES]):
+    if not token_ok(token, request.config_dict[TOKEN_HASHES]):
         return _page(request, "admin_login.html", {"failed": True}, status=401)
-    tracker = request.app[TRACKER]
+    tracker = request.config_dict[TRACKER]
     response = web.HTTPSeeOther(f"{tracker.base_path}{ADMIN_PREFIX}/")
     secure = tracker.config.tracker.public_url.startswith("https://")
-    set_session_cookie(response, request.app[ADMIN_SESSIONS].create(), secure=secure)
+    set_session_cookie(response, request.config_dict[ADMIN_SESSIONS].create(), secure=secure)
     raise response
 
 
 async def logout(request: web.Request) -> web.Response:
-    request.app[ADMIN_SESSIONS].drop(request.cookies.get(COOKIE))
-    response = web.HTTPSeeOther(request.app[TRACKER].base_path + LOGIN_PATH)
+    request.config_dict[ADMIN_SESSIONS].drop(request.cookies.get(COOKIE))
+    response = web.HTTPSeeOther(request.config_dict[TRACKER].base_path + LOGIN_PATH)
     clear_session_cookie(response)
     raise response
 
@@ -210,7 +216,7 @@ async def logout(request: web.Request) -> web.Response:
 
 
 async def messages(request: web.Request) -> web.Response:
-    tracker = request.app[TRACKER]
+    tracker = request.config_dict[TRACKER]
     lang = negotiate(request.headers.get("Accept-Language"))
     tz = tracker.config.tracker.timezone
     since, until = request.query.get("since", ""), request.query.get("until", "")
@@ -239,7 +245,7 @@ def _day_start(day: str, tz: str, offset_days: int) -> str:
 
 
 async def message_page(request: web.Request) -> web.Response:
-    tracker = request.app[TRACKER]
+    tracker = request.config_dict[TRACKER]
     ev = await _message(request)
     view = message_json(ev)
     lang = negotiate(request.headers.get("Accept-Language"))
@@ -267,7 +273,7 @@ async def message_page(request: web.Request) -> web.Response:
 async def _message(request: web.Request) -> MessageEvidence:
     """The message named in the path; an unknown one is the 404 page."""
     try:
-        return await load_message(request.app[TRACKER].store, request.match_info["message_id"])
+        return await load_message(request.config_dict[TRACKER].store, request.match_info["message_id"])
     except NotFoundError:
         raise web.HTTPNotFound() from None
 

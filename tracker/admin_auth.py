@@ -107,10 +107,10 @@ async def require_admin(request: web.Request, handler: Callable) -> web.StreamRe
         token = bearer_token(request)
         if token is None:
             return unauthorized_json("send an admin token as 'Authorization: Bearer <token>'")
-        if not token_ok(token, request.app[TOKEN_HASHES]):
+        if not token_ok(token, request.config_dict[TOKEN_HASHES]):
             return unauthorized_json("this token is not one of admin.token_hashes")
         return await handler(request)
-    if not request.app[ADMIN_SESSIONS].valid(request.cookies.get(COOKIE)):
+    if not request.config_dict[ADMIN_SESSIONS].valid(request.cookies.get(COOKIE)):
         raise web.HTTPSeeOther(LOGIN_PATH)
     return await handler(request)
 

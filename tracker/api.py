@@ -34,12 +34,13 @@ MAX_PAGE = 1_000_000
 
 
 def add_routes(app: web.Application) -> None:
+    """The API's routes, on the sub-application mounted at API_PREFIX (tracker.admin.setup)."""
     r = app.router
-    r.add_get(f"{API_PREFIX}/openapi.json", openapi)
-    r.add_get(f"{API_PREFIX}/messages", list_messages)
+    r.add_get("/openapi.json", openapi)
+    r.add_get("/messages", list_messages)
     # The bundle route first: a Message-ID may contain '/', so the id pattern is greedy.
-    r.add_get(f"{API_PREFIX}/messages/{{message_id:.+}}/bundle", bundle)
-    r.add_get(f"{API_PREFIX}/messages/{{message_id:.+}}", show_message)
+    r.add_get("/messages/{message_id:.+}/bundle", bundle)
+    r.add_get("/messages/{message_id:.+}", show_message)
 
 
 def error(status: int, code: str, message: str) -> web.Response:
@@ -104,7 +105,7 @@ async def search(request: web.Request, q: Mapping[str, str]) -> dict[str, Any]:
     since, until = parse_time("since", q.get("since")), parse_time("until", q.get("until"))
     page = parse_int("page", q.get("page"), 1, 1, MAX_PAGE)
     per_page = parse_int("per_page", q.get("per_page"), DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
-    store = request.app[TRACKER].store
+    store = request.config_dict[TRACKER].store
     rows, total = await store.search_submissions(
         query=query, since=since, until=until, limit=per_page, offset=(page - 1) * per_page
     )
@@ -140,13 +141,13 @@ async def list_messages(request: web.Request) -> web.Response:
 
 
 async def show_message(request: web.Request) -> web.Response:
-    ev = await load_message(request.app[TRACKER].store, request.match_info["message_id"])
+    ev = await load_message(request.config_dict[TRACKER].store, request.match_info["message_id"])
     return web.json_response(message_json(ev))
 
 
 async def bundle(request: web.Request) -> web.StreamResponse:
     """The proof bundle of the message in the path, as a zip download (built in a temporary file)."""
-    tracker = request.app[TRACKER]
+    tracker = request.config_dict[TRACKER]
     with tempfile.TemporaryFile() as out:
         message_id = await build_proof(
             tracker.store, request.match_info["message_id"], out, now=tracker.clock(),

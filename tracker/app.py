@@ -75,7 +75,7 @@ def make_app(config: Config, store: Store, *, clock: Callable[[], float] = time.
     app.router.add_get("/healthz", healthz)
     app.router.add_static("/static/", STATIC_DIR, name="static")
     ack.add_routes(app)
-    admin.setup(app)  # guards /admin and /api/v1, adds the API and the admin pages
+    admin.setup(app)  # the admin pages and the API, sub-applications behind their guard
     return app
 
 

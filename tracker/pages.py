@@ -86,7 +86,9 @@ def render(
     render_template, which parses the content type it has just set, twice, on every page.
     """
     lang = negotiate(request.headers.get("Accept-Language"))
-    page = aiohttp_jinja2.get_env(request.app).get_template(template).render({**_base(request, lang), **context})
+    config = request.config_dict  # the admin pages and the API are sub-applications
+    env = config[aiohttp_jinja2.APP_KEY]
+    page = env.get_template(template).render({**_base(config[TRACKER], lang), **context})
     return _response(page, status)
 
 
@@ -94,12 +96,13 @@ def render_planned(request: web.Request, template: str, context: dict[str, Any])
     """The page :func:`render` makes, from the template's plan (see tracker.plans): for the
     acknowledgment pages, rendered on every fetch, whose templates keep to the plans' contract."""
     lang = negotiate(request.headers.get("Accept-Language"))
-    return _response(request.app[TRACKER].plans.render(template, lang, _base(request, lang), context), 200)
+    tracker = request.app[TRACKER]
+    return _response(tracker.plans.render(template, lang, _base(tracker, lang), context), 200)
 
 
-def _base(request: web.Request, lang: str) -> dict[str, Any]:
+def _base(tracker: Tracker, lang: str) -> dict[str, Any]:
     """What every page's context holds: the same for all pages in one language."""
-    return {"lang": lang, "t": _WORDING[lang], "css_href": f"{request.app[TRACKER].base_path}/static/style.css"}
+    return {"lang": lang, "t": _WORDING[lang], "css_href": f"{tracker.base_path}/static/style.css"}
 
 
 def _response(page: str, status: int) -> web.Response:

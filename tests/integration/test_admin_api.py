@@ -102,6 +102,9 @@ def guarded_requests(app, message_id: str) -> list[tuple[str, str]]:
     out = []
     for resource in app.router.resources():
         info = resource.get_info()
+        if "app" in info:  # a sub-application (the admin pages, the API): its paths carry its prefix
+            out += guarded_requests(info["app"], message_id)
+            continue
         template = info.get("formatter") or info.get("path") or ""
         if not template.startswith(("/admin", "/api/v1")):
             continue
