@@ -190,6 +190,7 @@ class SMTPUpstream:
             await _command(client, (250, 251), b"RCPT", b"TO:<" + recipient.encode(encoding) + b">", timeout=timeout)
             await _command(client, (354,), b"DATA", timeout=timeout)
             client.protocol.write(data_on_wire(data))
+            client.protocol.write(b".\r\n")
             response = await client.protocol.read_response(timeout=timeout)
             if response.code != 250:
                 raise aiosmtplib.SMTPDataError(response.code, response.message)
@@ -603,16 +604,18 @@ async def _command(client: aiosmtplib.SMTP, expected: tuple[int, ...], *args: by
 
 
 def data_on_wire(data: bytes) -> bytes:
-    """A copy as sent after DATA (RFC 5321 4.5.2): CRLF line endings, dot-stuffed, then CRLF.CRLF.
+    """A copy as sent after DATA (RFC 5321 4.5.2), but for the final ".CRLF": CRLF line endings,
+    dot-stuffed, ending with CRLF.
 
-    Copies are CRLF throughout already (certify makes them so), which to_crlf checks cheaply.
+    Copies are CRLF throughout already (certify makes them so), which to_crlf checks cheaply;
+    with no line to stuff either, the copy itself is returned (no second copy of a large message).
     """
     data = to_crlf(data)
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
     if data.startswith(b"."):
         data = b"." + data
-    return data.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+    return data.replace(b"\r\n.", b"\r\n..")
 
 
 def _forwarded_options(job: Job, data: bytes, eight_bit_mime: bool) -> list[str]:

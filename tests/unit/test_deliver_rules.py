@@ -44,8 +44,10 @@ def test_submission_ids_sort_by_time_and_differ():
 def test_data_on_wire_is_what_aiosmtplib_would_send(data):
     """Our DATA payload is byte for byte aiosmtplib's (its line endings, dot-stuffing and end)."""
     expected = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data)) + b".\r\n"
-    assert data_on_wire(data) == expected
+    assert data_on_wire(data) + b".\r\n" == expected
 
 
-def test_data_on_wire_stuffs_leading_dots_and_ends_the_data():
-    assert data_on_wire(b"Subject: x\r\n\r\n.hidden\r\nend") == b"Subject: x\r\n\r\n..hidden\r\nend\r\n.\r\n"
+def test_data_on_wire_stuffs_leading_dots_and_ends_lines():
+    assert data_on_wire(b"Subject: x\r\n\r\n.hidden\r\nend") == b"Subject: x\r\n\r\n..hidden\r\nend\r\n"
+    plain = b"Subject: x\r\n\r\nnothing to stuff\r\n"
+    assert data_on_wire(plain) is plain  # a large copy is not copied again
