@@ -49,10 +49,6 @@ PREPARED_CACHE_OCTETS = 32 * 2**20
 # Certifying is CPU-bound and holds a few transient copies of the message: more at once than
 # this would only add memory (the GIL runs one at a time), not speed.
 CERTIFY_CONCURRENCY = 2
-# Messages up to this size are certified on the event loop: at most ~3 ms (measured: 1.3 ms to
-# prepare and 1.7 ms per copy at 256 KiB). A thread buys no parallelism for them (certifying holds
-# the GIL) and cost 12 % more CPU per delivery in alternated bench runs (hops, GIL hand-offs).
-CERTIFY_ON_LOOP_MAX = 256 * 1024
 NO_LINKS = AckConfig(insert=False)  # a DSN is signed but carries no acknowledgment link
 STOP_GRACE_SECONDS = 5.0
 INTAKE_CHECK_SECONDS = 0.05  # a delivery held back for intake looks again this often
@@ -290,7 +286,7 @@ class Deliverer:
         self.store = store
         self.upstream = upstream or make_upstream(config)
         self.clock = clock
-        # Keys and templates are read once, here; certifying is then pure (CERTIFY_ON_LOOP_MAX).
+        # Keys and templates are read once, here; certifying is then pure and runs in a thread.
         self.certifier = Certifier(
             ack=config.ack, templates=acklink.AckTemplates.from_config(config.ack),
             public_url=config.tracker.public_url, keyring=dkim.load_keyring(config),
@@ -456,11 +452,8 @@ class Deliverer:
             cached = self._prepared.get(job.submission_id)
             prepared = cached[1] if cached and cached[0] is certifier else None  # keys unchanged since
             original = None if prepared is not None else await self.store.get_blob(job.data_sha256)
-            if len(prepared.data if prepared else original) <= CERTIFY_ON_LOOP_MAX:
-                copy, prepared = self._certify(job, certifier, prepared, original, now, eight_bit_mime)
-            else:
-                copy, prepared = await asyncio.get_running_loop().run_in_executor(
-                    self._certify_executor, self._certify, job, certifier, prepared, original, now, eight_bit_mime)
+            copy, prepared = await asyncio.get_running_loop().run_in_executor(
+                self._certify_executor, self._certify, job, certifier, prepared, original, now, eight_bit_mime)
         self._remember(job.submission_id, certifier, prepared)
         copy_sha256 = copy.sha256
         inline = len(copy.data) <= INLINE_COPY_MAX  # else a file, written durably first
@@ -494,7 +487,7 @@ class Deliverer:
     @staticmethod
     def _certify(job: Job, certifier: Certifier, prepared: Prepared | None, original: bytes | None,
                  now: float, eight_bit_mime: bool) -> tuple[Certified, Prepared]:
-        """The certify step for one recipient (on the loop, or in a thread for a large message).
+        """The certify step for one recipient (in a thread: signing and MIME work are CPU-bound).
 
         The Date and Message-ID added to a message lacking them come from the submission,
         so every recipient's copy carries the same ones.
