@@ -178,8 +178,8 @@ class SMTPUpstream:
         encoding = "utf-8" if any(opt.upper() == "SMTPUTF8" for opt in mail_options) else "ascii"
         # The paths are sent as the client gave them (intake checked them): aiosmtplib's mail()
         # and rcpt() would re-parse each with the email package, and its data() would rewrite
-        # every line ending of a copy that is CRLF already; per delivery, that was 10 % of the
-        # relay's CPU. Its execute_command still refuses control characters in a command.
+        # every line ending of a copy that is CRLF already: 0.08 ms of CPU per delivery, a fifth
+        # of the sending. Its execute_command still refuses control characters in a command.
         try:
             await _command(client, (250,), b"MAIL", b"FROM:<" + sender.encode(encoding) + b">",
                            *(opt.encode("ascii") for opt in mail_options), timeout=timeout)
