@@ -226,6 +226,10 @@ class Anchorer:
         self._headers = header_source(config)
         hosts = [urlsplit(url).hostname or "" for url in config.calendars]
         self._allowed = tuple(pattern.lower() for pattern in (*config.allowlist, *hosts) if pattern)
+        # A retry round and an upgrade round both rewrite a batch's timestamp from the row they
+        # read: run at once, the later write dropped what the earlier added (a confirmed batch
+        # went back to 'pending'). One at a time, each reads what the other wrote.
+        self._timestamp_rounds = asyncio.Lock()
 
     async def __aenter__(self) -> "Anchorer":
         self._session = aiohttp.ClientSession()
@@ -365,8 +369,9 @@ class Anchorer:
 
     async def retry_submissions(self) -> list[BatchOutcome]:
         """Submit again every due batch that fewer than ``min_calendars`` calendars accepted, several at once."""
-        rows = await self.store.anchor_batches(["submitting"], due_before=self._clock())
-        return await _each(rows, self._retry_submission, self.config.calendar_concurrency)
+        async with self._timestamp_rounds:
+            rows = await self.store.anchor_batches(["submitting"], due_before=self._clock())
+            return await _each(rows, self._retry_submission, self.config.calendar_concurrency)
 
     async def _retry_submission(self, row) -> BatchOutcome:
         accepted = await self.store.anchor_reply_calendars(row["id"])
@@ -398,13 +403,15 @@ class Anchorer:
 
     async def upgrade(self) -> UpgradeReport:
         """One upgrade round over every unconfirmed batch that some calendar holds, several at once."""
-        now = self._clock()
-        rows = [r for r in await self.store.anchor_batches(["submitting", "pending"]) if r["timestamp"] is not None]
-        headers: dict[int, asyncio.Task[bytes]] = {}  # fetched once per round, however many batches a block confirms
-        try:
-            done = await _each(rows, lambda row: self._upgrade_batch(row, now, headers), self.config.calendar_concurrency)
-        finally:
-            await _cancel(headers.values())
+        async with self._timestamp_rounds:
+            now = self._clock()
+            rows = [r for r in await self.store.anchor_batches(["submitting", "pending"]) if r["timestamp"] is not None]
+            headers: dict[int, asyncio.Task[bytes]] = {}  # fetched once per round, however many batches a block confirms
+            try:
+                done = await _each(rows, lambda row: self._upgrade_batch(row, now, headers),
+                                   self.config.calendar_concurrency)
+            finally:
+                await _cancel(headers.values())
         confirmed = [row["id"] for row, d in zip(rows, done) if d.confirmed]
         stale = [row["id"] for row, d in zip(rows, done) if d.stale]
         resubmitted = [row["id"] for row, d in zip(rows, done) if d.resubmitted]

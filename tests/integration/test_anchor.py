@@ -261,6 +261,29 @@ async def test_two_calendars_down_stays_pending_retried_then_completes(store, ca
     assert verify_ots(recs[0].body, await export_ots(store, recs[0].digest), headers, regtest=True).ok
 
 
+async def test_an_upgrade_and_a_retry_of_one_batch_at_once_lose_nothing(store, calendars, chain):
+    """The two workers write the same batch's timestamp: neither may overwrite what the other added."""
+    clock = Clock()
+    calendars[1].down = calendars[2].down = True
+    await queue(store, records(10))
+    async with Anchorer(store, anchor_config(calendars, min_calendars=2), clock=clock) as anchorer:
+        [outcome] = await anchorer.batch_all()
+        assert outcome.state == "submitting" and outcome.accepted == (calendars[0].url,)
+        calendars[0].confirm()
+        calendars[1].down = False
+        calendars[0].delay, calendars[1].delay = 0.2, 0.4  # the upgrade answers first, the retry after
+        clock.now += 11
+        await asyncio.gather(anchorer.upgrade(), anchorer.retry_submissions())
+    [row] = await store.anchor_batches(["submitting", "pending", "confirmed"])
+    assert row["state"] == "confirmed"  # not put back to 'pending' by a retry that read it before
+    ots = await export_ots(store, records(1)[0].digest)
+    headers = {h: raw for h, raw in enumerate(chain.headers)}
+    assert verify_ots(records(1)[0].body, ots, headers, regtest=True).ok
+    timestamp = row["timestamp"]
+    for url in await store.anchor_reply_calendars(row["id"]):  # every calendar that accepted is in the proof
+        assert url.encode() in timestamp
+
+
 async def test_restart_between_submission_and_upgrade(tmp_path, calendars, chain):
     recs = records(20)
     store = await Store.open(tmp_path / "data")
