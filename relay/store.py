@@ -381,6 +381,7 @@ class Store:
         self._pending_writes: list[tuple[Any, bool, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._urgent = asyncio.Event()
+        self._point_reader: sqlite3.Connection | None = None  # see _read_now
         # Set by the service from webhooks.urls; enqueue_event queues one row per URL.
         self.webhook_urls: tuple[str, ...] = ()
 
@@ -418,6 +419,8 @@ class Store:
     async def close(self) -> None:
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)  # let queued writers commit
+        if self._point_reader is not None:
+            self._point_reader.close()
         await self._db.close()
 
     async def _migrate(self) -> None:
@@ -1100,9 +1103,14 @@ class Store:
 
         ``delivered_at`` is the upstream's acceptance when there is one, else the token's
         creation; ``acknowledged_at`` is NULL until the delivery's first acknowledgment.
+
+        While a writer holds the database (a group of tracker events being written and
+        fsync'd, up to about 12 ms), the query would wait behind it on the database thread,
+        and every page in flight with it: it is read at once instead (see _read_now).
+        Either way it sees only committed transactions.
         """
         marks = ", ".join("?" for _ in token_sha256s)
-        rows = await self.fetchall(
+        sql = (
             "SELECT t.token_sha256, t.delivery_id, t.target_url, t.created_at AS token_created_at,"
             " d.recipient, d.record_digest AS delivery_digest,"
             " s.mail_from, s.subject, s.received_at, s.message_id,"
@@ -1112,10 +1120,32 @@ class Store:
             " FROM ack_tokens t JOIN deliveries d ON d.id = t.delivery_id"
             " JOIN submissions s ON s.id = d.submission_id"
             " LEFT JOIN receipts r ON r.delivery_id = d.id"
-            f" WHERE t.token_sha256 IN ({marks})",
-            token_sha256s,
+            f" WHERE t.token_sha256 IN ({marks})"
         )
+        rows = self._read_now(sql, token_sha256s) if self._write_lock.locked() else None
+        if rows is None:
+            rows = await self.fetchall(sql, token_sha256s)
         return {row["token_sha256"]: row for row in rows}
+
+    def _read_now(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row] | None:
+        """Rows read on the calling (event loop) thread through a read-only connection of its
+        own; None if that fails (the caller then asks the database thread).
+
+        In WAL mode a reader never waits for the writer; with timeout=0 it never sleeps on a
+        lock either (SQLITE_BUSY, as in a WAL recovery, gives None). An indexed read costs about
+        12 us. It is not the default path: this connection's page cache is emptied by every
+        commit, where the writer's own stays warm (on the tracker bench, every lookup read this
+        way cost 20 to 45 us more server CPU a page).
+        """
+        try:
+            if self._point_reader is None:
+                uri = (self.data_dir / DB_NAME).resolve().as_uri() + "?mode=ro"
+                reader = sqlite3.connect(uri, uri=True, timeout=0, isolation_level=None)
+                reader.row_factory = sqlite3.Row
+                self._point_reader = reader
+            return self._point_reader.execute(sql, tuple(params)).fetchall()
+        except sqlite3.Error:
+            return None
 
     async def write_tracker_events(
         self, fetches: Sequence[FetchWrite], receipts: Sequence[ReceiptWrite]
