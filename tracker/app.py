@@ -1,9 +1,9 @@
-"""The tracker's aiohttp application: acknowledgment pages now, admin pages and API later.
+"""The tracker's aiohttp application: acknowledgment pages, admin pages and the API.
 
-``make_app(config, store)`` builds the application; each subsystem adds its
-routes in it (``ack.add_routes(app)``; the admin pages and API the same way) and
-renders through :mod:`tracker.pages` (shared base template, wording, error pages,
-security headers). ``start_tracker`` runs it on the configured address; the
+``make_app(config, store)`` builds the application: the acknowledgment routes are
+its own (``ack.add_routes(app)``), the admin pages and the API are sub-applications
+with their own guard (``admin.setup(app)``); all render through :mod:`tracker.pages`
+(shared base template, wording, error pages, security headers). ``start_tracker`` runs it on the configured address; the
 composition root (relay/service.py) calls it.
 
 No access log: request paths carry acknowledgment tokens, which are never logged.
