@@ -36,6 +36,7 @@ STOP_GRACE_SECONDS = 5.0
 # link), then deliveries in flight get the Deliverer's grace; both well inside the
 # unit's TimeoutStopSec=90.
 SMTP_DRAIN_SECONDS = 30.0
+SLOW_STOP_SECONDS = 10.0  # a component still stopping after this is named in the log
 
 
 class Service:
@@ -97,11 +98,23 @@ class Service:
             log.info("upstream: smtp %s:%d (tls: %s)", u.host, u.port, u.tls)
 
     async def stop(self) -> None:
-        """Stop accepting mail first, then let deliveries in flight finish briefly, then close the store."""
+        """Stop accepting mail first, then let deliveries in flight finish briefly, then close the store.
+
+        A component slower to stop than SLOW_STOP_SECONDS is named in the log, again at each
+        such interval: an operator sees what holds the stop up (and systemd's TimeoutStopSec,
+        90 s, ends it in any case; what was not delivered resumes at the next start).
+        """
         while self.components:
             name, stop = self.components.pop()
+            stopping = asyncio.ensure_future(stop())
+            started = time.monotonic()
             try:
-                await stop()
+                while not (await asyncio.wait([stopping], timeout=SLOW_STOP_SECONDS))[0]:
+                    log.warning("still stopping %s after %.0f s", name, time.monotonic() - started)
+                stopping.result()
+            except asyncio.CancelledError:
+                stopping.cancel()
+                raise
             except Exception:  # noqa: BLE001 - keep stopping the others
                 log.exception("stopping %s failed", name)
 

@@ -1,9 +1,13 @@
-"""Stopping the delivery worker always returns, even when a wake-up races the stop."""
+"""Stopping: the delivery worker always returns, even when a wake-up races the stop; a slow
+component is named in the log while the service waits for it."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
+from relay import service as service_module
+from relay.service import Service
 from tests.support.relay import relay_config, running
 from tests.support.sink import Sink
 
@@ -20,3 +24,24 @@ async def test_stop_returns_when_a_wakeup_races_it(tmp_path):
                 await asyncio.sleep(0)  # the wait on the event completes...
                 async with asyncio.timeout(10):  # ...and the stop cancels the loop in the same step
                     await deliverer.stop()
+
+
+async def test_a_component_slow_to_stop_is_named_in_the_log_until_it_stops(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(service_module, "SLOW_STOP_SECONDS", 0.05)
+    service = Service(relay_config(tmp_path))
+    stopped = []
+
+    async def slow() -> None:
+        await asyncio.sleep(0.3)
+        stopped.append("slow")
+
+    async def quick() -> None:
+        stopped.append("quick")
+
+    service._started("quick", quick)
+    service._started("slow", slow)
+    with caplog.at_level(logging.WARNING, logger="estampille.service"):
+        await service.stop()
+    assert stopped == ["slow", "quick"]  # in reverse order of starting, each waited for
+    warnings = [r.getMessage() for r in caplog.records if r.name == "estampille.service"]
+    assert len(warnings) >= 2 and all(w.startswith("still stopping slow after") for w in warnings)
