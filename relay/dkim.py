@@ -64,6 +64,7 @@ KEY_FILE_MODE = 0o600
 DNS_STRING_MAX = 255  # one character-string of a TXT record
 
 _HEADER_NAME = b"DKIM-Signature"
+_SIGNATURE_NAME = _HEADER_NAME.lower()  # as relaxed canonicalisation writes it
 SIGNED_HEADERS_CACHED = 16  # header blocks whose signed part is kept: a message being sent to its recipients
 _RELAXED = dkimpy.CanonicalizationPolicy.from_c_value(CANONICALIZATION)
 _TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
@@ -332,11 +333,12 @@ def _signature(signed: Any, include: tuple[bytes, ...], body_hash: bytes, key: S
         (b"b", b"0" * 60),  # forces b= onto its own folded line, as dkimpy does
     ]
     value = dkimpy.fold(b"; ".join(b"=".join(f) for f in fields), namelen=len(_HEADER_NAME), linesep=b"\r\n")
-    value = dkimpy.RE_BTAG.sub(b"\\1", value)
     hasher = signed.copy()
-    # The field itself, canonicalised, without its trailing CRLF (RFC 6376 3.7), as hash_headers does.
-    for name, canonical in _RELAXED.canonicalize_headers([(_HEADER_NAME, b" " + value)]):
-        hasher.update(name + b":" + canonical.rstrip())
+    # The field itself with b= empty, canonicalised (relaxed), without its trailing CRLF (RFC 6376
+    # 3.7), as dkimpy's RE_BTAG and hash_headers make it: b= is the last tag, so everything after
+    # its last "b=" goes; then unfolded, whitespace runs made one space, stripped.
+    unsigned = value[: value.rfind(b"b=") + 2].replace(b"\r\n", b"")
+    hasher.update(_SIGNATURE_NAME + b":" + _WSP_TO_COMPRESS.sub(b" ", unsigned).strip())
     fields[-1] = (b"b", base64.b64encode(key.sign_digest(hasher.digest())))
     value = dkimpy.fold(b"; ".join(b"=".join(f) for f in fields) + b"\r\n", namelen=len(_HEADER_NAME))
     return _HEADER_NAME + b": " + value
