@@ -188,9 +188,12 @@ class SMTPUpstream:
                            *(opt.encode("ascii") for opt in mail_options), timeout=timeout)
             await _command(client, (250, 251), b"RCPT", b"TO:<" + recipient.encode(encoding) + b">", timeout=timeout)
             await _command(client, (354,), b"DATA", timeout=timeout)
-            client.protocol.write(data_on_wire(data))
-            client.protocol.write(b".\r\n")
-            response = await client.protocol.read_response(timeout=timeout)
+            protocol = client.protocol
+            if protocol is None:  # the upstream hung up after its 354: retried as any lost connection
+                raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+            protocol.write(data_on_wire(data))
+            protocol.write(b".\r\n")
+            response = await protocol.read_response(timeout=timeout)
             if response.code != 250:
                 raise aiosmtplib.SMTPDataError(response.code, response.message)
         except aiosmtplib.SMTPResponseException as exc:
