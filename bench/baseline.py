@@ -4,6 +4,7 @@ aiosmtpd intake; each message written to a spool file (write, fsync, rename,
 directory fsync) before the 250; then forwarded with aiosmtplib, one NEW
 connection per recipient, at most CONCURRENCY deliveries at once; the spool
 file is removed once every recipient is done. No database, no evidence.
+It runs on asyncio's default event loop, or with --uvloop on the loop the relay runs on.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 import aiosmtplib
+import uvloop
 from aiosmtpd.smtp import SMTP
 
 from relay.config import UpstreamConfig
@@ -66,11 +68,7 @@ class Baseline:
                                   port=self.sink_port, start_tls=False)
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--sink-port", type=int, required=True)
-    parser.add_argument("--spool", type=Path, required=True)
-    args = parser.parse_args()
+async def main(args: argparse.Namespace) -> None:
     args.spool.mkdir(parents=True, exist_ok=True)
     loop = asyncio.get_running_loop()
     baseline = Baseline(args.spool, args.sink_port)
@@ -82,4 +80,9 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sink-port", type=int, required=True)
+    parser.add_argument("--spool", type=Path, required=True)
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop, as the relay does")
+    arguments = parser.parse_args()
+    (uvloop.run if arguments.uvloop else asyncio.run)(main(arguments))

@@ -3,7 +3,8 @@ against a bare aiohttp handler measured in the same run.
 
     /work/venv/bin/python bench/tracker_bench.py [--requests 4000] [--concurrency 50]
 
-Each server runs in its own subprocess on 127.0.0.1 (port 0); the client is
+Each server runs in its own subprocess on 127.0.0.1 (port 0), on uvloop as the
+service does; the client is
 aiohttp in this process with a bounded number of requests. Every GET records a
 classified fetch and every POST a first acknowledgment (each to its own token),
 durably (synchronous=FULL), and the counts of fetches and receipts are checked afterwards.
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import uvloop
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -255,9 +257,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve == "bare":
-        asyncio.run(serve_bare())
+        uvloop.run(serve_bare())  # both servers on the loop `estampille serve` runs on
     elif args.serve == "tracker":
-        asyncio.run(serve_tracker(args.data))
+        uvloop.run(serve_tracker(args.data))
     else:
         asyncio.run(bench(args.requests, args.concurrency))
 

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import uvloop
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -20,6 +21,11 @@ def require_tool(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict:
+    """Async tests run on the loop `estampille serve` runs on."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ wait for the disk. Fetches wait in memory and are written together, at most
 FETCH_FLUSH_SECONDS after the first of them was queued (sooner when
 FETCH_FLUSH_COUNT are waiting, or along with a receipt). So a crash (not a
 graceful stop, which writes everything first) loses at most the fetches of the
-last FETCH_FLUSH_SECONDS plus one commit. At most MAX_PENDING_FETCHES wait: past that, requests wait for room.
+last FETCH_FLUSH_SECONDS plus one commit. At most MAX_PENDING_FETCHES wait, besides
+those of the commit being written: past that, requests wait for room.
 A failed commit is retried once for its fetches, then they are dropped (logged).
 """
 
