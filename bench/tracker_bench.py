@@ -4,8 +4,7 @@ against a bare aiohttp handler measured in the same run.
     /work/venv/bin/python bench/tracker_bench.py [--requests 4000] [--concurrency 50]
 
 Each server runs in its own subprocess on 127.0.0.1 (port 0), on uvloop as the
-service does; the client is
-aiohttp in this process with a bounded number of requests. Every GET records a
+service does; the client is aiohttp in this process with a bounded number of requests. Every GET records a
 classified fetch and every POST a first acknowledgment (each to its own token),
 durably (synchronous=FULL), and the counts of fetches and receipts are checked afterwards.
 Goals: GET at least 0.5 of the bare handler's rate; at least 1,000 acks/s.
