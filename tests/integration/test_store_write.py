@@ -105,3 +105,22 @@ async def test_an_urgent_writer_commits_at_once_with_those_waiting(tmp_path, mon
         assert await _commits_of(store, monkeypatch, [False, True]) == 1
     finally:
         await store.close()
+
+
+async def test_reads_see_only_committed_rows_and_do_not_wait_for_an_open_transaction(tmp_path):
+    store = await Store.open(tmp_path)
+    try:
+        async with store.transaction() as db:
+            await db.execute("INSERT INTO personal (salt, ip, created_at) VALUES (?, ?, ?)", (b"s", "pending", 0.0))
+            # A read (the admin pages, the API) while the transaction is open, between its statements.
+            rows = await asyncio.wait_for(store.fetchall("SELECT ip FROM personal"), 5)
+            assert rows == []
+        assert [r["ip"] for r in await store.fetchall("SELECT ip FROM personal")] == ["pending"]
+        with pytest.raises(RuntimeError):
+            async with store.transaction() as db:
+                await db.execute("INSERT INTO personal (salt, ip, created_at) VALUES (?, ?, ?)", (b"s", "rolled", 0.0))
+                assert len(await store.fetchall("SELECT ip FROM personal")) == 1
+                raise RuntimeError("the transaction fails")
+        assert [r["ip"] for r in await store.fetchall("SELECT ip FROM personal")] == ["pending"]
+    finally:
+        await store.close()
