@@ -49,7 +49,7 @@ from opentimestamps.core.timestamp import Timestamp
 
 from relay import merkle
 from relay.config import AnchorConfig
-from relay.errors import AnchorError, HeaderSourceError
+from relay.errors import AnchorError, ConflictError, HeaderSourceError
 from relay.fetch import ReplyTooLarge, read_bounded
 from relay.headers import AgreeingSources, BitcoindSource, EsploraSource, HeaderSource
 from relay.store import NewAnchorBatch, Store
@@ -516,6 +516,8 @@ class Anchorer:
                 elif not waiting and now - last >= self.config.interval:
                     last = now
                 await self.retry_submissions()
+            except ConflictError as exc:  # `estampille anchor --now` beside the relay, say
+                log.warning("anchoring round stopped: %s; the leaves left wait for the next round", exc)
             except Exception:
                 log.exception("anchoring round failed; trying again")
             await asyncio.sleep(min(POLL_SECONDS, self.config.interval))

@@ -8,7 +8,8 @@ the tracker into HTTP statuses. Third-party errors are wrapped at the edge with
     EstampilleError
     ├── ConfigError            invalid or unreadable configuration
     ├── StoreError             the database or the message directory failed
-    │   └── DiskFullError      not enough free space to accept more mail
+    │   ├── DiskFullError      not enough free space to accept more mail
+    │   └── ConflictError      another process changed the rows a write relied on
     ├── CertifyError           a message could not be certified
     ├── DKIMKeyError           a DKIM key is missing or unusable
     ├── DeliveryError          the upstream could not be reached or refused
@@ -37,6 +38,11 @@ class StoreError(EstampilleError):
 
 class DiskFullError(StoreError):
     """Free space is below the configured floor; no new mail is accepted."""
+
+
+class ConflictError(StoreError):
+    """Another process (e.g. `estampille anchor --now` beside the relay) changed the rows a
+    write relied on; nothing was written, and the next round starts from what is stored."""
 
 
 class CertifyError(EstampilleError):

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from relay.durable import fsync_directory, write_durably
-from relay.errors import DiskFullError, NotFoundError, StoreError
+from relay.errors import ConflictError, DiskFullError, NotFoundError, StoreError
 from relay.records import Record, canonical_json, iso_time
 
 T = TypeVar("T")
@@ -1314,13 +1314,18 @@ class Store:
             batch_id = cursor.lastrowid
             nonce = ANCHOR_NONCE_BYTES
             # By row id, in queue order: nearly sequential pages, where the digest index is random.
-            await db.executemany(
-                "UPDATE anchor_leaves SET batch_id = ?, nonce = ?, position = ? WHERE rowid = ?",
+            claimed = await db.executemany(
+                "UPDATE anchor_leaves SET batch_id = ?, nonce = ?, position = ? WHERE rowid = ? AND batch_id IS NULL",
                 (
                     (batch_id, batch.nonces[i * nonce : (i + 1) * nonce], i, rowid)
                     for i, rowid in enumerate(batch.rowids)
                 ),
             )
+            if claimed.rowcount != len(batch.rowids):  # the transaction is rolled back
+                raise ConflictError(
+                    f"{len(batch.rowids) - claimed.rowcount} of the batch's {len(batch.rowids)} leaves were batched"
+                    " meanwhile by another process on this data directory; the batch is not stored"
+                )
             await db.executemany(
                 "INSERT INTO anchor_nodes (batch_id, level, chunk, hashes) VALUES (?, ?, ?, ?)",
                 (
@@ -1382,9 +1387,16 @@ class Store:
         block_time: int | None = None,
         resubmitted: bool = False,
     ) -> None:
-        """Record a submission retry or an upgrade round of one batch (webhook event on a state change)."""
+        """Record a submission retry or an upgrade round of one batch (webhook event on a state change).
+
+        A batch confirmed meanwhile (by another process) is left as it is.
+        """
         async with self.transaction() as db:
             row = await (await db.execute("SELECT state FROM anchor_batches WHERE id = ?", (batch_id,))).fetchone()
+            if row is not None and row[0] == "confirmed" and state != "confirmed":
+                # Another process (`estampille anchor --now`) confirmed it since this round read it:
+                # this round's older timestamp would drop the Bitcoin attestation. Nothing to add.
+                return
             await db.execute(
                 "UPDATE anchor_batches SET timestamp = COALESCE(?, timestamp), state = ?, next_attempt_at = ?,"
                 " attempts = attempts + ?, bitcoin_height = COALESCE(?, bitcoin_height), block_time = COALESCE(?, block_time),"

@@ -18,7 +18,7 @@ from relay import anchor
 from relay.anchor import Anchorer, export_ots
 from relay.config import AnchorConfig, Config
 from relay.headers import AgreeingSources, BitcoindSource, EsploraSource, fetch_headers, verify_with
-from relay.errors import ConfigError, HeaderSourceError
+from relay.errors import ConfigError, ConflictError, HeaderSourceError
 from relay.records import Record
 from relay.store import Store
 from relay.verify import verify_ots
@@ -282,6 +282,64 @@ async def test_an_upgrade_and_a_retry_of_one_batch_at_once_lose_nothing(store, c
     timestamp = row["timestamp"]
     for url in await store.anchor_reply_calendars(row["id"]):  # every calendar that accepted is in the proof
         assert url.encode() in timestamp
+
+
+async def test_leaves_batched_meanwhile_by_another_process_are_batched_once(tmp_path, calendars, chain):
+    """`estampille anchor --now` beside the relay: both form a batch of the same waiting leaves."""
+    relay_store, cli_store = await Store.open(tmp_path / "data"), await Store.open(tmp_path / "data")
+    recs = records(10)
+    try:
+        await queue(relay_store, recs)
+        async with Anchorer(relay_store, anchor_config(calendars)) as relay, \
+                Anchorer(cli_store, anchor_config(calendars)) as cli:
+            submit = relay._submit
+
+            async def submit_while_the_cli_batches(root, urls):
+                replies = await submit(root, urls)
+                [cli_batch] = await cli.batch_all()  # it stores its batch first
+                assert cli_batch.leaves == 10
+                return replies
+
+            relay._submit = submit_while_the_cli_batches
+            with pytest.raises(ConflictError, match="10 of the batch's 10 leaves were batched meanwhile"):
+                await relay.batch_all()
+        assert await batch_states(relay_store) == ["pending"]  # the relay's batch was not stored
+        for cal in calendars:
+            cal.confirm()
+        async with Anchorer(relay_store, anchor_config(calendars)) as relay:
+            assert len((await relay.upgrade()).confirmed) == 1
+        headers = {h: raw for h, raw in enumerate(chain.headers)}
+        for rec in recs:  # every leaf's proof is the one batch's
+            assert verify_ots(rec.body, await export_ots(relay_store, rec.digest), headers, regtest=True).ok
+    finally:
+        await relay_store.close()
+        await cli_store.close()
+
+
+async def test_a_batch_confirmed_by_another_process_keeps_its_attestation(tmp_path, calendars, chain):
+    relay_store, cli_store = await Store.open(tmp_path / "data"), await Store.open(tmp_path / "data")
+    try:
+        await queue(relay_store, records(5))
+        async with Anchorer(relay_store, anchor_config(calendars)) as relay:
+            await relay.batch_all()
+            stale_rows = await relay_store.anchor_batches(["pending"])  # what the relay's round read
+            for cal in calendars:
+                cal.confirm()
+            async with Anchorer(cli_store, anchor_config(calendars)) as cli:  # `anchor --now` confirms it
+                assert len((await cli.upgrade()).confirmed) == 1
+            [row] = stale_rows
+            await relay_store.update_anchor_batch(  # the relay's round, from its stale read
+                row["id"], now=time.time(), timestamp=row["timestamp"], state="pending",
+                next_attempt_at=row["next_attempt_at"],
+            )
+        [row] = await relay_store.anchor_batches(["submitting", "pending", "confirmed"])
+        assert row["state"] == "confirmed" and row["bitcoin_height"] is not None
+        ots = await export_ots(relay_store, records(1)[0].digest)
+        headers = {h: raw for h, raw in enumerate(chain.headers)}
+        assert verify_ots(records(1)[0].body, ots, headers, regtest=True).ok
+    finally:
+        await relay_store.close()
+        await cli_store.close()
 
 
 async def test_restart_between_submission_and_upgrade(tmp_path, calendars, chain):
