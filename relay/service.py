@@ -21,6 +21,7 @@ import uvloop
 from relay import dkim, logs
 from relay.anchor import Anchorer
 from relay.config import Config
+from relay.datalock import DataDirLock
 from relay.deliver import Deliverer, Upstream
 from relay.errors import ConfigError, DKIMKeyError
 from relay.intake import IntakeHandler, start_intake
@@ -65,6 +66,8 @@ class Service:
 
     async def start(self) -> None:
         try:
+            if not self.tracker_only:  # one relay per data directory (the tracker may run beside it)
+                self._started("data directory lock", DataDirLock.acquire(self.config.data_path).release)
             self.store = await Store.open(self.config.data_path)
             self._started("store", self.store.close)
             self.store.webhook_urls = tuple(self.config.webhooks.urls)  # events are queued for these
