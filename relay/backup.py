@@ -15,7 +15,8 @@ silent corruption forward.
 
 Restore copies a checked backup into an empty data directory (``force``
 empties a non-empty one first), then opens the database and runs SQLite's
-integrity check. Stop the service before restoring.
+integrity check. It holds the data directory's lock throughout, so it refuses
+to start while a relay runs there, and no relay starts until it is done.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from relay.datalock import LOCK_FILE, DataDirLock
 from relay.durable import fsync_directory, write_durably
 from relay.errors import BackupError, StoreError
 from relay.store import BLOB_DIR, DB_NAME, SCHEMA_VERSION, Store
@@ -39,6 +41,8 @@ FORMAT = 1
 CHUNK = 1 << 20
 # SQLite's side files belong to the live database, never to a copy.
 DB_SIDE_FILES = frozenset({DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", f"{DB_NAME}-journal"})
+# Files of the running process, not data: neither backed up nor replaced by a restore.
+RUNTIME_FILES = frozenset({LOCK_FILE})
 TEMP_SUFFIX = ".tmp"
 
 
@@ -98,22 +102,37 @@ async def restore(src: Path, data_dir: Path, *, force: bool) -> BackupSummary:
     if src.resolve() == data_dir.resolve():
         raise BackupError(f"{src} is the data directory itself")
     manifest = await asyncio.to_thread(check, src)
-    _prepare_empty(data_dir, force=force, what="data directory")
+    if data_dir.exists() and not data_dir.is_dir():
+        raise BackupError(f"data directory {data_dir} is not a directory")
     try:
-        await asyncio.to_thread(_copy_listed, src, data_dir, list(manifest["files"]))
-    except OSError as exc:
-        raise BackupError(f"cannot restore into {data_dir}: {exc}") from exc
+        lock = DataDirLock.acquire(data_dir, advice="stop it before restoring")
+    except StoreError as exc:
+        raise BackupError(str(exc)) from exc
+    try:
+        _prepare_empty(data_dir, force=force, what="data directory", keep=RUNTIME_FILES)
+        names = [rel for rel in manifest["files"] if rel not in RUNTIME_FILES]  # older backups hold relay.lock
+        try:
+            await asyncio.to_thread(_copy_listed, src, data_dir, names)
+        except OSError as exc:
+            raise BackupError(f"cannot restore into {data_dir}: {exc}") from exc
+        problems = await _check_database(data_dir)
+    finally:
+        await lock.release()
+    if problems:
+        raise BackupError(f"restored database fails its integrity check: {'; '.join(problems[:5])}")
+    return _summary(data_dir, manifest)
+
+
+async def _check_database(data_dir: Path) -> list[str]:
+    """Open the restored database (running its migrations) and return its integrity problems."""
     try:
         store = await Store.open(data_dir)
     except StoreError as exc:
         raise BackupError(f"restored database does not open: {exc}") from exc
     try:
-        problems = await store.integrity_check()
+        return await store.integrity_check()
     finally:
         await store.close()
-    if problems:
-        raise BackupError(f"restored database fails its integrity check: {'; '.join(problems[:5])}")
-    return _summary(data_dir, manifest)
 
 
 def check(src: Path) -> dict[str, Any]:
@@ -151,13 +170,15 @@ def _summary(path: Path, manifest: dict[str, Any]) -> BackupSummary:
     )
 
 
-def _prepare_empty(path: Path, *, force: bool, what: str) -> None:
+def _prepare_empty(path: Path, *, force: bool, what: str, keep: frozenset[str] = frozenset()) -> None:
+    """Make ``path`` an empty directory, but for the files named in ``keep``."""
     if path.exists() and not path.is_dir():
         raise BackupError(f"{what} {path} is not a directory")
-    if path.is_dir() and any(path.iterdir()):
+    content = [child for child in path.iterdir() if child.name not in keep] if path.is_dir() else []
+    if content:
         if not force:
             raise BackupError(f"{what} {path} is not empty (use --force to replace its content)")
-        for child in path.iterdir():
+        for child in content:
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child)
             else:
@@ -185,7 +206,7 @@ def _copy_tree(source: Path, dest: Path) -> tuple[dict[str, tuple[str, int]], li
         dirnames.sort()
         here = Path(dirpath)
         for name in sorted(filenames):
-            if name.endswith(TEMP_SUFFIX) or (here == source and name in DB_SIDE_FILES):
+            if name.endswith(TEMP_SUFFIX) or (here == source and name in DB_SIDE_FILES | RUNTIME_FILES):
                 continue
             rel = (here / name).relative_to(source).as_posix()
             try:

@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("backup", cmd_backup, "Copy the database and message files consistently, even while the relay runs.")
     p.add_argument("dest", metavar="DEST", help="directory to create (must be absent or empty)")
-    p = command("restore", cmd_restore, "Bring a backup back into the data directory (stop the relay first).")
+    p = command("restore", cmd_restore, "Bring a backup back into the data directory (refused while a relay runs on it).")
     p.add_argument("src", metavar="SRC", help="directory written by 'estampille backup'")
     p.add_argument("--force", action="store_true", help="replace the content of a non-empty data directory")
     command("purge", cmd_purge, "Delete personal data and message files past their retention (records are kept).")

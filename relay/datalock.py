@@ -5,6 +5,7 @@ leaves. The lock is an flock(2) on ``relay.lock``: the kernel releases it when t
 process ends, however it ends, so a crash never leaves a stale lock behind. The
 file holds the pid of the relay that holds it, for the error message.
 `estampille serve --tracker-only` does not take it: the tracker may run beside the relay.
+`estampille restore` takes it too, so it never replaces the files of a running relay.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ class DataDirLock:
         self._fd = fd
 
     @classmethod
-    def acquire(cls, data_dir: Path) -> "DataDirLock":
-        """Take the lock, or raise StoreError naming the relay that holds it."""
+    def acquire(cls, data_dir: Path, *, advice: str = "stop it first, or give this one its own data_dir"
+                ) -> "DataDirLock":
+        """Take the lock, or raise StoreError naming the process that holds it, then ``advice``."""
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = data_dir / LOCK_FILE
         try:
@@ -39,8 +41,7 @@ class DataDirLock:
             holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
             raise StoreError(
-                f"another relay (pid {holder}) is running on data directory {data_dir}; "
-                "stop it first, or give this one its own data_dir"
+                f"another estampille process (pid {holder}) is using data directory {data_dir}; {advice}"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)

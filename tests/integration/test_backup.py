@@ -1,6 +1,7 @@
 """Backup and restore: every record and message file survives the round trip,
 a backup is taken while the store is being written, restore refuses to
-overwrite data unless told to, and a proof bundle made from a restored copy
+overwrite data unless told to, and never while a relay runs on the data
+directory, and a proof bundle made from a restored copy
 verifies offline."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 
 from relay.backup import MANIFEST, backup, backup_data_dir, check, restore
 from relay.cli import main
+from relay.datalock import LOCK_FILE, DataDirLock
 from relay.errors import BackupError
 from relay.records import iso_time, sha256_hex, submission_record
 from relay.store import Store
@@ -139,6 +141,32 @@ async def test_restore_refuses_a_non_empty_data_dir_without_force(tmp_path: Path
     await restore(tmp_path / "backup", tmp_path / "live", force=True)
     records, _ = await contents(tmp_path / "live")
     assert len(records) == 1
+
+
+async def test_restore_leaves_the_data_dir_of_a_running_relay_alone(tmp_path: Path):
+    live = tmp_path / "live"
+    relay_lock = DataDirLock.acquire(live)  # what `estampille serve` holds while it runs
+    try:
+        store = await Store.open(live)
+        try:
+            await add_message(store, 1)
+            await backup(store, tmp_path / "backup", now=NOW)
+            await add_message(store, 2)
+        finally:
+            await store.close()
+        manifest = json.loads((tmp_path / "backup" / MANIFEST).read_text())
+        assert LOCK_FILE not in manifest["files"]  # the relay's lock is not data
+        with pytest.raises(BackupError, match=r"another estampille process \(pid \d+\) is using data directory"
+                                              r" .*live; stop it before restoring"):
+            await restore(tmp_path / "backup", live, force=True)
+        records, _ = await contents(live)
+        assert len(records) == 2  # nothing was deleted
+    finally:
+        await relay_lock.release()
+    await restore(tmp_path / "backup", live, force=True)
+    records, _ = await contents(live)
+    assert len(records) == 1
+    await DataDirLock.acquire(live).release()  # the restore let the lock go: a relay may start
 
 
 async def test_a_damaged_backup_is_refused(tmp_path: Path):
