@@ -41,7 +41,7 @@ class DataDirLock:
             holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
             raise StoreError(
-                f"another estampille process (pid {holder}) is using data directory {data_dir}; {advice}"
+                f"another relay or restore (pid {holder}) is using data directory {data_dir}; {advice}"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)

@@ -39,7 +39,7 @@ from relay.certify import Certified, Certifier, Prepared
 from relay.config import AckConfig, Config, UpstreamConfig
 from relay.message import header_block, read_facts, to_crlf
 from relay.spool import Incoming, Spool
-from relay.store import INLINE_COPY_MAX, Store
+from relay.store import INLINE_MAX, Store
 
 log = logging.getLogger("estampille.deliver")
 T = TypeVar("T")
@@ -519,7 +519,7 @@ class Deliverer:
         certifier = self.certifier if job.kind == "mail" else self._dsn_certifier()
         copy = await self._certified(job, certifier, now)
         copy_sha256 = copy.sha256
-        inline = len(copy.data) <= INLINE_COPY_MAX  # else a file, written durably first
+        inline = len(copy.data) <= INLINE_MAX  # else a file, written durably first
         if not inline:
             await self.store.put_blob(copy.data)
         record = records.delivery_record(
@@ -534,7 +534,7 @@ class Deliverer:
 
         async def record_copy(db: Any) -> None:
             if inline:
-                await Store.insert_copy(db, copy_sha256, copy.data)
+                await Store.insert_bytes(db, copy_sha256, copy.data)
             await Store.insert_record(db, record, submission_id=job.submission_id, delivery_id=job.delivery_id, now=now)
             await Store.set_delivery_copy(db, job.delivery_id, copy_sha256, record.digest, now)
             for link in copy.links:
@@ -673,7 +673,8 @@ class Deliverer:
             original_message_id=job.message_id, arrival=_utc(job.received_at), now=_utc(now),
             boundary=f"estampille-{secrets.token_hex(12)}", message_id=f"<{secrets.token_hex(16)}@{host}>",
         )
-        sha = await self.store.put_blob(data)
+        # Spool.insert stores a small DSN with its rows; a large one is a file, written first.
+        sha = records.sha256_hex(data) if len(data) <= INLINE_MAX else await self.store.put_blob(data)
         incoming = Incoming(data=data, mail_from="", recipients=(job.mail_from,), client_address="local", kind="dsn")
         return incoming, read_facts(data), sha
 

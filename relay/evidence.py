@@ -221,8 +221,8 @@ async def build_proof(store: Store, message_id: str, out: BinaryIO, *, now: floa
     """Write the bundle of ``message_id`` to ``out`` (off the event loop); the Message-ID as stored."""
     ev = await load_message(store, message_id)
     proof = await proof_input(store, ev, now=now, timezone=timezone)
-    # Small copies live in the database (INLINE_COPY_MAX): read here, the rest as the zip is written.
-    inline = await store.inline_copies([r.copy_sha256 for r in proof.recipients if r.copy_sha256])
+    # Small messages and copies live in the database (INLINE_MAX): read here, the rest as the zip is written.
+    inline = await store.inline_bytes([proof.original_sha256, *(r.copy_sha256 for r in proof.recipients if r.copy_sha256)])
 
     def read_blob(sha256: str) -> bytes:
         if sha256 in inline:

@@ -1,9 +1,10 @@
 """The spool: makes a submission durable before anyone answers 250 for it.
 
-Order of writes (the promise intake makes to the sender): the exact bytes go to
-the content-addressed directory (fsync, rename, directory fsync), then ONE
-transaction inserts the submission's evidence record, the submission row and a
-queued delivery per recipient. Intake (kind 'mail') and the DSN builder (kind
+Order of writes (the promise intake makes to the sender): ONE transaction
+inserts the exact bytes (when they are at most INLINE_MAX octets), the
+submission's evidence record, the submission row and a queued delivery per
+recipient; its commit is the one fsync. Larger messages go first to the
+content-addressed directory (fsync, rename, directory fsync). Intake (kind 'mail') and the DSN builder (kind
 'dsn') both enqueue through here, so a DSN travels the same delivery path.
 """
 
@@ -19,7 +20,7 @@ import aiosqlite
 
 from relay import records
 from relay.message import MessageFacts, read_facts
-from relay.store import Store
+from relay.store import INLINE_MAX, Store
 
 SUBMISSION_RANDOM_BYTES = 6
 SUBJECT_MAX_CHARS = 500  # the subject column is for listings; the record holds the digest of everything
@@ -63,10 +64,13 @@ class Spool:
         self.on_queued = on_queued
 
     async def accept(self, incoming: Incoming, now: float) -> Queued:
-        """Write the bytes, then the rows in one transaction; return only once committed."""
-        data_sha256, facts = await asyncio.gather(
-            self.store.put_blob(incoming.data), asyncio.to_thread(read_facts, incoming.data)
-        )
+        """Store the bytes and the rows (see the module docstring); return only once committed."""
+        if len(incoming.data) <= INLINE_MAX:
+            facts, data_sha256 = await asyncio.to_thread(_facts_and_digest, incoming.data)
+        else:
+            data_sha256, facts = await asyncio.gather(
+                self.store.put_blob(incoming.data), asyncio.to_thread(read_facts, incoming.data)
+            )
 
         async def rows(db: aiosqlite.Connection) -> Queued:
             queued = await self.insert(db, incoming, facts, data_sha256, now)
@@ -88,7 +92,10 @@ class Spool:
     async def insert(
         db: aiosqlite.Connection, incoming: Incoming, facts: MessageFacts, data_sha256: str, now: float
     ) -> Queued:
-        """The rows of one submission, inside the caller's transaction (its bytes already stored)."""
+        """The rows of one submission, and its bytes when at most INLINE_MAX octets, inside the
+        caller's transaction (larger bytes are already stored: Store.put_blob)."""
+        if len(incoming.data) <= INLINE_MAX:
+            await Store.insert_bytes(db, data_sha256, incoming.data)
         submission_id = new_submission_id(now)
         record = records.submission_record(
             data_sha256=data_sha256,
@@ -123,3 +130,8 @@ class Spool:
             [(rcpt, json.dumps(list(opts))) for rcpt, opts in zip(incoming.recipients, options, strict=True)],
         )
         return Queued(submission_id, facts, data_sha256, record.digest)
+
+
+def _facts_and_digest(data: bytes) -> tuple[MessageFacts, str]:
+    """What intake reads of a message, and its SHA-256 (in a worker thread: both scan it whole)."""
+    return read_facts(data), records.sha256_hex(data)

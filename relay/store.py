@@ -205,7 +205,7 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (batch_id, calendar)
     );
     """,
-    # 5: certified copies up to INLINE_COPY_MAX octets live here, written in the transaction of
+    # 5: certified copies up to INLINE_MAX octets live here (and received messages, since), written in the transaction of
     # their delivery record, rather than as files: the group commit's one WAL fsync then covers
     # them, where a file cost two fsyncs of its own before each sending.
     """
@@ -220,7 +220,10 @@ SCHEMA_VERSION = len(MIGRATIONS)
 BLOB_DIR = "messages"
 # Copies up to this size go in the database (migration 5); larger ones, and every received
 # message, in BLOB_DIR. Bounded so the write-ahead log stays small and a copy is bound once.
-INLINE_COPY_MAX = 256 * 1024
+# Received messages and certified copies up to this size live in the database (message_bytes),
+# written in the transaction of the rows that name them: that commit's one WAL fsync covers
+# them, where a file costs its own fsyncs, a new inode and a directory entry. Larger: files.
+INLINE_MAX = 256 * 1024
 DB_NAME = "estampille.sqlite3"
 PAGE_CACHE_KIB = 32 * 1024  # the writer connection's page cache (see Store.open)
 PURGE_BATCH = 1000  # personal rows deleted per transaction by the privacy purge
@@ -588,22 +591,22 @@ class Store:
         return digest
 
     async def get_blob(self, sha256: str) -> bytes:
-        """The bytes stored under ``sha256``: a message file, or a copy held in the database."""
+        """The bytes stored under ``sha256``: held in the database (INLINE_MAX), or a message file."""
+        inline = await self.inline_bytes([sha256])
+        if sha256 in inline:
+            return inline[sha256]
         try:
             return await asyncio.to_thread(self.blob_path(sha256).read_bytes)
         except FileNotFoundError as exc:
-            inline = await self.inline_copies([sha256])
-            if sha256 not in inline:
-                raise NotFoundError(f"message file {sha256} is missing") from exc
-            return inline[sha256]
+            raise NotFoundError(f"message file {sha256} is missing") from exc
 
     @staticmethod
-    async def insert_copy(db: aiosqlite.Connection, sha256: str, data: bytes) -> None:
-        """Store a certified copy of at most INLINE_COPY_MAX octets in the caller's transaction."""
+    async def insert_bytes(db: aiosqlite.Connection, sha256: str, data: bytes) -> None:
+        """Store a message or a copy of at most INLINE_MAX octets in the caller's transaction."""
         await db.execute("INSERT OR IGNORE INTO message_bytes (sha256, data) VALUES (?, ?)", (sha256, data))
 
-    async def inline_copies(self, digests: Sequence[str]) -> dict[str, bytes]:
-        """The copies among ``digests`` that the database holds, by digest."""
+    async def inline_bytes(self, digests: Sequence[str]) -> dict[str, bytes]:
+        """The messages and copies among ``digests`` that the database holds, by digest."""
         found: dict[str, bytes] = {}
         for start in range(0, len(digests), _SQL_CHUNK):
             chunk = digests[start:start + _SQL_CHUNK]

@@ -53,7 +53,7 @@ async def add_message(store: Store, n: int) -> tuple[str, str]:
     (delivery,) = await store.delivery_states(f"s{n}")
     copy = b"DKIM-Signature: v=1\r\n" + data
     async with store.transaction() as db:
-        await Store.insert_copy(db, sha256_hex(copy), copy)
+        await Store.insert_bytes(db, sha256_hex(copy), copy)
         await Store.set_delivery_copy(db, delivery["id"], sha256_hex(copy), record.digest, NOW + n)
     return data_sha, record.digest
 
@@ -65,7 +65,7 @@ async def contents(data_dir: Path) -> tuple[dict[str, bytes], dict[str, bytes]]:
         records = {row[0]: (await store.get_record(row[0])).body for row in rows}
         files = {p.name: p.read_bytes() for p in store.blob_dir.rglob("*") if p.is_file()}
         copies = await store.fetchall("SELECT sha256 FROM message_bytes")
-        files.update(await store.inline_copies([row[0] for row in copies]))
+        files.update(await store.inline_bytes([row[0] for row in copies]))
     finally:
         await store.close()
     return records, files
@@ -156,7 +156,7 @@ async def test_restore_leaves_the_data_dir_of_a_running_relay_alone(tmp_path: Pa
             await store.close()
         manifest = json.loads((tmp_path / "backup" / MANIFEST).read_text())
         assert LOCK_FILE not in manifest["files"]  # the relay's lock is not data
-        with pytest.raises(BackupError, match=r"another estampille process \(pid \d+\) is using data directory"
+        with pytest.raises(BackupError, match=r"another relay or restore \(pid \d+\) is using data directory"
                                               r" .*live; stop it before restoring"):
             await restore(tmp_path / "backup", live, force=True)
         records, _ = await contents(live)

@@ -21,7 +21,7 @@ async def test_a_second_relay_on_the_same_data_directory_is_refused_until_the_fi
     await first.start()
     try:
         second = Service(config)
-        with pytest.raises(StoreError, match=rf"another estampille process \(pid {os.getpid()}\) is using data directory"):
+        with pytest.raises(StoreError, match=rf"another relay or restore \(pid {os.getpid()}\) is using data directory"):
             await second.start()
         assert second.smtp_server is None and second.store is None  # it took nothing
         tracker = Service(dataclasses.replace(config, tracker=dataclasses.replace(config.tracker, listen_port=0)),
@@ -51,7 +51,7 @@ async def test_serve_beside_a_running_relay_exits_with_one_line_naming_it(tmp_pa
         )
         _, err = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 4, err.decode(errors="replace")
-        assert f"estampille: another estampille process (pid {os.getpid()}) is using data directory".encode() in err
+        assert f"estampille: another relay or restore (pid {os.getpid()}) is using data directory".encode() in err
         assert b"Traceback" not in err
     finally:
         await relay.stop()

@@ -11,8 +11,9 @@ import pytest
 from relay.auth import write_password
 from relay.errors import StoreError
 from relay.intake import start_intake
+from relay.message import to_crlf
 from relay.spool import Spool
-from relay.store import Store
+from relay.store import INLINE_MAX, Store
 from tests.conftest import require_tool
 from tests.integration.test_relay import message
 from tests.support.relay import relay_config, running
@@ -45,6 +46,7 @@ async def test_client_outside_allowlist_gets_571_and_nothing_is_stored(tmp_path)
         await client.quit()
         assert await count_rows(service.store, "submissions") == 0
         assert await count_rows(service.store, "deliveries") == 0
+        assert await count_rows(service.store, "message_bytes") == 0
     assert stored_files(tmp_path) == []
 
 
@@ -177,6 +179,24 @@ async def test_long_line_accepted_and_oversize_refused(tmp_path):
         (sub,) = await service.store.fetchall("SELECT data_sha256 FROM submissions")
         stored = await service.store.get_blob(sub["data_sha256"])
     assert long_line.encode() in stored
+
+
+async def test_a_small_message_is_kept_in_the_database_and_a_large_one_as_a_file(tmp_path):
+    small = to_crlf(message())  # as they travel: CRLF
+    large = to_crlf(message(body="Ordre du jour, annexe.\n" * (INLINE_MAX // 20)))
+    assert len(small) <= INLINE_MAX < len(large)
+    async with running(relay_config(tmp_path, upstream={"kind": "maildir"})) as service:
+        for data in (small, large):
+            await aiosmtplib.send(data, sender="a@example.org", recipients=["b@example.net"],
+                                  hostname="127.0.0.1", port=service.smtp_port)
+        subs = await service.store.fetchall("SELECT data_sha256, size FROM submissions ORDER BY size")
+        held = await service.store.inline_bytes([s["data_sha256"] for s in subs])
+        stored = [await service.store.get_blob(s["data_sha256"]) for s in subs]
+    assert [s["size"] for s in subs] == [len(small), len(large)]
+    assert list(held) == [subs[0]["data_sha256"]]  # the small one, committed with its rows
+    files = {p.name for p in stored_files(tmp_path)}  # (the large one's certified copy is a file too)
+    assert subs[1]["data_sha256"] in files and subs[0]["data_sha256"] not in files
+    assert stored == [small, large]
 
 
 async def test_low_disk_gets_452_at_mail(tmp_path):

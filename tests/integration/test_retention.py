@@ -57,7 +57,7 @@ async def submit(store: Store, name: str, *, age_days: float, state: str, body: 
     (delivery,) = await store.delivery_states(name)
     async with store.transaction() as db:
         if copy_in_database:
-            await Store.insert_copy(db, copy_sha, copy)
+            await Store.insert_bytes(db, copy_sha, copy)
         await Store.set_delivery_copy(db, delivery["id"], copy_sha, record.digest, received)
         attempt = {"delivery_id": delivery["id"], "started_at": received, "finished_at": received,
                    "outcome": "delivered" if state == "delivered" else "deferred", "code": 250, "reply": "ok"}
