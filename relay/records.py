@@ -11,8 +11,10 @@ Pure: callers pass times (ISO 8601 UTC strings), salts and digests in.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from json.encoder import encode_basestring
@@ -171,7 +173,22 @@ def receipt_record(
 
 
 def iso_time(timestamp: float) -> str:
-    """A Unix time as the ISO 8601 UTC string records carry (microsecond precision)."""
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="microseconds").replace(
-        "+00:00", "Z"
-    )
+    """A Unix time as the ISO 8601 UTC string records carry (microsecond precision): what
+    ``datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="microseconds")`` gives,
+    with ``Z`` for ``+00:00``, and the same rounding (half to even), pinned by a test.
+
+    Every page fetch writes one; the date and time of day are formatted once a second, which
+    took it from about 1.7 to 0.7 us.
+    """
+    fraction, whole = math.modf(timestamp)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    elif micros < 0:
+        whole, micros = whole - 1, micros + 1_000_000
+    return f"{_utc_second(int(whole))}.{micros:06d}Z"
+
+
+@functools.lru_cache(maxsize=64)  # the records written in one second share it
+def _utc_second(whole: int) -> str:
+    return datetime.fromtimestamp(whole, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,14 +28,13 @@ from tracker import antiforgery
 from tracker.classify import classify_fetch
 from tracker.forwarded import client_address
 from tracker.i18n import format_time, negotiate
-from tracker.pages import TRACKER, form_action_csp, render_planned
+from tracker.pages import TRACKER, Tracker, form_action_csp, render_planned
 from tracker.ratelimit import WINDOW_SECONDS as MISS_WINDOW_SECONDS
 
 log = logging.getLogger("estampille.tracker")
 
 # secrets.token_urlsafe(16) and up: 22 characters of the URL-safe base64 alphabet at least.
 TOKEN = re.compile(r"[A-Za-z0-9_-]{22,128}")
-SALT_BYTES = 16
 MAX_USER_AGENT = 512  # longer user agents are cut before they are stored and committed to
 DAY = 86400
 
@@ -58,10 +56,12 @@ class Visitor:
 
 
 def _visitor(request: web.Request) -> Visitor:
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    address = client_address(
-        peer[0] if peer else "", request.headers.getall("X-Forwarded-For", []), request.app[TRACKER].trusted_proxies
-    )
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport else None
+    address = peer[0] if peer else ""
+    trusted = request.app[TRACKER].trusted_proxies
+    if trusted:  # X-Forwarded-For is read only from configured proxies
+        address = client_address(address, request.headers.getall("X-Forwarded-For", []), trusted)
     return Visitor(address, request.headers.get("User-Agent", "")[:MAX_USER_AGENT])
 
 
@@ -85,10 +85,10 @@ async def _link(request: web.Request, visitor: Visitor, now: float) -> Link:
     return link
 
 
-def _evidence(link: Link, visitor: Visitor, kind: str, now: float) -> tuple[PersonalData, Record]:
+def _evidence(tracker: Tracker, link: Link, visitor: Visitor, kind: str, now: float) -> tuple[PersonalData, Record]:
     """The raw data kept until the purge (with a fresh salt), and the receipt record that
     holds only their salted commitments."""
-    salt = secrets.token_bytes(SALT_BYTES)
+    salt = tracker.salts.take()
     record = receipt_record(
         delivery_digest=link["delivery_digest"], kind=kind, at=iso_time(now),
         ip_commitment=commitment(salt, visitor.address), user_agent_commitment=commitment(salt, visitor.user_agent),
@@ -110,16 +110,17 @@ async def show(request: web.Request) -> web.Response:
         scanner_window=tracker.config.tracker.scanner_window,
         scanner_networks=tracker.scanner_networks,
     )
-    personal, record = _evidence(link, visitor, "fetched", now)
+    personal, record = _evidence(tracker, link, visitor, "fetched", now)
     await tracker.recorder.record_fetch(
         FetchWrite(link["delivery_id"], now, request.method, verdict.kind, verdict.reason, personal, record)
     )
     log.debug("delivery %d fetched (%s): likely %s, %s", link["delivery_id"], request.method, verdict.kind,
               verdict.reason)
     response = render_planned(request, "ack.html", _details(request, link, tracker.config.tracker.timezone) | {
-        "form_key": antiforgery.form_value(tracker.secret, request.match_info["token"]),
+        "form_key": tracker.form_key.value(request.match_info["token"]),
     })
-    response.headers["Content-Security-Policy"] = form_action_csp(link["target_url"])
+    if link["target_url"]:  # the page's CSP lets the form lead on there
+        response.headers["Content-Security-Policy"] = form_action_csp(link["target_url"])
     return response
 
 
@@ -131,9 +132,9 @@ async def acknowledge(request: web.Request) -> web.StreamResponse:
     link = await _link(request, visitor, now)
     form = await request.post()
     value = form.get(antiforgery.FIELD)
-    if not antiforgery.is_valid(tracker.secret, request.match_info["token"], value if isinstance(value, str) else None):
+    if not tracker.form_key.is_valid(request.match_info["token"], value if isinstance(value, str) else None):
         raise web.HTTPForbidden()
-    personal, record = _evidence(link, visitor, "acknowledged", now)
+    personal, record = _evidence(tracker, link, visitor, "acknowledged", now)
     ack = await tracker.recorder.record_receipt(ReceiptWrite(link["delivery_id"], now, personal, record))
     if ack.first:
         log.info("delivery %d acknowledged (receipt %s)", link["delivery_id"], record.digest)

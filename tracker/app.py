@@ -32,6 +32,7 @@ from tracker.pages import TRACKER, Tracker, errors, security_headers
 from tracker.plans import Plans
 from tracker.ratelimit import MissLimiter
 from tracker.recorder import Recorder
+from tracker.salts import Salts
 
 log = logging.getLogger("estampille.tracker")
 
@@ -59,7 +60,8 @@ def make_app(config: Config, store: Store, *, clock: Callable[[], float] = time.
         config=config,
         store=store,
         clock=clock,
-        secret=antiforgery.load_secret(config.data_path),
+        form_key=antiforgery.FormKey(antiforgery.load_secret(config.data_path)),
+        salts=Salts(),
         recorder=Recorder(store),
         links=LinkLookup(store),
         misses=MissLimiter(tc.miss_limit_per_minute),

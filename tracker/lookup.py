@@ -23,13 +23,16 @@ class LinkLookup:
         self._store = store
         self._waiting: dict[str, list[asyncio.Future]] = {}
         self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the running loop, while _task runs
 
     async def find(self, token_sha256: str) -> Mapping[str, Any] | None:
         """The link of this token hash, or None when no token has it."""
-        future = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(token_sha256, []).append(future)
         if self._task is None:
-            self._task = asyncio.create_task(self._drain(), name="tracker-link-lookup")
+            # Asked once a batch: asyncio.get_running_loop() is a getpid() system call (Python 3.11).
+            self._loop = asyncio.get_running_loop()
+            self._task = self._loop.create_task(self._drain(), name="tracker-link-lookup")
+        future = self._loop.create_future()
+        self._waiting.setdefault(token_sha256, []).append(future)
         return await future
 
     async def _drain(self) -> None:

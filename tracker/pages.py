@@ -18,16 +18,19 @@ from urllib.parse import urlsplit
 
 import aiohttp_jinja2
 from aiohttp import web
+from multidict import CIMultiDict
 
 from relay.config import Config
 from relay.errors import EstampilleError
 from relay.store import Store
+from tracker.antiforgery import FormKey
 from tracker.classify import Network
 from tracker.i18n import TEXTS, negotiate
 from tracker.lookup import LinkLookup
 from tracker.plans import Plans
 from tracker.ratelimit import MissLimiter
 from tracker.recorder import Recorder
+from tracker.salts import Salts
 
 log = logging.getLogger("estampille.tracker")
 
@@ -39,13 +42,16 @@ CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; "
     "frame-ancestors 'none'; form-action 'self'"
 )
-SECURITY_HEADERS = {
+SECURITY_HEADERS = CIMultiDict({
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",  # the token in the URL never leaks to the next site
     "X-Frame-Options": "DENY",
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
-}
+})
+# A page's own headers, copied into each page (rather than set one by one); a page whose form
+# leads on to another site widens its CSP (form_action_csp).
+PAGE_HEADERS = CIMultiDict({"Content-Type": HTML, "Vary": "Accept-Language", "Content-Security-Policy": CSP})
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
 
 # Wording (i18n keys '<page>_title', '<page>_text') of the error page for each status users can meet.
@@ -64,7 +70,8 @@ class Tracker:
     config: Config
     store: Store
     clock: Callable[[], float]
-    secret: bytes
+    form_key: FormKey  # of the tracker's secret, for the acknowledgment form
+    salts: Salts  # for the commitments of fetch and receipt records
     recorder: Recorder
     links: LinkLookup
     misses: MissLimiter
@@ -106,7 +113,7 @@ def _base(tracker: Tracker, lang: str) -> dict[str, Any]:
 
 
 def _response(page: str, status: int) -> web.Response:
-    return web.Response(body=page.encode(), status=status, headers={"Content-Type": HTML, "Vary": "Accept-Language"})
+    return web.Response(body=page.encode(), status=status, headers=PAGE_HEADERS)
 
 
 def form_action_csp(target_url: str | None) -> str:
@@ -122,8 +129,7 @@ def form_action_csp(target_url: str | None) -> str:
 
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers.setdefault("Content-Security-Policy", CSP)
-    for name, value in SECURITY_HEADERS.items():
-        response.headers[name] = value
+    response.headers.update(SECURITY_HEADERS)  # replaces any value a handler set
     if request.path.startswith("/static/"):
         response.headers.setdefault("Cache-Control", f"public, max-age={STATIC_MAX_AGE}")
     else:

@@ -41,10 +41,9 @@ class Plan:
     holes: tuple[str, ...]  # the context key whose value, escaped, fills each hole
 
     def fill(self, context: Mapping[str, Any]) -> str:
-        parts = self.parts
-        out = [parts[0]]
-        for n, name in enumerate(self.holes, 1):
-            out += (escape(context[name]), parts[n])
+        out = [*self.parts, *self.holes]
+        out[0::2] = self.parts
+        out[1::2] = [escape(context[name]) for name in self.holes]
         return "".join(out)
 
 
@@ -61,8 +60,10 @@ class Plans:
         ``base`` holds what is the same for every page of one ``variant`` (e.g. the language
         and its wording); ``context`` is the request's values, under the contract above.
         """
-        shape = tuple((k, bool(v)) if isinstance(v, str) else (k, v) for k, v in context.items())
-        key = (template, variant, shape)
+        # The context's names, then each value: a flag as it is, a text as whether it is empty
+        # (a list comprehension: a generator of (name, value) pairs cost as much as the filling).
+        shape = tuple([bool(v) if isinstance(v, str) else v for v in context.values()])
+        key = (template, variant, tuple(context), shape)
         plan = self._plans.get(key)
         if plan is None:
             plan = self._make(template, base, context)
