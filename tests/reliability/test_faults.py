@@ -276,38 +276,44 @@ FD_LIMIT = 128
 
 
 async def test_idle_connection_flood_exhausting_file_descriptors_is_survived(tmp_path):
-    """200 idle connections against a relay allowed 128 open files: it cannot accept, open
-    the upstream or write, yet it keeps running; once they close it takes mail again and
-    everything it had accepted is delivered. (Many clients would do this; one client alone
-    is stopped earlier by smtp.max_sessions_per_client, raised here.)"""
+    """200 idle connections against a relay allowed 128 open files: it cannot accept new
+    clients (nor open the upstream), yet it keeps running; once they close it takes mail
+    again, and everything it accepted is delivered. (Many clients would do this; one client
+    alone is stopped earlier by smtp.max_sessions_per_client, raised here.)"""
     async with Sink() as sink:
         relay = await Relay.start(write_config(tmp_path, sink.port, smtp="max_sessions_per_client = 1000"))
-        pid, port = relay.proc.pid, relay.port.result()
-        resource.prlimit(pid, resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
-        flood: list[socket.socket] = []
         try:
+            pid, port = relay.proc.pid, relay.port.result()
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
             assert await send(port, 1, RECIPIENTS[:1]) == 250
-            await sink.wait_for(1)  # idle: nothing of its own opens or closes files meanwhile
-            for _ in range(200):
-                sock = socket.socket()
-                sock.setblocking(False)
-                sock.connect_ex(("127.0.0.1", port))
-                flood.append(sock)
-            await until(lambda: _true(len(os.listdir(f"/proc/{pid}/fd")) >= FD_LIMIT), "the limit reached")
-            with pytest.raises((aiosmtplib.SMTPException, OSError, asyncio.TimeoutError)):
-                await aiosmtplib.send(message(2), sender="mairie@ville.example", recipients=RECIPIENTS[:1],
-                                      hostname="127.0.0.1", port=port, timeout=2)
-        finally:
-            for sock in flood:
-                sock.close()
-        try:
+            await sink.wait_for(1)
+            flood: list[socket.socket] = []
+            try:
+                for _ in range(200):
+                    sock = socket.socket()
+                    sock.setblocking(False)
+                    sock.connect_ex(("127.0.0.1", port))
+                    flood.append(sock)
+                await until(lambda: _true(len(os.listdir(f"/proc/{pid}/fd")) >= FD_LIMIT), "the limit reached")
+                # Usually refused or never answered; should a descriptor come free meanwhile, the
+                # relay may take it (a small message needs no file): then it must deliver it too.
+                try:
+                    await aiosmtplib.send(message(2), sender="mairie@ville.example", recipients=RECIPIENTS[:1],
+                                          hostname="127.0.0.1", port=port, timeout=2)
+                    during_flood = {b"Convocation 2"}
+                except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+                    during_flood = set()
+            finally:
+                for sock in flood:
+                    sock.close()
             await until(lambda: _sent(port, 3), "a transaction after the flood")
-            got = await sink.wait_for(2)
+            expected = {b"Convocation 1", b"Convocation 3"} | during_flood
+            got = await sink.wait_for(len(expected))
             assert relay.proc.returncode is None
-        finally:
+        finally:  # whatever failed above, the relay does not outlive the test
             relay.proc.send_signal(signal.SIGTERM)
             code = await relay.wait()
-    assert {_subject(m.data) for m in got} == {b"Convocation 1", b"Convocation 3"}
+    assert {_subject(m.data) for m in got} == expected
     assert code == 0
 
 
