@@ -214,6 +214,13 @@ MIGRATIONS: tuple[str, ...] = (
         data   BLOB NOT NULL
     );
     """,
+    # 6: records are looked up by delivery only for hand-offs (message_digests, message_evidence),
+    # and never by submission; yet every record, each page fetch's included, went into both indexes.
+    """
+    DROP INDEX records_submission;
+    DROP INDEX records_delivery;
+    CREATE INDEX records_handoff ON records(delivery_id) WHERE type = 'handoff';
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
