@@ -93,8 +93,8 @@ class UpstreamConfig:
     username: str = key("", "AUTH user at the upstream; empty for none.")
     password: str = key("", "AUTH password at the upstream.")
     helo_name: str = key("", "Name sent in EHLO; defaults to smtp.hostname.")
-    concurrency: int = key(32, "Deliveries in progress at once (certifying, storing, sending, recording).")
-    connections: int = key(8, "Upstream connections kept open and reused: the most sent at once.")
+    concurrency: int = key(64, "Deliveries in progress at once (certifying, storing, sending, recording).")
+    connections: int = key(16, "Upstream connections kept open and reused: the most sent at once.")
     concurrency_while_receiving: int = key(
         8,
         "Deliveries in progress at most while a client is sending mail to the relay: the client waiting"
