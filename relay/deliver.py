@@ -52,6 +52,10 @@ PREPARED_CACHE_OCTETS = 32 * 2**20
 # fewer when their messages add up to CERTIFY_BATCH_OCTETS: a batch's copies all exist at once.
 CERTIFY_BATCH_MAX = 32
 CERTIFY_BATCH_OCTETS = 4 * 2**20
+# Each delivery in progress holds its copy in memory until it is sent (and more while it is
+# certified): deliveries in progress hold at most this many octets of messages, so a large
+# message to many recipients goes out a few copies at a time. A larger message goes alone.
+OCTETS_IN_PROGRESS = 128 * 2**20
 NO_LINKS = AckConfig(insert=False)  # a DSN is signed but carries no acknowledgment link
 STOP_GRACE_SECONDS = 5.0
 INTAKE_CHECK_SECONDS = 0.05  # a delivery held back for intake looks again this often
@@ -80,6 +84,7 @@ class Job:
     received_at: float
     message_id: str | None
     submission_digest: str
+    size: int  # octets of the message as received
 
     @classmethod
     def from_row(cls, row: Any) -> "Job":
@@ -89,7 +94,7 @@ class Job:
             kind=row["kind"], mail_from=row["mail_from"], mail_options=tuple(json.loads(row["mail_options"])),
             rcpt_options=tuple(json.loads(row["rcpt_options"])), data_sha256=row["data_sha256"],
             received_at=row["received_at"], message_id=row["message_id"],
-            submission_digest=row["submission_digest"],
+            submission_digest=row["submission_digest"], size=row["size"],
         )
 
 
@@ -283,6 +288,36 @@ def _tls_of(client: aiosmtplib.SMTP) -> str | None:
     return f"{ssl_object.version()} {cipher[0]}" if cipher else ssl_object.version()
 
 
+class OctetBudget:
+    """Octets shared by the deliveries in progress; each takes its message's size (at most all)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+        self._waiters: list[asyncio.Future[None]] = []
+
+    async def take(self, octets: int) -> int:
+        """Wait until ``octets`` (at most the total) are free, take them, and return how many."""
+        octets = min(octets, self.total)
+        while self.used + octets > self.total:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        self.used += octets
+        return octets
+
+    def give_back(self, octets: int) -> None:
+        self.used -= octets
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
 class CertifyThread:
     """The thread that certifies; steps queued while it is busy go to it together, next.
 
@@ -375,6 +410,7 @@ class Deliverer:
         # Claimed jobs wait here for a worker; claiming in batches keeps one transaction for many.
         self._jobs: asyncio.Queue[Job] = asyncio.Queue()
         self._busy = 0
+        self._octets = OctetBudget(OCTETS_IN_PROGRESS)
         self._all_idle = asyncio.Event()
         # Set by the service once intake runs: while it says True, at most
         # upstream.concurrency_while_receiving deliveries are in progress (clients come first).
@@ -455,6 +491,7 @@ class Deliverer:
         while True:
             job = await self._jobs.get()
             await self._make_way_for_intake()
+            held = await self._octets.take(job.size)
             self._busy += 1
             self._all_idle.clear()
             try:
@@ -462,6 +499,7 @@ class Deliverer:
             except Exception:  # noqa: BLE001 - a worker never dies; the job stays 'sending' until restart
                 log.exception("delivery %d (%s) crashed", job.delivery_id, job.submission_id)
             finally:
+                self._octets.give_back(held)
                 self._busy -= 1
                 self._job_done.set()
                 if not self._busy:

@@ -843,7 +843,7 @@ class Store:
                     await db.execute(
                         "SELECT d.id, d.submission_id, d.recipient, d.rcpt_options, d.attempts, d.copy_sha256,"
                         " d.record_digest, s.kind, s.mail_from, s.mail_options, s.data_sha256, s.received_at,"
-                        " s.message_id, s.record_digest AS submission_digest"
+                        " s.message_id, s.record_digest AS submission_digest, s.size"
                         " FROM deliveries d JOIN submissions s ON s.id = d.submission_id"
                         " WHERE d.state IN ('queued', 'deferred') AND d.next_attempt_at <= ?"
                         " ORDER BY d.next_attempt_at, d.id LIMIT ?",

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import aiosmtplib
 
+from relay import deliver
 from tests.support.relay import relay_config, running
 from tests.support.sink import Sink
 
@@ -73,3 +74,30 @@ async def test_with_no_client_sending_the_full_concurrency_is_used(tmp_path):
             await until(lambda: sink.held == len(RECIPIENTS))
             sink.release.set()
             await sink.wait_for(len(RECIPIENTS))
+
+
+async def test_deliveries_in_progress_hold_at_most_their_share_of_octets(tmp_path, monkeypatch):
+    """A message to many recipients: its deliveries in progress hold at most OCTETS_IN_PROGRESS
+    octets (each copy is in memory until sent); a message larger than that still goes, alone."""
+    monkeypatch.setattr(deliver, "OCTETS_IN_PROGRESS", 3 * len(MESSAGE))
+    big = MESSAGE + b"Annexe.\r\n" * 100
+    async with HeldSink() as sink:
+        config = relay_config(tmp_path / "data", sink.port, upstream={"concurrency": 8, "connections": 8})
+        async with running(config) as service:
+            await aiosmtplib.send(MESSAGE, sender="mairie@ville.example", recipients=RECIPIENTS,
+                                  hostname="127.0.0.1", port=service.smtp_port)
+            await until(lambda: sink.held == 3)
+            await asyncio.sleep(0.5)  # long enough for the others to start, were they let
+            assert sink.most_held == 3
+            sink.release.set()
+            await sink.wait_for(len(RECIPIENTS))
+
+            sink.release.clear()
+            sink.most_held = 0
+            await aiosmtplib.send(big, sender="mairie@ville.example", recipients=RECIPIENTS[:3],
+                                  hostname="127.0.0.1", port=service.smtp_port)
+            await until(lambda: sink.held == 1)
+            await asyncio.sleep(0.5)
+            assert sink.most_held == 1
+            sink.release.set()
+            await sink.wait_for(len(RECIPIENTS) + 3)
