@@ -33,12 +33,12 @@ def config(*, privacy_days: int = 365, messages_days: int = 0) -> Config:
 
 
 async def submit(store: Store, name: str, *, age_days: float, state: str, body: str | None = None,
-                 copy_in_database: bool = False) -> dict:
+                 copy_in_database: bool = False, original_in_database: bool = False) -> dict:
     """A submission with one delivery in ``state`` and its sent copy, as the relay leaves them
-    (a small copy in the database, a large one as a file)."""
+    (small ones in the database, large ones as files)."""
     received = NOW - age_days * DAY
     data = (body or f"Subject: {name}\r\n\r\nConvocation {name}.\r\n").encode()
-    data_sha = await store.put_blob(data)
+    data_sha = hashlib.sha256(data).hexdigest() if original_in_database else await store.put_blob(data)
     copy = b"DKIM-Signature: ...\r\n" + data
     copy_sha = hashlib.sha256(copy).hexdigest() if copy_in_database else await store.put_blob(copy)
     record = submission_record(
@@ -47,6 +47,8 @@ async def submit(store: Store, name: str, *, age_days: float, state: str, body: 
         message_id=f"<{name}@example.org>", attachments=[],
     )
     async with store.transaction() as db:
+        if original_in_database:
+            await Store.insert_bytes(db, data_sha, data)
         await Store.insert_record(db, record, submission_id=name, now=received)
         await Store.insert_submission(
             db,
@@ -116,6 +118,8 @@ async def test_personal_data_goes_after_its_retention_and_records_stay(store: St
 
 async def test_message_files_go_after_messages_days_unless_still_needed(store: Store):
     old = await submit(store, "old", age_days=100, state="delivered", copy_in_database=True)
+    small = await submit(store, "old-small", age_days=100, state="delivered", copy_in_database=True,
+                         original_in_database=True)
     queued = await submit(store, "queued", age_days=100, state="deferred", copy_in_database=True)
     shared = await submit(store, "shared-old", age_days=100, state="delivered", body="Subject: same\r\n\r\nx\r\n")
     await submit(store, "shared-new", age_days=1, state="delivered", body="Subject: same\r\n\r\nx\r\n")
@@ -124,8 +128,9 @@ async def test_message_files_go_after_messages_days_unless_still_needed(store: S
 
     summary = await purge(store, config(messages_days=30), now=NOW)
 
-    assert summary.messages == 2  # the old message (a file) and its sent copy (in the database)
-    for sha in (old["data"], old["copy"]):
+    # the old message (a file) and its sent copy (in the database); the small one's two, in the database
+    assert summary.messages == 4
+    for sha in (old["data"], old["copy"], small["data"], small["copy"]):
         with pytest.raises(NotFoundError):
             await store.get_blob(sha)
         assert await store.message_purged_at(sha) == NOW
