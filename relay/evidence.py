@@ -222,7 +222,8 @@ async def build_proof(store: Store, message_id: str, out: BinaryIO, *, now: floa
     ev = await load_message(store, message_id)
     proof = await proof_input(store, ev, now=now, timezone=timezone)
     # Small messages and copies live in the database (INLINE_MAX): read here, the rest as the zip is written.
-    inline = await store.inline_bytes([proof.original_sha256, *(r.copy_sha256 for r in proof.recipients if r.copy_sha256)])
+    digests = [proof.original_sha256, *(r.copy_sha256 for r in proof.recipients if r.copy_sha256)]
+    inline = await store.inline_bytes(digests)
 
     def read_blob(sha256: str) -> bytes:
         if sha256 in inline:

@@ -4,8 +4,9 @@ Order of writes (the promise intake makes to the sender): ONE transaction
 inserts the exact bytes (when they are at most INLINE_MAX octets), the
 submission's evidence record, the submission row and a queued delivery per
 recipient; its commit is the one fsync. Larger messages go first to the
-content-addressed directory (fsync, rename, directory fsync). Intake (kind 'mail') and the DSN builder (kind
-'dsn') both enqueue through here, so a DSN travels the same delivery path.
+content-addressed directory (fsync, rename, directory fsync). Intake (kind
+'mail') and the DSN builder (kind 'dsn') both enqueue through here, so a DSN
+travels the same delivery path.
 """
 
 from __future__ import annotations

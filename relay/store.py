@@ -205,9 +205,9 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (batch_id, calendar)
     );
     """,
-    # 5: certified copies up to INLINE_MAX octets live here (and received messages, since), written in the transaction of
-    # their delivery record, rather than as files: the group commit's one WAL fsync then covers
-    # them, where a file cost two fsyncs of its own before each sending.
+    # 5: certified copies up to INLINE_MAX octets live here (received messages too, since), written
+    # in the transaction of their delivery record, rather than as files: the group commit's one
+    # WAL fsync then covers them, where a file cost two fsyncs of its own before each sending.
     """
     CREATE TABLE message_bytes (
         sha256 TEXT PRIMARY KEY,
@@ -225,11 +225,10 @@ MIGRATIONS: tuple[str, ...] = (
 
 SCHEMA_VERSION = len(MIGRATIONS)
 BLOB_DIR = "messages"
-# Copies up to this size go in the database (migration 5); larger ones, and every received
-# message, in BLOB_DIR. Bounded so the write-ahead log stays small and a copy is bound once.
 # Received messages and certified copies up to this size live in the database (message_bytes),
 # written in the transaction of the rows that name them: that commit's one WAL fsync covers
-# them, where a file costs its own fsyncs, a new inode and a directory entry. Larger: files.
+# them, where a file costs its own fsyncs, a new inode and a directory entry. Larger ones are
+# files in BLOB_DIR: bounded so the write-ahead log stays small and a copy is bound once.
 INLINE_MAX = 256 * 1024
 DB_NAME = "estampille.sqlite3"
 PAGE_CACHE_KIB = 32 * 1024  # the writer connection's page cache (see Store.open)
@@ -240,9 +239,9 @@ TRACKER_ROWS_PER_INSERT = (64, 8, 1)
 # A batch of writers none of whom is urgent (deliveries recording what they did) waits this long
 # for company unless it already has GROUP_TARGET writers: fewer, larger commits, one fsync each.
 # Each commit rewrites every B-tree page it touches, so fewer, fuller commits write less: on the
-# relay bench, 10 ms and 16 (with upstream.concurrency 32, now 64, to cover the wait) gave 10.5 writers a
-# commit instead of 6.0, 15 % fewer octets written and more deliveries per second than 3 ms
-# and 8. Urgent writers (a client waiting for its 250, the default) never wait.
+# relay bench, 10 ms and 16 (with upstream.concurrency 32, now 64, to cover the wait) gave 10.5
+# writers a commit instead of 6.0, 15 % fewer octets written and more deliveries per second
+# than 3 ms and 8. Urgent writers (a client waiting for its 250, the default) never wait.
 GROUP_TARGET = 16
 GROUP_LINGER = 0.010
 
