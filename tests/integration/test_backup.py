@@ -128,14 +128,19 @@ async def test_backup_while_writing_is_consistent(tmp_path: Path):
         await restored.close()
 
 
-async def test_restore_refuses_a_non_empty_data_dir_without_force(tmp_path: Path):
-    store = await Store.open(tmp_path / "live")
+async def backed_up_then_written(live: Path, backup_dir: Path) -> None:
+    """A data directory with two messages, backed up after the first one."""
+    store = await Store.open(live)
     try:
         await add_message(store, 1)
-        await backup(store, tmp_path / "backup", now=NOW)
+        await backup(store, backup_dir, now=NOW)
         await add_message(store, 2)
     finally:
         await store.close()
+
+
+async def test_restore_refuses_a_non_empty_data_dir_without_force(tmp_path: Path):
+    await backed_up_then_written(tmp_path / "live", tmp_path / "backup")
     with pytest.raises(BackupError, match="not empty"):
         await restore(tmp_path / "backup", tmp_path / "live", force=False)
     await restore(tmp_path / "backup", tmp_path / "live", force=True)
@@ -147,13 +152,7 @@ async def test_restore_leaves_the_data_dir_of_a_running_relay_alone(tmp_path: Pa
     live = tmp_path / "live"
     relay_lock = DataDirLock.acquire(live)  # what `estampille serve` holds while it runs
     try:
-        store = await Store.open(live)
-        try:
-            await add_message(store, 1)
-            await backup(store, tmp_path / "backup", now=NOW)
-            await add_message(store, 2)
-        finally:
-            await store.close()
+        await backed_up_then_written(live, tmp_path / "backup")
         manifest = json.loads((tmp_path / "backup" / MANIFEST).read_text())
         assert LOCK_FILE not in manifest["files"]  # the relay's lock is not data
         with pytest.raises(BackupError, match=r"another relay or restore \(pid \d+\) is using data directory"
