@@ -24,7 +24,7 @@ import re
 import secrets
 import ssl
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -289,33 +289,50 @@ def _tls_of(client: aiosmtplib.SMTP) -> str | None:
 
 
 class OctetBudget:
-    """Octets shared by the deliveries in progress; each takes its message's size (at most all)."""
+    """Octets shared by the deliveries in progress; each takes its message's size (at most all).
+
+    First come, first served: once one waits, later ones wait behind it even if they would
+    fit, so a large message is not held back for ever by a stream of small ones.
+    """
 
     def __init__(self, total: int) -> None:
         self.total = total
         self.used = 0
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
 
     async def take(self, octets: int) -> int:
-        """Wait until ``octets`` (at most the total) are free, take them, and return how many."""
+        """Wait for ``octets`` (at most the total) to be free, take them, and return how many."""
         octets = min(octets, self.total)
-        while self.used + octets > self.total:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-        self.used += octets
+        if not self._waiters and self.used + octets <= self.total:
+            self.used += octets
+            return octets
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((octets, waiter))
+        try:
+            await waiter  # _grant counted them as used before waking this one
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.give_back(octets)  # granted, but cancelled before it could use them
+            else:
+                self._grant()  # those queued behind it may fit now
+            raise
         return octets
 
     def give_back(self, octets: int) -> None:
         self.used -= octets
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiters:
+            octets, waiter = self._waiters[0]
+            if waiter.done():  # cancelled while waiting
+                self._waiters.popleft()
+                continue
+            if self.used + octets > self.total:
+                return
+            self._waiters.popleft()
+            self.used += octets
+            waiter.set_result(None)
 
 
 class CertifyThread:

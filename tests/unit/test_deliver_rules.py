@@ -1,12 +1,14 @@
-"""relay.deliver's pure rules: reply classes, backoff, queue ids, DATA on the wire; relay.spool's ids."""
+"""relay.deliver's rules: replies, backoff, queue ids, DATA on the wire, the octet budget; spool ids."""
 
 from __future__ import annotations
+
+import asyncio
 
 from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.deliver import classify, data_on_wire, parse_queue_id, retry_delay
+from relay.deliver import OctetBudget, classify, data_on_wire, parse_queue_id, retry_delay
 from relay.spool import new_submission_id
 
 
@@ -51,3 +53,37 @@ def test_data_on_wire_stuffs_leading_dots_and_ends_lines():
     assert data_on_wire(b"Subject: x\r\n\r\n.hidden\r\nend") == b"Subject: x\r\n\r\n..hidden\r\nend\r\n"
     plain = b"Subject: x\r\n\r\nnothing to stuff\r\n"
     assert data_on_wire(plain) is plain  # a large copy is not copied again
+
+
+async def test_the_octet_budget_serves_in_order_and_a_large_message_alone():
+    budget = OctetBudget(100)
+    first = await budget.take(60)
+    second = await budget.take(40)
+    large = asyncio.create_task(budget.take(500))  # more than the total: it will hold all 100
+    await asyncio.sleep(0)
+    small = asyncio.create_task(budget.take(10))  # would fit once one goes, but comes after
+    await asyncio.sleep(0)
+    budget.give_back(first)
+    await asyncio.sleep(0)
+    assert not large.done() and not small.done()  # 40 still in use
+    budget.give_back(second)
+    assert await large == 100 and budget.used == 100
+    await asyncio.sleep(0)
+    assert not small.done()
+    budget.give_back(100)
+    assert await small == 10 and budget.used == 10
+
+
+async def test_a_cancelled_wait_for_octets_lets_the_next_one_in():
+    budget = OctetBudget(100)
+    held = await budget.take(90)
+    blocked = asyncio.create_task(budget.take(50))
+    await asyncio.sleep(0)
+    behind = asyncio.create_task(budget.take(10))
+    await asyncio.sleep(0)
+    assert not behind.done()  # fits, but waits behind the first in line
+    blocked.cancel()
+    assert await behind == 10 and budget.used == 100
+    budget.give_back(held)
+    budget.give_back(10)
+    assert budget.used == 0
