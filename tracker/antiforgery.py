@@ -19,7 +19,7 @@ from relay.errors import StoreError
 SECRET_FILE = "tracker-secret"
 SECRET_BYTES = 32
 FIELD = "form_key"  # the form field that carries the value
-_BLOCK = 64  # SHA-256's block size: HMAC pads its key to this
+_CONTEXT = b"ack-form\0"  # what the value is for, so the secret's HMACs of other things never match
 
 
 def load_secret(data_dir: Path) -> bytes:
@@ -58,25 +58,21 @@ def _create_secret(path: Path) -> None:
 
 
 class FormKey:
-    """The form values of one secret: HMAC-SHA256 (RFC 2104) of ``ack-form\\0<token>``.
+    """The form values of one secret: HMAC-SHA256 of ``ack-form\\0<token>``.
 
-    The padded keys are hashed once; a value is then two copies of SHA-256 states and short
-    updates. hmac.digest looked OpenSSL's MAC up again and let go of the GIL on every page,
-    which the database thread, committing fetches, could then hold up to its switch interval.
+    The HMAC of the prefix is computed once and copied for each page: hmac.digest set up
+    OpenSSL's MAC again and let go of the GIL on every page, which the database thread,
+    committing fetches, could then hold up to its switch interval.
     """
 
     def __init__(self, secret: bytes) -> None:
-        key = (hashlib.sha256(secret).digest() if len(secret) > _BLOCK else secret).ljust(_BLOCK, b"\0")
-        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
-        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+        self._prefix = hmac.new(secret, _CONTEXT, hashlib.sha256)
 
     def value(self, token: str) -> str:
         """The value the page embeds for ``token``."""
-        inner = self._inner.copy()
-        inner.update(b"ack-form\0" + token.encode("ascii"))
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.hexdigest()
+        mac = self._prefix.copy()
+        mac.update(token.encode("ascii"))
+        return mac.hexdigest()
 
     def is_valid(self, token: str, value: str | None) -> bool:
         """Whether a posted value is the one the page for ``token`` carried (constant-time)."""
