@@ -216,6 +216,10 @@ async def test_rewritten_link_leads_on_to_the_exact_original_url(env: Env) -> No
         assert response.status == 303
         assert response.headers["Location"] == original
     assert await env.count("receipts") == 1
+    other = await make_delivery(env.store, now=T0)  # a page that leads nowhere keeps the strict policy
+    plain = await env.client.get(f"/a/{other.token}", headers={"User-Agent": BROWSER})
+    assert "form-action 'self';" in plain.headers["Content-Security-Policy"] + ";"
+    assert "docs.commune.example" not in plain.headers["Content-Security-Policy"]
 
 
 async def test_unknown_malformed_and_expired_tokens_get_identical_404s(tmp_path: Path) -> None:
