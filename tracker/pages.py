@@ -48,6 +48,7 @@ SECURITY_HEADERS = CIMultiDict({
     "X-Frame-Options": "DENY",
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
+    "Server": "Estampille",  # not aiohttp's default, which names the Python and aiohttp versions
 })
 # A page's own headers, copied into each page (rather than set one by one); a page whose form
 # leads on to another site widens its CSP (form_action_csp).

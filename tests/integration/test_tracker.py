@@ -316,6 +316,7 @@ async def test_security_headers_health_and_stylesheet(env: Env) -> None:
     assert page.headers["Referrer-Policy"] == "no-referrer"
     assert page.headers["X-Frame-Options"] == "DENY"
     assert page.headers["Cache-Control"] == "no-store"
+    assert page.headers["Server"] == "Estampille"  # no software versions for a scanner to match
     body = await page.text()
     assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in body
     assert not re.search(r'(src|href)="(https?:)?//', body)  # nothing external
