@@ -56,6 +56,9 @@ CERTIFY_BATCH_OCTETS = 4 * 2**20
 # certified): deliveries in progress hold at most this many octets of messages, so a large
 # message to many recipients goes out a few copies at a time. A larger message goes alone.
 OCTETS_IN_PROGRESS = 128 * 2**20
+# After the upstream refuses a new connection while others are open, the pool keeps to those
+# this long before it tries to grow again (SMTPUpstream).
+POOL_SHRINK_SECONDS = 600.0
 NO_LINKS = AckConfig(insert=False)  # a DSN is signed but carries no acknowledgment link
 STOP_GRACE_SECONDS = 5.0
 INTAKE_CHECK_SECONDS = 0.05  # a delivery held back for intake looks again this often
@@ -143,40 +146,102 @@ class Upstream(Protocol):
 
 
 class SMTPUpstream:
-    """aiosmtplib to the outbound MTA, a small pool of reused connections, one envelope per call."""
+    """aiosmtplib to the outbound MTA, a small pool of reused connections, one envelope per call.
+
+    An MTA may allow fewer connections per client than ``upstream.connections`` (an Exchange
+    receive connector allows 20 per source address by default, some allow fewer). When it
+    refuses a new one (at connection, greeting, EHLO, STARTTLS or AUTH) while others are open,
+    the pool keeps to those for POOL_SHRINK_SECONDS, and the delivery waits for one of them
+    rather than being deferred for delivery.retry_first.
+    """
 
     def __init__(self, config: UpstreamConfig, helo_name: str) -> None:
         self.config = config
         self.helo_name = config.helo_name or helo_name
         self._idle: list[aiosmtplib.SMTP] = []
-        self._slots = asyncio.Semaphore(max(1, config.connections))
+        self._active: set[aiosmtplib.SMTP] = set()  # connections taken for a transaction
+        self._connecting = 0  # connections being opened
+        self._opened = asyncio.Condition()  # notified when an attempt to open one ends
+        self._slots = Budget(max(1, config.connections))
+        self._shrunk_until = 0.0
         self.eight_bit_mime = False  # learnt from the upstream's EHLO at the first transaction
 
     async def send(self, sender: str, recipient: str, data: bytes, mail_options: list[str]) -> Reply:
-        async with self._slots:
-            client = self._idle.pop() if self._idle else None
+        while True:
+            if self._shrunk_until and time.monotonic() >= self._shrunk_until:
+                self._shrunk_until = 0.0
+                self._slots.resize(max(1, self.config.connections))
+            await self._slots.take(1)
             try:
-                if client is None or not client.is_connected:
-                    client = await self._connect()
-                reply = await self._transaction(client, sender, recipient, data, mail_options)
-                self.eight_bit_mime = client.supports_extension("8bitmime")
-            except aiosmtplib.SMTPResponseException as exc:
-                # Refused before any envelope (greeting, EHLO, STARTTLS, AUTH): a problem between
-                # us and our upstream, not with this recipient, so never a permanent failure.
-                self._discard(client)
-                return Reply(None, f"connection refused by upstream: {exc.code} {exc.message}", self.config.host)
-            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
-                self._discard(client)
-                return Reply(None, f"{type(exc).__name__}: {exc}", self.config.host, None)
-            except Exception as exc:  # noqa: BLE001 - e.g. an address the upstream cannot take: retry, never crash
-                log.exception("unexpected error sending to %s", self.config.host)
-                self._discard(client)
-                return Reply(None, f"local error while sending: {type(exc).__name__}", self.config.host, None)
-            if client.is_connected and reply.code != 421:
-                self._idle.append(client)
-            else:
-                self._discard(client)
-            return reply
+                try:
+                    client = await self._client()
+                except aiosmtplib.SMTPResponseException as exc:
+                    # Refused before any envelope (greeting, EHLO, STARTTLS, AUTH): a problem between
+                    # us and our upstream, not with this recipient, so never a permanent failure.
+                    return Reply(None, f"connection refused by upstream: {exc.code} {exc.message}", self.config.host)
+                except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+                    return Reply(None, f"{type(exc).__name__}: {exc}", self.config.host, None)
+                if client is None:
+                    continue  # refused while others are open: wait for one of them
+                try:
+                    return await self._send_on(client, sender, recipient, data, mail_options)
+                finally:
+                    self._active.discard(client)
+            finally:
+                self._slots.give_back(1)
+
+    async def _client(self) -> aiosmtplib.SMTP | None:
+        """An open connection, taken (in ``_active``): an idle one, or a new one. None when the
+        upstream refused a new one while others are open (the pool now keeps to those); raises
+        when it refused the only one."""
+        while self._idle:
+            client = self._idle.pop()
+            if client.is_connected:
+                self._active.add(client)
+                return client
+        self._connecting += 1
+        try:
+            client = await self._connect()
+            self._active.add(client)
+            return client
+        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+            refusal = exc
+        finally:
+            self._connecting -= 1
+            async with self._opened:
+                self._opened.notify_all()
+        async with self._opened:  # others being opened at the same moment may yet succeed
+            await self._opened.wait_for(lambda: self._open() or not self._connecting)
+        others = self._open()
+        if not others:
+            raise refusal
+        if self._slots.total > others:
+            log.warning("the upstream %s refused connection %d (%s): keeping to %d for %.0f s",
+                        self.config.host, others + 1, _one_line(str(refusal)), others, POOL_SHRINK_SECONDS)
+            self._slots.resize(others)
+        self._shrunk_until = time.monotonic() + POOL_SHRINK_SECONDS
+        return None
+
+    def _open(self) -> int:
+        return sum(1 for c in (*self._active, *self._idle) if c.is_connected)
+
+    async def _send_on(self, client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes,
+                       mail_options: list[str]) -> Reply:
+        try:
+            reply = await self._transaction(client, sender, recipient, data, mail_options)
+            self.eight_bit_mime = client.supports_extension("8bitmime")
+        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+            self._discard(client)
+            return Reply(None, f"{type(exc).__name__}: {exc}", self.config.host, None)
+        except Exception as exc:  # noqa: BLE001 - e.g. an address the upstream cannot take: retry, never crash
+            log.exception("unexpected error sending to %s", self.config.host)
+            self._discard(client)
+            return Reply(None, f"local error while sending: {type(exc).__name__}", self.config.host, None)
+        if client.is_connected and reply.code != 421:
+            self._idle.append(client)
+        else:
+            self._discard(client)
+        return reply
 
     async def _transaction(self, client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes,
                            mail_options: list[str]) -> Reply:
@@ -288,11 +353,13 @@ def _tls_of(client: aiosmtplib.SMTP) -> str | None:
     return f"{ssl_object.version()} {cipher[0]}" if cipher else ssl_object.version()
 
 
-class OctetBudget:
-    """Octets shared by the deliveries in progress; each takes its message's size (at most all).
+class Budget:
+    """Units shared by tasks: octets of the deliveries in progress (each takes its message's
+    size, at most all), or the upstream's connection slots (each takes one).
 
     First come, first served: once one waits, later ones wait behind it even if they would
-    fit, so a large message is not held back for ever by a stream of small ones.
+    fit, so a large message is not held back for ever by a stream of small ones. ``total``
+    may change meanwhile (resize).
     """
 
     def __init__(self, total: int) -> None:
@@ -301,7 +368,7 @@ class OctetBudget:
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
 
     async def take(self, octets: int) -> int:
-        """Wait for ``octets`` (at most the total) to be free, take them, and return how many."""
+        """Wait for ``octets`` units (at most the total) to be free, take them, return how many."""
         octets = min(octets, self.total)
         if not self._waiters and self.used + octets <= self.total:
             self.used += octets
@@ -320,6 +387,10 @@ class OctetBudget:
 
     def give_back(self, octets: int) -> None:
         self.used -= octets
+        self._grant()
+
+    def resize(self, total: int) -> None:
+        self.total = total
         self._grant()
 
     def _grant(self) -> None:
@@ -427,7 +498,7 @@ class Deliverer:
         # Claimed jobs wait here for a worker; claiming in batches keeps one transaction for many.
         self._jobs: asyncio.Queue[Job] = asyncio.Queue()
         self._busy = 0
-        self._octets = OctetBudget(OCTETS_IN_PROGRESS)
+        self._octets = Budget(OCTETS_IN_PROGRESS)
         self._all_idle = asyncio.Event()
         # Set by the service once intake runs: while it says True, at most
         # upstream.concurrency_while_receiving deliveries are in progress (clients come first).

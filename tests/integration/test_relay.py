@@ -146,6 +146,23 @@ async def test_a_recipient_refused_at_rcpt_fails_and_the_connection_goes_on(tmp_
     assert sink.connections == 1  # reset after the refusal, not closed
 
 
+async def test_an_upstream_allowing_fewer_connections_gets_no_more_and_nothing_waits_for_a_retry(tmp_path, caplog):
+    """The MTA allows 2 sessions at once, the relay is set for 8: the connections it refuses
+    do not defer deliveries (retry_first would hold them for minutes); the pool keeps to 2."""
+    rcpts = [f"elu{n}@example.net" for n in range(12)]
+    async with Sink(max_sessions=2) as sink:
+        config = relay_config(tmp_path, sink.port, upstream={"connections": 8, "concurrency": 8},
+                              delivery={"retry_first": 3600.0})
+        async with running(config) as service:
+            code, _ = await asyncio.to_thread(smtplib_send, service.smtp_port, "a@example.org", rcpts, message())
+            assert code == 250
+            await wait_states(service, "delivered", "deferred", "failed")
+            attempts = await service.store.fetchall("SELECT outcome FROM attempts")
+    assert [a["outcome"] for a in attempts] == ["delivered"] * len(rcpts)
+    assert sink.refused_sessions >= 1 and sink.most_sessions == 2
+    assert "refused connection 3" in caplog.text and "keeping to 2" in caplog.text
+
+
 async def test_no_dsn_for_a_null_sender(tmp_path):
     async with Sink() as sink:
         sink.reply = lambda envelope: "550 5.7.1 refused"

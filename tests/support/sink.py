@@ -16,7 +16,8 @@ recipient, then ``reply(envelope)`` if it returns a string, else ``default``. Ad
 Only messages answered 2xx are in ``messages``; every DATA is in ``attempts``.
 Stop and restart on the same port with ``await sink.stop()`` / ``await sink.start()``.
 ``Sink(tls=context)`` offers STARTTLS; ``Sink(tls=context, credentials={"user": "pw"})``
-also requires AUTH.
+also requires AUTH. ``Sink(max_sessions=N)`` greets an (N+1)th simultaneous session with 421
+and closes it, as an MTA limiting connections per client does.
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ class Sink:
     credentials: dict[str, str] | None = None  # require AUTH (after STARTTLS) with these users
     refuse_rcpt: dict[str, str] = field(default_factory=dict)  # address -> reply at RCPT
     connections: int = 0  # SMTP sessions opened, in all
+    max_sessions: int = 0  # sessions at once; more are refused with 421 (0: no limit)
+    open_sessions: int = 0
+    most_sessions: int = 0  # the most open at once
+    refused_sessions: int = 0
     _scripts: dict[str, deque[str]] = field(default_factory=lambda: defaultdict(deque))
     _server: asyncio.Server | None = None
     _changed: asyncio.Condition | None = None
@@ -80,9 +85,14 @@ class Sink:
         if self.credentials is not None:
             options.update(auth_required=True, authenticator=self._authenticate)
 
-        def session() -> SMTP:
+        def session() -> asyncio.Protocol:
+            if self.max_sessions and self.open_sessions >= self.max_sessions:
+                self.refused_sessions += 1
+                return _TooMany()
             self.connections += 1
-            return SMTP(self, hostname="sink.test", enable_SMTPUTF8=True, loop=loop, **options)
+            self.open_sessions += 1
+            self.most_sessions = max(self.most_sessions, self.open_sessions)
+            return _CountedSMTP(self, hostname="sink.test", enable_SMTPUTF8=True, loop=loop, **options)
 
         self._server = await loop.create_server(session, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -150,3 +160,23 @@ class Sink:
             if chosen is not None:
                 return chosen
         return self.default.format(n=len(self.attempts) + 1)
+
+
+class _CountedSMTP(SMTP):
+    """An aiosmtpd session that tells its sink when it ends."""
+
+    def __init__(self, sink: Sink, **options: Any) -> None:
+        super().__init__(sink, **options)
+        self._sink = sink
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._sink.open_sessions -= 1
+        super().connection_lost(exc)
+
+
+class _TooMany(asyncio.Protocol):
+    """A session over the sink's limit: refused at the greeting."""
+
+    def connection_made(self, transport: Any) -> None:  # uvloop's transports are not asyncio.Transport
+        transport.write(b"421 4.7.0 Too many connections from your address\r\n")
+        transport.close()

@@ -8,7 +8,7 @@ from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.deliver import OctetBudget, classify, data_on_wire, parse_queue_id, retry_delay
+from relay.deliver import Budget, classify, data_on_wire, parse_queue_id, retry_delay
 from relay.spool import new_submission_id
 
 
@@ -56,7 +56,7 @@ def test_data_on_wire_stuffs_leading_dots_and_ends_lines():
 
 
 async def test_the_octet_budget_serves_in_order_and_a_large_message_alone():
-    budget = OctetBudget(100)
+    budget = Budget(100)
     first = await budget.take(60)
     second = await budget.take(40)
     large = asyncio.create_task(budget.take(500))  # more than the total: it will hold all 100
@@ -75,7 +75,7 @@ async def test_the_octet_budget_serves_in_order_and_a_large_message_alone():
 
 
 async def test_a_cancelled_wait_for_octets_lets_the_next_one_in():
-    budget = OctetBudget(100)
+    budget = Budget(100)
     held = await budget.take(90)
     blocked = asyncio.create_task(budget.take(50))
     await asyncio.sleep(0)
