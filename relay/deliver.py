@@ -181,6 +181,9 @@ class SMTPUpstream:
                     return Reply(None, f"connection refused by upstream: {exc.code} {exc.message}", self.config.host)
                 except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
                     return Reply(None, f"{type(exc).__name__}: {exc}", self.config.host, None)
+                except Exception as exc:  # noqa: BLE001 - a flaw of ours in connecting: retry, never crash
+                    log.exception("unexpected error connecting to %s", self.config.host)
+                    return Reply(None, f"local error while connecting: {type(exc).__name__}", self.config.host, None)
                 if client is None:
                     continue  # refused while others are open: wait for one of them
                 try:

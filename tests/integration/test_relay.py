@@ -12,6 +12,7 @@ from email.parser import BytesParser
 
 import aiosmtplib
 
+from relay import deliver
 from tests.conftest import require_tool
 from tests.support.relay import relay_config, running
 from tests.support.sink import Sink, free_port
@@ -163,6 +164,23 @@ async def test_an_upstream_allowing_fewer_connections_gets_no_more_and_nothing_w
     assert "refused connection 3" in caplog.text and "keeping to 2" in caplog.text
 
 
+async def test_a_flaw_of_ours_while_connecting_defers_the_delivery(tmp_path, monkeypatch):
+    """An unexpected exception opening the upstream connection is logged and retried like a
+    failed connection: the delivery is deferred, never left 'sending' nor bounced."""
+    async def broken(self):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(deliver.SMTPUpstream, "_connect", broken)
+    async with Sink() as sink:
+        async with running(relay_config(tmp_path, sink.port)) as service:
+            code, _ = await asyncio.to_thread(smtplib_send, service.smtp_port, "a@example.org",
+                                              ["b@example.net"], message())
+            assert code == 250
+            await wait_states(service, "deferred")
+            attempt = await last_attempt(service)
+    assert attempt["reply"] == "local error while connecting: ValueError" and attempt["code"] is None
+
+
 async def test_no_dsn_for_a_null_sender(tmp_path):
     async with Sink() as sink:
         sink.reply = lambda envelope: "550 5.7.1 refused"
@@ -222,7 +240,7 @@ async def test_upstream_certificate_is_verified_by_default(tmp_path):
         async with running(config) as service:
             await aiosmtplib.send(message(), sender="a@example.org", recipients=["b@example.net"],
                                   hostname="127.0.0.1", port=service.smtp_port)
-            (row,) = await wait_states(service, "deferred")
+            await wait_states(service, "deferred")
     assert "certificate" in row["last_reply"].lower() and sink.messages == []
 
 
@@ -245,7 +263,7 @@ async def test_upstream_refusing_our_password_defers_and_never_bounces(tmp_path)
         async with running(relay_config(tmp_path, sink.port, upstream=upstream)) as service:
             await aiosmtplib.send(message(), sender="a@example.org", recipients=["b@example.net"],
                                   hostname="127.0.0.1", port=service.smtp_port)
-            (row,) = await wait_states(service, "deferred")
+            await wait_states(service, "deferred")
     assert row["last_code"] is None and row["last_reply"] and sink.attempts == []
 
 
