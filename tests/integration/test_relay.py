@@ -240,7 +240,7 @@ async def test_upstream_certificate_is_verified_by_default(tmp_path):
         async with running(config) as service:
             await aiosmtplib.send(message(), sender="a@example.org", recipients=["b@example.net"],
                                   hostname="127.0.0.1", port=service.smtp_port)
-            await wait_states(service, "deferred")
+            (row,) = await wait_states(service, "deferred")
     assert "certificate" in row["last_reply"].lower() and sink.messages == []
 
 
@@ -263,7 +263,7 @@ async def test_upstream_refusing_our_password_defers_and_never_bounces(tmp_path)
         async with running(relay_config(tmp_path, sink.port, upstream=upstream)) as service:
             await aiosmtplib.send(message(), sender="a@example.org", recipients=["b@example.net"],
                                   hostname="127.0.0.1", port=service.smtp_port)
-            await wait_states(service, "deferred")
+            (row,) = await wait_states(service, "deferred")
     assert row["last_code"] is None and row["last_reply"] and sink.attempts == []
 
 
