@@ -370,26 +370,26 @@ class Budget:
         self.used = 0
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
 
-    async def take(self, octets: int) -> int:
-        """Wait for ``octets`` units (at most the total) to be free, take them, return how many."""
-        octets = min(octets, self.total)
-        if not self._waiters and self.used + octets <= self.total:
-            self.used += octets
-            return octets
+    async def take(self, units: int) -> int:
+        """Wait for ``units`` (at most the total) to be free, take them, and return how many."""
+        units = min(units, self.total)
+        if not self._waiters and self.used + units <= self.total:
+            self.used += units
+            return units
         waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append((octets, waiter))
+        self._waiters.append((units, waiter))
         try:
             await waiter  # _grant counted them as used before waking this one
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
-                self.give_back(octets)  # granted, but cancelled before it could use them
+                self.give_back(units)  # granted, but cancelled before it could use them
             else:
                 self._grant()  # those queued behind it may fit now
             raise
-        return octets
+        return units
 
-    def give_back(self, octets: int) -> None:
-        self.used -= octets
+    def give_back(self, units: int) -> None:
+        self.used -= units
         self._grant()
 
     def resize(self, total: int) -> None:
@@ -398,14 +398,14 @@ class Budget:
 
     def _grant(self) -> None:
         while self._waiters:
-            octets, waiter = self._waiters[0]
+            units, waiter = self._waiters[0]
             if waiter.done():  # cancelled while waiting
                 self._waiters.popleft()
                 continue
-            if self.used + octets > self.total:
+            if self.used + units > self.total:
                 return
             self._waiters.popleft()
-            self.used += octets
+            self.used += units
             waiter.set_result(None)
 
 
