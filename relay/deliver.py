@@ -124,6 +124,13 @@ def classify(code: int | None) -> str:
     return "deferred"
 
 
+def too_many_connections(reply: Reply) -> bool:
+    """Whether ``reply`` may say the client has too many connections open: 421 (Postfix, Exim,
+    before or after the greeting), or 432 / 4.3.2 (Exchange Online's client submission)."""
+    return reply.code in (421, 432) or (reply.code is not None and 400 <= reply.code < 500
+                                        and reply.text.startswith("4.3.2"))
+
+
 def retry_delay(attempts: int, first: float, maximum: float) -> float:
     """Seconds to wait after the ``attempts``-th failed attempt (1-based): first, doubling, capped."""
     return min(maximum, first * 2 ** max(0, attempts - 1))
@@ -152,7 +159,11 @@ class SMTPUpstream:
     receive connector allows 20 per source address by default, some allow fewer). When it
     refuses a new one (at connection, greeting, EHLO, STARTTLS or AUTH) while others are open,
     the pool keeps to those for POOL_SHRINK_SECONDS, and the delivery waits for one of them
-    rather than being deferred for delivery.retry_first.
+    rather than being deferred for delivery.retry_first. Some say so only to the first
+    transaction of a new connection (Exchange Online's client submission allows 3 per mailbox
+    and answers the end of DATA of a fourth '432 4.3.2 ... sender thread limit exceeded'):
+    such a reply (``too_many_connections``) counts as the same refusal, and the copy is sent
+    again on one of the others, as the MTA accepted none of it.
     """
 
     def __init__(self, config: UpstreamConfig, helo_name: str) -> None:
@@ -174,7 +185,7 @@ class SMTPUpstream:
             await self._slots.take(1)
             try:
                 try:
-                    client = await self._client()
+                    taken = await self._client()
                 except aiosmtplib.SMTPResponseException as exc:
                     # Refused before any envelope (greeting, EHLO, STARTTLS, AUTH): a problem between
                     # us and our upstream, not with this recipient, so never a permanent failure.
@@ -184,52 +195,65 @@ class SMTPUpstream:
                 except Exception as exc:  # noqa: BLE001 - a flaw of ours in connecting: retry, never crash
                     log.exception("unexpected error connecting to %s", self.config.host)
                     return Reply(None, f"local error while connecting: {type(exc).__name__}", self.config.host, None)
-                if client is None:
+                if taken is None:
                     continue  # refused while others are open: wait for one of them
+                client, new = taken
                 try:
-                    return await self._send_on(client, sender, recipient, data, mail_options)
+                    reply = await self._send_on(client, new, sender, recipient, data, mail_options)
                 finally:
                     self._active.discard(client)
+                if reply is not None:
+                    return reply
+                # its first transaction was refused as one too many: wait for another likewise
             finally:
                 self._slots.give_back(1)
 
-    async def _client(self) -> aiosmtplib.SMTP | None:
-        """An open connection, taken (in ``_active``): an idle one, or a new one. None when the
-        upstream refused a new one while others are open (the pool now keeps to those); raises
-        when it refused the only one."""
+    async def _client(self) -> tuple[aiosmtplib.SMTP, bool] | None:
+        """An open connection, taken (in ``_active``): an idle one, or a new one (then True). None
+        when the upstream refused a new one while others are open (the pool now keeps to those);
+        raises when it refused the only one."""
         while self._idle:
             client = self._idle.pop()
             if client.is_connected:
                 self._active.add(client)
-                return client
+                return client, False
         self._connecting += 1
         try:
             client = await self._connect()
             self._active.add(client)
-            return client
+            return client, True
         except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
             refusal = exc
         finally:
             self._connecting -= 1
             async with self._opened:
                 self._opened.notify_all()
+        if await self._keep_to_others(str(refusal)):
+            return None
+        raise refusal
+
+    async def _keep_to_others(self, refusal: str) -> bool:
+        """After the upstream refused a new connection: False if no other is open; else True, and
+        the pool keeps to the others for POOL_SHRINK_SECONDS."""
         async with self._opened:  # others being opened at the same moment may yet succeed
             await self._opened.wait_for(lambda: self._open() or not self._connecting)
         others = self._open()
         if not others:
-            raise refusal
+            return False
         if self._slots.total > others:
             log.warning("the upstream %s refused connection %d (%s): keeping to %d for %.0f s",
-                        self.config.host, others + 1, _one_line(str(refusal)), others, POOL_SHRINK_SECONDS)
+                        self.config.host, others + 1, _one_line(refusal), others, POOL_SHRINK_SECONDS)
             self._slots.resize(others)
         self._shrunk_until = time.monotonic() + POOL_SHRINK_SECONDS
-        return None
+        return True
 
     def _open(self) -> int:
         return sum(1 for c in (*self._active, *self._idle) if c.is_connected)
 
-    async def _send_on(self, client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes,
-                       mail_options: list[str]) -> Reply:
+    async def _send_on(self, client: aiosmtplib.SMTP, new: bool, sender: str, recipient: str, data: bytes,
+                       mail_options: list[str]) -> Reply | None:
+        """The upstream's reply; None when it refused the first transaction of this ``new``
+        connection as one too many while others are open (then closed)."""
         try:
             reply = await self._transaction(client, sender, recipient, data, mail_options)
             self.eight_bit_mime = client.supports_extension("8bitmime")
@@ -240,6 +264,11 @@ class SMTPUpstream:
             log.exception("unexpected error sending to %s", self.config.host)
             self._discard(client)
             return Reply(None, f"local error while sending: {type(exc).__name__}", self.config.host, None)
+        if new and too_many_connections(reply):
+            self._active.discard(client)  # not one of the others
+            if await self._keep_to_others(f"{reply.code} {reply.text}"):
+                self._discard(client)
+                return None
         if client.is_connected and reply.code != 421:
             self._idle.append(client)
         else:

@@ -11,11 +11,12 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 
 import aiosmtplib
+import pytest
 
 from relay import deliver
 from tests.conftest import require_tool
 from tests.support.relay import relay_config, running
-from tests.support.sink import Sink, free_port
+from tests.support.sink import LIMIT_REPLY, Sink, free_port
 from tests.support.tlscert import self_signed
 
 WAIT_SECONDS = 20.0
@@ -162,6 +163,41 @@ async def test_an_upstream_allowing_fewer_connections_gets_no_more_and_nothing_w
     assert [a["outcome"] for a in attempts] == ["delivered"] * len(rcpts)
     assert sink.refused_sessions >= 1 and sink.most_sessions == 2
     assert "refused connection 3" in caplog.text and "keeping to 2" in caplog.text
+
+
+@pytest.mark.parametrize("refuse_at", ["MAIL", "DATA"])
+async def test_an_upstream_refusing_extra_connections_after_greeting_them_gets_no_more(tmp_path, caplog, refuse_at):
+    """Exchange Online greets a connection over its limit and answers its transaction 432 4.3.2
+    (at the end of DATA, as users' reports show; at MAIL too here): the relay takes it as a
+    refused connection, keeps to 2, and no delivery waits for a retry or is accepted twice."""
+    rcpts = [f"elu{n}@example.net" for n in range(12)]
+    async with Sink(max_sessions=2, refuse_at=refuse_at) as sink:
+        config = relay_config(tmp_path, sink.port, upstream={"connections": 8, "concurrency": 8},
+                              delivery={"retry_first": 3600.0})
+        async with running(config) as service:
+            code, _ = await asyncio.to_thread(smtplib_send, service.smtp_port, "a@example.org", rcpts, message())
+            assert code == 250
+            await wait_states(service, "delivered", "deferred", "failed")
+            attempts = await service.store.fetchall("SELECT outcome FROM attempts")
+    assert [a["outcome"] for a in attempts] == ["delivered"] * len(rcpts)
+    assert sorted(r for m in sink.messages for r in m.rcpt_tos) == sorted(rcpts)  # each accepted once
+    assert sink.refused_sessions >= 1 and sink.most_sessions == 2
+    assert "refused connection" in caplog.text and "keeping to 2" in caplog.text
+
+
+async def test_a_connection_limit_reply_with_no_other_connection_open_defers_as_before(tmp_path, caplog):
+    """With no other connection to wait for, a limit reply on a new connection is a temporary
+    failure as before, and the connection is kept for the next delivery, whose 432 is one too."""
+    rcpts = ["b1@example.net", "b2@example.net"]
+    async with Sink() as sink:
+        for rcpt in rcpts:
+            sink.script(rcpt, [LIMIT_REPLY])
+        async with running(relay_config(tmp_path, sink.port, upstream={"connections": 1})) as service:
+            code, _ = await asyncio.to_thread(smtplib_send, service.smtp_port, "a@example.org", rcpts, message())
+            assert code == 250
+            rows = await wait_states(service, "deferred")
+    assert [row["last_code"] for row in rows] == [432, 432]
+    assert sink.connections == 1 and "keeping to" not in caplog.text
 
 
 async def test_a_flaw_of_ours_while_connecting_defers_the_delivery(tmp_path, monkeypatch):

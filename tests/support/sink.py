@@ -17,7 +17,9 @@ Only messages answered 2xx are in ``messages``; every DATA is in ``attempts``.
 Stop and restart on the same port with ``await sink.stop()`` / ``await sink.start()``.
 ``Sink(tls=context)`` offers STARTTLS; ``Sink(tls=context, credentials={"user": "pw"})``
 also requires AUTH. ``Sink(max_sessions=N)`` greets an (N+1)th simultaneous session with 421
-and closes it, as an MTA limiting connections per client does.
+and closes it, as an MTA limiting connections per client does. With ``refuse_at="MAIL"`` it
+greets that session and answers its every MAIL with ``LIMIT_REPLY`` (Exchange Online's reply for
+a fourth connection of a mailbox); with ``refuse_at="DATA"``, its every message at the end of DATA.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 DEFAULT_REPLY = "250 2.0.0 Ok: queued as SINK{n}"
+LIMIT_REPLY = "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded"
 WAIT_SECONDS = 20.0
 
 
@@ -66,8 +69,9 @@ class Sink:
     credentials: dict[str, str] | None = None  # require AUTH (after STARTTLS) with these users
     refuse_rcpt: dict[str, str] = field(default_factory=dict)  # address -> reply at RCPT
     connections: int = 0  # SMTP sessions opened, in all
-    max_sessions: int = 0  # sessions at once; more are refused with 421 (0: no limit)
-    open_sessions: int = 0
+    max_sessions: int = 0  # sessions at once; more are refused (0: no limit)
+    refuse_at: str = "greeting"  # where a session over max_sessions is refused: greeting, MAIL, DATA
+    open_sessions: int = 0  # sessions within the limit: only those accept a message
     most_sessions: int = 0  # the most open at once
     refused_sessions: int = 0
     _scripts: dict[str, deque[str]] = field(default_factory=lambda: defaultdict(deque))
@@ -88,7 +92,9 @@ class Sink:
         def session() -> asyncio.Protocol:
             if self.max_sessions and self.open_sessions >= self.max_sessions:
                 self.refused_sessions += 1
-                return _TooMany()
+                if self.refuse_at == "greeting":
+                    return _TooMany()
+                return _OverLimit(self, hostname="sink.test", enable_SMTPUTF8=True, loop=loop, **options)
             self.connections += 1
             self.open_sessions += 1
             self.most_sessions = max(self.most_sessions, self.open_sessions)
@@ -128,7 +134,7 @@ class Sink:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        reply = self._choose(envelope)
+        reply = LIMIT_REPLY if isinstance(server, _OverLimit) else self._choose(envelope)
         received = Received(
             mail_from="" if envelope.mail_from in (None, "<>") else envelope.mail_from,
             rcpt_tos=tuple(envelope.rcpt_tos),
@@ -172,6 +178,21 @@ class _CountedSMTP(SMTP):
     def connection_lost(self, exc: Exception | None) -> None:
         self._sink.open_sessions -= 1
         super().connection_lost(exc)
+
+
+class _OverLimit(SMTP):
+    """A session over the sink's limit, greeted: refused at MAIL, or at the end of DATA
+    (``Sink.handle_DATA``). It stays open, as Exchange Online's does."""
+
+    def __init__(self, sink: Sink, **options: Any) -> None:
+        super().__init__(sink, **options)
+        self._refuse_mail = sink.refuse_at == "MAIL"
+
+    async def smtp_MAIL(self, arg: str) -> None:
+        if self._refuse_mail:
+            await self.push(LIMIT_REPLY)
+        else:
+            await super().smtp_MAIL(arg)
 
 
 class _TooMany(asyncio.Protocol):

@@ -1,4 +1,4 @@
-"""relay.deliver's rules: replies, backoff, queue ids, DATA on the wire, the octet budget; spool ids."""
+"""relay.deliver's rules: replies, connection limits, backoff, queue ids, DATA on the wire, the octet budget; spool ids."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.deliver import Budget, classify, data_on_wire, parse_queue_id, retry_delay
+from relay.deliver import Budget, Reply, classify, data_on_wire, parse_queue_id, retry_delay, too_many_connections
 from relay.spool import new_submission_id
 
 
@@ -21,6 +21,20 @@ def test_replies_are_classified_like_mailman():
     assert classify(550) == "failed"
     assert classify(554) == "failed"
     assert classify(552) == "deferred"  # mailbox full: may clear before we give up
+
+
+def test_replies_that_may_mean_too_many_connections():
+    def says(code: int | None, text: str) -> bool:
+        return too_many_connections(Reply(code, text, "mta.test"))
+
+    assert says(432, "4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded")  # Exchange Online
+    assert says(432, "4.3.2 Concurrent connections limit exceeded. Visit https://aka.ms/concurrent_sending")
+    assert says(421, "4.7.0 Too many concurrent SMTP connections; please try again later")
+    assert says(451, "4.3.2 System not accepting network messages")
+    assert not says(451, "4.3.0 try again later")
+    assert not says(450, "4.2.1 mailbox busy")
+    assert not says(550, "5.3.2 refused")
+    assert not says(None, "TimeoutError: timed out")
 
 
 def test_backoff_doubles_up_to_the_maximum():
