@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from relay.config import Config  # noqa: E402
 from relay.records import delivery_record, iso_time, submission_record  # noqa: E402
+from relay.service import settle_heap  # noqa: E402
 from relay.store import DB_NAME, Store  # noqa: E402
 from tracker import antiforgery  # noqa: E402
 from tracker.app import start_tracker  # noqa: E402
@@ -73,6 +74,7 @@ async def serve_bare() -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
+    settle_heap()  # both servers run with the process settings of `estampille serve`
     print(f"PORT {runner.addresses[0][1]}", flush=True)
     await asyncio.Event().wait()
 
@@ -81,6 +83,7 @@ async def serve_tracker(data_dir: Path) -> None:
     config = Config.from_toml(f'data_dir = "{data_dir}"\n[tracker]\nlisten_port = 0\n')
     store = await Store.open(config.data_path)
     server = await start_tracker(config, store)
+    settle_heap()
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     print(f"PORT {server.port}", flush=True)

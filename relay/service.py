@@ -9,6 +9,7 @@ start in :meth:`Service.start` the same way.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -40,6 +41,11 @@ STOP_GRACE_SECONDS = 5.0
 # unit's TimeoutStopSec=90.
 SMTP_DRAIN_SECONDS = 30.0
 SLOW_STOP_SECONDS = 10.0  # a component still stopping after this is named in the log
+# Collect the young generation after this many more container objects than were freed (Python's
+# default: 700). Each page fetch and delivery allocates hundreds that die young, and the tracker's
+# fetches wait in memory up to 100 ms for their commit, so with the default a young collection ran
+# every ~200 page fetches and found nothing to free (see settle_heap).
+GC_YOUNG_THRESHOLD = 10_000
 
 
 class Service:
@@ -209,6 +215,7 @@ async def serve(config: Config, *, tracker_only: bool = False, notifier: Notifie
     """Run until SIGINT or SIGTERM, then stop gracefully; SIGHUP reloads certificates and credentials."""
     service = Service(config, tracker_only=tracker_only)
     await service.start()
+    settle_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in SIGNALS_STOP:
@@ -224,6 +231,19 @@ async def serve(config: Config, *, tracker_only: bool = False, notifier: Notifie
             loop.remove_signal_handler(signum)
         await service.stop()
     log.info("stopped")
+
+
+def settle_heap() -> None:
+    """Leave the objects made at startup (modules, templates, configuration: about 55,000)
+    out of every later garbage collection, and collect young objects less often.
+
+    On bench/tracker_bench.py's load, collections took about 2.9 us of CPU a page fetch, 32,300
+    fetches: 135 young collections, 13 middle, one full (27 ms); after this, about 0.03 us (one
+    young collection). Memory held by young garbage cycles is bounded by GC_YOUNG_THRESHOLD objects.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def _reload(service: Service, notifier: Notifier) -> None:
