@@ -1,4 +1,4 @@
-"""Delivery: hands each recipient's copy to the upstream and records what it answered.
+"""Delivery: hands each recipient's copy to the upstream (relay.upstream) and records what it answered.
 
 The worker claims due deliveries (queued, or deferred and due) and marks them
 'sending'; after a crash those go back to 'queued' at start (at-least-once).
@@ -19,27 +19,23 @@ import dataclasses
 import functools
 import json
 import logging
-import os
-import re
 import secrets
-import ssl
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any, Protocol, TypeVar
-
-import aiosmtplib
+from typing import Any, TypeVar
 
 from relay import acklink, dkim, dsn, records
+from relay.budget import Budget
 from relay.certify import Certified, Certifier, Prepared
-from relay.config import AckConfig, Config, UpstreamConfig
-from relay.message import header_block, read_facts, to_crlf
+from relay.config import AckConfig, Config
+from relay.message import header_block, read_facts
 from relay.spool import Incoming, Spool
 from relay.store import INLINE_MAX, Store
+from relay.upstream import Reply, Upstream, make_upstream, one_line
 
 log = logging.getLogger("estampille.deliver")
 T = TypeVar("T")
@@ -56,9 +52,6 @@ CERTIFY_BATCH_OCTETS = 4 * 2**20
 # certified): deliveries in progress hold at most this many octets of messages, so a large
 # message to many recipients goes out a few copies at a time. A larger message goes alone.
 OCTETS_IN_PROGRESS = 128 * 2**20
-# After the upstream refuses a new connection while others are open, the pool keeps to those
-# this long before it tries to grow again (SMTPUpstream).
-POOL_SHRINK_SECONDS = 600.0
 NO_LINKS = AckConfig(insert=False)  # a DSN is signed but carries no acknowledgment link
 STOP_GRACE_SECONDS = 5.0
 INTAKE_CHECK_SECONDS = 0.05  # a delivery held back for intake looks again this often
@@ -66,7 +59,6 @@ INTAKE_CHECK_SECONDS = 0.05  # a delivery held back for intake looks again this 
 # not the sending (that would send the copy twice), from this wait doubling up to the max.
 RECORD_RETRY_FIRST = 0.5
 RECORD_RETRY_MAX = 30.0
-_QUEUE_ID = re.compile(r"(?:queued as|queue id|id=|\bid\b)\s*[:=]?\s*<?([A-Za-z0-9][A-Za-z0-9._@-]{2,})>?", re.I)
 
 
 @dataclass(frozen=True)
@@ -101,17 +93,6 @@ class Job:
         )
 
 
-@dataclass(frozen=True)
-class Reply:
-    """What the upstream answered; ``code`` is None when it could not be reached."""
-
-    code: int | None
-    text: str
-    upstream_host: str
-    tls: str | None = None
-    queue_id: str | None = None
-
-
 def classify(code: int | None) -> str:
     """'delivered' for 2xx, 'failed' for 5xx, 'deferred' for anything else (4xx, no answer).
 
@@ -124,318 +105,9 @@ def classify(code: int | None) -> str:
     return "deferred"
 
 
-def too_many_connections(reply: Reply) -> bool:
-    """Whether ``reply`` may say the client has too many connections open: 421 (Postfix, Exim,
-    before or after the greeting), or 432 / 4.3.2 (Exchange Online's client submission)."""
-    return reply.code in (421, 432) or (reply.code is not None and 400 <= reply.code < 500
-                                        and reply.text.startswith("4.3.2"))
-
-
 def retry_delay(attempts: int, first: float, maximum: float) -> float:
     """Seconds to wait after the ``attempts``-th failed attempt (1-based): first, doubling, capped."""
     return min(maximum, first * 2 ** max(0, attempts - 1))
-
-
-def parse_queue_id(text: str) -> str | None:
-    """The upstream's queue id from a reply such as '2.0.0 Ok: queued as 4Xk3Zt1QvPz'."""
-    found = _QUEUE_ID.search(text or "")
-    return found.group(1) if found else None
-
-
-class Upstream(Protocol):
-    """Where copies go: an SMTP server, or a directory standing in for one."""
-
-    eight_bit_mime: bool  # the upstream takes 8-bit bodies (8BITMIME): certify may leave 8-bit parts as they are
-
-    async def send(self, sender: str, recipient: str, data: bytes, mail_options: list[str]) -> Reply: ...
-
-    async def close(self) -> None: ...
-
-
-class SMTPUpstream:
-    """aiosmtplib to the outbound MTA, a small pool of reused connections, one envelope per call.
-
-    An MTA may allow fewer connections per client than ``upstream.connections`` (an Exchange
-    receive connector allows 20 per source address by default, some allow fewer). When it
-    refuses a new one (at connection, greeting, EHLO, STARTTLS or AUTH) while others are open,
-    the pool keeps to those for POOL_SHRINK_SECONDS, and the delivery waits for one of them
-    rather than being deferred for delivery.retry_first. Some say so only to the first
-    transaction of a new connection (Exchange Online's client submission allows 3 per mailbox
-    and answers the end of DATA of a fourth '432 4.3.2 ... sender thread limit exceeded'):
-    such a reply (``too_many_connections``) counts as the same refusal, and the copy is sent
-    again on one of the others, as the MTA accepted none of it.
-    """
-
-    def __init__(self, config: UpstreamConfig, helo_name: str) -> None:
-        self.config = config
-        self.helo_name = config.helo_name or helo_name
-        self._idle: list[aiosmtplib.SMTP] = []
-        self._active: set[aiosmtplib.SMTP] = set()  # connections taken for a transaction
-        self._connecting = 0  # connections being opened
-        self._opened = asyncio.Condition()  # notified when an attempt to open one ends
-        self._slots = Budget(max(1, config.connections))
-        self._shrunk_until = 0.0
-        self.eight_bit_mime = False  # learnt from the upstream's EHLO at the first transaction
-
-    async def send(self, sender: str, recipient: str, data: bytes, mail_options: list[str]) -> Reply:
-        while True:
-            if self._shrunk_until and time.monotonic() >= self._shrunk_until:
-                self._shrunk_until = 0.0
-                self._slots.resize(max(1, self.config.connections))
-            await self._slots.take(1)
-            try:
-                try:
-                    taken = await self._client()
-                except aiosmtplib.SMTPResponseException as exc:
-                    # Refused before any envelope (greeting, EHLO, STARTTLS, AUTH): a problem between
-                    # us and our upstream, not with this recipient, so never a permanent failure.
-                    return Reply(None, f"connection refused by upstream: {exc.code} {exc.message}", self.config.host)
-                except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
-                    return Reply(None, f"{type(exc).__name__}: {exc}", self.config.host, None)
-                except Exception as exc:  # noqa: BLE001 - a flaw of ours in connecting: retry, never crash
-                    log.exception("unexpected error connecting to %s", self.config.host)
-                    return Reply(None, f"local error while connecting: {type(exc).__name__}", self.config.host, None)
-                if taken is None:
-                    continue  # refused while others are open: wait for one of them
-                client, new = taken
-                try:
-                    reply = await self._send_on(client, new, sender, recipient, data, mail_options)
-                finally:
-                    self._active.discard(client)
-                if reply is not None:
-                    return reply
-                # its first transaction was refused as one too many: wait for another likewise
-            finally:
-                self._slots.give_back(1)
-
-    async def _client(self) -> tuple[aiosmtplib.SMTP, bool] | None:
-        """An open connection, taken (in ``_active``): an idle one, or a new one (then True). None
-        when the upstream refused a new one while others are open (the pool now keeps to those);
-        raises when it refused the only one."""
-        while self._idle:
-            client = self._idle.pop()
-            if client.is_connected:
-                self._active.add(client)
-                return client, False
-        self._connecting += 1
-        try:
-            client = await self._connect()
-            self._active.add(client)
-            return client, True
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
-            refusal = exc
-        finally:
-            self._connecting -= 1
-            async with self._opened:
-                self._opened.notify_all()
-        if await self._keep_to_others(str(refusal)):
-            return None
-        raise refusal
-
-    async def _keep_to_others(self, refusal: str) -> bool:
-        """After the upstream refused a new connection: False if no other is open; else True, and
-        the pool keeps to the others for POOL_SHRINK_SECONDS."""
-        async with self._opened:  # others being opened at the same moment may yet succeed
-            await self._opened.wait_for(lambda: self._open() or not self._connecting)
-        others = self._open()
-        if not others:
-            return False
-        if self._slots.total > others:
-            log.warning("the upstream %s refused connection %d (%s): keeping to %d for %.0f s",
-                        self.config.host, others + 1, _one_line(refusal), others, POOL_SHRINK_SECONDS)
-            self._slots.resize(others)
-        self._shrunk_until = time.monotonic() + POOL_SHRINK_SECONDS
-        return True
-
-    def _open(self) -> int:
-        return sum(1 for c in (*self._active, *self._idle) if c.is_connected)
-
-    async def _send_on(self, client: aiosmtplib.SMTP, new: bool, sender: str, recipient: str, data: bytes,
-                       mail_options: list[str]) -> Reply | None:
-        """The upstream's reply; None when it refused the first transaction of this ``new``
-        connection as one too many while others are open (then closed)."""
-        try:
-            reply = await self._transaction(client, sender, recipient, data, mail_options)
-            self.eight_bit_mime = client.supports_extension("8bitmime")
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
-            self._discard(client)
-            return Reply(None, f"{type(exc).__name__}: {exc}", self.config.host, None)
-        except Exception as exc:  # noqa: BLE001 - e.g. an address the upstream cannot take: retry, never crash
-            log.exception("unexpected error sending to %s", self.config.host)
-            self._discard(client)
-            return Reply(None, f"local error while sending: {type(exc).__name__}", self.config.host, None)
-        if new and too_many_connections(reply):
-            self._active.discard(client)  # not one of the others
-            if await self._keep_to_others(f"{reply.code} {reply.text}"):
-                self._discard(client)
-                return None
-        if client.is_connected and reply.code != 421:
-            self._idle.append(client)
-        else:
-            self._discard(client)
-        return reply
-
-    async def _transaction(self, client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes,
-                           mail_options: list[str]) -> Reply:
-        tls = _tls_of(client)
-        timeout = self.config.timeout
-        # UTF-8 addresses (RFC 6531) go out as UTF-8 when the client asked for SMTPUTF8.
-        encoding = "utf-8" if any(opt.upper() == "SMTPUTF8" for opt in mail_options) else "ascii"
-        # The paths are sent as the client gave them (intake checked them): aiosmtplib's mail()
-        # and rcpt() would re-parse each with the email package, and its data() would rewrite
-        # every line ending of a copy that is CRLF already: 0.08 ms of CPU per delivery, a fifth
-        # of the sending. Its execute_command still refuses control characters in a command.
-        try:
-            await _command(client, (250,), b"MAIL", b"FROM:<" + sender.encode(encoding) + b">",
-                           *(opt.encode("ascii") for opt in mail_options), timeout=timeout)
-            await _command(client, (250, 251), b"RCPT", b"TO:<" + recipient.encode(encoding) + b">", timeout=timeout)
-            await _command(client, (354,), b"DATA", timeout=timeout)
-            protocol = client.protocol
-            if protocol is None:  # the upstream hung up after its 354: retried as any lost connection
-                raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-            protocol.write(data_on_wire(data))
-            protocol.write(b".\r\n")
-            response = await protocol.read_response(timeout=timeout)
-            if response.code != 250:
-                raise aiosmtplib.SMTPDataError(response.code, response.message)
-        except aiosmtplib.SMTPResponseException as exc:
-            # Refused for this envelope: reset it and keep the connection.
-            try:
-                await client.rset(timeout=timeout)
-            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
-                client.close()
-            return Reply(exc.code, exc.message, self.config.host, tls)
-        return Reply(response.code, response.message, self.config.host, tls, parse_queue_id(response.message))
-
-    async def _connect(self) -> aiosmtplib.SMTP:
-        mode = self.config.tls
-        client = aiosmtplib.SMTP(
-            hostname=self.config.host,
-            port=self.config.port,
-            local_hostname=self.helo_name,
-            timeout=self.config.timeout,
-            use_tls=mode == "implicit",
-            start_tls={"starttls": True, "starttls-if-offered": None}.get(mode, False),
-            validate_certs=self.config.verify_certificates,
-            username=self.config.username or None,
-            password=self.config.password or None,
-        )
-        await client.connect()
-        if client.is_ehlo_or_helo_needed:  # no STARTTLS or AUTH asked for it: greet now, as mail() would
-            try:
-                await client.ehlo()
-            except aiosmtplib.SMTPHeloError:
-                await client.helo()
-        return client
-
-    def _discard(self, client: aiosmtplib.SMTP | None) -> None:
-        if client is not None and client.is_connected:
-            client.close()
-
-    async def close(self) -> None:
-        idle, self._idle = self._idle, []
-        for client in idle:
-            try:
-                await asyncio.wait_for(client.quit(), timeout=2)
-            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
-                client.close()
-
-
-class MaildirUpstream:
-    """Writes each copy into a Maildir (``new/``) as what would have been sent."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.eight_bit_mime = True  # a file takes any octet
-        for sub in ("tmp", "new", "cur"):
-            (directory / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
-
-    async def send(self, sender: str, recipient: str, data: bytes, mail_options: list[str]) -> Reply:
-        name = f"{time.time_ns()}.{secrets.token_hex(8)}.estampille"
-        envelope = f"X-Estampille-Envelope-From: <{sender}>\r\nX-Estampille-Envelope-To: <{recipient}>\r\n"
-        try:
-            await asyncio.to_thread(self._write, name, envelope.encode("utf-8") + data)
-        except OSError as exc:
-            return Reply(None, f"cannot write to outbox: {exc.strerror}", "maildir")
-        return Reply(250, f"2.0.0 Ok: queued as {name}", "maildir", None, name)
-
-    def _write(self, name: str, data: bytes) -> None:
-        tmp = self.directory / "tmp" / name
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.rename(self.directory / "new" / name)
-
-    async def close(self) -> None:
-        return None
-
-
-def make_upstream(config: Config) -> Upstream:
-    if config.upstream.kind == "maildir":
-        return MaildirUpstream(config.data_path / "outbox")
-    return SMTPUpstream(config.upstream, config.smtp.hostname)
-
-
-def _tls_of(client: aiosmtplib.SMTP) -> str | None:
-    ssl_object = client.get_transport_info("ssl_object")
-    if ssl_object is None:
-        return None
-    cipher = ssl_object.cipher()
-    return f"{ssl_object.version()} {cipher[0]}" if cipher else ssl_object.version()
-
-
-class Budget:
-    """Units shared by tasks: octets of the deliveries in progress (each takes its message's
-    size, at most all), or the upstream's connection slots (each takes one).
-
-    First come, first served: once one waits, later ones wait behind it even if they would
-    fit, so a large message is not held back for ever by a stream of small ones. ``total``
-    may change meanwhile (resize).
-    """
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.used = 0
-        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
-
-    async def take(self, units: int) -> int:
-        """Wait for ``units`` (at most the total) to be free, take them, and return how many."""
-        units = min(units, self.total)
-        if not self._waiters and self.used + units <= self.total:
-            self.used += units
-            return units
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append((units, waiter))
-        try:
-            await waiter  # _grant counted them as used before waking this one
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.give_back(units)  # granted, but cancelled before it could use them
-            else:
-                self._grant()  # those queued behind it may fit now
-            raise
-        return units
-
-    def give_back(self, units: int) -> None:
-        self.used -= units
-        self._grant()
-
-    def resize(self, total: int) -> None:
-        self.total = total
-        self._grant()
-
-    def _grant(self) -> None:
-        while self._waiters:
-            units, waiter = self._waiters[0]
-            if waiter.done():  # cancelled while waiting
-                self._waiters.popleft()
-                continue
-            if self.used + units > self.total:
-                return
-            self._waiters.popleft()
-            self.used += units
-            waiter.set_result(None)
 
 
 class CertifyThread:
@@ -806,7 +478,7 @@ class Deliverer:
         dsn_id = await self.store.write(record_outcome, urgent=False)
         log.info(
             "delivery %d of %s to <%s> message_id=%s: %s (%s %s)%s", job.delivery_id, job.submission_id,
-            job.recipient, job.message_id, outcome, reply.code, _one_line(reply.text),
+            job.recipient, job.message_id, outcome, reply.code, one_line(reply.text),
             f", retry in {delay:.0f}s" if outcome == "deferred" else "",
         )
         if dsn_blob is not None:
@@ -837,27 +509,6 @@ class Deliverer:
         return incoming, read_facts(data), sha
 
 
-async def _command(client: aiosmtplib.SMTP, expected: tuple[int, ...], *args: bytes, timeout: float) -> None:
-    response = await client.execute_command(*args, timeout=timeout)
-    if response.code not in expected:
-        raise aiosmtplib.SMTPResponseException(response.code, response.message)
-
-
-def data_on_wire(data: bytes) -> bytes:
-    """A copy as sent after DATA (RFC 5321 4.5.2), but for the final ".CRLF": CRLF line endings,
-    dot-stuffed, ending with CRLF.
-
-    Copies are CRLF throughout already (certify makes them so), which to_crlf checks cheaply;
-    with no line to stuff either, the copy itself is returned (no second copy of a large message).
-    """
-    data = to_crlf(data)
-    if not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    if data.startswith(b"."):
-        data = b"." + data
-    return data.replace(b"\r\n.", b"\r\n..")
-
-
 def _forwarded_options(job: Job, data: bytes, eight_bit_mime: bool) -> list[str]:
     """MAIL parameters the upstream needs to take the bytes as they are (8-bit body, UTF-8 addresses).
 
@@ -880,7 +531,3 @@ def _orcpt(options: tuple[str, ...]) -> str | None:
 
 def _utc(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, tz=timezone.utc)
-
-
-def _one_line(text: str) -> str:
-    return " ".join((text or "").split())[:200]

@@ -23,13 +23,14 @@ from relay import dkim, logs
 from relay.anchor import Anchorer
 from relay.config import Config
 from relay.datalock import DataDirLock
-from relay.deliver import Deliverer, Upstream
+from relay.deliver import Deliverer
 from relay.errors import ConfigError, DKIMKeyError
 from relay.intake import IntakeHandler, start_intake
 from relay.metrics import Metrics, start_metrics_server
 from relay.notify import Notifier
 from relay.retention import purge_periodically
 from relay.store import Store
+from relay.upstream import Upstream
 from relay.webhooks import WebhookWorker
 from tracker.app import TrackerServer, start_tracker
 

@@ -13,7 +13,7 @@ from email.parser import BytesParser
 import aiosmtplib
 import pytest
 
-from relay import deliver
+from relay import upstream
 from tests.conftest import require_tool
 from tests.support.relay import relay_config, running
 from tests.support.sink import LIMIT_REPLY, Sink, free_port
@@ -193,7 +193,7 @@ async def test_a_flaw_of_ours_while_connecting_defers_the_delivery(tmp_path, mon
     async def broken(self):
         raise ValueError("a bug")
 
-    monkeypatch.setattr(deliver.SMTPUpstream, "_connect", broken)
+    monkeypatch.setattr(upstream.SMTPUpstream, "_connect", broken)
     async with Sink() as sink:
         async with running(relay_config(tmp_path, sink.port)) as service:
             code, _ = await asyncio.to_thread(smtplib_send, service.smtp_port, "a@example.org",

@@ -1,4 +1,5 @@
-"""relay.deliver's rules: replies, connection limits, backoff, queue ids, DATA on the wire, the octet budget; spool ids."""
+"""Delivery rules (relay.deliver, relay.upstream, relay.budget): replies, connection limits,
+backoff, queue ids, DATA on the wire, the octet budget; spool ids."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.deliver import Budget, Reply, classify, data_on_wire, parse_queue_id, retry_delay, too_many_connections
+from relay.budget import Budget
+from relay.deliver import classify, retry_delay
 from relay.spool import new_submission_id
+from relay.upstream import Reply, data_on_wire, parse_queue_id, too_many_connections
 
 
 def test_replies_are_classified_like_mailman():
