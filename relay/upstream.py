@@ -150,8 +150,10 @@ class SMTPUpstream:
     async def _keep_to_others(self, refusal: str) -> bool:
         """After the upstream refused a new connection: False if no other is open; else True, and
         the pool keeps to the others for POOL_SHRINK_SECONDS."""
-        async with self._opened:  # others being opened at the same moment may yet succeed
-            await self._opened.wait_for(lambda: self._open() or not self._connecting)
+        # Others being opened at the same moment may yet succeed: counted once all are done, or a
+        # slow one (its greeting, EHLO or TLS still in progress) would set the pool below the limit.
+        async with self._opened:
+            await self._opened.wait_for(lambda: not self._connecting)
         others = self._open()
         if not others:
             return False

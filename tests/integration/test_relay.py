@@ -172,6 +172,22 @@ async def test_an_upstream_allowing_fewer_connections_gets_no_more_and_nothing_w
     assert "refused connection" in caplog.text and "keeping to 2" in caplog.text
 
 
+async def test_the_pool_keeps_to_every_connection_the_upstream_accepted_even_a_slow_one(tmp_path, caplog):
+    """The MTA allows 2 sessions; the second is slow to answer EHLO, so the refusals of the
+    others come while it is still being opened: the pool waits for it, and keeps to 2, not 1."""
+    rcpts = [f"elu{n}@example.net" for n in range(12)]
+    async with Sink(max_sessions=2, slow_ehlo=0.5) as sink:
+        config = relay_config(tmp_path, sink.port, upstream={"connections": 8, "concurrency": 8},
+                              delivery={"retry_first": 3600.0})
+        async with running(config) as service:
+            code, _ = await asyncio.to_thread(smtplib_send, service.smtp_port, "a@example.org", rcpts, message())
+            assert code == 250
+            await wait_states(service, "delivered", "deferred", "failed")
+            attempts = await service.store.fetchall("SELECT outcome FROM attempts")
+    assert [a["outcome"] for a in attempts] == ["delivered"] * len(rcpts)
+    assert "keeping to 2" in caplog.text and "keeping to 1 " not in caplog.text
+
+
 async def test_a_connection_limit_reply_with_no_other_connection_open_defers_as_before(tmp_path, caplog):
     """With no other connection to wait for, a limit reply on a new connection is a temporary
     failure as before, and the connection is kept for the next delivery, whose 432 is one too."""

@@ -74,6 +74,7 @@ class Sink:
     open_sessions: int = 0  # sessions within the limit: only those accept a message
     most_sessions: int = 0  # the most open at once
     refused_sessions: int = 0
+    slow_ehlo: float = 0.0  # seconds admitted sessions after the first take to answer EHLO
     _scripts: dict[str, deque[str]] = field(default_factory=lambda: defaultdict(deque))
     _server: asyncio.Server | None = None
     _changed: asyncio.Condition | None = None
@@ -98,7 +99,8 @@ class Sink:
             self.connections += 1
             self.open_sessions += 1
             self.most_sessions = max(self.most_sessions, self.open_sessions)
-            return _CountedSMTP(self, hostname="sink.test", enable_SMTPUTF8=True, loop=loop, **options)
+            slow = self.slow_ehlo if self.connections > 1 else 0.0
+            return _CountedSMTP(self, slow, hostname="sink.test", enable_SMTPUTF8=True, loop=loop, **options)
 
         self._server = await loop.create_server(session, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -169,11 +171,16 @@ class Sink:
 
 
 class _CountedSMTP(SMTP):
-    """An aiosmtpd session that tells its sink when it ends."""
+    """An aiosmtpd session that tells its sink when it ends (and may be slow to answer EHLO)."""
 
-    def __init__(self, sink: Sink, **options: Any) -> None:
+    def __init__(self, sink: Sink, slow_ehlo: float, **options: Any) -> None:
         super().__init__(sink, **options)
         self._sink = sink
+        self._slow_ehlo = slow_ehlo
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        await asyncio.sleep(self._slow_ehlo)
+        await super().smtp_EHLO(hostname)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._sink.open_sessions -= 1
