@@ -7,6 +7,8 @@ import sqlite3
 
 import pytest
 
+from relay.errors import StoreError
+from relay.records import commitment, iso_time, receipt_record
 from relay.store import DB_NAME, MIGRATIONS, SCHEMA_VERSION, Store
 
 
@@ -31,13 +33,36 @@ async def test_a_database_of_an_earlier_version_is_migrated_to_the_current_one(t
         await store.close()
 
 
-async def test_acknowledgment_tokens_keep_their_links_through_migration_7(tmp_path):
-    db = _database_at(tmp_path / DB_NAME, 6)
+def _delivered_message(db: sqlite3.Connection) -> None:
+    """Submission 's1' delivered to one member (delivery 1), with the records of both."""
+    for digest, kind in (("0" * 64, "submission"), ("1" * 64, "delivery")):
+        db.execute("INSERT INTO records (digest, type, body, created_at) VALUES (?, ?, '{}', 1.0)", (digest, kind))
     db.execute("INSERT INTO submissions (id, received_at, mail_from, client_address, message_id, subject, size,"
-               " data_sha256) VALUES ('s1', 1.0, 'mairie@commune.example', '127.0.0.1', '<m@x>', 'Conseil', 10, ?)",
-               ("0" * 64,))
+               " data_sha256, record_digest) VALUES ('s1', 1.0, 'mairie@commune.example', '127.0.0.1', '<m@x>',"
+               " 'Conseil', 10, ?, ?)", ("a" * 64, "0" * 64))
     db.execute("INSERT INTO deliveries (submission_id, recipient, state, next_attempt_at, record_digest, updated_at)"
                " VALUES ('s1', 'elu@commune.example', 'delivered', 0, ?, 0)", ("1" * 64,))
+
+
+async def test_a_migration_that_would_break_a_reference_is_rolled_back(tmp_path):
+    db = _database_at(tmp_path / DB_NAME, 7)
+    _delivered_message(db)
+    db.execute("UPDATE deliveries SET record_digest = ?", ("9" * 64,))  # a record that does not exist
+    db.close()
+
+    with pytest.raises(StoreError, match="migration to schema version 8 left 1 broken references"):
+        await Store.open(tmp_path)
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone() == (7,)
+        assert "id" not in [column[1] for column in db.execute("PRAGMA table_info(records)")]
+    finally:
+        db.close()
+
+
+async def test_acknowledgment_tokens_keep_their_links_through_migration_7(tmp_path):
+    db = _database_at(tmp_path / DB_NAME, 6)
+    _delivered_message(db)
     token_sha256 = hashlib.sha256(b"token-of-the-member-0123456789").hexdigest()
     db.execute("INSERT INTO ack_tokens VALUES (?, 1, 'https://example.org/a?b=1&c=2#d', 2.0)", (token_sha256,))
     db.close()
@@ -53,5 +78,43 @@ async def test_acknowledgment_tokens_keep_their_links_through_migration_7(tmp_pa
         assert "WITHOUT ROWID" in table["sql"]
         indexes = [row["name"] for row in await store.fetchall("PRAGMA index_list(ack_tokens)")]
         assert "ack_tokens_delivery" in indexes
+    finally:
+        await store.close()
+
+
+async def test_anchoring_leaves_keep_their_batches_through_migration_8(tmp_path):
+    db = _database_at(tmp_path / DB_NAME, 7)
+    _delivered_message(db)
+    db.execute("INSERT INTO records (digest, type, body, delivery_id, created_at) VALUES (?, 'receipt', '{}', 1, 3.0)",
+               ("2" * 64,))
+    db.execute("INSERT INTO anchor_batches (id, root, created_at, leaves, state, next_attempt_at)"
+               " VALUES (1, x'00', 2.0, 2, 'pending', 0)")
+    db.execute("INSERT INTO anchor_leaves (digest, queued_at, batch_id, nonce, position) VALUES"
+               " (?, 1.0, 1, x'0102', 1), (?, 1.0, 1, x'0304', 0), (?, 3.0, NULL, NULL, NULL)",
+               ("0" * 64, "1" * 64, "2" * 64))
+    db.close()
+
+    store = await Store.open(tmp_path)
+    try:
+        for digest, nonce, position in (("0" * 64, b"\x01\x02", 1), ("1" * 64, b"\x03\x04", 0)):
+            leaf = await store.anchor_leaf(digest)
+            assert (leaf["digest"], leaf["batch_id"], leaf["nonce"], leaf["position"]) == (digest, 1, nonce, position)
+        assert await store.unbatched_leaves(10) == [(3, "2" * 64)]
+
+        # A record stored since is queued under its own, next id.
+        salt = b"s" * 16
+        record = receipt_record(delivery_digest="1" * 64, kind="fetched", at=iso_time(4.0),
+                                ip_commitment=commitment(salt, "192.0.2.1"),
+                                user_agent_commitment=commitment(salt, "Mozilla/5.0"))
+        async with store.transaction() as db:
+            await Store.insert_record(db, record, delivery_id=1, now=4.0)
+        assert await store.unbatched_leaves(10) == [(3, "2" * 64), (4, record.digest)]
+        anchoring = await store.records_anchoring(["0" * 64, "2" * 64, record.digest])
+        assert [anchoring[d]["batch_id"] for d in ("0" * 64, "2" * 64, record.digest)] == [1, None, None]
+        # References are enforced again once the migrations are done.
+        with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+            async with store.transaction() as db:
+                await db.execute("INSERT INTO anchor_leaves (record_id, digest, queued_at) VALUES (99, ?, 5.0)",
+                                 ("3" * 64,))
     finally:
         await store.close()
