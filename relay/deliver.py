@@ -32,7 +32,7 @@ from relay import acklink, dkim, dsn, records
 from relay.budget import Budget
 from relay.certify import Certified, Certifier, Prepared
 from relay.config import AckConfig, Config
-from relay.message import header_block, read_facts
+from relay.message import header_block
 from relay.spool import Incoming, Spool
 from relay.store import INLINE_MAX, Store
 from relay.upstream import Reply, Upstream, make_upstream, one_line
@@ -503,10 +503,9 @@ class Deliverer:
             original_message_id=job.message_id, arrival=_utc(job.received_at), now=_utc(now),
             boundary=f"estampille-{secrets.token_hex(12)}", message_id=f"<{secrets.token_hex(16)}@{host}>",
         )
-        # Spool.insert stores a small DSN with its rows; a large one is a file, written first.
-        sha = records.sha256_hex(data) if len(data) <= INLINE_MAX else await self.store.put_blob(data)
+        facts, sha = await Spool.stage(self.store, data)
         incoming = Incoming(data=data, mail_from="", recipients=(job.mail_from,), client_address="local", kind="dsn")
-        return incoming, read_facts(data), sha
+        return incoming, facts, sha
 
 
 def _forwarded_options(job: Job, data: bytes, eight_bit_mime: bool) -> list[str]:

@@ -66,12 +66,7 @@ class Spool:
 
     async def accept(self, incoming: Incoming, now: float) -> Queued:
         """Store the bytes and the rows (see the module docstring); return only once committed."""
-        if len(incoming.data) <= INLINE_MAX:
-            facts, data_sha256 = await asyncio.to_thread(_facts_and_digest, incoming.data)
-        else:
-            data_sha256, facts = await asyncio.gather(
-                self.store.put_blob(incoming.data), asyncio.to_thread(read_facts, incoming.data)
-            )
+        facts, data_sha256 = await self.stage(self.store, incoming.data)
 
         async def rows(db: aiosqlite.Connection) -> Queued:
             queued = await self.insert(db, incoming, facts, data_sha256, now)
@@ -88,6 +83,15 @@ class Spool:
         if self.on_queued is not None:
             self.on_queued()
         return queued
+
+    @staticmethod
+    async def stage(store: Store, data: bytes) -> tuple[MessageFacts, str]:
+        """What intake reads of ``data`` and its SHA-256, before :meth:`insert`. Bytes over
+        INLINE_MAX are stored now, as a file; insert stores smaller ones with their rows."""
+        if len(data) <= INLINE_MAX:
+            return await asyncio.to_thread(_facts_and_digest, data)
+        data_sha256, facts = await asyncio.gather(store.put_blob(data), asyncio.to_thread(read_facts, data))
+        return facts, data_sha256
 
     @staticmethod
     async def insert(
