@@ -489,9 +489,11 @@ class Store:
                 (data_dir / DB_NAME).resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None
             )
             store._reader.row_factory = aiosqlite.Row
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, StoreError) as exc:  # a migration refused, or the database unusable
             if db is not None:
                 await db.close()
+            if isinstance(exc, StoreError):
+                raise
             raise StoreError(f"cannot open database in {data_dir}: {exc}") from exc
         return store
 

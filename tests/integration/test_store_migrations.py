@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import threading
 
 import pytest
 
@@ -50,12 +51,29 @@ async def test_a_migration_that_would_break_a_reference_is_rolled_back(tmp_path)
     db.execute("UPDATE deliveries SET record_digest = ?", ("9" * 64,))  # a record that does not exist
     db.close()
 
+    threads = threading.active_count()
     with pytest.raises(StoreError, match="migration to schema version 8 left 1 broken references"):
         await Store.open(tmp_path)
+    assert threading.active_count() == threads  # its connection is closed
     db = sqlite3.connect(tmp_path / DB_NAME)
     try:
         assert db.execute("PRAGMA user_version").fetchone() == (7,)
         assert "id" not in [column[1] for column in db.execute("PRAGMA table_info(records)")]
+    finally:
+        db.close()
+
+
+async def test_a_database_of_a_newer_version_is_refused_and_left_alone(tmp_path):
+    db = _database_at(tmp_path / DB_NAME, SCHEMA_VERSION)
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    db.close()
+    threads = threading.active_count()
+    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1} is newer than this Estampille"):
+        await Store.open(tmp_path)
+    assert threading.active_count() == threads
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION + 1,)
     finally:
         db.close()
 
