@@ -9,12 +9,19 @@ service manager, not a condition for relaying mail.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import socket
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 log = logging.getLogger("estampille.notify")
+# While a start step that may be long runs (a schema migration), the manager is asked every
+# EXTEND_EVERY seconds for EXTEND_BY more: its start timeout (90 s by default) would otherwise
+# stop the relay mid-migration, which rolls it back, and each restart would begin it again.
+EXTEND_EVERY = 10.0
+EXTEND_BY = 30.0
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,24 @@ class Notifier:
             log.warning("cannot notify the service manager: %s", exc.strerror or exc)
             return False
         return True
+
+    @contextlib.asynccontextmanager
+    async def extending_start(self, status: str) -> AsyncIterator[None]:
+        """Keep extending the manager's start timeout, with ``status``, while the block runs."""
+        if self.address is None:
+            yield
+            return
+
+        async def extend() -> None:
+            while True:
+                await asyncio.sleep(EXTEND_EVERY)
+                self.send(EXTEND_TIMEOUT_USEC=int(EXTEND_BY * 1_000_000), STATUS=status)
+
+        extending = asyncio.create_task(extend())
+        try:
+            yield
+        finally:
+            extending.cancel()
 
     def ready(self, status: str) -> bool:
         return self.send(READY=1, STATUS=status)

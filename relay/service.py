@@ -53,8 +53,10 @@ class Service:
     """The running relay: store, SMTP intake and delivery worker."""
 
     def __init__(self, config: Config, *, upstream: Upstream | None = None,
-                 clock: Callable[[], float] = time.time, tracker_only: bool = False) -> None:
+                 clock: Callable[[], float] = time.time, tracker_only: bool = False,
+                 notifier: Notifier = Notifier(None)) -> None:
         self.config = config
+        self.notifier = notifier
         self.clock = clock
         self.tracker_only = tracker_only  # `serve --tracker-only`: the web side alone, no SMTP
         self.tracker: TrackerServer | None = None
@@ -75,7 +77,8 @@ class Service:
         try:
             if not self.tracker_only:  # one relay per data directory (the tracker may run beside it)
                 self._started("data directory lock", DataDirLock.acquire(self.config.data_path).release)
-            self.store = await Store.open(self.config.data_path)
+            async with self.notifier.extending_start("opening the database: migrating its schema can take minutes"):
+                self.store = await Store.open(self.config.data_path)
             self._started("store", self.store.close)
             self.store.webhook_urls = tuple(self.config.webhooks.urls)  # events are queued for these
             if not self.tracker_only:
@@ -214,7 +217,7 @@ SIGNALS_STOP = (signal.SIGINT, signal.SIGTERM)
 
 async def serve(config: Config, *, tracker_only: bool = False, notifier: Notifier = Notifier(None)) -> None:
     """Run until SIGINT or SIGTERM, then stop gracefully; SIGHUP reloads certificates and credentials."""
-    service = Service(config, tracker_only=tracker_only)
+    service = Service(config, tracker_only=tracker_only, notifier=notifier)
     await service.start()
     settle_heap()
     stop = asyncio.Event()

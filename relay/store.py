@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import shutil
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from relay.errors import ConflictError, DiskFullError, NotFoundError, StoreError
 from relay.records import Record, canonical_json, iso_time
 
 T = TypeVar("T")
+log = logging.getLogger("estampille.store")
 
 # Each entry moves the schema one version forward; never edit a released entry.
 MIGRATIONS: tuple[str, ...] = (
@@ -518,6 +521,10 @@ class Store:
         # a transaction), then checked before each migration commits.
         await self._db.execute("PRAGMA foreign_keys=OFF")
         for number in range(version, SCHEMA_VERSION):
+            if version:  # not a new database
+                log.info("migrating the database in %s from schema version %d to %d", self.data_dir, number,
+                         number + 1)
+            started = time.monotonic()
             # executescript commits first, so the transaction begins in the script and stays open.
             await self._db.executescript(
                 "BEGIN IMMEDIATE;\n" + MIGRATIONS[number] + f"\nPRAGMA user_version={number + 1};"
@@ -532,6 +539,8 @@ class Store:
                     f" the database stays at version {number}: restore a backup, or report this with the database"
                 )
             await self._db.commit()
+            if version:
+                log.info("migrated to schema version %d in %.1f s", number + 1, time.monotonic() - started)
         await self._db.execute("PRAGMA foreign_keys=ON")
 
     @contextlib.asynccontextmanager

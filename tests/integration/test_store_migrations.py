@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
+import os
+import socket
 import sqlite3
+import tempfile
 import threading
 
 import pytest
 
+from relay import notify
 from relay.errors import StoreError
+from relay.notify import Notifier
 from relay.records import commitment, iso_time, receipt_record
 from relay.store import DB_NAME, MIGRATIONS, SCHEMA_VERSION, Store
+from tests.support.relay import relay_config, running
 
 
 def _database_at(path, version: int) -> sqlite3.Connection:
@@ -136,3 +144,34 @@ async def test_anchoring_leaves_keep_their_batches_through_migration_8(tmp_path)
                                  ("3" * 64,))
     finally:
         await store.close()
+
+
+async def test_the_relay_logs_its_migration_and_keeps_systemd_waiting_meanwhile(tmp_path, monkeypatch, caplog):
+    data = tmp_path / "data"
+    data.mkdir()
+    _database_at(data / DB_NAME, 7).close()
+    monkeypatch.setattr(notify, "EXTEND_EVERY", 0.001)  # rather than every 10 s
+    caplog.set_level(logging.INFO, logger="estampille.store")
+    received: list[list[str]] = []
+    with tempfile.TemporaryDirectory(prefix="notify-") as sockets:  # AF_UNIX paths must stay short
+        path = os.path.join(sockets, "n")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+            manager.bind(path)
+            manager.settimeout(0.5)
+
+            def listen() -> None:  # as systemd does, so that a full queue never blocks the sender
+                with contextlib.suppress(TimeoutError):
+                    while True:
+                        received.append(manager.recv(4096).decode().splitlines())
+
+            listener = threading.Thread(target=listen)
+            listener.start()
+            async with running(relay_config(data), notifier=Notifier.from_environ({"NOTIFY_SOCKET": path})):
+                pass
+            listener.join()
+    assert received and all(lines == [
+        "EXTEND_TIMEOUT_USEC=30000000", "STATUS=opening the database: migrating its schema can take minutes"
+    ] for lines in received)
+    messages = [r.getMessage() for r in caplog.records if r.name == "estampille.store"]
+    assert messages[0] == f"migrating the database in {data} from schema version 7 to 8"
+    assert messages[1].startswith("migrated to schema version 8 in ")

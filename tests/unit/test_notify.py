@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import tempfile
 
 import pytest
 
+from relay import notify
 from relay.notify import Notifier
 
 
@@ -49,3 +51,34 @@ def test_outside_systemd_nothing_is_sent():
 
 def test_a_vanished_manager_does_not_raise(tmp_path):
     assert Notifier.from_environ({"NOTIFY_SOCKET": str(tmp_path / "gone")}).stopping() is False
+
+
+async def test_a_long_start_step_keeps_extending_the_start_timeout(manager, monkeypatch):
+    path, sock = manager
+    sock.setblocking(False)
+    monkeypatch.setattr(notify, "EXTEND_EVERY", 0.05)
+    notifier = Notifier.from_environ({"NOTIFY_SOCKET": path})
+    async with notifier.extending_start("migrating"):
+        await asyncio.sleep(0.01)  # shorter than EXTEND_EVERY: nothing to ask for
+    await asyncio.sleep(0.1)
+    with pytest.raises(BlockingIOError):
+        sock.recv(4096)
+
+    async with notifier.extending_start("migrating"):
+        await asyncio.sleep(0.22)
+    received = []
+    while True:
+        try:
+            received.append(sock.recv(4096).decode().splitlines())
+        except BlockingIOError:
+            break
+    assert len(received) >= 2  # 4 on time, fewer if the machine is slow
+    assert all(lines == ["EXTEND_TIMEOUT_USEC=30000000", "STATUS=migrating"] for lines in received)
+    await asyncio.sleep(0.1)  # and none once the step is over
+    with pytest.raises(BlockingIOError):
+        sock.recv(4096)
+
+
+async def test_outside_systemd_a_long_start_step_sends_nothing():
+    async with Notifier.from_environ({}).extending_start("migrating"):
+        await asyncio.sleep(0)
