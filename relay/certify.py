@@ -72,6 +72,8 @@ class _Part:
     cte: str | None  # lower-case, None when absent
     attachment: bool
     children: tuple["_Part", ...] = ()
+    # A multipart's preamble and epilogue: (start, end) ranges that MIME readers ignore.
+    ignored: tuple[tuple[int, int], ...] = ()
 
     @property
     def protected(self) -> bool:
@@ -190,16 +192,21 @@ def _parse(data: bytes, start: int, end: int, depth: int) -> _Part:
     boundary = msg.get_boundary()
     if msg.get_content_maintype() != "multipart" or part.protected or not boundary or depth >= MAX_DEPTH:
         return part
-    ranges = _child_ranges(data, part.body_start, end, boundary.encode("utf-8", "surrogateescape"))
+    ranges, ignored = _child_ranges(data, part.body_start, end, boundary.encode("utf-8", "surrogateescape"))
     children = tuple(_parse(data, s, e, depth + 1) for s, e in ranges)
-    return _Part(**{**part.__dict__, "children": children})
+    return _Part(**{**part.__dict__, "children": children, "ignored": ignored})
 
 
-def _child_ranges(data: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
-    """Byte ranges of the body parts between delimiter lines (RFC 2046 5.1.1)."""
+def _child_ranges(
+    data: bytes, start: int, end: int, boundary: bytes
+) -> tuple[list[tuple[int, int]], tuple[tuple[int, int], ...]]:
+    """Byte ranges of the body parts between delimiter lines (RFC 2046 5.1.1), and of the
+    preamble (up to the first delimiter line, the whole body if there is none) and epilogue
+    (after the closing delimiter line)."""
     delimiter = b"--" + boundary
     ranges: list[tuple[int, int]] = []
     open_at: int | None = None
+    preamble_end: int | None = None
     pos = start
     while pos < end:
         if pos == start and data.startswith(delimiter, start):
@@ -219,12 +226,21 @@ def _child_ranges(data: bytes, start: int, end: int, boundary: bytes) -> list[tu
             continue
         if open_at is not None:
             ranges.append((open_at, max(open_at, line - 2)))
+        if preamble_end is None:
+            preamble_end = line
         if closing:
-            return ranges
+            return ranges, ((start, preamble_end), (min(eol + 2, end), end))
         open_at, pos = min(eol + 2, end), eol
     if open_at is not None:  # no closing delimiter: the last part runs to the end
         ranges.append((open_at, end))
-    return ranges
+    return ranges, ((start, end if preamble_end is None else preamble_end),)
+
+
+def _ignored(part: _Part) -> list[tuple[int, int]]:
+    """The preambles and epilogues of the multiparts outside protected subtrees."""
+    if part.protected:
+        return []
+    return [*part.ignored, *(span for child in part.children for span in _ignored(child))]
 
 
 def _leaves(part: _Part) -> list[_Part]:
@@ -292,6 +308,10 @@ class _Edits:
                     changes.append((leaf.start, leaf.end, _rebuild(self.data, leaf, None, eight_bit)))
                 except CertifyError as exc:  # undecodable (invalid base64): the part goes out as it came
                     failure = failure or str(exc)
+        for start, end in _ignored(root):
+            text = self.data[start:end]
+            if _longest_line(text) > MAX_LINE:
+                changes.append((start, end, _cut_long_lines(text)))
         return changes, failure
 
     def _edit_for(self, part: _Part) -> Edit:
@@ -326,6 +346,17 @@ def _needs_transport_fix(part: _Part, body: bytes, eight_bit_mime: bool) -> bool
 
 def _longest_line(data: bytes) -> int:
     return max(map(len, data.split(b"\r\n"))) if data else 0
+
+
+def _cut_long_lines(text: bytes) -> bytes:
+    """A preamble or epilogue with its lines over MAX_LINE cut, so no MTA cuts them after
+    signing. MIME readers ignore this text; each piece starts with a space, so that none
+    can read as a delimiter line."""
+    step = MAX_LINE - 1
+    return b"\r\n".join(
+        b"\r\n".join(b" " + line[i : i + step] for i in range(0, len(line), step)) if len(line) > MAX_LINE else line
+        for line in text.split(b"\r\n")
+    )
 
 
 # -- rebuilding a part ----------------------------------------------------

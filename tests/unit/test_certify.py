@@ -231,6 +231,30 @@ def test_long_lines_become_quoted_printable(keyring: dkim.Keyring) -> None:
         assert _leaf_encodings(copy.data)[0][2] == "quoted-printable"
 
 
+@pytest.mark.parametrize("layout", ["preamble and epilogue", "no delimiter line"])
+def test_long_lines_outside_the_parts_are_cut_without_changing_the_structure(keyring: dkim.Keyring,
+                                                                              layout: str) -> None:
+    # Found by tests/reliability/test_fuzz_certify.py: an epilogue holding a 2,500-octet line,
+    # which an MTA enforcing the 998 limit would cut after signing, breaking both signatures.
+    long = b"-" * 1500 + b"x" * 1000 + b"----"  # no piece of it may read as a delimiter line
+    head = b'From: Mairie <mairie@ville-exemple.fr>\r\nTo: elu@conseil.example\r\nMIME-Version: 1.0\r\n'
+    if layout == "no delimiter line":
+        original = head + b'Content-Type: multipart/mixed; boundary="--"\r\n\r\n' + long + b"\r\n"
+    else:
+        part = b"Content-Type: text/plain; charset=utf-8\r\n\r\nOrdre du jour\r\n"
+        original = (head + b'Content-Type: multipart/mixed; boundary="--"\r\n\r\n' + long + b"\r\n----\r\n"
+                    + part + b"------\r\n" + long + b"\r\n----\r\n" + part)
+    copy = run(certifier(keyring), original)
+    assert max_line_length(copy.data) <= certify.MAX_LINE
+    assert dkimpy_results(copy.data, keyring) == {"rsa-sha256": True, "ed25519-sha256": True}
+    before, after = parse(original), parse(copy.data)
+    assert [p.get_content_type() for p in after.walk()] == [p.get_content_type() for p in before.walk()]
+    if layout == "preamble and epilogue":
+        text = after.get_payload()[0].get_payload(decode=True).decode()
+        assert text.rstrip().endswith("Ordre du jour") and "/a/r1" in text  # the one part, with its link
+        assert len(after.get_payload()) == 1
+
+
 def test_eight_bit_parts_stay_eight_bit_only_when_the_upstream_accepts_it(keyring: dkim.Keyring) -> None:
     original = (CORPUS_DIR / "02-utf8-8bit.eml").read_bytes()
     assert _leaf_encodings(run(certifier(keyring), original, eight_bit_mime=True).data)[0][2] == "8bit"
