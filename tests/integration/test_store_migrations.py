@@ -5,10 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
-import socket
 import sqlite3
-import tempfile
 import threading
 
 import pytest
@@ -18,6 +15,7 @@ from relay.errors import StoreError
 from relay.notify import Notifier
 from relay.records import commitment, iso_time, receipt_record
 from relay.store import DB_NAME, MIGRATIONS, SCHEMA_VERSION, Store
+from tests.integration.test_signals import notify_socket
 from tests.support.relay import relay_config, running
 
 
@@ -153,22 +151,19 @@ async def test_the_relay_logs_its_migration_and_keeps_systemd_waiting_meanwhile(
     monkeypatch.setattr(notify, "EXTEND_EVERY", 0.001)  # rather than every 10 s
     caplog.set_level(logging.INFO, logger="estampille.store")
     received: list[list[str]] = []
-    with tempfile.TemporaryDirectory(prefix="notify-") as sockets:  # AF_UNIX paths must stay short
-        path = os.path.join(sockets, "n")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
-            manager.bind(path)
-            manager.settimeout(0.5)
+    with notify_socket() as (path, manager):
+        manager.settimeout(0.5)
 
-            def listen() -> None:  # as systemd does, so that a full queue never blocks the sender
-                with contextlib.suppress(TimeoutError):
-                    while True:
-                        received.append(manager.recv(4096).decode().splitlines())
+        def listen() -> None:  # as systemd does, so that a full queue never blocks the sender
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    received.append(manager.recv(4096).decode().splitlines())
 
-            listener = threading.Thread(target=listen)
-            listener.start()
-            async with running(relay_config(data), notifier=Notifier.from_environ({"NOTIFY_SOCKET": path})):
-                pass
-            listener.join()
+        listener = threading.Thread(target=listen)
+        listener.start()
+        async with running(relay_config(data), notifier=Notifier.from_environ({"NOTIFY_SOCKET": path})):
+            pass
+        listener.join()
     assert received and all(lines == [
         "EXTEND_TIMEOUT_USEC=30000000", "STATUS=opening the database: migrating its schema can take minutes"
     ] for lines in received)

@@ -77,8 +77,3 @@ async def test_a_long_start_step_keeps_extending_the_start_timeout(manager, monk
     await asyncio.sleep(0.1)  # and none once the step is over
     with pytest.raises(BlockingIOError):
         sock.recv(4096)
-
-
-async def test_outside_systemd_a_long_start_step_sends_nothing():
-    async with Notifier.from_environ({}).extending_start("migrating"):
-        await asyncio.sleep(0)
