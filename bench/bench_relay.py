@@ -18,9 +18,10 @@ import os
 import sys
 from pathlib import Path
 
-from relay import cli, deliver
-from relay.certify import Certified, Prepared
-from relay.message import to_crlf
+from relay import cli
+from relay.certify.certifier import Certified, Prepared
+from relay.certify.message import to_crlf
+from relay.outbound import deliver
 
 
 def uncertified(job, certifier, prepared, original, now, eight_bit_mime):

@@ -26,9 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from relay import certify, deliver, dkim
+from relay.certify import certifier as certify
+from relay.certify import dkim
 from relay.config import AckConfig, Config, DeliveryConfig, DKIMConfig, SMTPConfig, TrackerConfig, UpstreamConfig
-from relay.spool import Incoming
+from relay.outbound import deliver
+from relay.smtp.spool import Incoming
 from relay.store import Store
 
 BIG_OCTETS = 2 * 2**20

@@ -8,9 +8,9 @@ acknowledge through the page's POST; every record is anchored on a local
 calendar, then confirmed by a block of a fake chain. Then, each timed
 ``--runs`` times (median reported):
 
-- build: ``relay.evidence.build_proof``: every row and record read from the
+- build: ``relay.evidence.gather.build_proof``: every row and record read from the
   store, each record's .ots exported, the bundle assembled and zipped;
-- verify: ``relay.evidence.verify_bundle``: the zip read, the manifest, the
+- verify: ``relay.evidence.gather.verify_bundle``: the zip read, the manifest, the
   record chain, every copy's digest and its two DKIM signatures, every .ots
   replayed to a block header fetched from two agreeing Esplora fakes.
 
@@ -36,9 +36,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support: relay, sink, calendar
 
-from relay.evidence import build_proof, verify_bundle  # noqa: E402
-from relay.headers import AgreeingSources, EsploraSource  # noqa: E402
-from relay.proof import read_zip  # noqa: E402
+from relay.anchor.headers import AgreeingSources, EsploraSource  # noqa: E402
+from relay.evidence.bundle import read_zip  # noqa: E402
+from relay.evidence.gather import build_proof, verify_bundle  # noqa: E402
 from tests.support.proved import MESSAGE_ID, proved_message  # noqa: E402
 
 

@@ -48,8 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiosmtplib
-
 import certify_bench
+
 from relay.config import UpstreamConfig
 
 HERE = Path(__file__).resolve().parent

@@ -48,7 +48,7 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from relay.config import Config  # noqa: E402
-from relay.records import delivery_record, iso_time, submission_record  # noqa: E402
+from relay.evidence.records import delivery_record, iso_time, submission_record  # noqa: E402
 from relay.service import settle_heap  # noqa: E402
 from relay.store import DB_NAME, Store  # noqa: E402
 from tracker import antiforgery  # noqa: E402

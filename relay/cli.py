@@ -16,11 +16,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
-from relay import anchor, headers
-from relay.backup import backup_data_dir, restore
+from relay.anchor import headers
+from relay.anchor import worker as anchor
 from relay.config import Config, documented_keys
 from relay.errors import ConfigError, EstampilleError
-from relay.retention import PurgeSummary, purge
+from relay.ops.backup import backup_data_dir, restore
+from relay.ops.retention import PurgeSummary, purge
 from relay.store import Store
 
 EXIT_OK = 0
@@ -152,7 +153,7 @@ def cmd_anchor(args: argparse.Namespace) -> int:
 
 
 def cmd_proof(args: argparse.Namespace) -> int:
-    from relay.evidence import build_proof
+    from relay.evidence.gather import build_proof
     from tracker.api import bundle_filename
 
     config = load_config(args)
@@ -173,8 +174,8 @@ def cmd_proof(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from relay.bundle_verify import report_text
-    from relay.evidence import verify_bundle
+    from relay.evidence.bundle_check import report_text
+    from relay.evidence.gather import verify_bundle
 
     source = headers.make_source(
         bitcoind=args.bitcoind, esplora=args.esplora or (), headers_file=Path(args.headers) if args.headers else None
@@ -199,7 +200,7 @@ def cmd_admin_token(args: argparse.Namespace) -> int:
 
 
 def cmd_dkim_keygen(args: argparse.Namespace) -> int:
-    from relay import dkim
+    from relay.certify import dkim
 
     config = load_config(args)
     directory = Path(args.dir) if args.dir else config.data_path / "dkim"
@@ -218,7 +219,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
-    from relay import queue
+    from relay.outbound import queue
 
     config = load_config(args)
     if args.action == "retry":
@@ -240,7 +241,7 @@ def cmd_passwd(args: argparse.Namespace) -> int:
     import getpass
     import secrets
 
-    from relay.auth import write_password
+    from relay.smtp.auth import write_password
 
     if sys.stdin.isatty():
         password = getpass.getpass(f"password for {args.user}: ")

@@ -19,19 +19,20 @@ from typing import Any
 
 import uvloop
 
-from relay import dkim, logs
-from relay.anchor import Anchorer
+from relay import logs
+from relay.anchor.worker import Anchorer
+from relay.certify import dkim
 from relay.config import Config
-from relay.datalock import DataDirLock
-from relay.deliver import Deliverer
 from relay.errors import ConfigError, DKIMKeyError
-from relay.intake import IntakeHandler, start_intake
-from relay.metrics import Metrics, start_metrics_server
-from relay.notify import Notifier
-from relay.retention import purge_periodically
+from relay.ops.datalock import DataDirLock
+from relay.ops.metrics import Metrics, start_metrics_server
+from relay.ops.notify import Notifier
+from relay.ops.retention import purge_periodically
+from relay.ops.webhooks import WebhookWorker
+from relay.outbound.deliver import Deliverer
+from relay.outbound.upstream import Upstream
+from relay.smtp.intake import IntakeHandler, start_intake
 from relay.store import Store
-from relay.upstream import Upstream
-from relay.webhooks import WebhookWorker
 from tracker.app import TrackerServer, start_tracker
 
 log = logging.getLogger("estampille.service")
@@ -67,7 +68,7 @@ class Service:
         self.intake: IntakeHandler | None = None
         self.metrics = Metrics()
         self.metrics_port: int | None = None
-        self.anchorer: Anchorer | None = None  # relay.anchor workers, when anchor.enabled
+        self.anchorer: Anchorer | None = None  # relay.anchor.worker workers, when anchor.enabled
         self.components: list[tuple[str, Callable[[], Awaitable[None]]]] = []
 
     def _started(self, name: str, stop: Callable[[], Awaitable[None]]) -> None:
@@ -157,7 +158,7 @@ class Service:
             await self._start_anchoring()
 
     async def _start_anchoring(self) -> None:
-        """The batching and upgrade workers of relay.anchor (anchor.enabled)."""
+        """The batching and upgrade workers of relay.anchor.worker (anchor.enabled)."""
         assert self.store is not None
         anchorer = self.anchorer = Anchorer(self.store, self.config.anchor, clock=self.clock)
         await anchorer.__aenter__()

@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from relay.errors import StoreError
-from relay.records import Record, commitment, iso_time, receipt_record
+from relay.evidence.records import Record, commitment, iso_time, receipt_record
 from relay.store import FetchWrite, PersonalData, ReceiptWrite
 from tracker import antiforgery
 from tracker.classify import classify_fetch

@@ -14,17 +14,22 @@ from pathlib import Path
 
 import pytest
 
-from relay import anchor
-from relay.anchor import Anchorer, export_ots
+from relay.anchor import worker as anchor
+from relay.anchor.headers import AgreeingSources, BitcoindSource, EsploraSource, fetch_headers, verify_with
+from relay.anchor.ots_verify import verify_ots
+from relay.anchor.worker import Anchorer, export_ots
 from relay.config import AnchorConfig, Config
-from relay.headers import AgreeingSources, BitcoindSource, EsploraSource, fetch_headers, verify_with
 from relay.errors import ConfigError, ConflictError, HeaderSourceError
-from relay.records import Record
+from relay.evidence.records import Record
 from relay.store import Store
-from relay.verify import verify_ots
 from tests.conftest import require_tool
 from tests.support.calendar import (
-    MAINNET_LIKE, MAINNET_LIKE_BYTES, BitcoindFake, EsploraFake, FakeCalendar, FakeChain,
+    MAINNET_LIKE,
+    MAINNET_LIKE_BYTES,
+    BitcoindFake,
+    EsploraFake,
+    FakeCalendar,
+    FakeChain,
 )
 
 JS_DIR = Path(__file__).resolve().parent.parent / "js"

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
+from relay.anchor.headers import format_headers_file
 from relay.cli import main
-from relay.headers import format_headers_file
-from relay.records import Record
+from relay.evidence.records import Record
 from relay.store import Store
 from tests.support.calendar import BitcoindFake, EsploraFake, FakeCalendar, FakeChain, weaken
 

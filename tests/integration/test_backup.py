@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from relay.backup import MANIFEST, backup, backup_data_dir, check, restore
 from relay.cli import main
-from relay.datalock import LOCK_FILE, DataDirLock
 from relay.errors import BackupError
-from relay.records import iso_time, sha256_hex, submission_record
+from relay.evidence.records import iso_time, sha256_hex, submission_record
+from relay.ops.backup import MANIFEST, backup, backup_data_dir, check, restore
+from relay.ops.datalock import LOCK_FILE, DataDirLock
 from relay.store import Store
 from tests.support.proved import ACKNOWLEDGER, MESSAGE_ID, RECIPIENTS, proved_message
 

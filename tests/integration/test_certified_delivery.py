@@ -20,9 +20,9 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from relay import dkim
+from relay.certify import dkim
+from relay.certify.message import read_facts, to_crlf
 from relay.config import DKIMConfig
-from relay.message import read_facts, to_crlf
 from tests.support.dkimcheck import dkimpy_results, mail_dkim_results, opendkim_results, tokens_in
 from tests.support.relay import relay_config, running
 from tests.support.sink import Sink

@@ -1,4 +1,4 @@
-"""One relay per data directory (relay/datalock.py); the tracker alone may run beside it."""
+"""One relay per data directory (relay/ops/datalock.py); the tracker alone may run beside it."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import aiosmtplib
 
-from relay import deliver
+from relay.outbound import deliver
 from tests.support.relay import relay_config, running
 from tests.support.sink import Sink
 

@@ -8,11 +8,11 @@ import smtplib
 import aiosmtplib
 import pytest
 
-from relay.auth import write_password
+from relay.certify.message import to_crlf
 from relay.errors import StoreError
-from relay.intake import start_intake
-from relay.message import to_crlf
-from relay.spool import Spool
+from relay.smtp.auth import write_password
+from relay.smtp.intake import start_intake
+from relay.smtp.spool import Spool
 from relay.store import INLINE_MAX, Store
 from tests.conftest import require_tool
 from tests.integration.test_relay import message

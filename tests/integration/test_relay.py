@@ -13,7 +13,7 @@ from email.parser import BytesParser
 import aiosmtplib
 import pytest
 
-from relay import upstream
+from relay.outbound import upstream
 from tests.conftest import require_tool
 from tests.support.relay import relay_config, running
 from tests.support.sink import LIMIT_REPLY, Sink, free_port

@@ -14,8 +14,8 @@ import pytest
 from relay.cli import main
 from relay.config import Config
 from relay.errors import NotFoundError
-from relay.records import Record, commitment, iso_time, receipt_record, submission_record
-from relay.retention import DAY, purge
+from relay.evidence.records import Record, commitment, iso_time, receipt_record, submission_record
+from relay.ops.retention import DAY, purge
 from relay.store import FetchWrite, PersonalData, ReceiptWrite, Store
 from tests.support.deliveries import make_delivery
 from tests.support.relay import relay_config, running

@@ -28,8 +28,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from relay import dkim
-from relay.auth import write_password
+from relay.certify import dkim
+from relay.smtp.auth import write_password
 from tests.integration.test_relay import message, smtplib_send
 from tests.support.polling import until
 from tests.support.relay import relay_config, running

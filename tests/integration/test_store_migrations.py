@@ -10,10 +10,10 @@ import threading
 
 import pytest
 
-from relay import notify
 from relay.errors import StoreError
-from relay.notify import Notifier
-from relay.records import commitment, iso_time, receipt_record
+from relay.evidence.records import commitment, iso_time, receipt_record
+from relay.ops import notify
+from relay.ops.notify import Notifier
 from relay.store import DB_NAME, MIGRATIONS, SCHEMA_VERSION, Store
 from tests.integration.test_signals import notify_socket
 from tests.support.relay import relay_config, running

@@ -19,8 +19,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from relay.config import Config
 from relay.errors import StoreError
-from relay.records import Record, commitment, iso_time, receipt_record
-from relay.retention import purge
+from relay.evidence.records import Record, commitment, iso_time, receipt_record
+from relay.ops.retention import purge
 from relay.store import DB_NAME, FetchWrite, PersonalData, Store
 from tests.support.deliveries import make_delivery
 from tests.support.polling import until

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay.records import commitment, iso_time, receipt_record
+from relay.evidence.records import commitment, iso_time, receipt_record
 from relay.store import (
     TRACKER_ROWS_PER_INSERT,
     FetchWrite,

@@ -11,8 +11,8 @@ import pytest
 from aiohttp import web
 
 from relay.config import WebhooksConfig
+from relay.ops.webhooks import SIGNATURE_HEADER, Backoff, WebhookWorker, signature_ok
 from relay.store import Store
-from relay.webhooks import SIGNATURE_HEADER, Backoff, WebhookWorker, signature_ok
 from tests.support.polling import until
 
 SECRET = "s3cret-for-tests"

@@ -18,7 +18,7 @@ import aiohttp
 import aiosmtplib
 import pytest
 
-from relay.auth import MAX_TRACKED_CLIENTS, FailureLimiter, write_password
+from relay.smtp.auth import MAX_TRACKED_CLIENTS, FailureLimiter, write_password
 from relay.store import BLOB_DIR
 from tests.support.polling import until
 from tests.support.relay import relay_config, running

@@ -19,12 +19,12 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from relay.anchor import Anchorer, export_ots
+from relay.anchor.ots_verify import verify_ots
+from relay.anchor.worker import Anchorer, export_ots
 from relay.config import AnchorConfig
 from relay.errors import StoreError
-from relay.records import Record
+from relay.evidence.records import Record
 from relay.store import DB_NAME, Store
-from relay.verify import verify_ots
 from tests.support.calendar import FakeCalendar, FakeChain
 from tests.support.polling import until
 from tests.support.relay import relay_config, running

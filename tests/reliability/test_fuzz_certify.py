@@ -22,10 +22,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay import certify, dkim
-from relay.acklink import AckTemplates
+from relay.certify import certifier as certify
+from relay.certify import dkim
+from relay.certify.acklink import AckTemplates
+from relay.certify.message import to_crlf
 from relay.config import AckConfig
-from relay.message import to_crlf
 from tests.support.dkimcheck import dkimpy_results, make_keyring
 
 EXAMPLES = 500  # about 4 s; 150 missed the epilogue case that ed85992 fixes

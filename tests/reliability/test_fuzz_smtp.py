@@ -16,12 +16,11 @@ import socket
 import time
 
 import pytest
+from aiosmtpd.smtp import SMTP
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aiosmtpd.smtp import SMTP
-
-from relay.intake import IntakeSMTP
+from relay.smtp.intake import IntakeSMTP
 from tests.support.relay import relay_config
 from tests.support.threaded import ThreadedRelay
 

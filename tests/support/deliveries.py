@@ -12,7 +12,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 
-from relay.records import delivery_record, iso_time, submission_record
+from relay.evidence.records import delivery_record, iso_time, submission_record
 from relay.store import Store
 
 

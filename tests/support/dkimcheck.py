@@ -17,7 +17,7 @@ from pathlib import Path
 
 import dkim as dkimpy
 
-from relay import dkim
+from relay.certify import dkim
 from relay.config import DKIMConfig
 from tests.conftest import require_tool
 

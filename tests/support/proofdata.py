@@ -15,10 +15,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from opentimestamps.core.notary import BitcoinBlockHeaderAttestation, PendingAttestation
 from opentimestamps.core.timestamp import Timestamp
 
-from relay import records
-from relay.merkle import Tree, leaf_ots
-from relay.proof import Anchoring, Evidence, ProofInput, RecipientEvidence, build_bundle
-from relay.verify import block_hash
+from relay.anchor.merkle import Tree, leaf_ots
+from relay.anchor.ots_verify import block_hash
+from relay.evidence import records
+from relay.evidence.bundle import Anchoring, Evidence, ProofInput, RecipientEvidence, build_bundle
 
 DOMAIN = "mairie-exemple.fr"
 HEIGHT = 101

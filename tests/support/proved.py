@@ -20,7 +20,7 @@ from pathlib import Path
 import aiohttp
 import aiosmtplib
 
-from relay import anchor
+from relay.anchor import worker as anchor
 from relay.config import Config
 from relay.service import Service
 from relay.store import Store

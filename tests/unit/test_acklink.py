@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.acklink import (
+from relay.certify.acklink import (
     AckLink,
     AckPolicy,
     AckTemplates,

@@ -1,8 +1,8 @@
-"""relay.anchor's rules that need no network: calendar URLs and the upgrade allowlist."""
+"""relay.anchor.worker's rules that need no network: calendar URLs and the upgrade allowlist."""
 
 from __future__ import annotations
 
-from relay.anchor import Anchorer, calendar_url
+from relay.anchor.worker import Anchorer, calendar_url
 from relay.config import AnchorConfig
 
 

@@ -1,4 +1,4 @@
-"""relay.auth: credentials file, slow salted hashes, failure limiter."""
+"""relay.smtp.auth: credentials file, slow salted hashes, failure limiter."""
 
 from __future__ import annotations
 
@@ -8,8 +8,15 @@ import sys
 
 import pytest
 
-from relay.auth import Credentials, FailureLimiter, hash_password, load_credentials, verify_password, write_password
 from relay.errors import ConfigError
+from relay.smtp.auth import (
+    Credentials,
+    FailureLimiter,
+    hash_password,
+    load_credentials,
+    verify_password,
+    write_password,
+)
 
 SALT = b"sixteen byte salt"[:16]
 

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from relay import acklink, certify, dkim
-from relay.acklink import AckTemplates
+from relay.certify import acklink, dkim
+from relay.certify import certifier as certify
+from relay.certify.acklink import AckTemplates
+from relay.certify.message import read_facts, to_crlf
 from relay.config import AckConfig, AckSender
-from relay.message import read_facts, to_crlf
 from tests.support.dkimcheck import dkimpy_results, make_keyring, max_line_length, parse, text_parts, tokens_in
 
 CORPUS_DIR = Path(__file__).resolve().parent.parent / "corpus"

@@ -1,4 +1,4 @@
-"""Delivery rules (relay.deliver, relay.upstream, relay.budget): replies, connection limits,
+"""Delivery rules (relay.outbound.deliver, relay.outbound.upstream, relay.outbound.budget): replies, connection limits,
 backoff, queue ids, DATA on the wire, the octet budget; spool ids."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.budget import Budget
-from relay.deliver import classify, retry_delay
-from relay.spool import new_submission_id
-from relay.upstream import Reply, data_on_wire, parse_queue_id, too_many_connections
+from relay.outbound.budget import Budget
+from relay.outbound.deliver import classify, retry_delay
+from relay.outbound.upstream import Reply, data_on_wire, parse_queue_id, too_many_connections
+from relay.smtp.spool import new_submission_id
 
 
 def test_replies_are_classified_like_mailman():

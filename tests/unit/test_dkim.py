@@ -9,12 +9,12 @@ from unittest import mock
 
 import dkim as dkimpy
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from relay import dkim
+from relay.certify import dkim
 from relay.config import DKIMConfig, DKIMDomain
 from relay.errors import DKIMKeyError
 from tests.support.dkimcheck import dkimpy_results, make_keyring

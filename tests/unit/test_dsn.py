@@ -1,4 +1,4 @@
-"""relay.dsn: RFC 3464 reports."""
+"""relay.outbound.dsn: RFC 3464 reports."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 from email import policy
 from email.parser import BytesParser
 
-from relay.dsn import Failure, build_dsn, status_of
+from relay.outbound.dsn import Failure, build_dsn, status_of
 
 WHEN = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
 

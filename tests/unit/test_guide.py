@@ -12,7 +12,7 @@ from prometheus_client import generate_latest
 
 from relay.cli import build_parser, main
 from relay.config import Config, documented_keys
-from relay.metrics import Metrics
+from relay.ops.metrics import Metrics
 from relay.store import OperationsFigures
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""relay.merkle: trees and leaf proofs identical to the opentimestamps library's own."""
+"""relay.anchor.merkle: trees and leaf proofs identical to the opentimestamps library's own."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ import hashlib
 import random
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentimestamps.core.notary import BitcoinBlockHeaderAttestation, PendingAttestation
 from opentimestamps.core.op import OpAppend, OpSHA256
 from opentimestamps.core.serialize import BytesSerializationContext
 from opentimestamps.core.timestamp import DetachedTimestampFile, Timestamp, make_merkle_tree
 
-from relay import merkle
+from relay.anchor import merkle
 
 
 def library_proofs(digests, nonces, attach):

@@ -1,12 +1,12 @@
-"""relay.message: facts about received bytes."""
+"""relay.certify.message: facts about received bytes."""
 
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from email.message import EmailMessage
+from pathlib import Path
 
-from relay.message import header_block, read_facts, read_header_facts, to_crlf
+from relay.certify.message import header_block, read_facts, read_header_facts, to_crlf
 
 PDF = b"%PDF-1.4 convocation\x00\xff" * 50
 
@@ -73,7 +73,7 @@ def test_facts_are_the_email_packages_own_on_the_whole_corpus(monkeypatch):
     from email import policy
     from email.parser import BytesParser
 
-    from relay import message
+    from relay.certify import message
 
     corpus = sorted((Path(__file__).parent.parent / "corpus").glob("*.eml"))
     ours = [read_facts(path.read_bytes()) for path in corpus]

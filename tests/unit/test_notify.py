@@ -9,8 +9,8 @@ import tempfile
 
 import pytest
 
-from relay import notify
-from relay.notify import Notifier
+from relay.ops import notify
+from relay.ops.notify import Notifier
 
 
 @pytest.fixture

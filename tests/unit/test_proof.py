@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from relay import bundle_verify, proof
-from relay.bundle_verify import EXIT_INVALID, EXIT_PENDING, EXIT_VERIFIED, verify_files
-from relay.proof import MANIFEST, make_manifest, read_zip
+from relay.evidence import bundle as proof
+from relay.evidence import bundle_check as bundle_verify
+from relay.evidence.bundle import MANIFEST, make_manifest, read_zip
+from relay.evidence.bundle_check import EXIT_INVALID, EXIT_PENDING, EXIT_VERIFIED, verify_files
 from tests.support.proofdata import Built, Keys, build_input
 
 
@@ -149,7 +150,7 @@ def reforge(files: dict[str, bytes]) -> dict[str, bytes]:
     return {MANIFEST: make_manifest(manifest["facts"], listing), **rest}
 
 
-@pytest.mark.parametrize("module", ["relay/proof.py", "relay/bundle_verify.py"])
+@pytest.mark.parametrize("module", ["relay/evidence/bundle.py", "relay/evidence/bundle_check.py"])
 def test_proof_modules_are_pure(module):
     tree = ast.parse(Path(module).read_text())
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}

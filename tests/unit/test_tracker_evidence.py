@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.records import (
+from relay.evidence.records import (
     RECORD_VERSION,
     Record,
     canonical_json,

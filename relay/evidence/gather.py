@@ -3,7 +3,7 @@ bundle verified with block headers fetched from a header source.
 
 The API, the admin pages and ``estampille proof`` all start from
 :func:`load_message`; the JSON view (:func:`message_json`) and the bundle
-(:func:`proof_input` then ``relay.proof.build_bundle``) are built from it.
+(:func:`proof_input` then ``relay.evidence.bundle.build_bundle``) are built from it.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from relay import merkle
-from relay.anchor import export_ots
-from relay.bundle_verify import BundleReport, verify_files
+from relay.anchor import merkle
+from relay.anchor.headers import HeaderSource
+from relay.anchor.worker import export_ots
 from relay.errors import AnchorError, NotFoundError
-from relay.headers import HeaderSource
-from relay.proof import (
+from relay.evidence.bundle import (
     Anchoring,
     BundleProblem,
     Evidence,
@@ -28,7 +27,8 @@ from relay.proof import (
     build_bundle,
     read_zip,
 )
-from relay.records import Record, iso_time
+from relay.evidence.bundle_check import BundleReport, verify_files
+from relay.evidence.records import Record, iso_time
 from relay.store import Store
 
 

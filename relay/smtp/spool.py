@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import aiosqlite
 
-from relay import records
-from relay.message import MessageFacts, read_facts
+from relay.certify.message import MessageFacts, read_facts
+from relay.evidence import records
 from relay.store import INLINE_MAX, Store
 
 SUBMISSION_RANDOM_BYTES = 6

@@ -3,7 +3,7 @@
 ``make_upstream(config)`` gives an :class:`SMTPUpstream` (aiosmtplib, a pool of reused
 connections that keeps to what the MTA allows) or a :class:`MaildirUpstream` (a directory
 standing in for the MTA). Each ``send`` returns the :class:`Reply` that the delivery worker
-(relay.deliver) classifies and records; nothing here touches the store.
+(relay.outbound.deliver) classifies and records; nothing here touches the store.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Protocol
 
 import aiosmtplib
 
-from relay.budget import Budget
+from relay.certify.message import to_crlf
 from relay.config import Config, UpstreamConfig
-from relay.message import to_crlf
+from relay.outbound.budget import Budget
 
 log = logging.getLogger("estampille.upstream")
 

@@ -33,12 +33,21 @@ from email import policy as email_policy
 from email.parser import BytesHeaderParser
 from email.utils import format_datetime, getaddresses
 
-from relay import dkim
-from relay.acklink import AckLink, AckPolicy, AckTemplates, LinkMaker, TokenSource
-from relay.acklink import insert_html, insert_text, rewrite_html, rewrite_text
+from relay.certify import dkim
+from relay.certify.acklink import (
+    AckLink,
+    AckPolicy,
+    AckTemplates,
+    LinkMaker,
+    TokenSource,
+    insert_html,
+    insert_text,
+    rewrite_html,
+    rewrite_text,
+)
+from relay.certify.message import to_crlf
 from relay.config import AckConfig
 from relay.errors import CertifyError
-from relay.message import to_crlf
 
 MAX_LINE = 998  # octets per line, CRLF excluded (RFC 5322 2.1.1)
 MAX_DEPTH = 20  # MIME nesting followed; deeper parts are left as they are

@@ -27,11 +27,11 @@ from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from relay import dkim
-from relay.auth import Credentials, FailureLimiter, client_key, load_credentials
+from relay.certify import dkim
 from relay.config import Config
 from relay.errors import ConfigError, DiskFullError, EstampilleError, StoreError
-from relay.spool import Incoming, Spool
+from relay.smtp.auth import Credentials, FailureLimiter, client_key, load_credentials
+from relay.smtp.spool import Incoming, Spool
 
 log = logging.getLogger("estampille.intake")
 

@@ -1,11 +1,11 @@
 """Verification of a standalone OpenTimestamps proof of a document (an evidence record).
 
 Pure: the block headers come in as a mapping ``{height: 80-byte header}``
-fetched beforehand (see ``relay.headers``). The flow everywhere (CLI, proof
+fetched beforehand (see ``relay.anchor.headers``). The flow everywhere (CLI, proof
 bundles) is::
 
     heights = required_heights(ots_bytes)            # which headers to fetch
-    headers = await fetch_headers(source, heights)    # relay.headers, I/O
+    headers = await fetch_headers(source, heights)    # relay.anchor.headers, I/O
     result = verify_ots(record_bytes, ots_bytes, headers)
 
 For each Bitcoin attestation the header is checked on its own: its proof of

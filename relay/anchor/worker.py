@@ -1,4 +1,4 @@
-"""Anchoring evidence in Bitcoin through OpenTimestamps calendars: the I/O half of ``relay.merkle``.
+"""Anchoring evidence in Bitcoin through OpenTimestamps calendars: the I/O half of ``relay.anchor.merkle``.
 
 Two workers, both driven by :class:`Anchorer`:
 
@@ -47,13 +47,13 @@ from opentimestamps.core.notary import BitcoinBlockHeaderAttestation
 from opentimestamps.core.serialize import DeserializationError
 from opentimestamps.core.timestamp import Timestamp
 
-from relay import merkle
+from relay.anchor import merkle
+from relay.anchor.fetch import ReplyTooLarge, read_bounded
+from relay.anchor.headers import AgreeingSources, BitcoindSource, EsploraSource, HeaderSource
+from relay.anchor.ots_verify import check_attestation
 from relay.config import AnchorConfig
 from relay.errors import AnchorError, ConflictError, HeaderSourceError
-from relay.fetch import ReplyTooLarge, read_bounded
-from relay.headers import AgreeingSources, BitcoindSource, EsploraSource, HeaderSource
 from relay.store import NewAnchorBatch, Store
-from relay.verify import check_attestation
 
 log = logging.getLogger("estampille.anchor")
 

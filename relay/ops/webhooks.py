@@ -28,7 +28,7 @@ import aiohttp
 
 from relay.config import WebhooksConfig
 from relay.errors import StoreError
-from relay.records import canonical_json, iso_time
+from relay.evidence.records import canonical_json, iso_time
 from relay.store import Store
 
 log = logging.getLogger("estampille.webhooks")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from email import policy
 from email.headerregistry import HeaderRegistry
 from email.message import EmailMessage
-from email.parser import BytesParser, BytesHeaderParser
+from email.parser import BytesHeaderParser, BytesParser
 
 HEADER_CLASSES_KEPT = 64  # we read a dozen header names; a bound all the same
 

@@ -26,9 +26,9 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from relay.durable import fsync_directory, write_durably
 from relay.errors import ConflictError, DiskFullError, NotFoundError, StoreError
-from relay.records import Record, canonical_json, iso_time
+from relay.evidence.records import Record, canonical_json, iso_time
+from relay.store.durable import fsync_directory, write_durably
 
 T = TypeVar("T")
 log = logging.getLogger("estampille.store")
@@ -322,7 +322,7 @@ ANCHOR_NONCE_BYTES = 16
 
 @dataclass(frozen=True)
 class NewAnchorBatch:
-    """A batch to store (relay.anchor): the root, the leaves in tree order, the tree, the replies."""
+    """A batch to store (relay.anchor.worker): the root, the leaves in tree order, the tree, the replies."""
 
     root: bytes
     created_at: float
@@ -331,7 +331,7 @@ class NewAnchorBatch:
     timestamp: bytes | None  # the root's merged calendar replies, serialized
     rowids: list[int]  # the leaves' row ids (their records' ids), in tree order
     nonces: bytes  # ANCHOR_NONCE_BYTES per leaf, in tree order
-    levels: tuple[bytes, ...]  # relay.merkle.Tree.levels
+    levels: tuple[bytes, ...]  # relay.anchor.merkle.Tree.levels
     replies: tuple[tuple[str, bytes], ...]  # (calendar URL, its reply re-serialized)
 
 
@@ -1391,7 +1391,7 @@ class Store:
             await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return total
 
-    # -- anchoring: leaves, batches, Merkle trees, calendar replies (relay.anchor) --
+    # -- anchoring: leaves, batches, Merkle trees, calendar replies (relay.anchor.worker) --
 
     async def unbatched_leaves(self, limit: int) -> list[tuple[int, str]]:
         """(row id, digest) of up to ``limit`` leaves not yet in a batch, oldest first."""

@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from relay.datalock import LOCK_FILE, DataDirLock
-from relay.durable import fsync_directory, write_durably
 from relay.errors import BackupError, StoreError
+from relay.ops.datalock import LOCK_FILE, DataDirLock
 from relay.store import BLOB_DIR, DB_NAME, SCHEMA_VERSION, Store
+from relay.store.durable import fsync_directory, write_durably
 
 MANIFEST = "backup.json"
 FORMAT = 1

@@ -39,7 +39,7 @@ from zoneinfo import ZoneInfo
 import jinja2
 
 from relay.errors import VerificationError
-from relay.records import Record, canonical_json, sha256_hex
+from relay.evidence.records import Record, canonical_json, sha256_hex
 
 FORMAT = "estampille-proof"
 FORMAT_VERSION = 1
@@ -54,7 +54,7 @@ ANCHOR_STATES = ("queued", "pending", "confirmed")
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._@+-]")
 _templates = jinja2.Environment(
-    loader=jinja2.PackageLoader("relay", "templates"),
+    loader=jinja2.PackageLoader("relay.evidence", "templates"),
     autoescape=True,
     undefined=jinja2.StrictUndefined,
     keep_trailing_newline=True,

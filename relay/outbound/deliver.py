@@ -1,4 +1,4 @@
-"""Delivery: hands each recipient's copy to the upstream (relay.upstream) and records what it answered.
+"""Delivery: hands each recipient's copy to the upstream (relay.outbound.upstream) and records what it answered.
 
 The worker claims due deliveries (queued, or deferred and due) and marks them
 'sending'; after a crash those go back to 'queued' at start (at-least-once).
@@ -28,14 +28,16 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-from relay import acklink, dkim, dsn, records
-from relay.budget import Budget
-from relay.certify import Certified, Certifier, Prepared
+from relay.certify import acklink, dkim
+from relay.certify.certifier import Certified, Certifier, Prepared
+from relay.certify.message import header_block
 from relay.config import AckConfig, Config
-from relay.message import header_block
-from relay.spool import Incoming, Spool
+from relay.evidence import records
+from relay.outbound import dsn
+from relay.outbound.budget import Budget
+from relay.outbound.upstream import Reply, Upstream, make_upstream, one_line
+from relay.smtp.spool import Incoming, Spool
 from relay.store import INLINE_MAX, Store
-from relay.upstream import Reply, Upstream, make_upstream, one_line
 
 log = logging.getLogger("estampille.deliver")
 T = TypeVar("T")

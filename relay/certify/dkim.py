@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import dkim as dkimpy
-from dkim import canonicalization
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
+from dkim import canonicalization
 
 from relay.config import Config, DKIMConfig, DKIMDomain
 from relay.errors import DKIMKeyError

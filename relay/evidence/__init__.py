@@ -1,0 +1,1 @@
+"""Evidence: the records, the proof bundle made from them, and its offline verification."""

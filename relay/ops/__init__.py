@@ -1,0 +1,1 @@
+"""Operations around the relay: backups, retention, metrics, webhooks, the data directory lock, systemd."""

@@ -1,0 +1,1 @@
+"""Delivery: certified copies handed to the outbound MTA, retries, the queue and delivery status notifications."""
