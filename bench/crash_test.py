@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.support.crashrun import crash_run  # noqa: E402
+from tests.support.crashrun import crash_run
 
 
 def main() -> int:

@@ -113,7 +113,7 @@ class Process:
         self.port = asyncio.get_running_loop().create_future()
 
     @classmethod
-    async def start(cls, command: list[str], log: Path) -> "Process":
+    async def start(cls, command: list[str], log: Path) -> Process:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "wb") as err:
             proc = await asyncio.create_subprocess_exec(
@@ -154,7 +154,7 @@ class Process:
             self.proc.terminate()
             try:
                 await asyncio.wait_for(self.proc.wait(), 15)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
 

@@ -42,7 +42,7 @@ async def main() -> None:
             counter.changed.clear()
             try:
                 await asyncio.wait_for(counter.changed.wait(), max(0.0, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
         print(json.dumps({"count": counter.count, "last": counter.last}), flush=True)
 

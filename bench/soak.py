@@ -30,10 +30,10 @@ import aiosmtplib
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.support.calendar import FakeCalendar, FakeChain  # noqa: E402
-from tests.support.crashrun import RECIPIENTS, SENDER, crash_config, message  # noqa: E402
-from tests.support.served import Relay  # noqa: E402
-from tests.support.sink import Sink, free_port  # noqa: E402
+from tests.support.calendar import FakeCalendar, FakeChain
+from tests.support.crashrun import RECIPIENTS, SENDER, crash_config, message
+from tests.support.served import Relay
+from tests.support.sink import Sink, free_port
 
 SAMPLE_SECONDS = 10.0
 MIN_WARMUP_SECONDS = 60.0
@@ -68,7 +68,7 @@ class Load:
                 if tickets is not None:
                     try:
                         await asyncio.wait_for(tickets.get(), max(0.01, until - time.monotonic()))
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         break
                 try:
                     await smtp.sendmail(SENDER, list(RECIPIENTS), message(next(self.numbers)))

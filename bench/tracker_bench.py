@@ -47,12 +47,12 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from relay.config import Config  # noqa: E402
-from relay.evidence.records import delivery_record, iso_time, submission_record  # noqa: E402
-from relay.service import settle_heap  # noqa: E402
-from relay.store import DB_NAME, Store  # noqa: E402
-from tracker import antiforgery  # noqa: E402
-from tracker.app import start_tracker  # noqa: E402
+from relay.config import Config
+from relay.evidence.records import delivery_record, iso_time, submission_record
+from relay.service import settle_heap
+from relay.store import DB_NAME, Store
+from tracker import antiforgery
+from tracker.app import start_tracker
 
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36"
 BARE_PAGE = "<!doctype html><title>bare</title><p>ok</p>" * 20  # about the size of an ack page

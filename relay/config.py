@@ -254,7 +254,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
 
     @classmethod
-    def from_toml(cls, text: str, *, base_dir: Path | None = None) -> "Config":
+    def from_toml(cls, text: str, *, base_dir: Path | None = None) -> Config:
         """Parse TOML text; relative paths are resolved against ``base_dir``."""
         try:
             raw = tomllib.loads(text)
@@ -267,14 +267,14 @@ class Config:
         return config
 
     @classmethod
-    def from_file(cls, path: Path) -> "Config":
+    def from_file(cls, path: Path) -> Config:
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from exc
         return cls.from_toml(text, base_dir=path.parent)
 
-    def resolve_paths(self, base_dir: Path) -> "Config":
+    def resolve_paths(self, base_dir: Path) -> Config:
         """Make data_dir and file keys absolute, relative to the configuration file."""
 
         def absolute(p: str) -> str:

@@ -131,7 +131,7 @@ class Service:
             except asyncio.CancelledError:
                 stopping.cancel()
                 raise
-            except Exception:  # noqa: BLE001 - keep stopping the others
+            except Exception:
                 log.exception("stopping %s failed", name)
 
     async def _stop_smtp(self) -> None:

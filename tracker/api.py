@@ -12,7 +12,7 @@ import asyncio
 import logging
 import tempfile
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -84,7 +84,7 @@ def parse_time(name: str, value: str | None) -> float | None:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise BadRequest(f"{name}={value!r}: expected an ISO 8601 time or Unix seconds") from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def parse_int(name: str, value: str | None, default: int, low: int, high: int) -> int:

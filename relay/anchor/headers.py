@@ -102,7 +102,7 @@ class BitcoindSource:
                 if not isinstance(hash_, str) or not _HEX64.fullmatch(hash_):
                     raise HeaderSourceError(f"{self.describe()}: getblockhash {height} gave no block hash")
                 text = await self._call(session, "getblockheader", hash_, False)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ReplyTooLarge) as exc:
+        except (TimeoutError, aiohttp.ClientError, ReplyTooLarge) as exc:
             raise HeaderSourceError(f"{self.describe()}: {exc.__class__.__name__} {exc}") from exc
         if not isinstance(text, str):
             raise HeaderSourceError(f"{self.describe()}: getblockheader gave no hex header")
@@ -134,7 +134,7 @@ class EsploraSource:
                 if not _HEX64.fullmatch(hash_):
                     raise HeaderSourceError(f"{self.describe()}: no block hash for height {height}")
                 text = await self._get(session, f"block/{hash_}/header")
-        except (aiohttp.ClientError, asyncio.TimeoutError, ReplyTooLarge) as exc:
+        except (TimeoutError, aiohttp.ClientError, ReplyTooLarge) as exc:
             raise HeaderSourceError(f"{self.describe()}: {exc.__class__.__name__} {exc}") from exc
         return _header_bytes(text, height, hash_, self.describe())
 
@@ -165,7 +165,7 @@ class HeadersFile:
         self._name = name
 
     @classmethod
-    def from_path(cls, path: Path) -> "HeadersFile":
+    def from_path(cls, path: Path) -> HeadersFile:
         try:
             text = path.read_text(encoding="ascii")
         except (OSError, UnicodeDecodeError) as exc:

@@ -46,7 +46,7 @@ class Tree:
     levels: tuple[bytes, ...]
 
     @classmethod
-    def build(cls, digests: Sequence[bytes], nonces: bytes) -> "Tree":
+    def build(cls, digests: Sequence[bytes], nonces: bytes) -> Tree:
         """Build the tree of ``digests`` (32-byte record digests), ``nonces`` being 16 bytes per leaf."""
         if not digests:
             raise ValueError("a batch needs at least one leaf")
@@ -72,7 +72,7 @@ class Tree:
     def node(self, level: int, index: int) -> bytes:
         return self.levels[level][index * HASH_BYTES : (index + 1) * HASH_BYTES]
 
-    def path(self, position: int) -> list["Step"]:
+    def path(self, position: int) -> list[Step]:
         """The steps from leaf ``position``'s commitment up to the root."""
         return [Step(append, self.node(level, index)) for level, index, append in sibling_positions(self.size, position)]
 

@@ -51,7 +51,7 @@ class BlockHeader:
     nonce: int
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> "BlockHeader":
+    def from_bytes(cls, raw: bytes) -> BlockHeader:
         if len(raw) != HEADER_BYTES:
             raise ValueError(f"a block header is {HEADER_BYTES} bytes, got {len(raw)}")
         return cls(
@@ -193,4 +193,4 @@ def check_attestation(msg: bytes, height: int, headers: Mapping[int, bytes], *, 
 
 
 def _utc(unix: int) -> str:
-    return dt.datetime.fromtimestamp(unix, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return dt.datetime.fromtimestamp(unix, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -135,7 +135,7 @@ class CalendarClient:
                 body = await read_bounded(resp, MAX_REPLY_BYTES)
                 if resp.status != 200:
                     raise AnchorError(f"{calendar} answered HTTP {resp.status}")
-        except (aiohttp.ClientError, asyncio.TimeoutError, ReplyTooLarge) as exc:
+        except (TimeoutError, aiohttp.ClientError, ReplyTooLarge) as exc:
             raise AnchorError(f"{calendar}: {exc.__class__.__name__} {exc}") from exc
         return _parse_reply(calendar, body, digest)
 
@@ -146,7 +146,7 @@ class CalendarClient:
             async with self._slot(calendar), self._session.get(url, headers=HEADERS, timeout=self._timeout) as resp:
                 body = await read_bounded(resp, MAX_REPLY_BYTES)
                 status = resp.status
-        except (aiohttp.ClientError, asyncio.TimeoutError, ReplyTooLarge) as exc:
+        except (TimeoutError, aiohttp.ClientError, ReplyTooLarge) as exc:
             raise AnchorError(f"{calendar}: {exc.__class__.__name__} {exc}") from exc
         if status == 404:
             if PENDING_REPLY.encode() not in body:
@@ -231,7 +231,7 @@ class Anchorer:
         # went back to 'pending'). One at a time, each reads what the other wrote.
         self._timestamp_rounds = asyncio.Lock()
 
-    async def __aenter__(self) -> "Anchorer":
+    async def __aenter__(self) -> Anchorer:
         self._session = aiohttp.ClientSession()
         # One client for both workers: its per-host limit holds across batches and rounds.
         self._calendars = CalendarClient(self._session, self.config.timeout, self.config.calendar_concurrency)

@@ -95,7 +95,7 @@ class AckPolicy:
     rewrite_patterns: tuple[str, ...] = ()
 
     @classmethod
-    def for_sender(cls, config: AckConfig, sender: str) -> "AckPolicy":
+    def for_sender(cls, config: AckConfig, sender: str) -> AckPolicy:
         """The first [[ack.senders]] rule matching ``sender`` (address, '@domain' or '*'), else the defaults."""
         address = sender.lower()
         domain = "@" + address.rpartition("@")[2]
@@ -114,7 +114,7 @@ class AckTemplates:
     html: str = BUILTIN_HTML["fr"]
 
     @classmethod
-    def from_config(cls, config: AckConfig) -> "AckTemplates":
+    def from_config(cls, config: AckConfig) -> AckTemplates:
         return cls(
             text=_template(config.text_template, BUILTIN_TEXT[config.language], "ack.text_template"),
             html=_template(config.html_template, BUILTIN_HTML[config.language], "ack.html_template"),

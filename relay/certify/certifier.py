@@ -80,7 +80,7 @@ class _Part:
     charset: str | None
     cte: str | None  # lower-case, None when absent
     attachment: bool
-    children: tuple["_Part", ...] = ()
+    children: tuple[_Part, ...] = ()
     # A multipart's preamble and epilogue: (start, end) ranges that MIME readers ignore.
     ignored: tuple[tuple[int, int], ...] = ()
 

@@ -83,7 +83,7 @@ class SigningKey:
     private_key: Any  # rsa.RSAPrivateKey or ed25519.Ed25519PrivateKey
 
     @classmethod
-    def from_pem(cls, domain: str, selector: str, pem: bytes) -> "SigningKey":
+    def from_pem(cls, domain: str, selector: str, pem: bytes) -> SigningKey:
         try:
             key = serialization.load_pem_private_key(pem, password=None)
         except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
@@ -97,7 +97,7 @@ class SigningKey:
         raise DKIMKeyError(f"DKIM key for {domain} is neither RSA nor Ed25519")
 
     @classmethod
-    def from_file(cls, domain: str, selector: str, path: str) -> "SigningKey":
+    def from_file(cls, domain: str, selector: str, path: str) -> SigningKey:
         if not path:
             raise DKIMKeyError(f"dkim.domains: no key file given for selector {selector!r} of {domain}")
         try:
@@ -158,7 +158,7 @@ class DomainKeys:
     ed25519: SigningKey
 
     @classmethod
-    def from_config(cls, entry: DKIMDomain) -> "DomainKeys":
+    def from_config(cls, entry: DKIMDomain) -> DomainKeys:
         rsa_key = SigningKey.from_file(entry.domain, entry.rsa_selector, entry.rsa_key)
         ed_key = SigningKey.from_file(entry.domain, entry.ed25519_selector, entry.ed25519_key)
         if rsa_key.algorithm != RSA or ed_key.algorithm != ED25519:
@@ -180,7 +180,7 @@ class Keyring:
     signed_headers: tuple[str, ...] = SIGNED_HEADERS
 
     @classmethod
-    def from_config(cls, config: DKIMConfig) -> "Keyring":
+    def from_config(cls, config: DKIMConfig) -> Keyring:
         if not config.domains:
             raise DKIMKeyError("no dkim.domains configured")
         domains = {d.domain.lower(): DomainKeys.from_config(d) for d in config.domains}

@@ -32,7 +32,7 @@ import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, BinaryIO
 from zoneinfo import ZoneInfo
 
@@ -125,7 +125,7 @@ class DKIMKey:
         return f"keys/{self.dns_name}.txt"
 
     @classmethod
-    def from_record_entry(cls, entry: dict[str, Any]) -> "DKIMKey":
+    def from_record_entry(cls, entry: dict[str, Any]) -> DKIMKey:
         """The key a delivery record's ``dkim`` entry commits to."""
         kind = "ed25519" if "ed25519" in str(entry.get("algorithm", "")) else "rsa"
         txt = f"v=DKIM1; k={kind}; p={entry['public_key']}"
@@ -251,7 +251,7 @@ def make_manifest(facts: dict[str, Any], listing: dict[str, tuple[str, int]]) ->
 
 def _parse_time(iso: str) -> datetime:
     moment = datetime.fromisoformat(iso.replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def local_time(iso: str | None, tz: str) -> str:

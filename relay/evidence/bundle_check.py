@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import dkim
@@ -131,7 +131,7 @@ class BundleReport:
         if confirmed:
             heights = ", ".join(str(h) for h in sorted({a.bitcoin_height for a in confirmed}))
             first = min(a.block_time for a in confirmed if a.block_time is not None)
-            anchors += f" (block {heights}, {datetime.fromtimestamp(first, timezone.utc):%Y-%m-%d %H:%M:%S} UTC)"
+            anchors += f" (block {heights}, {datetime.fromtimestamp(first, UTC):%Y-%m-%d %H:%M:%S} UTC)"
         lines.append(anchors)
         for r in self.records:
             if r.anchor.state != "confirmed":

@@ -16,7 +16,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from json.encoder import encode_basestring
 from typing import Any
 
@@ -40,14 +40,14 @@ class Record:
     digest: str  # hex SHA-256 of body
 
     @classmethod
-    def from_fields(cls, fields: dict[str, Any]) -> "Record":
+    def from_fields(cls, fields: dict[str, Any]) -> Record:
         if fields.get("type") not in RECORD_TYPES:
             raise ValueError(f"unknown record type {fields.get('type')!r}")
         body = canonical_json({**fields, "version": RECORD_VERSION})
         return cls(body=body, digest=sha256_hex(body))
 
     @classmethod
-    def from_bytes(cls, body: bytes) -> "Record":
+    def from_bytes(cls, body: bytes) -> Record:
         """Parse stored bytes, refusing anything that is not canonical."""
         fields = json.loads(body)
         if canonical_json(fields) != body:
@@ -191,4 +191,4 @@ def iso_time(timestamp: float) -> str:
 
 @functools.lru_cache(maxsize=64)  # the records written in one second share it
 def _utc_second(whole: int) -> str:
-    return datetime.fromtimestamp(whole, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return datetime.fromtimestamp(whole, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")

@@ -27,7 +27,7 @@ class DataDirLock:
 
     @classmethod
     def acquire(cls, data_dir: Path, *, advice: str = "stop it first, or give this one its own data_dir"
-                ) -> "DataDirLock":
+                ) -> DataDirLock:
         """Take the lock, or raise StoreError naming the process that holds it, then ``advice``."""
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = data_dir / LOCK_FILE

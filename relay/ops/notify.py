@@ -31,7 +31,7 @@ class Notifier:
     address: str | bytes | None
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str]) -> "Notifier":
+    def from_environ(cls, environ: Mapping[str, str]) -> Notifier:
         """The socket named by NOTIFY_SOCKET; '@' starts an abstract socket name."""
         name = environ.get("NOTIFY_SOCKET", "")
         if not name:

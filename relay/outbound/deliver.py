@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from relay.certify import acklink, dkim
@@ -84,7 +84,7 @@ class Job:
     size: int  # octets of the message as received
 
     @classmethod
-    def from_row(cls, row: Any) -> "Job":
+    def from_row(cls, row: Any) -> Job:
         return cls(
             delivery_id=row["id"], submission_id=row["submission_id"], recipient=row["recipient"],
             attempts=row["attempts"], copy_sha256=row["copy_sha256"], record_digest=row["record_digest"],
@@ -238,7 +238,7 @@ class Deliverer:
         if self._busy:
             try:
                 await asyncio.wait_for(self._all_idle.wait(), grace)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("%d deliveries still in flight after %.0fs; they will be retried", self._busy, grace)
         for task in self._workers:
             task.cancel()
@@ -267,7 +267,7 @@ class Deliverer:
             if self._jobs.qsize() < self._limit:
                 try:
                     rows = await self.store.claim_due(self.clock(), CLAIM_BATCH_MAX)
-                except Exception:  # noqa: BLE001 - the worker must survive a store hiccup
+                except Exception:
                     log.exception("cannot claim deliveries; retrying")
             for row in rows:
                 self._jobs.put_nowait(Job.from_row(row))
@@ -290,7 +290,7 @@ class Deliverer:
             self._all_idle.clear()
             try:
                 await self._deliver(job)
-            except Exception:  # noqa: BLE001 - a worker never dies; the job stays 'sending' until restart
+            except Exception:
                 log.exception("delivery %d (%s) crashed", job.delivery_id, job.submission_id)
             finally:
                 self._octets.give_back(held)
@@ -319,7 +319,7 @@ class Deliverer:
         try:
             data = await self._prepare(job)
             job = await self._with_record(job)
-        except Exception as exc:  # noqa: BLE001 - our own failure: retry later, never lose it
+        except Exception as exc:
             log.exception("delivery %d (%s) not prepared", job.delivery_id, job.submission_id)
             reply = Reply(None, f"local error while preparing the copy: {type(exc).__name__}", "local")
         else:
@@ -330,7 +330,7 @@ class Deliverer:
             try:
                 await self._finish(job, reply, started)
                 return
-            except Exception:  # noqa: BLE001 - still 'sending': a stop re-queues it for the next start
+            except Exception:
                 log.exception("delivery %d (%s): outcome not recorded, trying again in %.1fs",
                               job.delivery_id, job.submission_id, wait)
             await asyncio.sleep(wait)
@@ -531,4 +531,4 @@ def _orcpt(options: tuple[str, ...]) -> str | None:
 
 
 def _utc(timestamp: float) -> datetime:
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc)
+    return datetime.fromtimestamp(timestamp, tz=UTC)

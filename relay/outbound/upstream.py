@@ -105,9 +105,9 @@ class SMTPUpstream:
                     # Refused before any envelope (greeting, EHLO, STARTTLS, AUTH): a problem between
                     # us and our upstream, not with this recipient, so never a permanent failure.
                     return Reply(None, f"connection refused by upstream: {exc.code} {exc.message}", self.config.host)
-                except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+                except (TimeoutError, aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
                     return Reply(None, f"{type(exc).__name__}: {exc}", self.config.host, None)
-                except Exception as exc:  # noqa: BLE001 - a flaw of ours in connecting: retry, never crash
+                except Exception as exc:
                     log.exception("unexpected error connecting to %s", self.config.host)
                     return Reply(None, f"local error while connecting: {type(exc).__name__}", self.config.host, None)
                 if taken is None:
@@ -137,7 +137,7 @@ class SMTPUpstream:
             client = await self._connect()
             self._active.add(client)
             return client, True
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+        except (TimeoutError, aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
             refusal = exc
         finally:
             self._connecting -= 1
@@ -174,10 +174,10 @@ class SMTPUpstream:
         try:
             reply = await self._transaction(client, sender, recipient, data, mail_options)
             self.eight_bit_mime = client.supports_extension("8bitmime")
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+        except (TimeoutError, aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
             self._discard(client)
             return Reply(None, f"{type(exc).__name__}: {exc}", self.config.host, None)
-        except Exception as exc:  # noqa: BLE001 - e.g. an address the upstream cannot take: retry, never crash
+        except Exception as exc:
             log.exception("unexpected error sending to %s", self.config.host)
             self._discard(client)
             return Reply(None, f"local error while sending: {type(exc).__name__}", self.config.host, None)
@@ -219,7 +219,7 @@ class SMTPUpstream:
             # Refused for this envelope: reset it and keep the connection.
             try:
                 await client.rset(timeout=timeout)
-            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+            except (TimeoutError, aiosmtplib.SMTPException, OSError):
                 client.close()
             return Reply(exc.code, exc.message, self.config.host, tls)
         return Reply(response.code, response.message, self.config.host, tls, parse_queue_id(response.message))
@@ -254,7 +254,7 @@ class SMTPUpstream:
         for client in idle:
             try:
                 await asyncio.wait_for(client.quit(), timeout=2)
-            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+            except (TimeoutError, aiosmtplib.SMTPException, OSError):
                 client.close()
 
 

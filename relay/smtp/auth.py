@@ -72,7 +72,7 @@ class Credentials:
         return ok and stored is not None
 
     @classmethod
-    def parse(cls, text: str, *, source: str = "credentials") -> "Credentials":
+    def parse(cls, text: str, *, source: str = "credentials") -> Credentials:
         hashes: dict[str, str] = {}
         for number, line in enumerate(text.splitlines(), 1):
             line = line.strip()

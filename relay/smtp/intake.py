@@ -65,7 +65,7 @@ class IntakeEnvelope(Envelope):
 class IntakeSMTP(SMTP):
     """aiosmtpd's protocol with the fixes Estampille needs (configured per instance)."""
 
-    def __init__(self, handler: "IntakeHandler", *, line_length_limit: int, **kwargs: Any) -> None:
+    def __init__(self, handler: IntakeHandler, *, line_length_limit: int, **kwargs: Any) -> None:
         # Read by SMTP.__init__ for the stream limit and by DATA for the per-line check.
         self.line_length_limit = line_length_limit
         self._client: str | None = None  # the client key this session is counted under
@@ -191,7 +191,7 @@ class IntakeHandler:
 
     @classmethod
     def from_config(cls, config: Config, spool: Spool, *, clock: Callable[[], float] = time.time,
-                    on_reply: Callable[[str], None] | None = None) -> "IntakeHandler":
+                    on_reply: Callable[[str], None] | None = None) -> IntakeHandler:
         """A handler with the credentials file the configuration names, if any."""
         path = config.smtp.credentials_file
         return cls(config, spool, load_credentials(Path(path)) if path else None, clock, on_reply)
@@ -223,7 +223,7 @@ class IntakeHandler:
                 session.shut()
         try:
             await asyncio.wait_for(self.no_sessions.wait(), grace)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("%d SMTP sessions still in a transaction after %.0fs; closing them", len(self.sessions), grace)
             for session in list(self.sessions):
                 session.shut()
@@ -304,7 +304,7 @@ class IntakeHandler:
         try:
             incoming = self._incoming(server, session, envelope)
             queued = await self.spool.accept(incoming, self.clock())
-        except Exception as exc:  # noqa: BLE001 - any failure of ours is a 451, never a 500
+        except Exception as exc:
             level = logging.WARNING if isinstance(exc, StoreError) else logging.ERROR
             log.log(level, "DATA from %s not queued: %s", _peer_text(session), type(exc).__name__,
                     exc_info=not isinstance(exc, StoreError))

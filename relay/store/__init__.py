@@ -460,7 +460,7 @@ class Store:
     # -- lifecycle -------------------------------------------------------
 
     @classmethod
-    async def open(cls, data_dir: Path) -> "Store":
+    async def open(cls, data_dir: Path) -> Store:
         """Open (creating if needed) the store under ``data_dir`` and migrate it."""
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         (data_dir / BLOB_DIR).mkdir(exist_ok=True, mode=0o700)

@@ -14,7 +14,7 @@ import base64
 import binascii
 import hashlib
 import itertools
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email import policy
 from email.parser import BytesParser
 
@@ -34,7 +34,7 @@ EXAMPLES = 500  # about 4 s; 150 missed the epilogue case that ed85992 fixes
 # base64 that does not decode, a multipart without a usable boundary.
 UNTOUCHED = (b"multipart/signed", b"multipart/encrypted", b"pkcs7-mime", b"message/", b"base64", b'boundary=""')
 PUBLIC = "https://accuse.ville-exemple.fr"
-DATE = datetime(2026, 12, 1, 8, 0, tzinfo=timezone.utc)
+DATE = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 CHARSETS = ["utf-8", "iso-8859-1", "us-ascii", "windows-1252", "koi8-r", "x-unknown", "utf-16", '"utf-8"', ""]
 ENCODINGS = ["7bit", "8bit", "binary", "quoted-printable", "base64", "x-uuencode", "BASE64", ""]
 TEXT_TYPES = ["text/plain", "text/html"]

@@ -187,7 +187,7 @@ class _Server:
         self.port = 0
         self.requests: list[tuple[str, str]] = []
 
-    async def start(self) -> "_Server":
+    async def start(self) -> _Server:
         self.runner = web.AppRunner(self.app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.host, 0)

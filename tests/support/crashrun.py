@@ -140,7 +140,7 @@ class _Run:
                 try:
                     await aiosmtplib.send(message(seq), sender=SENDER, recipients=list(RECIPIENTS),
                                           hostname="127.0.0.1", port=self.port, timeout=CLIENT_TIMEOUT)
-                except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+                except (TimeoutError, aiosmtplib.SMTPException, OSError):
                     self.retries += 1  # killed mid-transaction, or not listening yet: send again
                     await asyncio.sleep(CONNECT_RETRY_SECONDS)
                     continue

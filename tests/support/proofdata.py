@@ -35,7 +35,7 @@ class Keys:
     ed_public: str
 
     @classmethod
-    def generate(cls) -> "Keys":
+    def generate(cls) -> Keys:
         rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         ed = ed25519.Ed25519PrivateKey.generate()
         return cls(

@@ -65,7 +65,7 @@ class Relay:
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def start(cls, config: Path, env: dict[str, str] | None = None) -> "Relay":
+    async def start(cls, config: Path, env: dict[str, str] | None = None) -> Relay:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "relay.cli", "serve", "--config", str(config),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,

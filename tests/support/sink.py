@@ -83,7 +83,7 @@ class Sink:
         """Answer DATA for ``recipient`` with these replies, in order, then fall back."""
         self._scripts[recipient.lower()].extend(replies)
 
-    async def start(self) -> "Sink":
+    async def start(self) -> Sink:
         self._changed = self._changed or asyncio.Condition()
         loop = asyncio.get_running_loop()
         options: dict[str, Any] = {"tls_context": self.tls}
@@ -111,7 +111,7 @@ class Sink:
             self._server.close()
             self._server = None
 
-    async def __aenter__(self) -> "Sink":
+    async def __aenter__(self) -> Sink:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:

@@ -32,7 +32,7 @@ class ThreadedRelay:
         """Run ``coroutine`` on the relay's loop and return its result."""
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
-    def __enter__(self) -> "ThreadedRelay":
+    def __enter__(self) -> ThreadedRelay:
         self.thread.start()
         self.call(self.service.start())
         return self

@@ -13,7 +13,7 @@ import ast
 import base64
 import itertools
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -30,7 +30,7 @@ CORPUS = sorted(CORPUS_DIR.glob("*.eml"))
 PUBLIC = "https://accuse.ville-exemple.fr"
 PORTAL = "https://portail.ville-exemple.fr/"
 SENDER = "mairie@ville-exemple.fr"
-DATE = datetime(2026, 12, 1, 8, 0, tzinfo=timezone.utc)
+DATE = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 NOW = 1_790_000_000
 # Messages whose bytes must go out as they came: signed, encrypted, or nothing to carry a link.
 UNALTERABLE = {

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email import policy
 from email.parser import BytesParser
 
 from relay.outbound.dsn import Failure, build_dsn, status_of
 
-WHEN = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
+WHEN = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
 
 def report(**kw) -> bytes:

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from relay.evidence import bundle as proof
-from relay.evidence import bundle_check as bundle_verify
 from relay.evidence.bundle import MANIFEST, make_manifest, read_zip
 from relay.evidence.bundle_check import EXIT_INVALID, EXIT_PENDING, EXIT_VERIFIED, verify_files
 from tests.support.proofdata import Built, Keys, build_input
