@@ -115,7 +115,7 @@ async def make_tokens(data_dir: Path, count: int) -> list[str]:
         }, [(r, "[]") for r in recipients])
     rows = await store.delivery_states(submission_id)
     async with store.transaction() as db:
-        for row, token in zip(rows, tokens):
+        for row, token in zip(rows, tokens, strict=True):
             record = delivery_record(
                 submission_digest=sub.digest, recipient=row["recipient"], copy_sha256="1" * 64, dkim=[],
                 ack_link_inserted=True, ack_link_reason=None, certified_at=iso_time(now),

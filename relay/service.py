@@ -55,9 +55,9 @@ class Service:
 
     def __init__(self, config: Config, *, upstream: Upstream | None = None,
                  clock: Callable[[], float] = time.time, tracker_only: bool = False,
-                 notifier: Notifier = Notifier(None)) -> None:
+                 notifier: Notifier | None = None) -> None:
         self.config = config
-        self.notifier = notifier
+        self.notifier = notifier or Notifier(None)
         self.clock = clock
         self.tracker_only = tracker_only  # `serve --tracker-only`: the web side alone, no SMTP
         self.tracker: TrackerServer | None = None
@@ -216,7 +216,7 @@ def _address(sockname: Any) -> str:
 SIGNALS_STOP = (signal.SIGINT, signal.SIGTERM)
 
 
-async def serve(config: Config, *, tracker_only: bool = False, notifier: Notifier = Notifier(None)) -> None:
+async def serve(config: Config, *, tracker_only: bool = False, notifier: Notifier | None = None) -> None:
     """Run until SIGINT or SIGTERM, then stop gracefully; SIGHUP reloads certificates and credentials."""
     service = Service(config, tracker_only=tracker_only, notifier=notifier)
     await service.start()

@@ -42,7 +42,7 @@ class LinkLookup:
                 batch = {h: self._waiting.pop(h) for h in hashes}
                 try:
                     rows = await self._store.find_ack_links(hashes)
-                except Exception as exc:  # every waiting request must hear of it
+                except Exception as exc:  # noqa: BLE001 - every waiting request must hear of it
                     for futures in batch.values():
                         for future in futures:
                             if not future.done():

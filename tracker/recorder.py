@@ -129,7 +129,7 @@ class Recorder:
         error: Exception | None = None
         try:
             acks = iter(await self._store.write_tracker_events([*retries, *fetches], [r for r, _ in receipts]))
-        except Exception as exc:  # every waiting request must hear of it, then the loop goes on
+        except Exception as exc:  # noqa: BLE001 - every waiting request must hear of it, then the loop goes on
             error = exc
             log.error("recording %d tracker events failed: %s", len(receipts) + len(retries) + len(fetches), exc)
             if retries:

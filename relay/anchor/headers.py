@@ -209,7 +209,7 @@ async def fetch_headers(source: HeaderSource, heights: Iterable[int]) -> dict[in
     """The raw header at each height (HeaderSourceError if any is missing or disputed)."""
     heights = list(heights)
     headers = await asyncio.gather(*(source.header(h) for h in heights))
-    return dict(zip(heights, headers))
+    return dict(zip(heights, headers, strict=True))
 
 
 async def verify_with(source: HeaderSource, document: bytes, ots_bytes: bytes, *, regtest: bool = False) -> Verification:

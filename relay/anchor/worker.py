@@ -351,7 +351,7 @@ class Anchorer:
             *(self._client.submit(url, root.msg) for url in calendars), return_exceptions=True
         )
         replies: dict[str, bytes] = {}
-        for url, result in zip(calendars, results):
+        for url, result in zip(calendars, results, strict=True):
             if isinstance(result, AnchorError):
                 log.warning("calendar %s refused or failed: %s", url, result)
             elif isinstance(result, BaseException):
@@ -412,9 +412,9 @@ class Anchorer:
                                    self.config.calendar_concurrency)
             finally:
                 await _cancel(headers.values())
-        confirmed = [row["id"] for row, d in zip(rows, done) if d.confirmed]
-        stale = [row["id"] for row, d in zip(rows, done) if d.stale]
-        resubmitted = [row["id"] for row, d in zip(rows, done) if d.resubmitted]
+        confirmed = [row["id"] for row, d in zip(rows, done, strict=True) if d.confirmed]
+        stale = [row["id"] for row, d in zip(rows, done, strict=True) if d.stale]
+        resubmitted = [row["id"] for row, d in zip(rows, done, strict=True) if d.resubmitted]
         self.stale_batches = len(stale)
         if stale:
             log.warning("%d batch(es) pending for more than %d s: %s", len(stale), self.config.stale_after,
@@ -481,7 +481,7 @@ class Anchorer:
             return_exceptions=True,
         )
         changed = False
-        for (commitment, calendar), result in zip(asks, results):
+        for (_, calendar), result in zip(asks, results, strict=True):
             if isinstance(result, AnchorError):
                 log.warning("upgrade from %s failed: %s", calendar, result)
             elif isinstance(result, BaseException):

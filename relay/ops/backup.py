@@ -59,7 +59,7 @@ class BackupSummary:
 
 async def backup_data_dir(data_dir: Path, dest: Path, *, now: float) -> BackupSummary:
     """Open the store of ``data_dir`` (which must exist) and back it up into ``dest``."""
-    if not (data_dir / DB_NAME).is_file():
+    if not await asyncio.to_thread((data_dir / DB_NAME).is_file):
         raise BackupError(f"no Estampille database in {data_dir}")
     store = await Store.open(data_dir)
     try:
@@ -70,7 +70,7 @@ async def backup_data_dir(data_dir: Path, dest: Path, *, now: float) -> BackupSu
 
 async def backup(store: Store, dest: Path, *, now: float) -> BackupSummary:
     """Write a consistent backup of ``store`` into ``dest`` (absent or empty)."""
-    if dest.resolve().is_relative_to(store.data_dir.resolve()):
+    if await asyncio.to_thread(_is_inside, dest, store.data_dir):
         raise BackupError(f"backup destination {dest} is inside the data directory {store.data_dir}")
     _prepare_empty(dest, force=False, what="backup destination")
     db_file = dest / DB_NAME
@@ -99,10 +99,10 @@ async def backup(store: Store, dest: Path, *, now: float) -> BackupSummary:
 
 async def restore(src: Path, data_dir: Path, *, force: bool) -> BackupSummary:
     """Bring the backup ``src`` back into ``data_dir``; refuses a non-empty one unless ``force``."""
-    if src.resolve() == data_dir.resolve():
+    if await asyncio.to_thread(_same_path, src, data_dir):
         raise BackupError(f"{src} is the data directory itself")
     manifest = await asyncio.to_thread(check, src)
-    if data_dir.exists() and not data_dir.is_dir():
+    if await asyncio.to_thread(lambda: data_dir.exists() and not data_dir.is_dir()):
         raise BackupError(f"data directory {data_dir} is not a directory")
     try:
         lock = DataDirLock.acquire(data_dir, advice="stop it before restoring")
@@ -157,6 +157,14 @@ def check(src: Path) -> dict[str, Any]:
         if (digest, size) != (expected["sha256"], expected["size"]):
             raise BackupError(f"{src}: {rel} does not match the manifest")
     return manifest
+
+
+def _is_inside(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root.resolve())
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
 
 
 def _summary(path: Path, manifest: dict[str, Any]) -> BackupSummary:

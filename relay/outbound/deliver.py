@@ -141,7 +141,7 @@ class CertifyThread:
             while self._queue:
                 batch = self._next_batch()
                 outcomes = await loop.run_in_executor(self._executor, _run_steps, [step for step, _ in batch])
-                for (_, future), (result, error) in zip(batch, outcomes):
+                for (_, future), (result, error) in zip(batch, outcomes, strict=True):
                     if future.done():  # its delivery was cancelled meanwhile (a stop)
                         continue
                     if error is not None:

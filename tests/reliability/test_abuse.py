@@ -160,7 +160,7 @@ async def test_smuggling_payloads_never_split_a_message(tmp_path):
             await sink.wait_for(len(ENDINGS))
             await until(lambda: _settled(service.store, len(ENDINGS)), "the deliveries")
             submissions = await service.store.fetchall("SELECT mail_from FROM submissions")
-    for ending, received in zip(ENDINGS, replies):
+    for ending, received in zip(ENDINGS, replies, strict=True):
         assert received.count(b"250 2.0.0 Ok: queued") == 1, (ending, received)
         # Reply codes, not substrings: a random queue id may contain "500".
         codes = [line[:3] for line in received.split(b"\r\n") if line]

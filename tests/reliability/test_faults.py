@@ -73,7 +73,7 @@ async def test_flapping_upstream_refusing_4xx_250_delivers_each_copy_once(tmp_pa
                 assert await send(service.smtp_port, n) == 250
             for _ in range(4):  # refuse connections, then listen again, while retries are due
                 tries = len(sink.attempts)
-                await until(lambda: _true(len(sink.attempts) > tries), "a try")
+                await until(lambda: _true(len(sink.attempts) > tries), "a try")  # noqa: B023 - awaited in this iteration
                 await sink.stop()
                 await until(lambda: _refused_attempt(service.store), "a refused connection")
                 await sink.start()
@@ -128,7 +128,7 @@ async def test_calendars_timing_out_or_answering_garbage_delay_but_never_drop_a_
         ots = [await export_ots(store, rec.digest) for rec in recs]
         await store.close()
     headers = dict(enumerate(chain.headers))
-    assert all(verify_ots(rec.body, proof, headers, regtest=True).ok for rec, proof in zip(recs, ots))
+    assert all(verify_ots(rec.body, proof, headers, regtest=True).ok for rec, proof in zip(recs, ots, strict=True))
 
 
 # -- full disk ----------------------------------------------------------------

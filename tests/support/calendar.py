@@ -132,7 +132,7 @@ def _merkle_tree(stamps: list[Timestamp], others: list[bytes]) -> Timestamp:
     level: list[tuple[Timestamp | None, bytes]] = [(s, s.msg) for s in stamps] + [(None, d) for d in others]
     while len(level) > 1:
         pairs = []
-        for (left, lmsg), (right, rmsg) in zip(level[0::2], level[1::2]):
+        for (left, lmsg), (right, rmsg) in zip(level[0::2], level[1::2], strict=False):
             tip = None
             if right is not None:  # shared with the left node, as the library's cat_sha256 does
                 prepended = right.ops.add(OpPrepend(lmsg))

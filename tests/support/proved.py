@@ -126,8 +126,8 @@ async def proved_message(
             store = p.store
             n_acks, n_rcpts = len(acknowledgers), len(recipients)
             for table in ("receipts", "fetches"):  # one acknowledgment and one page fetch per acknowledger
-                await until(lambda: store.fetchone(f"SELECT 1 FROM {table} GROUP BY NULL HAVING COUNT(*) = ?",
-                                                   (n_acks,)), table)
+                sql = f"SELECT 1 FROM {table} GROUP BY NULL HAVING COUNT(*) = ?"
+                await until(lambda: store.fetchone(sql, (n_acks,)), table)  # noqa: B023 - awaited in this iteration
             await until(lambda: store.fetchone("SELECT 1 FROM deliveries WHERE state = 'delivered'"
                                                " GROUP BY submission_id HAVING COUNT(*) = ?", (n_rcpts,)), "deliveries")
             yield p
