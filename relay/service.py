@@ -218,6 +218,7 @@ SIGNALS_STOP = (signal.SIGINT, signal.SIGTERM)
 
 async def serve(config: Config, *, tracker_only: bool = False, notifier: Notifier | None = None) -> None:
     """Run until SIGINT or SIGTERM, then stop gracefully; SIGHUP reloads certificates and credentials."""
+    notifier = notifier or Notifier(None)
     service = Service(config, tracker_only=tracker_only, notifier=notifier)
     await service.start()
     settle_heap()

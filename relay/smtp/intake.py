@@ -1,7 +1,9 @@
 """SMTP intake: aiosmtpd on the relay's own event loop, never an open relay.
 
-Protocol fixes live in :class:`IntakeSMTP` (a subclass of aiosmtpd's SMTP);
-policy lives in :class:`IntakeHandler`, whose hooks return explicit replies:
+Protocol fixes live in :class:`IntakeSMTP` (a subclass of aiosmtpd's SMTP that uses only its
+documented extension points: ``smtp_*`` commands, ``push``, ``transport`` and the asyncio
+protocol methods); policy lives in :class:`IntakeHandler`, whose hooks (``handle_*`` and
+``auth_*``) return explicit replies:
 
 - MAIL: 452 4.3.1 when the data directory is nearly full;
 - RCPT: 550 5.7.1 for a client outside ``smtp.allowed_networks`` that has not
@@ -15,6 +17,8 @@ policy lives in :class:`IntakeHandler`, whose hooks return explicit replies:
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import ipaddress
 import logging
 import re
@@ -23,7 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, AnyStr
+from typing import Any, AnyStr, cast
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
@@ -38,9 +42,12 @@ log = logging.getLogger("estampille.intake")
 # MAIL and RCPT parameters real MTAs send (RFC 3461 DSN, RFC 4954 AUTH): accepted
 # and kept in the envelope's options; aiosmtpd alone answers 555 to them (its issue #367).
 ACCEPTED_PARAMS = frozenset({"AUTH", "RET", "ENVID", "NOTIFY", "ORCPT"})
-# A dot-atom local part and a domain of dot-separated labels in angle brackets (RFC 5321).
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_PLAIN_PATH = re.compile(rf"\s*<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
+_ACCEPTED_PARAM = re.compile(rf"\s+((?:{'|'.join(sorted(ACCEPTED_PARAMS))})(?:=\S*)?)(?=\s|$)", re.IGNORECASE)
+# "FROM:" or "TO:" and the spaces before the path, which ends at its ">" or else at a space.
+_PATH_START = re.compile(r"[^:]*:\s*(?=<)|[^:]*:\s*\S*")
+# What the email package's address parser (which aiosmtpd uses) raises on paths such as '<',
+# 'a@[', '<"': a syntax error of the client's, not a failure of ours.
+_PARSER_CRASHES = (IndexError, AttributeError, UnboundLocalError)
 # After a DATA, a client that sends several messages starts its next transaction within a few
 # round trips: the relay counts as receiving until then (IntakeHandler.receiving).
 RECEIVING_GRACE_SECONDS = 0.25
@@ -50,16 +57,10 @@ REPLY_DISK_FULL = "452 4.3.1 Insufficient system storage, please try again later
 REPLY_NOT_ALLOWED = "550 5.7.1 Relaying denied: authenticate first"
 REPLY_NO_DKIM_KEY = "550 5.7.1 This relay does not sign mail from that sender's domain"
 REPLY_AUTH_THROTTLED = "454 4.7.0 Too many failed authentication attempts, try again later"
+REPLY_AUTH_NEEDS_TLS = "538 5.7.11 Encryption required for requested authentication mechanism"
+REPLY_MALFORMED_ADDRESS = "553 5.1.3 Error: malformed address"
 REPLY_SHUTTING_DOWN = b"421 4.3.2 Service shutting down, please try again later\r\n"
 REPLY_TOO_MANY_SESSIONS = b"421 4.7.0 Too many connections from your address, please try again later\r\n"
-
-
-class IntakeEnvelope(Envelope):
-    """aiosmtpd's envelope, plus the RCPT parameters of each recipient kept apart."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.rcpt_params: list[tuple[str, ...]] = []
 
 
 class IntakeSMTP(SMTP):
@@ -68,17 +69,17 @@ class IntakeSMTP(SMTP):
     def __init__(self, handler: IntakeHandler, *, line_length_limit: int, **kwargs: Any) -> None:
         # Read by SMTP.__init__ for the stream limit and by DATA for the per-line check.
         self.line_length_limit = line_length_limit
-        self._client: str | None = None  # the client key this session is counted under
-        super().__init__(handler, **kwargs)
+        self.client: str | None = None  # the client key this session is counted under
+        # The DSN and AUTH parameters of the MAIL or RCPT command being read, upper-cased.
+        self.dsn_options: list[str] = []
+        # AUTH over plaintext is refused per session (IntakeHandler.auth_*), not by aiosmtpd.
+        super().__init__(handler, auth_require_tls=False, **kwargs)
         self.intake = handler
 
-    def _create_envelope(self) -> IntakeEnvelope:
-        return IntakeEnvelope()
-
     def connection_lost(self, error: Exception | None) -> None:
-        if self._client is not None:
-            self.intake.session_closed(self._client)
-            self._client = None
+        if self.client is not None:
+            self.intake.session_closed(self.client)
+            self.client = None
         self.intake.sessions.discard(self)
         if not self.intake.sessions:
             self.intake.no_sessions.set()
@@ -91,9 +92,10 @@ class IntakeSMTP(SMTP):
 
     def shut(self, reply: bytes = REPLY_SHUTTING_DOWN) -> None:
         """Say 421 and close (RFC 5321 allows 421 at any point when the service stops)."""
-        if self.transport is not None and not self.transport.is_closing():
-            self._writer.write(reply)
-            self.transport.close()
+        transport = cast(asyncio.WriteTransport | None, self.transport)  # uvloop's does not subclass it
+        if transport is not None and not transport.is_closing():
+            transport.write(reply)
+            transport.close()
 
     async def push(self, status: AnyStr) -> None:
         # Every reply passes here, aiosmtpd's own (500, 501, 555...) included: metrics count errors.
@@ -105,60 +107,37 @@ class IntakeSMTP(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        if self._client is None:  # counted once: connection_made runs again after STARTTLS
+        assert self.session is not None
+        if self.client is None:  # counted once: connection_made runs again after STARTTLS
             client = client_key(_ip_text(self.session.peer))
             if not self.intake.session_opened(client):
                 self.shut(REPLY_TOO_MANY_SESSIONS)  # before the greeting: the session task never runs
                 return
-            self._client = client
+            self.client = client
         self.intake.sessions.add(self)  # called again after STARTTLS: a set keeps one entry
         self.intake.no_sessions.clear()
-        # AUTH needs TLS, unless configured otherwise for loopback clients.
-        self._auth_require_tls = not self.intake.plaintext_auth_allowed(self.session.peer)
 
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        # aiosmtpd parses each MAIL/RCPT address with the email package's header parser (and
-        # defines a class at every call): a tenth of intake's CPU. A plain <local@domain>,
-        # what sending software writes, is read here; anything else goes to aiosmtpd as before.
-        plain = _PLAIN_PATH.match(arg)
-        rest = arg[plain.end():].lstrip() if plain else ""
-        if plain is None or rest.startswith("("):  # a comment after the path: aiosmtpd's parser
-            try:
-                return super()._getaddr(arg)
-            except Exception:  # noqa: BLE001 - the email package's parser fails on '<', 'a@[', ...
-                return None, None  # (IndexError, AttributeError, UnboundLocalError): a syntax error
-        address = plain.group(1)
-        if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
-            return None, None
-        return address, rest
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        await self._with_params(super().smtp_MAIL, arg)
 
-    def _getparams(self, params: Any) -> dict[str, str | bool] | None:
-        result = super()._getparams(params)
-        if result is None:
-            return None
-        return {name: value for name, value in result.items() if name not in ACCEPTED_PARAMS}
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        await self._with_params(super().smtp_RCPT, arg)
+
+    async def _with_params(self, command: Callable[[str | None], Any], arg: str | None) -> None:
+        # aiosmtpd answers 555 to the DSN and AUTH parameters real MTAs send (its issue #367):
+        # they are taken out of what it parses, and the hooks read them from dsn_options.
+        self.dsn_options, arg = _take_dsn_params(arg)
+        try:
+            await command(arg)
+        except _PARSER_CRASHES:
+            log.warning("session %s: unparsable path %r", _peer_text(self.session), arg)
+            await self.push(REPLY_MALFORMED_ADDRESS)
 
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd would answer 500 (the sender drops the mail) and keep a half envelope.
         log.error("session %s: unexpected %s", _peer_text(self.session), type(error).__name__, exc_info=error)
-        self.envelope = self._create_envelope()
+        self.envelope = Envelope()
         return REPLY_OUR_FAILURE
-
-    # aiosmtpd checks passwords synchronously in _authenticate; scrypt is slow, so the
-    # check runs in a thread here, after aiosmtpd has parsed the mechanism's exchange.
-    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
-        return AuthResult(success=False, handled=False, auth_data=auth_data)
-
-    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
-        return await self._check_login(await super().auth_PLAIN(_, args))
-
-    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
-        return await self._check_login(await super().auth_LOGIN(_, args))
-
-    async def _check_login(self, parsed: AuthResult) -> AuthResult:
-        if not isinstance(parsed.auth_data, LoginPassword):
-            return parsed  # aiosmtpd already answered the malformed exchange
-        return await self.intake.authenticate(self.session, parsed.auth_data)
 
 
 class IntakeHandler:
@@ -250,6 +229,37 @@ class IntakeHandler:
         address = _ip_of(peer)
         return address is not None and any(address in net for net in self.allowed)
 
+    # aiosmtpd's own auth_PLAIN and auth_LOGIN check passwords synchronously; scrypt is slow,
+    # so these run the check in a thread (aiosmtpd calls a handler's auth_* in place of its own).
+    async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        if (refused := self._auth_refused(server)) is not None:
+            return refused
+        blob = await _auth_answer(server, args, b"")
+        if blob is None:
+            return AuthResult(success=False, handled=True)
+        parts = blob.split(b"\x00")
+        if len(parts) != 3:  # authzid NUL authcid NUL passwd (RFC 4616)
+            await server.push("501 5.5.2 Can't split auth value")
+            return AuthResult(success=False, handled=True)
+        assert server.session is not None
+        return await self.authenticate(server.session, LoginPassword(parts[1], parts[2]))
+
+    async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        if (refused := self._auth_refused(server)) is not None:
+            return refused
+        login = await _auth_answer(server, args, b"User Name\x00")
+        password = await server.challenge_auth(b"Password\x00") if login is not None else None
+        if login is None or not isinstance(password, bytes):
+            return AuthResult(success=False, handled=True)
+        assert server.session is not None
+        return await self.authenticate(server.session, LoginPassword(login, password))
+
+    def _auth_refused(self, server: SMTP) -> AuthResult | None:
+        assert server.session is not None
+        if server.session.ssl is None and not self.plaintext_auth_allowed(server.session.peer):
+            return AuthResult(success=False, handled=False, message=REPLY_AUTH_NEEDS_TLS)
+        return None
+
     async def authenticate(self, session: Session, login: LoginPassword) -> AuthResult:
         peer = _peer_text(session)
         now = self.clock()
@@ -272,7 +282,8 @@ class IntakeHandler:
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
                           responses: list[str]) -> list[str]:
         session.host_name = hostname
-        if self.credentials is None:
+        # AUTH needs TLS, unless configured otherwise for loopback clients.
+        if self.credentials is None or (session.ssl is None and not self.plaintext_auth_allowed(session.peer)):
             responses = [r for r in responses if not r.startswith("250-AUTH")]
         return responses
 
@@ -287,20 +298,20 @@ class IntakeHandler:
             log.warning("MAIL from %s refused: no DKIM key signs for <%s>", _peer_text(session), address)
             return REPLY_NO_DKIM_KEY
         envelope.mail_from = address
-        envelope.mail_options.extend(mail_options)
+        envelope.mail_options.extend(_given(server, mail_options))
         return "250 2.1.0 Ok"
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: IntakeEnvelope, address: str,
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
         if not session.authenticated and not self.is_allowed(session.peer):
             log.warning("RCPT from %s refused: not in allowed networks and not authenticated", _peer_text(session))
             return REPLY_NOT_ALLOWED
         envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.extend(rcpt_options)
-        envelope.rcpt_params.append(tuple(rcpt_options))
+        # One entry per recipient (its parameters, space-separated), kept apart for its DSN.
+        envelope.rcpt_options.append(" ".join(_given(server, rcpt_options)))
         return "250 2.1.5 Ok"
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: IntakeEnvelope) -> str:
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         try:
             incoming = self._incoming(server, session, envelope)
             queued = await self.spool.accept(incoming, self.clock())
@@ -318,13 +329,13 @@ class IntakeHandler:
         )
         return REPLY_QUEUED.format(queued.submission_id)
 
-    def _incoming(self, server: SMTP, session: Session, envelope: IntakeEnvelope) -> Incoming:
+    def _incoming(self, server: SMTP, session: Session, envelope: Envelope) -> Incoming:
         login = session.auth_data.login if isinstance(session.auth_data, LoginPassword) else None
         return Incoming(
             data=envelope.original_content or b"",
             mail_from=_reverse_path(envelope.mail_from),
             recipients=tuple(envelope.rcpt_tos),
-            rcpt_options=tuple(envelope.rcpt_params),
+            rcpt_options=tuple(tuple(options.split()) for options in envelope.rcpt_options),
             mail_options=tuple(envelope.mail_options),
             client_address=_ip_text(session.peer),
             auth_user=login.decode("utf-8", "replace") if isinstance(login, bytes) else None,
@@ -374,6 +385,37 @@ async def start_intake(config: Config, spool: Spool, *, credentials: Credentials
         return await loop.create_server(factory, *address)
     except OSError as exc:  # port taken, or below 1024 without CAP_NET_BIND_SERVICE
         raise EstampilleError(f"SMTP intake cannot listen on {address[0]}:{address[1]}: {exc.strerror}") from exc
+
+
+def _take_dsn_params(arg: str | None) -> tuple[list[str], str | None]:
+    """The DSN and AUTH parameters after a MAIL or RCPT path (upper-cased, as aiosmtpd gives
+    parameters to the hooks), and the argument without them."""
+    if arg is None:
+        return [], arg
+    path = _PATH_START.match(arg)
+    path_end = path.end() if path else 0
+    if path is not None and arg.startswith("<", path_end):
+        path_end = arg.find(">", path_end) + 1 or len(arg)
+    head, tail = arg[:path_end], arg[path_end:]
+    taken = [found.upper() for found in _ACCEPTED_PARAM.findall(tail)]
+    return taken, head + _ACCEPTED_PARAM.sub("", tail) if taken else arg
+
+
+def _given(server: SMTP, options: list[str]) -> list[str]:
+    """The parameters aiosmtpd parsed, then those IntakeSMTP took out before it did."""
+    return [*options, *server.dsn_options] if isinstance(server, IntakeSMTP) else options
+
+
+async def _auth_answer(server: SMTP, args: list[str], challenge: bytes) -> bytes | None:
+    """The client's base64 answer given with AUTH, or to ``challenge``; None once answered with an error."""
+    if len(args) == 1:
+        answer = await server.challenge_auth(challenge)
+        return answer if isinstance(answer, bytes) else None
+    try:
+        return base64.b64decode(args[1], validate=True)
+    except binascii.Error:
+        await server.push("501 5.5.2 Can't decode base64")
+        return None
 
 
 def _reverse_path(mail_from: str | None) -> str:
