@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from relay.outbound.budget import Budget
 from relay.outbound.deliver import classify, retry_delay
-from relay.outbound.upstream import Reply, data_on_wire, parse_queue_id, too_many_connections
+from relay.outbound.upstream import Reply, parse_queue_id, too_many_connections
 from relay.smtp.spool import new_submission_id
 
 
@@ -56,20 +52,6 @@ def test_submission_ids_sort_by_time_and_differ():
     c = new_submission_id(1_700_000_001.0)
     assert a != b and max(a, b) < c
     assert len(a) == len(c) == 23
-
-
-@settings(max_examples=2000, deadline=None)
-@given(st.lists(st.sampled_from([b"\r\n", b"\n", b"\r", b".", b"..", b"a", b" ", b"\xc3\xa9"]), max_size=40).map(b"".join))
-def test_data_on_wire_is_what_aiosmtplib_would_send(data):
-    """Our DATA payload is byte for byte aiosmtplib's (its line endings, dot-stuffing and end)."""
-    expected = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data)) + b".\r\n"
-    assert data_on_wire(data) + b".\r\n" == expected
-
-
-def test_data_on_wire_stuffs_leading_dots_and_ends_lines():
-    assert data_on_wire(b"Subject: x\r\n\r\n.hidden\r\nend") == b"Subject: x\r\n\r\n..hidden\r\nend\r\n"
-    plain = b"Subject: x\r\n\r\nnothing to stuff\r\n"
-    assert data_on_wire(plain) is plain  # a large copy is not copied again
 
 
 async def test_the_octet_budget_serves_in_order_and_a_large_message_alone():
