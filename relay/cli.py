@@ -229,6 +229,10 @@ def cmd_queue(args: argparse.Namespace) -> int:
         count = asyncio.run(queue.retry(config, None if args.all else args.ids))
         print(f"{count} deliveries queued for a new attempt")
         return EXIT_OK
+    if args.action == "release":
+        count = asyncio.run(queue.release(config, args.ids))
+        print(f"{count} held deliveries released")
+        return EXIT_OK if count == len(set(args.ids)) else EXIT_RUNTIME
     lines = asyncio.run(queue.describe(config))
     for line in lines:
         print(line)
@@ -292,12 +296,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--tracker-only", action="store_true",
         help="run only the web tracker (acknowledgment pages), as its own process over the same data directory",
     )
-    p = command("queue", cmd_queue, "List deferred and failed deliveries with their last reply; 'retry' re-queues them.")
+    p = command("queue", cmd_queue, "List deferred, held and failed deliveries with their last reply; 'retry' and 'release' re-queue them.")
     p.set_defaults(action="list")
     queue_sub = p.add_subparsers(dest="action", metavar="ACTION")
     r = queue_sub.add_parser("retry", help="make deliveries due now", description="Make deferred or failed deliveries due now.")
     r.add_argument("ids", metavar="ID", type=int, nargs="*", help="delivery IDs as listed by 'estampille queue'")
     r.add_argument("--all", action="store_true", help="every deferred and failed delivery")
+    r.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="configuration file")
+    r = queue_sub.add_parser("release", help="retry deliveries held after crashing the relay",
+                             description="Make deliveries held after three crashes of the relay in a row due now.")
+    r.add_argument("ids", metavar="ID", type=int, nargs="+", help="delivery IDs listed as 'held' by 'estampille queue'")
     r.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="configuration file")
     p = command(
         "passwd", cmd_passwd, "Set a user's SMTP AUTH password (read from stdin or a prompt, never the command line).",

@@ -14,6 +14,7 @@ Two kinds of figures:
 Exposed (prefix ``estampille_``):
 
     deliveries{state}                     gauge    queue depth by state
+    deliveries_held                       gauge    poison messages held (counted in deliveries{state="deferred"})
     delivery_attempts_total{outcome}      counter  attempts by outcome (delivered, deferred, failed)
     oldest_deferred_age_seconds           gauge    age of the oldest message with a deferred delivery
     anchor_leaves_pending                 gauge    records not yet in a submitted batch
@@ -32,12 +33,12 @@ import logging
 from collections.abc import Callable, Iterator
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from relay.config import Config
 from relay.errors import EstampilleError, StoreError
-from relay.store import OperationsFigures, Store
+from relay.store import OperationsFigures, Store, held
 
 log = logging.getLogger("estampille.metrics")
 
@@ -107,6 +108,8 @@ class Metrics:
                                    ["code"], registry=self.registry)
         self.http_errors = Counter(PREFIX + "http_error_responses", "HTTP responses with a status of 400 or more.",
                                    ["status"], registry=self.registry)
+        self.held = Gauge(PREFIX + "deliveries_held", "Deliveries held after crashing the relay ('estampille queue"
+                          " release').", registry=self.registry)
 
     def smtp_reply(self, status: str) -> None:
         """Count one reply the intake sends, if it is an error (called for every reply)."""
@@ -122,6 +125,7 @@ class Metrics:
     async def render(self, store: Store, now: float) -> bytes:
         """Refresh the store figures, then the exposition text."""
         self.store_figures.update(await store.operations_figures(), now)
+        self.held.set(await held.held_count(store))
         return generate_latest(self.registry)
 
 

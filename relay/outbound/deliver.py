@@ -37,7 +37,7 @@ from relay.outbound import dsn
 from relay.outbound.budget import Budget
 from relay.outbound.upstream import Reply, Upstream, make_upstream, one_line
 from relay.smtp.spool import Incoming, Spool
-from relay.store import INLINE_MAX, Store
+from relay.store import INLINE_MAX, Store, held
 
 log = logging.getLogger("estampille.deliver")
 T = TypeVar("T")
@@ -216,6 +216,9 @@ class Deliverer:
     # -- lifecycle --------------------------------------------------------
 
     async def start(self) -> None:
+        for poison in await held.hold_poison(self.store, self.clock()):
+            log.error("delivery %d of %s to <%s> held: %s; 'estampille queue release %d' retries it",
+                      poison.delivery_id, poison.submission_id, poison.recipient, held.HELD_REPLY, poison.delivery_id)
         resumed = await self.store.requeue_interrupted(self.clock())
         if resumed:
             log.info("resumed %d deliveries interrupted by a stop", resumed)

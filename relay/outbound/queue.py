@@ -1,4 +1,4 @@
-"""The delivery queue as operators see it: `estampille queue` and `estampille queue retry`."""
+"""The delivery queue as operators see it: `estampille queue`, `queue retry` and `queue release`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 from datetime import UTC, datetime
 
 from relay.config import Config
-from relay.store import Store
+from relay.store import Store, held
 
 
 async def describe(config: Config) -> list[str]:
@@ -18,10 +18,12 @@ async def describe(config: Config) -> list[str]:
         await store.close()
     lines = []
     for row in rows:
-        when = "" if row["state"] == "failed" else f" next {_time(row['next_attempt_at'])}"
+        is_held = row["next_attempt_at"] >= held.HELD_UNTIL
+        state = "held" if is_held else row["state"]
+        when = "" if row["state"] == "failed" or is_held else f" next {_time(row['next_attempt_at'])}"
         reply = " ".join((row["last_reply"] or "").split())[:160]
         lines.append(
-            f"{row['id']:>6} {row['state']:<8} {row['submission_id']} <{row['mail_from']}> -> <{row['recipient']}>"
+            f"{row['id']:>6} {state:<8} {row['submission_id']} <{row['mail_from']}> -> <{row['recipient']}>"
             f" attempts={row['attempts']}{when} last: {row['last_code'] or '-'} {reply}"
         )
     return lines
@@ -32,6 +34,15 @@ async def retry(config: Config, ids: list[int] | None) -> int:
     store = await Store.open(config.data_path)
     try:
         return await store.retry_deliveries(ids, time.time())
+    finally:
+        await store.close()
+
+
+async def release(config: Config, ids: list[int]) -> int:
+    """Make the given held deliveries due now; returns how many were held."""
+    store = await Store.open(config.data_path)
+    try:
+        return await held.release(store, ids, time.time())
     finally:
         await store.close()
 

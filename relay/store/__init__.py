@@ -277,6 +277,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX anchor_leaves_unbatched ON anchor_leaves(queued_at) WHERE batch_id IS NULL;
     CREATE INDEX anchor_leaves_batch ON anchor_leaves(batch_id);
     """,
+    # poison messages (relay/store/held.py): crashes of the relay in a row with a delivery in flight.
+    """
+    CREATE TABLE delivery_crashes (
+        delivery_id     INTEGER PRIMARY KEY REFERENCES deliveries(id),
+        crashes         INTEGER NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
