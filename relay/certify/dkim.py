@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dkim as dkimpy
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -80,7 +80,7 @@ class SigningKey:
     domain: str
     selector: str
     algorithm: str  # RSA or ED25519
-    private_key: Any  # rsa.RSAPrivateKey or ed25519.Ed25519PrivateKey
+    private_key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
     @classmethod
     def from_pem(cls, domain: str, selector: str, pem: bytes) -> SigningKey:
@@ -144,7 +144,7 @@ class SigningKey:
         }
 
     def sign_digest(self, digest: bytes) -> bytes:
-        if self.algorithm == RSA:
+        if isinstance(self.private_key, rsa.RSAPrivateKey):
             return self.private_key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
         return self.private_key.sign(digest)
 
@@ -258,7 +258,7 @@ def relaxed_body(body: bytes) -> bytes:
         body = _TRAILING_WSP.sub(b"\r\n", body)
     if b"  " in body or b"\t" in body:
         body = _WSP_TO_COMPRESS.sub(b" ", body)
-    return canonicalization.correct_empty_body(canonicalization.strip_trailing_lines(body))
+    return cast(bytes, canonicalization.correct_empty_body(canonicalization.strip_trailing_lines(body)))
 
 
 def strip_signatures(message: bytes, keys: DomainKeys) -> bytes:
@@ -309,8 +309,8 @@ def _include_list(headers: list[list[bytes]], signed_headers: Iterable[str]) -> 
     for name, _ in headers:
         present[name.lower()] = present.get(name.lower(), 0) + 1
     include: list[bytes] = []
-    for name in signed_headers:
-        raw = name.lower().encode("ascii")
+    for header in signed_headers:
+        raw = header.lower().encode("ascii")
         include.extend([raw] * max(1, present.get(raw, 0)))
     return include + [b"from"]
 
@@ -341,7 +341,7 @@ def _signature(signed: Any, include: tuple[bytes, ...], body_hash: bytes, key: S
     hasher.update(_SIGNATURE_NAME + b":" + _WSP_TO_COMPRESS.sub(b" ", unsigned).strip())
     fields[-1] = (b"b", base64.b64encode(key.sign_digest(hasher.digest())))
     value = dkimpy.fold(b"; ".join(b"=".join(f) for f in fields) + b"\r\n", namelen=len(_HEADER_NAME))
-    return _HEADER_NAME + b": " + value
+    return _HEADER_NAME + b": " + cast(bytes, value)
 
 
 # -- key generation (I/O) ------------------------------------------------

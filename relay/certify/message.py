@@ -126,7 +126,7 @@ def _attachments(msg: EmailMessage) -> list[Attachment]:
             payload = part.get_payload(decode=True)
         except (ValueError, TypeError, LookupError):
             payload = None
-        if payload is None:
+        if not isinstance(payload, bytes):
             payload = b""
         found.append(
             Attachment(

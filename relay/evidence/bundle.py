@@ -187,7 +187,8 @@ def build_bundle(proof: ProofInput, read_blob: Callable[[str], bytes], out: Bina
     }
     files[ATTESTATION] = render_attestation(facts, files).encode("utf-8")
     files[VERIFY_DOC] = render_verify_doc(proof.message_id).encode("utf-8")
-    stamp = max(ZIP_EPOCH, _parse_time(proof.generated_at).timetuple()[:6])
+    t = _parse_time(proof.generated_at).timetuple()
+    stamp = max(ZIP_EPOCH, (t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec))
     listing: dict[str, tuple[str, int]] = {}
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
         for path, sha256 in sorted(blobs.items()):
@@ -200,7 +201,7 @@ def build_bundle(proof: ProofInput, read_blob: Callable[[str], bytes], out: Bina
         _add(zf, MANIFEST, make_manifest(facts, listing), stamp)
 
 
-def _add(zf: zipfile.ZipFile, path: str, data: bytes, stamp: tuple[int, ...]) -> tuple[str, int]:
+def _add(zf: zipfile.ZipFile, path: str, data: bytes, stamp: tuple[int, int, int, int, int, int]) -> tuple[str, int]:
     """Add one file with a fixed date and mode (deterministic bytes); its (SHA-256, size)."""
     info = zipfile.ZipInfo(path, date_time=stamp)
     info.compress_type = zipfile.ZIP_DEFLATED
@@ -319,7 +320,8 @@ class Bundle:
 
     @property
     def facts(self) -> dict[str, Any]:
-        return self.manifest["facts"]
+        facts: dict[str, Any] = self.manifest["facts"]
+        return facts
 
 
 class BundleProblem(VerificationError):

@@ -117,19 +117,20 @@ class BundleReport:
             return f"INVALID: {self.problem.path}: {self.problem.check} failed: {self.problem.detail}"
         lines = [f"Message {self.message_id}" + (f" ({self.subject})" if self.subject else "")]
         lines.append(f"  received {self.received_at}; {len(self.recipients)} recipient(s)")
-        for r in self.recipients:
-            lines.append(f"- {r.recipient}")
-            lines.append(f"    sent:         {r.sent_at or 'not yet certified'}")
-            lines.append(f"    handed over:  {r.handed_at or 'not yet'}" + (f" ({r.reply})" if r.reply else ""))
-            for answer in r.earlier_answers:
+        for rcpt in self.recipients:
+            lines.append(f"- {rcpt.recipient}")
+            lines.append(f"    sent:         {rcpt.sent_at or 'not yet certified'}")
+            lines.append(f"    handed over:  {rcpt.handed_at or 'not yet'}" + (f" ({rcpt.reply})" if rcpt.reply else ""))
+            for answer in rcpt.earlier_answers:
                 lines.append(f"    earlier:      {answer}")
-            lines.append(f"    delivered:    {'yes' if r.delivered else 'no'}")
-            lines.append(f"    acknowledged: {r.acknowledged_at or 'no'}" + (f"; link fetched {r.fetches}x" if r.fetches else ""))
-            lines.append(f"    DKIM:         {', '.join(r.dkim) or 'no signature checked'}")
+            lines.append(f"    delivered:    {'yes' if rcpt.delivered else 'no'}")
+            lines.append(f"    acknowledged: {rcpt.acknowledged_at or 'no'}"
+                         + (f"; link fetched {rcpt.fetches}x" if rcpt.fetches else ""))
+            lines.append(f"    DKIM:         {', '.join(rcpt.dkim) or 'no signature checked'}")
         confirmed = [r.anchor for r in self.records if r.anchor.state == "confirmed"]
         anchors = f"Anchors: {len(confirmed)} of {len(self.records)} records confirmed in Bitcoin"
         if confirmed:
-            heights = ", ".join(str(h) for h in sorted({a.bitcoin_height for a in confirmed}))
+            heights = ", ".join(str(h) for h in sorted({a.bitcoin_height for a in confirmed if a.bitcoin_height is not None}))
             first = min(a.block_time for a in confirmed if a.block_time is not None)
             anchors += f" (block {heights}, {datetime.fromtimestamp(first, UTC):%Y-%m-%d %H:%M:%S} UTC)"
         lines.append(anchors)

@@ -56,11 +56,12 @@ class Record:
 
     @property
     def fields(self) -> dict[str, Any]:
-        return json.loads(self.body)
+        fields: dict[str, Any] = json.loads(self.body)
+        return fields
 
     @property
     def type(self) -> str:
-        return self.fields["type"]
+        return str(self.fields["type"])
 
 
 def canonical_json(obj: Any) -> bytes:
