@@ -8,9 +8,9 @@ acknowledge through the page's POST; every record is anchored on a local
 calendar, then confirmed by a block of a fake chain. Then, each timed
 ``--runs`` times (median reported):
 
-- build: ``relay.evidence.gather.build_proof``: every row and record read from the
+- build: ``relay.proof.gather.build_proof``: every row and record read from the
   store, each record's .ots exported, the bundle assembled and zipped;
-- verify: ``relay.evidence.gather.verify_bundle``: the zip read, the manifest, the
+- verify: ``relay.proof.gather.verify_bundle``: the zip read, the manifest, the
   record chain, every copy's digest and its two DKIM signatures, every .ots
   replayed to a block header fetched from two agreeing Esplora fakes.
 
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support
 
 from relay.anchor.headers import AgreeingSources, EsploraSource
 from relay.evidence.bundle import read_zip
-from relay.evidence.gather import build_proof, verify_bundle
+from relay.proof.gather import build_proof, verify_bundle
 from tests.support.proved import MESSAGE_ID, proved_message
 
 

@@ -153,7 +153,7 @@ def cmd_anchor(args: argparse.Namespace) -> int:
 
 
 def cmd_proof(args: argparse.Namespace) -> int:
-    from relay.evidence.gather import build_proof
+    from relay.proof.gather import build_proof
     from tracker.api import bundle_filename
 
     config = load_config(args)
@@ -175,7 +175,7 @@ def cmd_proof(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from relay.evidence.bundle_check import report_text
-    from relay.evidence.gather import verify_bundle
+    from relay.proof.gather import verify_bundle
 
     source = headers.make_source(
         bitcoind=args.bitcoind, esplora=args.esplora or (), headers_file=Path(args.headers) if args.headers else None

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 
 from relay.errors import NotFoundError
-from relay.evidence.gather import MessageEvidence, load_message, message_json
+from relay.proof.gather import MessageEvidence, load_message, message_json
 from tracker import api
 from tracker.admin_auth import (
     ADMIN_PREFIX,

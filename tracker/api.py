@@ -3,7 +3,7 @@
 Every route needs ``Authorization: Bearer <token>`` (``tracker.admin_auth``).
 Errors are JSON ``{"error": code, "message": text}``; the OpenAPI document at
 ``/api/v1/openapi.json`` describes it all. Handlers stay thin: parse, call
-``relay.evidence.gather``, answer.
+``relay.proof.gather``, answer.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from urllib.parse import quote
 from aiohttp import web
 
 from relay.errors import EstampilleError, NotFoundError
-from relay.evidence.gather import build_proof, load_message, message_json
 from relay.evidence.records import iso_time
+from relay.proof.gather import build_proof, load_message, message_json
 from tracker.admin_auth import API_PREFIX
 from tracker.pages import TRACKER
 

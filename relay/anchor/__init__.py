@@ -1,1 +1,1 @@
-"""Anchoring in Bitcoin: Merkle batches, OpenTimestamps calendars, block headers and proof verification."""
+"""Anchoring in Bitcoin: Merkle batches, OpenTimestamps calendars and block headers."""

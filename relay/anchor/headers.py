@@ -1,4 +1,4 @@
-"""Bitcoin block header sources for verification (the I/O half of ``relay.anchor.ots_verify``).
+"""Bitcoin block header sources for verification (the I/O half of ``relay.evidence.ots_verify``).
 
 A source answers ``await source.header(height) -> bytes`` (80 raw bytes) or
 raises HeaderSourceError. Sources:
@@ -31,8 +31,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import aiohttp
 
 from relay.anchor.fetch import ReplyTooLarge, read_bounded
-from relay.anchor.ots_verify import HEADER_BYTES, Verification, block_hash, required_heights, verify_ots
 from relay.errors import HeaderSourceError
+from relay.evidence.ots_verify import HEADER_BYTES, Verification, block_hash, required_heights, verify_ots
 
 MAX_REPLY_BYTES = 64 * 1024  # a header is 160 hex digits; any sane reply is far below this
 DEFAULT_TIMEOUT = 30.0

@@ -50,9 +50,9 @@ from opentimestamps.core.timestamp import Timestamp
 from relay.anchor import merkle
 from relay.anchor.fetch import ReplyTooLarge, read_bounded
 from relay.anchor.headers import AgreeingSources, BitcoindSource, EsploraSource, HeaderSource
-from relay.anchor.ots_verify import check_attestation
 from relay.config import AnchorConfig
 from relay.errors import AnchorError, ConflictError, HeaderSourceError
+from relay.evidence.ots_verify import check_attestation
 from relay.store import NewAnchorBatch, Store
 
 log = logging.getLogger("estampille.anchor")

@@ -1,1 +1,1 @@
-"""Evidence: the records, the proof bundle made from them, and its offline verification."""
+"""Evidence: the records, the proof bundle made from them, and their offline verification (down to Bitcoin headers)."""

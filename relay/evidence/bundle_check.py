@@ -1,8 +1,8 @@
 """Offline verification of a proof bundle (see relay.evidence.bundle for its layout).
 
 Pure: the bundle's bytes come in, and so does a mapping of the Bitcoin block
-headers its ``.ots`` proofs need, by height (``relay.evidence.gather`` fetches them
-from a header source as they are asked for). Each proof is checked by ``relay.anchor.ots_verify``.
+headers its ``.ots`` proofs need, by height (``relay.proof.gather`` fetches them
+from a header source as they are asked for). Each proof is checked by ``relay.evidence.ots_verify``.
 No DNS: DKIM signatures are checked against the keys in the bundle, which must
 be the keys the anchored delivery records name.
 
@@ -26,7 +26,6 @@ from typing import Any
 
 import dkim
 
-from relay.anchor.ots_verify import verify_ots
 from relay.evidence.bundle import (
     MANIFEST,
     Bundle,
@@ -35,6 +34,7 @@ from relay.evidence.bundle import (
     parse_manifest,
     record_path,
 )
+from relay.evidence.ots_verify import verify_ots
 from relay.evidence.records import Record, sha256_hex
 
 EXIT_VERIFIED = 0

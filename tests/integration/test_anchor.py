@@ -16,10 +16,10 @@ import pytest
 
 from relay.anchor import worker as anchor
 from relay.anchor.headers import AgreeingSources, BitcoindSource, EsploraSource, fetch_headers, verify_with
-from relay.anchor.ots_verify import verify_ots
 from relay.anchor.worker import Anchorer, export_ots
 from relay.config import AnchorConfig, Config
 from relay.errors import ConfigError, ConflictError, HeaderSourceError
+from relay.evidence.ots_verify import verify_ots
 from relay.evidence.records import Record
 from relay.store import Store
 from tests.conftest import require_tool

@@ -19,10 +19,10 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from relay.anchor.ots_verify import verify_ots
 from relay.anchor.worker import Anchorer, export_ots
 from relay.config import AnchorConfig
 from relay.errors import StoreError
+from relay.evidence.ots_verify import verify_ots
 from relay.evidence.records import Record
 from relay.store import DB_NAME, Store
 from tests.support.calendar import FakeCalendar, FakeChain

@@ -16,9 +16,9 @@ from opentimestamps.core.notary import BitcoinBlockHeaderAttestation, PendingAtt
 from opentimestamps.core.timestamp import Timestamp
 
 from relay.anchor.merkle import Tree, leaf_ots
-from relay.anchor.ots_verify import block_hash
 from relay.evidence import records
 from relay.evidence.bundle import Anchoring, Evidence, ProofInput, RecipientEvidence, build_bundle
+from relay.evidence.ots_verify import block_hash
 
 DOMAIN = "mairie-exemple.fr"
 HEIGHT = 101

@@ -1,4 +1,4 @@
-"""relay.anchor.ots_verify: proofs against block headers, proof of work under mainnet rules (regtest behind a flag)."""
+"""relay.evidence.ots_verify: proofs against block headers, proof of work under mainnet rules (regtest behind a flag)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from opentimestamps.core.serialize import BytesSerializationContext
 from opentimestamps.core.timestamp import DetachedTimestampFile, Timestamp
 
 from relay.anchor.headers import format_headers_file, parse_headers_file
-from relay.anchor.ots_verify import BlockHeader, check_proof_of_work, required_heights, target_from_bits, verify_ots
 from relay.errors import HeaderSourceError
+from relay.evidence.ots_verify import BlockHeader, check_proof_of_work, required_heights, target_from_bits, verify_ots
 from tests.support.calendar import FakeChain, weaken
 
 # Public Bitcoin mainnet data.
@@ -133,7 +133,7 @@ def test_headers_file_round_trip_and_errors():
         parse_headers_file(f"0 {GENESIS_HEADER.hex()}\n1 abcd\n")
 
 
-@pytest.mark.parametrize("module", ["anchor/merkle", "anchor/ots_verify"])
+@pytest.mark.parametrize("module", ["anchor/merkle", "evidence/ots_verify"])
 def test_proof_modules_are_pure(module):
     """No network, loop, database, clock or randomness inside merkle and verify: callers pass them in."""
     source = (Path(__file__).resolve().parents[2] / "relay" / f"{module}.py").read_text()

@@ -1,0 +1,1 @@
+"""Proofs: a message's evidence gathered from the store and the anchors, bundled and verified."""
