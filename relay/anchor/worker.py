@@ -36,6 +36,7 @@ import asyncio
 import fnmatch
 import logging
 import os
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ from opentimestamps.core.timestamp import Timestamp
 from relay.anchor import merkle
 from relay.anchor.fetch import ReplyTooLarge, read_bounded
 from relay.anchor.headers import AgreeingSources, BitcoindSource, EsploraSource, HeaderSource
+from relay.backoff import Backoff
 from relay.config import AnchorConfig
 from relay.errors import AnchorError, ConflictError, HeaderSourceError
 from relay.evidence.ots_verify import check_attestation
@@ -364,7 +366,7 @@ class Anchorer:
     def _after_submission(self, accepted: int, *, attempts: int, now: float) -> tuple[str, float]:
         if accepted >= self.config.min_calendars:
             return "pending", now + self.config.upgrade_interval
-        delay = min(self.config.retry_first * 2 ** (attempts - 1), self.config.retry_max)
+        delay = Backoff(self.config.retry_first, self.config.retry_max).delay(attempts, random.random())
         return "submitting", now + delay
 
     async def retry_submissions(self) -> list[BatchOutcome]:

@@ -20,12 +20,13 @@ import hashlib
 import hmac
 import json
 import logging
+import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
 
+from relay.backoff import Backoff
 from relay.config import WebhooksConfig
 from relay.errors import StoreError
 from relay.evidence.records import canonical_json, iso_time
@@ -36,6 +37,7 @@ log = logging.getLogger("estampille.webhooks")
 SIGNATURE_HEADER = "X-Estampille-Signature"
 RETRY_FIRST = 10.0  # seconds before the first retry
 RETRY_MAX = 900.0  # longest wait between two retries
+DEFAULT_BACKOFF = Backoff(RETRY_FIRST, RETRY_MAX)
 POLL_INTERVAL = 1.0  # seconds between scans for due events
 KEEP_SENT = 7 * 86400  # seconds sent and given-up events stay in the table (for inquiries)
 PURGE_EVERY = 3600.0  # seconds between two purges of old events
@@ -59,16 +61,6 @@ def event_body(event_id: int, event: str, created_at: float, payload: bytes) -> 
     )
 
 
-@dataclass(frozen=True)
-class Backoff:
-    first: float = RETRY_FIRST
-    maximum: float = RETRY_MAX
-
-    def delay(self, attempts: int) -> float:
-        """Wait after the ``attempts``-th failed attempt (1-based): first, doubling, capped."""
-        return min(self.maximum, self.first * 2 ** max(0, attempts - 1))
-
-
 class WebhookWorker:
     """Sends due events until stopped; one instance per service."""
 
@@ -78,7 +70,7 @@ class WebhookWorker:
         config: WebhooksConfig,
         *,
         clock: Callable[[], float],
-        backoff: Backoff = Backoff(),
+        backoff: Backoff = DEFAULT_BACKOFF,
         poll_interval: float = POLL_INTERVAL,
     ) -> None:
         self.store = store
@@ -142,7 +134,7 @@ class WebhookWorker:
             await self.store.finish_webhook_event(row["id"], state="failed", next_attempt_at=now, error=error)
             return True  # the next event to this URL may go now
         await self.store.finish_webhook_event(
-            row["id"], state="pending", next_attempt_at=now + self.backoff.delay(attempts), error=error
+            row["id"], state="pending", next_attempt_at=now + self.backoff.delay(attempts, random.random()), error=error
         )
         log.info("webhook event %s to %s failed (%s); attempt %d", row["id"], _site(row["url"]), error, attempts)
         return False

@@ -17,8 +17,10 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import logging
+import random
 import secrets
 import time
 from collections import OrderedDict
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from relay.backoff import Backoff
 from relay.certify import acklink, dkim
 from relay.certify.certifier import Certified, Certifier, Prepared
 from relay.certify.message import header_block
@@ -59,8 +62,7 @@ STOP_GRACE_SECONDS = 5.0
 INTAKE_CHECK_SECONDS = 0.05  # a delivery held back for intake looks again this often
 # An outcome the store could not take (locked, full) is known: recording it is retried,
 # not the sending (that would send the copy twice), from this wait doubling up to the max.
-RECORD_RETRY_FIRST = 0.5
-RECORD_RETRY_MAX = 30.0
+RECORD_RETRY = Backoff(first=0.5, maximum=30.0)
 
 
 @dataclass(frozen=True)
@@ -105,11 +107,6 @@ def classify(code: int | None) -> str:
     if code is not None and 500 <= code < 600 and code != MAILBOX_FULL:
         return "failed"
     return "deferred"
-
-
-def retry_delay(attempts: int, first: float, maximum: float) -> float:
-    """Seconds to wait after the ``attempts``-th failed attempt (1-based): first, doubling, capped."""
-    return min(maximum, first * 2 ** max(0, attempts - 1))
 
 
 class CertifyThread:
@@ -328,16 +325,15 @@ class Deliverer:
         else:
             options = _forwarded_options(job, data, self.upstream.eight_bit_mime)
             reply = await self.upstream.send(job.mail_from, job.recipient, data, options)
-        wait = RECORD_RETRY_FIRST
-        while True:
+        for failures in itertools.count(1):
             try:
                 await self._finish(job, reply, started)
                 return
             except Exception:
+                wait = RECORD_RETRY.delay(failures, random.random())
                 log.exception("delivery %d (%s): outcome not recorded, trying again in %.1fs",
                               job.delivery_id, job.submission_id, wait)
             await asyncio.sleep(wait)
-            wait = min(RECORD_RETRY_MAX, wait * 2)
 
     # -- preparing the copy (the certify step plugs in here) ----------------
 
@@ -450,7 +446,8 @@ class Deliverer:
         expired = outcome == "deferred" and now - job.received_at >= self.config.delivery.give_up_after
         if expired:
             outcome = "failed"
-        delay = retry_delay(job.attempts + 1, self.config.delivery.retry_first, self.config.delivery.retry_max)
+        delay = Backoff(self.config.delivery.retry_first, self.config.delivery.retry_max).delay(
+            job.attempts + 1, random.random())
         next_at = now + delay if outcome == "deferred" else now
         dsn_blob = await self._dsn_for(job, reply, expired, now) if outcome == "failed" else None
         handoff = None

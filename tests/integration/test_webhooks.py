@@ -10,8 +10,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from relay.backoff import Backoff
 from relay.config import WebhooksConfig
-from relay.ops.webhooks import SIGNATURE_HEADER, Backoff, WebhookWorker, signature_ok
+from relay.ops.webhooks import SIGNATURE_HEADER, WebhookWorker, signature_ok
 from relay.store import Store
 from tests.support.polling import until
 

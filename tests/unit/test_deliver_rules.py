@@ -1,12 +1,13 @@
 """Delivery rules (relay.outbound.deliver, relay.outbound.upstream, relay.outbound.budget): replies, connection limits,
-backoff, queue ids, DATA on the wire, the octet budget; spool ids."""
+backoff, queue ids, the octet budget; spool ids."""
 
 from __future__ import annotations
 
 import asyncio
 
+from relay.backoff import JITTER, Backoff
 from relay.outbound.budget import Budget
-from relay.outbound.deliver import classify, retry_delay
+from relay.outbound.deliver import classify
 from relay.outbound.upstream import Reply, parse_queue_id, too_many_connections
 from relay.smtp.spool import new_submission_id
 
@@ -37,7 +38,7 @@ def test_replies_that_may_mean_too_many_connections():
 
 
 def test_backoff_doubles_up_to_the_maximum():
-    assert [retry_delay(n, 300, 3600) for n in range(1, 7)] == [300, 600, 1200, 2400, 3600, 3600]
+    assert [Backoff(300, 3600).delay(n, 0.0) for n in range(1, 7)] == [300, 600, 1200, 2400, 3600, 3600]
 
 
 def test_queue_ids_of_common_mtas():
@@ -86,3 +87,10 @@ async def test_a_cancelled_wait_for_octets_lets_the_next_one_in():
     budget.give_back(held)
     budget.give_back(10)
     assert budget.used == 0
+
+
+def test_backoff_jitter_only_shortens_a_wait_by_at_most_its_share():
+    backoff = Backoff(300, 3600)
+    waits = [backoff.delay(3, draw / 10) for draw in range(10)]
+    assert waits[0] == 1200 and all(1200 * (1 - JITTER) <= w <= 1200 for w in waits)
+    assert len(set(waits)) == 10  # retries made due together spread out
