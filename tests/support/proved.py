@@ -106,8 +106,8 @@ async def proved_message(
             data_dir, sink.port,
             tracker={"enabled": True, "listen_host": "127.0.0.1", "listen_port": 0,
                      "public_url": "http://127.0.0.1:1", "scanner_window": 0},
-            anchor={"enabled": False, "calendars": [calendar.url], "min_calendars": 1,
-                    "esplora": [e1.url, e2.url], "regtest": True},  # the relay records block times
+            anchor={"enabled": False, "calendars": [calendar.url], "min_calendars": 1, "http_for_tests": True,
+                    "esplora": [e1.url, e2.url], "regtest": True},  # the relay checks attestations
             admin={"token_hashes": [token_hash]},
             **sections,
         )
