@@ -546,7 +546,7 @@ class Anchorer:
             if self.allowed(calendar):
                 asks.append((commitment, calendar))
             else:
-                log.warning("calendar %s is not on the allowlist: not contacted", calendar)
+                log.warning("calendar %s is not an https URL on the allowlist: not contacted", calendar)
         results = await asyncio.gather(
             *(self._client.get_timestamp(calendar, commitment) for commitment, calendar in asks),
             return_exceptions=True,
