@@ -84,7 +84,8 @@ async def test_anchor_now_status_export_and_verify(setup, tmp_path, capsys):
     assert code == 2 and "proof-of-work" in out, out
 
     async with EsploraFake(chain) as one, EsploraFake(chain) as two, EsploraFake(FakeChain(start_time=1)) as other:
-        other.chain.mine(bytes(32))
+        for _ in cals:  # as high as the proof's blocks, other headers
+            other.chain.mine(bytes(32))
         code, out = await cli(capsys, "verify-ots", str(record), str(proof), "--esplora", one.url, "--esplora", two.url,
                               "--regtest")
         assert code == 0, out
