@@ -540,15 +540,19 @@ async def test_two_explorers_that_disagree_are_an_error(store, calendars, chain)
             await verify_with(AgreeingSources([EsploraSource(one.url), EsploraSource(two.url)]), recs[0].body, proof)
 
 
-async def confirmed_batch(store: Store, calendars, config: AnchorConfig):
-    """Two records batched, every calendar's block mined, one upgrade round: the confirmed batch row."""
+async def upgraded_batch(store: Store, calendars, config: AnchorConfig) -> anchor.UpgradeReport:
+    """Two records batched, every calendar's block mined, one upgrade round."""
     await queue(store, records(2))
     async with Anchorer(store, config) as anchorer:
         await anchorer.batch_all()
         for cal in calendars:
             cal.confirm()
-        report = await anchorer.upgrade()
-    assert len(report.confirmed) == 1
+        return await anchorer.upgrade()
+
+
+async def confirmed_batch(store: Store, calendars, config: AnchorConfig):
+    """:func:`upgraded_batch`, which confirms the batch: its row."""
+    assert len((await upgraded_batch(store, calendars, config)).confirmed) == 1
     return (await store.anchor_batches(["confirmed"]))[0]
 
 
@@ -602,12 +606,7 @@ async def test_a_header_that_does_not_check_out_confirms_nothing(store, calendar
         if fault == "explorer down":
             await explorer.stop()
         config = anchor_config(calendars, esplora=[url, second.url], regtest=fault != "mainnet proof of work")
-        await queue(store, records(2))
-        async with Anchorer(store, config) as anchorer:
-            await anchorer.batch_all()
-            for cal in calendars:
-                cal.confirm()
-            report = await anchorer.upgrade()
+        report = await upgraded_batch(store, calendars, config)
     assert report.confirmed == ()
     [batch] = await store.anchor_batches(["pending", "attested"])
     if fault == "explorer down":  # nothing known against the claims: kept, unverified
