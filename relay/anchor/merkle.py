@@ -150,10 +150,11 @@ def bitcoin_branches(timestamp: Timestamp) -> Timestamp | None:
 
     Pending branches are dropped: a confirmed proof needs none, and stays small. Call it only once
     every Bitcoin attestation left in ``timestamp`` has been checked against its block header
-    (:func:`discard` the others): a verifier refuses a proof with one bad attestation, and the
-    stock client stops at the first it cannot check. None if there is no Bitcoin attestation.
+    (:func:`discard` the others): our verifier refuses a proof with one bad attestation (the stock
+    client skips it and reports the lowest that verifies). The file's order of the paths is the format's
+    (operations sorted by their bytes), not ours to choose. None if there is no Bitcoin attestation.
     """
-    paths = sorted(_bitcoin_paths(timestamp, ()), key=lambda item: len(item[1]))  # shortest first
+    paths = list(_bitcoin_paths(timestamp, ()))
     if not paths:
         return None
     copy = Timestamp(timestamp.msg)
