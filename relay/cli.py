@@ -141,7 +141,9 @@ def cmd_anchor(args: argparse.Namespace) -> int:
     if args.action == "status":
         lines = asyncio.run(_on_store(config, lambda s: anchor.anchor_status(s, config.anchor, time.time())))
     elif args.now:
-        lines = asyncio.run(_on_store(config, lambda s: anchor.anchor_now(s, config.anchor)))
+        run = asyncio.run(_on_store(config, lambda s: anchor.anchor_now(s, config.anchor)))
+        print("\n".join(run.lines))
+        return EXIT_RUNTIME if run.unanswered else EXIT_OK
     else:
         print("estampille anchor: give --now or 'status'", file=sys.stderr)
         return EXIT_INVALID
@@ -180,7 +182,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     source = headers.make_source(
         bitcoind=args.bitcoind, esplora=args.esplora or (), headers_file=Path(args.headers) if args.headers else None
     )
-    report = asyncio.run(verify_bundle(Path(args.bundle), source, regtest=args.regtest))
+    report = asyncio.run(verify_bundle(Path(args.bundle), source, regtest=args.regtest,
+                                       max_anchor_delay=args.max_anchor_delay))
     print(report_text(report, as_json=args.json))
     return report.exit_code
 
@@ -257,6 +260,21 @@ def cmd_passwd(args: argparse.Namespace) -> int:
     write_password(Path(args.file), args.user, password, secrets.token_bytes(16))
     print(f"password of {args.user} set in {args.file}")
     return EXIT_OK
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> float:
+    """Seconds in ``text``: a number and a unit (s, m, h, d), e.g. ``48h``; hours without a unit."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "h")
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a duration such as 48h, 90m or 2d") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive duration")
+    return seconds
 
 
 def header_source_arguments(p: argparse.ArgumentParser) -> None:
@@ -352,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", metavar="BUNDLE", help="the bundle's zip, or a directory it was unpacked into")
     header_source_arguments(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--max-anchor-delay", metavar="DURATION", type=duration, default="48h",
+                   help="fail a record whose anchor proves it existed only longer than this after the time it"
+                        " claims (e.g. 48h, 90m, 2d; default 48h)")
     command("admin-token", cmd_admin_token, "Generate an admin token; print it and the hash for admin.token_hashes.",
             config=False)
 

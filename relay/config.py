@@ -187,7 +187,8 @@ class AnchorConfig:
     )
     allowlist: list[str] = key(
         list(PUBLIC_CALENDAR_DOMAINS),
-        "Calendar host names the upgrade worker may contact (configured calendars are always allowed).",
+        "Calendar host names the upgrade worker may contact, over https only (configured calendars are always"
+        " allowed, over https too).",
     )
     stale_after: int = key(48 * 3600, "Seconds after which a pending batch is logged and counted as stale.")
     resubmit_after: int = key(7 * 86400, "Seconds after which a pending batch's root is resubmitted.")
@@ -195,13 +196,29 @@ class AnchorConfig:
     retry_max: float = key(3600.0, "Longest wait between submission retries, in seconds (the wait doubles up to this).")
     esplora: list[str] = key(
         [],
-        "Esplora explorer API URLs the relay reads the block header of a confirmed batch from, to record its"
-        " block time (two or more must agree); empty, with bitcoind empty: no block time is recorded.",
+        "Esplora explorer API URLs the relay checks calendars' Bitcoin attestations against (block hash, proof of"
+        " work, Merkle root): two different explorers at least, which must agree. With neither these nor bitcoind,"
+        " batches stay 'attested' (not verified) and nothing is pruned (docs/anchoring.md).",
     )
     bitcoind: str = key(
-        "", "bitcoind JSON-RPC URL (http://user:pass@host:8332) to read block headers from, as anchor.esplora does."
+        "", "bitcoind JSON-RPC URL (http://user:pass@host:8332) to check attestations against, as anchor.esplora does."
     )
     regtest: bool = key(False, "Accept regtest proof of work in those block headers (tests only).")
+    http_for_tests: bool = key(False, "Let the upgrade worker ask calendars over plain http (tests only).")
+
+
+def header_sources_problem(anchor: AnchorConfig) -> str | None:
+    """Why ``anchor.esplora`` and ``anchor.bitcoind`` cannot check an attestation, or None.
+
+    One explorer alone is trusted blindly, and one given twice is one explorer: bitcoind, or two different
+    explorers that agree, or none (batches then stay 'attested').
+    """
+    seen = [url.rstrip("/").lower() for url in anchor.esplora]
+    if len(set(seen)) != len(seen):
+        return "anchor.esplora: the same explorer is given twice; give two different explorers"
+    if len(seen) == 1 and not anchor.bitcoind:
+        return "anchor.esplora: one explorer alone is not enough; give a second one, or anchor.bitcoind"
+    return None
 
 
 @dataclass(frozen=True)
@@ -428,6 +445,9 @@ def _check(config: Config) -> None:
             raise ConfigError(f"anchor.esplora[{pos}] = {url!r}: expected an http(s) URL")
     if config.anchor.bitcoind and not config.anchor.bitcoind.startswith(("http://", "https://")):
         raise ConfigError("anchor.bitcoind: expected an http(s) URL")  # the URL may carry a password: not echoed
+    problem = header_sources_problem(config.anchor)
+    if problem:
+        raise ConfigError(problem)
     for pos, url in enumerate(config.webhooks.urls):
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"webhooks.urls[{pos}] = {url!r}: expected an http(s) URL")

@@ -160,7 +160,8 @@ class Service:
     async def _start_anchoring(self) -> None:
         """The batching and upgrade workers of relay.anchor.worker (anchor.enabled)."""
         assert self.store is not None
-        anchorer = self.anchorer = Anchorer(self.store, self.config.anchor, clock=self.clock)
+        anchorer = self.anchorer = Anchorer(self.store, self.config.anchor, clock=self.clock,
+                                            on_rejected=self.metrics.rejected_attestation)
         await anchorer.__aenter__()
         workers = asyncio.create_task(anchorer.run(), name="estampille-anchor")
 

@@ -82,6 +82,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "ev_ack": "Accusé de réception",
         "anchor_confirmed": "ancré dans Bitcoin, bloc {height}",
         "anchor_pending": "horodatage en attente de confirmation",
+        "anchor_attested": "bloc {height} annoncé par un calendrier, non vérifié",
         "anchor_queued": "en attente d'horodatage",
         "state_queued": "en attente",
         "state_sending": "en cours d'envoi",
@@ -134,6 +135,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "ev_ack": "Acknowledgment of receipt",
         "anchor_confirmed": "anchored in Bitcoin, block {height}",
         "anchor_pending": "timestamp waiting for confirmation",
+        "anchor_attested": "block {height} claimed by a calendar, not verified",
         "anchor_queued": "waiting to be timestamped",
         "state_queued": "queued",
         "state_sending": "sending",
@@ -300,8 +302,8 @@ def _anchor_text(record: dict[str, Any] | None, a: dict[str, str]) -> str:
     if record is None:
         return ""
     anchoring = record["anchoring"]
-    if anchoring["state"] == "confirmed":
-        return a["anchor_confirmed"].format(height=anchoring["bitcoin_height"])
+    if anchoring["state"] in ("confirmed", "attested"):
+        return a[f"anchor_{anchoring['state']}"].format(height=anchoring["bitcoin_height"])
     return a[f"anchor_{anchoring['state']}"]
 
 

@@ -285,9 +285,10 @@ OPENAPI: dict[str, Any] = {
                 "type": "object",
                 "required": ["state"],
                 "description": "queued: waiting for a batch; pending: at the calendars, waiting for a block; "
-                "confirmed: in a Bitcoin block.",
+                "attested: a calendar claims a block (bitcoin_height), not checked against its header yet; "
+                "confirmed: in a Bitcoin block, checked against its header.",
                 "properties": {
-                    "state": {"enum": ["queued", "pending", "confirmed"]},
+                    "state": {"enum": ["queued", "pending", "attested", "confirmed"]},
                     "calendars": {"type": "array", "items": {"type": "string"}},
                     "bitcoin_height": {"type": ["integer", "null"]},
                     "block_time": {"type": ["string", "null"], "format": "date-time"},

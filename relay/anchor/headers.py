@@ -7,8 +7,8 @@ raises HeaderSourceError. Sources:
   ``getblockhash`` then ``getblockheader <hash> false``;
 - :class:`EsploraSource`: an Esplora-compatible explorer API base URL
   (``.../api``), ``GET /block-height/<h>`` then ``GET /block/<hash>/header``;
-- :class:`AgreeingSources`: several sources that must give the same header
-  (two explorers), else HeaderSourceError;
+- :class:`AgreeingSources`: several different sources that must give the same
+  header (two explorers), else HeaderSourceError (the same one twice is refused);
 - :class:`HeadersFile`: a text file, one header per line: ``HEIGHT HEX80``
   (decimal height, a space, the 160 hex digits of the raw header); blank lines
   and lines starting with ``#`` are ignored.
@@ -146,6 +146,10 @@ class AgreeingSources:
         self.sources = list(sources)
         if not self.sources:
             raise HeaderSourceError("no header source given")
+        names = [s.describe().rstrip("/").lower() for s in self.sources]
+        if len(set(names)) != len(names):
+            # One source asked twice agrees with itself: that is one source, not two.
+            raise HeaderSourceError("the same header source is given twice: give two different ones")
 
     def describe(self) -> str:
         return " and ".join(s.describe() for s in self.sources)

@@ -145,19 +145,22 @@ def deserialize_timestamp(data: bytes, msg: bytes) -> Timestamp:
     return timestamp
 
 
-def bitcoin_branch(timestamp: Timestamp) -> Timestamp | None:
-    """A copy of ``timestamp`` keeping only the path to its lowest-height Bitcoin attestation.
+def bitcoin_branches(timestamp: Timestamp) -> Timestamp | None:
+    """A copy of ``timestamp`` keeping only the paths to its Bitcoin attestations, every one of them.
 
-    Pending branches and other calendars' paths are dropped: a confirmed proof
-    needs one path, and stays small. Of several paths to that height (calendars
-    confirmed in the same block), the shortest. None if there is no Bitcoin attestation.
+    Pending branches are dropped: a confirmed proof needs none, and stays small. Call it only once
+    every Bitcoin attestation left in ``timestamp`` has been checked against its block header
+    (:func:`discard` the others): our verifier refuses a proof with one bad attestation (the stock
+    client skips it and reports the lowest that verifies). The file's order of the paths is the format's
+    (operations sorted by their bytes), not ours to choose. None if there is no Bitcoin attestation.
     """
     paths = list(_bitcoin_paths(timestamp, ()))
     if not paths:
         return None
-    lowest = min(height for height, _ in paths)
-    copies = (_copy_path(timestamp, path) for height, path in paths if height == lowest)
-    return min(copies, key=lambda copy: len(serialize_timestamp(copy)))
+    copy = Timestamp(timestamp.msg)
+    for _, path in paths:
+        copy.merge(_copy_path(timestamp, path))
+    return copy
 
 
 def _bitcoin_paths(timestamp: Timestamp, ops: tuple) -> Iterator[tuple[int, list]]:
@@ -190,11 +193,54 @@ def bitcoin_heights(timestamp: Timestamp) -> list[int]:
     return sorted({att.height for _, att in timestamp.all_attestations() if isinstance(att, BitcoinBlockHeaderAttestation)})
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A Bitcoin attestation found in a timestamp: ``msg`` must be the Merkle root of block ``height``.
+
+    ``calendar`` is the calendar whose pending commitment it hangs under (the one that sent it),
+    or "" when none does.
+    """
+
+    calendar: str
+    msg: bytes
+    height: int
+
+
+def bitcoin_claims(timestamp: Timestamp) -> list[Claim]:
+    """Every Bitcoin attestation under ``timestamp``, with the calendar that sent it, sorted by height."""
+    found: dict[tuple[bytes, int], str] = {}
+    for commitment, calendar in pending_calendars(timestamp):
+        for stamp in _stamps_for(timestamp, commitment):
+            for msg, att in stamp.all_attestations():
+                if isinstance(att, BitcoinBlockHeaderAttestation):
+                    found.setdefault((msg, att.height), calendar)
+    for msg, att in timestamp.all_attestations():
+        if isinstance(att, BitcoinBlockHeaderAttestation):
+            found.setdefault((msg, att.height), "")
+    return sorted((Claim(calendar, msg, height) for (msg, height), calendar in found.items()),
+                  key=lambda c: (c.height, c.calendar, c.msg))
+
+
+def discard(timestamp: Timestamp, claim: Claim) -> None:
+    """Remove the Bitcoin attestation ``claim`` names, and the operations that led only to it."""
+    _discard(timestamp, claim.msg, BitcoinBlockHeaderAttestation(claim.height))
+
+
+def _discard(stamp: Timestamp, msg: bytes, attestation: BitcoinBlockHeaderAttestation) -> bool:
+    """True when ``stamp`` is left with neither attestation nor operation."""
+    if stamp.msg == msg:
+        stamp.attestations.discard(attestation)
+    for op, sub in list(stamp.ops.items()):
+        if _discard(sub, msg, attestation):
+            del stamp.ops[op]
+    return not stamp.attestations and not stamp.ops
+
+
 def leaf_timestamp(digest: bytes, nonce: bytes, path: Sequence[Step], root: Timestamp) -> DetachedTimestampFile:
     """The standalone proof of one leaf: record digest -> append nonce -> sha256 -> path -> root's operations.
 
     ``root`` is the batch root's timestamp (calendar replies, upgrades), grafted as is;
-    pass :func:`bitcoin_branch` of it for a confirmed batch.
+    pass :func:`bitcoin_branches` of it for a confirmed batch.
     """
     stamp = Timestamp(digest)
     tip = stamp.ops.add(OpAppend(nonce)).ops.add(OpSHA256())

@@ -9,16 +9,25 @@ Two workers, both driven by :class:`Anchorer`:
   are stored in one transaction. With fewer than ``anchor.min_calendars``
   replies the batch stays 'submitting' and is retried with backoff (only the
   calendars that have not answered); it is never dropped.
-- upgrading: every ``anchor.upgrade_interval`` seconds, each pending batch's
+- upgrading: every ``anchor.upgrade_interval`` seconds, each unconfirmed batch's
   pending attestations are looked up at their calendar, by the commitment that
-  carries the attestation, if the calendar's host is allowed (``anchor.allowlist``
-  plus the configured calendars). Bitcoin attestations are merged into the
+  carries the attestation, if the calendar is allowed: an ``https`` URL whose host
+  is on ``anchor.allowlist`` or is a configured calendar's (``http`` only with the
+  tests-only ``anchor.http_for_tests``). Bitcoin attestations are merged into the
   batch; leaves get them when their ``.ots`` is exported. Batches pending past
   ``anchor.stale_after`` are logged and counted; past ``anchor.resubmit_after``
-  their root goes to other calendars once. With ``anchor.esplora`` or
-  ``anchor.bitcoind`` set, a batch's confirmation also records the block time,
-  read from the header at its height once that header's proof of work and
-  Merkle root check out against the attestation (else the time stays unknown).
+  their root goes to other calendars once.
+
+An attestation is a calendar's claim until checked. With a header source
+(``anchor.bitcoind``, or two different ``anchor.esplora`` explorers that agree),
+each Bitcoin attestation is checked against the header at its height: block hash,
+proof of work, Merkle root. One that fails is logged with the calendar that sent
+it, counted (``on_rejected``) and discarded; the others are kept. A batch is
+'confirmed' once one checks (its height and block time are that attestation's);
+attestations that could not be checked then (source unreachable) are dropped, so
+that every attestation of a confirmed batch checks. Without a header source, or
+while it cannot answer, a batch with attestations is 'attested': not verified,
+everything kept, upgraded again each round until a source checks it.
 
 Each round works on several batches at once: a backlog becomes all its batches in
 one round, and submissions, retries and upgrades go to the calendars together,
@@ -44,7 +53,6 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
-from opentimestamps.core.notary import BitcoinBlockHeaderAttestation
 from opentimestamps.core.serialize import DeserializationError
 from opentimestamps.core.timestamp import Timestamp
 
@@ -52,8 +60,8 @@ from relay.anchor import merkle
 from relay.anchor.fetch import ReplyTooLarge, read_bounded
 from relay.anchor.headers import AgreeingSources, BitcoindSource, EsploraSource, HeaderSource
 from relay.backoff import Backoff
-from relay.config import AnchorConfig
-from relay.errors import AnchorError, ConflictError, HeaderSourceError
+from relay.config import AnchorConfig, header_sources_problem
+from relay.errors import AnchorError, ConfigError, ConflictError, HeaderSourceError
 from relay.evidence.ots_verify import check_attestation
 from relay.store import NewAnchorBatch, Store
 
@@ -72,7 +80,13 @@ R = TypeVar("R")
 
 
 def header_source(config: AnchorConfig) -> HeaderSource | None:
-    """The source of block headers ``anchor.bitcoind`` and ``anchor.esplora`` name (all must agree); None if none."""
+    """The source of block headers ``anchor.bitcoind`` and ``anchor.esplora`` name (all must agree); None if none.
+
+    ConfigError for one explorer alone, or one given twice: neither checks anything.
+    """
+    problem = header_sources_problem(config)
+    if problem:
+        raise ConfigError(problem)
     sources: list[HeaderSource] = [BitcoindSource(config.bitcoind, timeout=config.timeout)] if config.bitcoind else []
     sources += [EsploraSource(url, timeout=config.timeout) for url in config.esplora]
     if not sources:
@@ -123,6 +137,8 @@ class CalendarClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._per_host = per_host
         self._slots: dict[str, asyncio.Semaphore] = {}  # by host: configured or allowed calendars only
+        self.asked = 0  # requests made, and answered (a reply of the protocol, "pending" included)
+        self.answered = 0
 
     def _slot(self, calendar: str) -> asyncio.Semaphore:
         host = urlsplit(calendar).netloc.lower()
@@ -130,6 +146,7 @@ class CalendarClient:
 
     async def submit(self, calendar: str, digest: bytes) -> Timestamp:
         """POST ``digest`` to ``calendar``; the reply's operations from ``digest`` (AnchorError if unusable)."""
+        self.asked += 1
         try:
             async with self._slot(calendar), self._session.post(
                 calendar_url(calendar, "digest"), data=digest, headers=HEADERS, timeout=self._timeout
@@ -139,11 +156,14 @@ class CalendarClient:
                     raise AnchorError(f"{calendar} answered HTTP {resp.status}")
         except (TimeoutError, aiohttp.ClientError, ReplyTooLarge) as exc:
             raise AnchorError(f"{calendar}: {exc.__class__.__name__} {exc}") from exc
-        return _parse_reply(calendar, body, digest)
+        timestamp = _parse_reply(calendar, body, digest)
+        self.answered += 1
+        return timestamp
 
     async def get_timestamp(self, calendar: str, commitment: bytes) -> Timestamp | None:
         """GET the upgrade of ``commitment``; None while the calendar waits for Bitcoin."""
         url = calendar_url(calendar, "timestamp/" + commitment.hex())
+        self.asked += 1
         try:
             async with self._slot(calendar), self._session.get(url, headers=HEADERS, timeout=self._timeout) as resp:
                 body = await read_bounded(resp, MAX_REPLY_BYTES)
@@ -153,10 +173,14 @@ class CalendarClient:
         if status == 404:
             if PENDING_REPLY.encode() not in body:
                 log.warning("calendar %s does not know commitment %s", calendar, commitment.hex())
+            else:
+                self.answered += 1
             return None
         if status != 200:
             raise AnchorError(f"{calendar} answered HTTP {status}")
-        return _parse_reply(calendar, body, commitment)
+        timestamp = _parse_reply(calendar, body, commitment)
+        self.answered += 1
+        return timestamp
 
 
 def _parse_reply(calendar: str, body: bytes, msg: bytes) -> Timestamp:
@@ -193,8 +217,18 @@ class _Upgraded:
     """What an upgrade round did to one batch."""
 
     confirmed: bool = False
+    attested: bool = False
     stale: bool = False
     resubmitted: bool = False
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A batch's Bitcoin attestations sorted by what their block headers said."""
+
+    verified: tuple[tuple[merkle.Claim, int], ...] = ()  # with the block time
+    unchecked: tuple[merkle.Claim, ...] = ()  # no header source, or it could not answer
+    rejected: tuple[merkle.Claim, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -205,6 +239,7 @@ class UpgradeReport:
     confirmed: tuple[int, ...]
     stale: tuple[int, ...]
     resubmitted: tuple[int, ...]
+    attested: tuple[int, ...] = ()  # attestations not verified yet (no header source, or it failed)
 
 
 class Anchorer:
@@ -217,11 +252,13 @@ class Anchorer:
         *,
         clock: Callable[[], float] = time.time,
         randbytes: Callable[[int], bytes] = os.urandom,
+        on_rejected: Callable[[str], None] = lambda calendar: None,
     ) -> None:
         self.store = store
         self.config = config
         self._clock = clock
         self._randbytes = randbytes
+        self._on_rejected = on_rejected  # called with the calendar of each attestation that fails its check
         self._session: aiohttp.ClientSession | None = None
         self._calendars: CalendarClient | None = None
         self.stale_batches = 0  # batches past anchor.stale_after at the last upgrade round
@@ -251,9 +288,19 @@ class Anchorer:
         return self._calendars
 
     def allowed(self, calendar: str) -> bool:
-        """Whether the upgrade worker may contact ``calendar`` (its host matches the allowlist)."""
-        host = (urlsplit(calendar).hostname or "").lower()
-        return bool(host) and any(fnmatch.fnmatchcase(host, pattern) for pattern in self._allowed)
+        """Whether the upgrade worker may contact ``calendar``: https (http for tests) and a host on the allowlist.
+
+        The URL comes from a calendar's reply: plain http would let anyone on the path answer for it.
+        """
+        parts = urlsplit(calendar)
+        schemes = ("https", "http") if self.config.http_for_tests else ("https",)
+        host = (parts.hostname or "").lower()
+        return parts.scheme in schemes and bool(host) and any(fnmatch.fnmatchcase(host, p) for p in self._allowed)
+
+    @property
+    def calendars_answered(self) -> tuple[int, int]:
+        """Requests made to calendars by this Anchorer, and how many got an answer of the protocol."""
+        return self._client.asked, self._client.answered
 
     # -- batching ----------------------------------------------------------
 
@@ -407,7 +454,8 @@ class Anchorer:
         """One upgrade round over every unconfirmed batch that some calendar holds, several at once."""
         async with self._timestamp_rounds:
             now = self._clock()
-            rows = [r for r in await self.store.anchor_batches(["submitting", "pending"]) if r["timestamp"] is not None]
+            rows = [r for r in await self.store.anchor_batches(["submitting", "pending", "attested"])
+                    if r["timestamp"] is not None]
             headers: dict[int, asyncio.Task[bytes]] = {}  # fetched once per round, however many batches a block confirms
             try:
                 done = await _each(rows, lambda row: self._upgrade_batch(row, now, headers),
@@ -417,58 +465,81 @@ class Anchorer:
         confirmed = [row["id"] for row, d in zip(rows, done, strict=True) if d.confirmed]
         stale = [row["id"] for row, d in zip(rows, done, strict=True) if d.stale]
         resubmitted = [row["id"] for row, d in zip(rows, done, strict=True) if d.resubmitted]
+        attested = [row["id"] for row, d in zip(rows, done, strict=True) if d.attested]
         self.stale_batches = len(stale)
         if stale:
             log.warning("%d batch(es) pending for more than %d s: %s", len(stale), self.config.stale_after,
                         ", ".join(map(str, stale)))
-        return UpgradeReport(len(rows), tuple(confirmed), tuple(stale), tuple(resubmitted))
+        return UpgradeReport(len(rows), tuple(confirmed), tuple(stale), tuple(resubmitted), tuple(attested))
 
     async def _upgrade_batch(self, row, now: float, headers: dict[int, asyncio.Task[bytes]]) -> _Upgraded:
-        """Upgrade one batch; count it stale, or resubmit it, while Bitcoin has not confirmed it."""
+        """Upgrade one batch and check its attestations; count it stale, or resubmit it, while none checks."""
         root = self._root_timestamp(row)
         changed = await self._upgrade_timestamp(root)
-        heights = merkle.bitcoin_heights(root)
-        if changed:
-            state = "confirmed" if heights else row["state"]
+        checked = await self._check(row["id"], merkle.bitcoin_claims(root), headers)
+        if checked.verified:
+            # Every attestation of a confirmed batch checks: its proofs carry them all.
+            for claim in checked.unchecked:
+                log.warning("batch %d: attestation at height %d from %s could not be checked; dropped, the batch"
+                            " being confirmed by another", row["id"], claim.height, claim.calendar or "?")
+            drop = (*checked.rejected, *checked.unchecked)
+            (first, block_time) = checked.verified[0]
+            state, height = "confirmed", first.height
+        else:
+            drop, block_time = checked.rejected, None
+            state = "attested" if checked.unchecked else ("pending" if row["state"] == "attested" else row["state"])
+            height = checked.unchecked[0].height if checked.unchecked else None
+        for claim in drop:
+            merkle.discard(root, claim)
+        if changed or drop or state != row["state"]:
             await self.store.update_anchor_batch(
                 row["id"], now=now, timestamp=merkle.serialize_timestamp(root), state=state,
-                next_attempt_at=row["next_attempt_at"], bitcoin_height=heights[0] if heights else None,
-                block_time=await self._block_time(row["id"], root, heights[0], headers) if heights else None,
+                next_attempt_at=row["next_attempt_at"], bitcoin_height=height, block_time=block_time,
             )
-            if heights:
-                log.info("batch %d confirmed in Bitcoin block %d", row["id"], heights[0])
-                return _Upgraded(confirmed=True)
+        if state == "confirmed":
+            log.info("batch %d confirmed in Bitcoin block %d (checked against its header)", row["id"], height)
+            return _Upgraded(confirmed=True)
+        if state == "attested":
+            if row["state"] != "attested":
+                log.info("batch %d attested in Bitcoin block %d by a calendar; not verified (%s)", row["id"], height,
+                         "no header source" if self._headers is None else "its header could not be read")
+            return _Upgraded(attested=True)
         age = now - row["created_at"]
         resubmit = age > self.config.resubmit_after and row["resubmitted_at"] is None
         if resubmit:
             await self._resubmit(row, root)
         return _Upgraded(stale=age > self.config.stale_after, resubmitted=resubmit)
 
-    async def _block_time(
-        self, batch_id: int, root: Timestamp, height: int, headers: dict[int, asyncio.Task[bytes]]
-    ) -> int | None:
-        """The time of the block at ``height`` if a header source gives a header every attestation there checks
-        against; None (logged) otherwise: the batch is confirmed all the same, its height being known.
-        ``headers`` holds this round's header requests by height: each is asked once (explorers limit rates)."""
-        if self._headers is None:
-            return None
-        if height not in headers:
-            headers[height] = asyncio.create_task(self._headers.header(height))
-        try:
-            raw = await asyncio.shield(headers[height])  # one batch cancelled does not cancel the others' fetch
-        except HeaderSourceError as exc:
-            log.warning("batch %d: no block time for height %d: %s", batch_id, height, exc)
-            return None
-        results = [
-            check_attestation(msg, height, {height: raw}, regtest=self.config.regtest)
-            for msg, att in root.all_attestations()
-            if isinstance(att, BitcoinBlockHeaderAttestation) and att.height == height
-        ]
-        failed = next((r for r in results if not r.ok), None)
-        if failed is not None:
-            log.warning("batch %d: no block time for height %d: %s", batch_id, height, failed.reason)
-            return None
-        return results[0].block_time
+    async def _check(
+        self, batch_id: int, claims: list[merkle.Claim], headers: dict[int, asyncio.Task[bytes]]
+    ) -> _Checked:
+        """Each claim checked against the header at its height; unchecked, all of them, without a header source.
+
+        ``headers`` holds this round's header requests by height: each is asked once (explorers limit rates).
+        A claim that fails its check is logged with its calendar and counted.
+        """
+        if self._headers is None or not claims:
+            return _Checked(unchecked=tuple(claims))
+        verified, unchecked, rejected = [], [], []
+        for claim in claims:
+            if claim.height not in headers:
+                headers[claim.height] = asyncio.create_task(self._headers.header(claim.height))
+            try:
+                raw = await asyncio.shield(headers[claim.height])  # one batch cancelled does not cancel the others'
+            except HeaderSourceError as exc:
+                log.warning("batch %d: cannot check the attestation at height %d from %s yet: %s", batch_id,
+                            claim.height, claim.calendar or "?", exc)
+                unchecked.append(claim)
+                continue
+            result = check_attestation(claim.msg, claim.height, {claim.height: raw}, regtest=self.config.regtest)
+            if result.ok and result.block_time is not None:
+                verified.append((claim, result.block_time))
+            else:
+                log.warning("batch %d: calendar %s sent a Bitcoin attestation at height %d that does not check: %s;"
+                            " discarded", batch_id, claim.calendar or "?", claim.height, result.reason)
+                self._on_rejected(claim.calendar)
+                rejected.append(claim)
+        return _Checked(tuple(verified), tuple(unchecked), tuple(rejected))
 
     async def _upgrade_timestamp(self, root: Timestamp) -> bool:
         """Ask each allowed calendar for its pending commitments; graft what they return."""
@@ -477,7 +548,7 @@ class Anchorer:
             if self.allowed(calendar):
                 asks.append((commitment, calendar))
             else:
-                log.warning("calendar %s is not on the allowlist: not contacted", calendar)
+                log.warning("calendar %s is not an https URL on the allowlist: not contacted", calendar)
         results = await asyncio.gather(
             *(self._client.get_timestamp(calendar, commitment) for commitment, calendar in asks),
             return_exceptions=True,
@@ -541,9 +612,10 @@ class Anchorer:
 async def export_ots(store: Store, digest: str) -> bytes:
     """The standalone ``.ots`` proof of one evidence record (its canonical JSON bytes are the file).
 
-    A confirmed batch gives the single path to its lowest Bitcoin attestation;
-    a pending one gives every calendar's pending attestation (``ots upgrade``
-    completes it). NotFoundError for an unknown digest, AnchorError while the
+    A confirmed batch gives the paths to its Bitcoin attestations, every one of
+    which was checked against its block header; a pending or attested one gives
+    everything it holds (``ots upgrade`` completes it; an attested one's Bitcoin
+    attestations are unverified claims). NotFoundError for an unknown digest, AnchorError while the
     record is not yet batched or no calendar holds its batch.
     """
     row = await store.anchor_leaf(digest)
@@ -553,7 +625,7 @@ async def export_ots(store: Store, digest: str) -> bytes:
         raise AnchorError(f"record {digest} is in batch {row['batch_id']}, which no calendar has accepted yet")
     root = merkle.deserialize_timestamp(row["timestamp"], row["root"])
     if row["state"] == "confirmed":
-        root = merkle.bitcoin_branch(root) or root
+        root = merkle.bitcoin_branches(root) or root
     positions = merkle.sibling_positions(row["leaves"], row["position"])
     nodes = await store.anchor_nodes(row["batch_id"], [(level, index) for level, index, _ in positions])
     path = [merkle.Step(append, nodes[(level, index)]) for level, index, append in positions]
@@ -567,16 +639,28 @@ async def export_ots(store: Store, digest: str) -> bytes:
 # -- commands (called by relay.cli) -------------------------------------------
 
 
-async def anchor_now(store: Store, config: AnchorConfig) -> list[str]:
-    """Batch every waiting leaf, retry due submissions and run one upgrade round now; lines for people."""
+@dataclass(frozen=True)
+class AnchorRun:
+    """What ``estampille anchor --now`` did: lines for people; ``unanswered`` when calendars were asked and none answered."""
+
+    lines: list[str]
+    unanswered: bool
+
+
+async def anchor_now(store: Store, config: AnchorConfig) -> AnchorRun:
+    """Batch every waiting leaf, retry due submissions and run one upgrade round now."""
     async with Anchorer(store, config) as anchorer:
         outcomes = await anchorer.batch_all() + await anchorer.retry_submissions()
         report = await anchorer.upgrade()
+        asked, answered = anchorer.calendars_answered
     lines = [f"batch {o.batch_id}: {o.leaves} leaves, accepted by {len(o.accepted)} calendar(s), {o.state}"
              for o in outcomes] or ["no leaf waiting"]
     lines.append(f"upgrade: {report.checked} batch(es) checked, {len(report.confirmed)} confirmed"
+                 + (f", {len(report.attested)} attested (not verified)" if report.attested else "")
                  + (f", {len(report.stale)} stale" if report.stale else ""))
-    return lines
+    if asked and not answered:
+        lines.append(f"no calendar answered ({asked} request(s))")
+    return AnchorRun(lines, unanswered=bool(asked) and not answered)
 
 
 async def anchor_status(store: Store, config: AnchorConfig, now: float) -> list[str]:
@@ -585,10 +669,12 @@ async def anchor_status(store: Store, config: AnchorConfig, now: float) -> list[
     oldest = summary["oldest_queued_at"]
     lines = [f"pending leaves: {summary['unbatched']}"
              + (f" (oldest queued {_age(now - oldest)} ago)" if oldest is not None else "")]
-    for row in await store.anchor_batches(["submitting", "pending"]):
+    for row in await store.anchor_batches(["submitting", "pending", "attested"]):
         accepted = len(await store.anchor_reply_calendars(row["id"]))
         line = (f"batch {row['id']}: {row['state']}, {row['leaves']} leaves, {_age(now - row['created_at'])} old,"
                 f" accepted by {accepted} calendar(s)")
+        if row["state"] == "attested":
+            line += f", Bitcoin block {row['bitcoin_height']} NOT VERIFIED (no header source could check it)"
         if row["state"] == "submitting":
             line += f", next try in {_age(max(0.0, row['next_attempt_at'] - now))}"
         if now - row["created_at"] > config.stale_after:

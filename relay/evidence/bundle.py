@@ -50,7 +50,7 @@ ORIGINAL = "message/original.eml"
 MAX_BUNDLE_FILES = 100_000  # a bundle lists records for each recipient; refuse zip bombs beyond this
 MAX_BUNDLE_BYTES = 4 * 2**30  # total uncompressed size read back from a zip
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the zip format cannot store earlier dates
-ANCHOR_STATES = ("queued", "pending", "confirmed")
+ANCHOR_STATES = ("queued", "pending", "attested", "confirmed")
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._@+-]")
 _templates = jinja2.Environment(
@@ -68,7 +68,7 @@ _templates = jinja2.Environment(
 class Anchoring:
     """Where a record's anchoring stands when the bundle is built."""
 
-    state: str  # one of ANCHOR_STATES: queued (not batched yet), pending, confirmed
+    state: str  # one of ANCHOR_STATES: queued (not batched yet), pending, attested (not checked), confirmed
     calendars: tuple[str, ...] = ()
     bitcoin_height: int | None = None
     block_time: int | None = None  # Unix time of the block

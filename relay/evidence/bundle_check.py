@@ -11,6 +11,13 @@ every file, but not re-rendered: they are what the release that built the
 bundle wrote, and a bundle must verify years later with any later release. The
 verifier's report, made from the anchored records, is what counts.
 
+A record's own time (``received_at``, ``certified_at``, ``handed_at``, ``at``) is
+only what it says. Its anchor proves that it existed no later than the earliest
+block time among its attestations: the verifier reports both, and a record whose
+anchor proves it only more than ``max_anchor_delay`` seconds after its claim
+(default 48 h: calendars take hours to reach a block, days when fees are high)
+fails, since nothing then bounds when it was really written.
+
 Outcome: ``verified`` (everything checks and every record is anchored in
 Bitcoin), ``pending`` (valid, but some anchors still wait for a block) or
 ``invalid`` (the first failed check, naming the file and the check).
@@ -40,6 +47,8 @@ from relay.evidence.records import Record, sha256_hex
 EXIT_VERIFIED = 0
 EXIT_PENDING = 1
 EXIT_INVALID = 2
+DEFAULT_MAX_ANCHOR_DELAY = 48 * 3600  # seconds; see the module docstring
+CLAIMED_TIME = {"submission": "received_at", "delivery": "certified_at", "handoff": "handed_at", "receipt": "at"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,7 @@ class AnchorOutcome:
     bitcoin_height: int | None = None
     block_time: int | None = None
     calendars: tuple[str, ...] = ()
+    proven_at: int | None = None  # earliest block time of the checked attestations: existed by then
 
 
 Headers = Mapping[int, bytes]  # height -> raw 80-byte block header
@@ -61,6 +71,14 @@ class RecordCheck:
     type: str
     digest: str
     anchor: AnchorOutcome
+    claimed_at: str | None = None  # the record's own time, as it says
+
+    @property
+    def proven_text(self) -> str:
+        """When the anchor proves the record existed by, for people."""
+        if self.anchor.proven_at is None:
+            return "not yet proven (anchor pending)"
+        return f"{_utc(self.anchor.proven_at)} (Bitcoin block {self.anchor.bitcoin_height})"
 
 
 @dataclass(frozen=True)
@@ -74,6 +92,7 @@ class RecipientSummary:
     acknowledged_at: str | None
     fetches: int
     dkim: tuple[str, ...]
+    acknowledgment: str | None = None  # the receipt record's path
 
 
 @dataclass(frozen=True)
@@ -108,7 +127,8 @@ class BundleReport:
             "received_at": self.received_at,
             "problem": problem,
             "recipients": [asdict(r) for r in self.recipients],
-            "records": [asdict(r) for r in self.records],
+            "records": [{**asdict(r), "proven_at": _utc(r.anchor.proven_at) if r.anchor.proven_at else None}
+                        for r in self.records],
         }
 
     def summary(self) -> str:
@@ -117,23 +137,28 @@ class BundleReport:
             return f"INVALID: {self.problem.path}: {self.problem.check} failed: {self.problem.detail}"
         lines = [f"Message {self.message_id}" + (f" ({self.subject})" if self.subject else "")]
         lines.append(f"  received {self.received_at}; {len(self.recipients)} recipient(s)")
-        for rcpt in self.recipients:
-            lines.append(f"- {rcpt.recipient}")
-            lines.append(f"    sent:         {rcpt.sent_at or 'not yet certified'}")
-            lines.append(f"    handed over:  {rcpt.handed_at or 'not yet'}" + (f" ({rcpt.reply})" if rcpt.reply else ""))
-            for answer in rcpt.earlier_answers:
+        checks = {r.path: r for r in self.records}
+        for r in self.recipients:
+            lines.append(f"- {r.recipient}")
+            lines.append(f"    sent:         {r.sent_at or 'not yet certified'}")
+            lines.append(f"    handed over:  {r.handed_at or 'not yet'}" + (f" ({r.reply})" if r.reply else ""))
+            for answer in r.earlier_answers:
                 lines.append(f"    earlier:      {answer}")
-            lines.append(f"    delivered:    {'yes' if rcpt.delivered else 'no'}")
-            lines.append(f"    acknowledged: {rcpt.acknowledged_at or 'no'}"
-                         + (f"; link fetched {rcpt.fetches}x" if rcpt.fetches else ""))
-            lines.append(f"    DKIM:         {', '.join(rcpt.dkim) or 'no signature checked'}")
+            lines.append(f"    delivered:    {'yes' if r.delivered else 'no'}")
+            lines.append(f"    acknowledged: {r.acknowledged_at or 'no'}" + (f"; link fetched {r.fetches}x" if r.fetches else ""))
+            if r.acknowledgment in checks:
+                lines.append(f"      proven by:  {checks[r.acknowledgment].proven_text}")
+            lines.append(f"    DKIM:         {', '.join(r.dkim) or 'no signature checked'}")
         confirmed = [r.anchor for r in self.records if r.anchor.state == "confirmed"]
         anchors = f"Anchors: {len(confirmed)} of {len(self.records)} records confirmed in Bitcoin"
         if confirmed:
-            heights = ", ".join(str(h) for h in sorted({a.bitcoin_height for a in confirmed if a.bitcoin_height is not None}))
-            first = min(a.block_time for a in confirmed if a.block_time is not None)
-            anchors += f" (block {heights}, {datetime.fromtimestamp(first, UTC):%Y-%m-%d %H:%M:%S} UTC)"
+            heights = ", ".join(str(h) for h in sorted({a.bitcoin_height for a in confirmed}))
+            first = min(a.proven_at for a in confirmed if a.proven_at is not None)
+            anchors += f" (block {heights}, the earliest {_utc(first)})"
         lines.append(anchors)
+        lines.append("Each record: the time it claims; the time its anchor proves it existed by")
+        for r in self.records:
+            lines.append(f"  {r.type:<10} {r.path}: claims {r.claimed_at or '?'}; existed by {r.proven_text}")
         for r in self.records:
             if r.anchor.state != "confirmed":
                 where = ", ".join(r.anchor.calendars) or "not yet submitted"
@@ -142,11 +167,18 @@ class BundleReport:
         return "\n".join(lines)
 
 
-def verify_files(files: dict[str, bytes], headers: Headers, *, regtest: bool = False) -> BundleReport:
-    """Verify a bundle given as its files (path -> bytes), from a zip or an unpacked directory."""
+def verify_files(
+    files: dict[str, bytes], headers: Headers, *, regtest: bool = False,
+    max_anchor_delay: float = DEFAULT_MAX_ANCHOR_DELAY,
+) -> BundleReport:
+    """Verify a bundle given as its files (path -> bytes), from a zip or an unpacked directory.
+
+    A record whose anchor proves it existed only more than ``max_anchor_delay`` seconds after the
+    time it claims is invalid (see the module docstring).
+    """
     try:
         bundle = parse_manifest(files)
-        return _verify(bundle, headers, regtest)
+        return _verify(bundle, headers, regtest, max_anchor_delay)
     except BundleProblem as problem:
         return _invalid(problem)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -158,7 +190,7 @@ def _invalid(problem: BundleProblem) -> BundleReport:
     return BundleReport(None, None, None, (), (), problem)
 
 
-def _verify(bundle: Bundle, headers: Headers, regtest: bool) -> BundleReport:
+def _verify(bundle: Bundle, headers: Headers, regtest: bool, max_anchor_delay: float) -> BundleReport:
     facts = bundle.facts
     submission = _record(bundle, facts["submission"], "submission")
     fields = submission.fields
@@ -176,7 +208,7 @@ def _verify(bundle: Bundle, headers: Headers, regtest: bool) -> BundleReport:
         summary, used = _verify_recipient(bundle, entry, submission)
         recipients.append(summary)
         paths += used
-    records = tuple(_anchor(bundle, path, headers, regtest) for path in paths)
+    records = tuple(_bounded(_anchor(bundle, path, headers, regtest), max_anchor_delay) for path in paths)
     return BundleReport(
         message_id=facts["message_id"],
         subject=facts.get("subject"),
@@ -241,6 +273,7 @@ def _verify_recipient(bundle: Bundle, entry: dict[str, Any], submission: Record)
         acknowledged_at=ack.fields["at"] if ack else None,
         fetches=len(entry["fetches"]),
         dkim=dkim_results,
+        acknowledgment=entry["acknowledgment"],
     )
     return summary, used
 
@@ -308,8 +341,35 @@ def _anchor(bundle: Bundle, path: str, headers: Headers, regtest: bool) -> Recor
         if result.status == "invalid":
             raise BundleProblem(path + ".ots", "timestamp", result.reason)
         state = "confirmed" if result.status == "verified" else "pending"
-        outcome = AnchorOutcome(state, result.height, result.block_time, result.pending_calendars)
-    return RecordCheck(path=path, type=record.type, digest=record.digest, anchor=outcome)
+        outcome = AnchorOutcome(state, result.height, result.block_time, result.pending_calendars, result.proven_at)
+    claimed = record.fields.get(CLAIMED_TIME.get(record.type, ""))
+    return RecordCheck(path=path, type=record.type, digest=record.digest, anchor=outcome,
+                       claimed_at=claimed if isinstance(claimed, str) else None)
+
+
+def _bounded(check: RecordCheck, max_delay: float) -> RecordCheck:
+    """The check, unless its anchor proves the record only more than ``max_delay`` seconds after its claim."""
+    proven = check.anchor.proven_at
+    if proven is None:
+        return check
+    if check.claimed_at is None:
+        raise BundleProblem(check.path, "anchor delay", f"a {check.type} record that claims no time")
+    try:
+        claimed = datetime.fromisoformat(check.claimed_at.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise BundleProblem(check.path, "anchor delay", f"claims an unreadable time {check.claimed_at!r}") from None
+    if proven - claimed > max_delay:
+        raise BundleProblem(
+            check.path, "anchor delay",
+            f"claims {check.claimed_at}, but its anchor proves it existed only by {check.proven_text},"
+            f" {(proven - claimed) / 3600:.1f} h later, more than the {max_delay / 3600:g} h allowed"
+            " (--max-anchor-delay): nothing bounds when it was written",
+        )
+    return check
+
+
+def _utc(unix: int) -> str:
+    return f"{datetime.fromtimestamp(unix, UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
 def report_text(report: BundleReport, *, as_json: bool) -> str:

@@ -17,6 +17,7 @@ check makes a forged header cost real work, it does not prove the chain.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import io
@@ -106,6 +107,9 @@ class Verification:
     block_hash: str | None = None
     block_time: int | None = None  # Unix time of the block header
     pending_calendars: tuple[str, ...] = ()
+    # The earliest block time among the attestations (all checked): the document existed by then.
+    # Block times are not ordered by height, so it may be another block's than ``height``'s.
+    proven_at: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -165,7 +169,8 @@ def verify_ots(
         if result.status == "invalid":
             return result
     if results:
-        return results[0]
+        earliest = min(r.block_time for r in results if r.block_time is not None)
+        return dataclasses.replace(results[0], proven_at=earliest)
     if pending:
         return Verification("pending", f"pending confirmation at {', '.join(pending)}", pending_calendars=pending)
     return Verification("invalid", "proof carries no Bitcoin or pending attestation")
@@ -189,6 +194,7 @@ def check_attestation(msg: bytes, height: int, headers: Mapping[int, bytes], *, 
         height=height,
         block_hash=header.hash,
         block_time=header.time,
+        proven_at=header.time,
     )
 
 

@@ -9,7 +9,7 @@ Two kinds of figures:
   the event loop, then renders; prometheus-client's collectors are synchronous
   and only read the figures it was given.
 - counted at the edges, in this process (SMTP error replies, HTTP error
-  responses): events that leave no row.
+  responses, calendars' attestations refused): events that leave no row.
 
 Exposed (prefix ``estampille_``):
 
@@ -19,7 +19,8 @@ Exposed (prefix ``estampille_``):
     oldest_deferred_age_seconds           gauge    age of the oldest message with a deferred delivery
     anchor_leaves_pending                 gauge    records not yet in a submitted batch
     anchor_oldest_leaf_age_seconds        gauge
-    anchor_batches_pending                gauge    batches not yet confirmed in Bitcoin
+    anchor_batches_pending                gauge    batches not yet confirmed in Bitcoin ('attested' included)
+    anchor_rejected_attestations_total{calendar} counter  Bitcoin attestations that failed their header check
     anchor_oldest_batch_age_seconds       gauge
     acknowledgments_total                 counter  receipts confirmed by a member
     ack_page_fetches_total{classification} counter fetches of acknowledgment pages (scanner, person)
@@ -110,6 +111,13 @@ class Metrics:
                                    ["status"], registry=self.registry)
         self.held = Gauge(PREFIX + "deliveries_held", "Deliveries held after crashing the relay ('estampille queue"
                           " release').", registry=self.registry)
+        self.rejected_attestations = Counter(
+            PREFIX + "anchor_rejected_attestations", "Bitcoin attestations from a calendar that failed their check"
+            " against the block header, by calendar.", ["calendar"], registry=self.registry)
+
+    def rejected_attestation(self, calendar: str) -> None:
+        """Count one attestation the upgrade worker refused (relay.anchor.worker's ``on_rejected``)."""
+        self.rejected_attestations.labels(calendar or "unknown").inc()
 
     def smtp_reply(self, status: str) -> None:
         """Count one reply the intake sends, if it is an error (called for every reply)."""

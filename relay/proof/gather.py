@@ -27,7 +27,7 @@ from relay.evidence.bundle import (
     build_bundle,
     read_zip,
 )
-from relay.evidence.bundle_check import BundleReport, verify_files
+from relay.evidence.bundle_check import DEFAULT_MAX_ANCHOR_DELAY, BundleReport, verify_files
 from relay.evidence.records import Record, iso_time
 from relay.store import Store
 
@@ -88,6 +88,8 @@ def anchoring_of(row: Any) -> Anchoring:
     if row["batch_timestamp"] is not None:
         root = merkle.deserialize_timestamp(row["batch_timestamp"], row["root"])
         calendars = tuple(sorted({uri for _, uri in merkle.pending_calendars(root)}))
+    if row["batch_state"] == "attested":  # a calendar's claim of a block, no header checked yet
+        return Anchoring("attested", calendars, row["bitcoin_height"])
     return Anchoring("pending", calendars)
 
 
@@ -106,6 +108,8 @@ def anchoring_json(a: Anchoring) -> dict[str, Any]:
             "bitcoin_height": a.bitcoin_height,
             "block_time": iso_time(a.block_time) if a.block_time is not None else None,
         }
+    if a.state == "attested":
+        return {"state": "attested", "calendars": list(a.calendars), "bitcoin_height": a.bitcoin_height}
     if a.state == "pending":
         return {"state": "pending", "calendars": list(a.calendars)}
     return {"state": "queued"}
@@ -272,11 +276,13 @@ class _HeadersOnDemand(Mapping[int, bytes]):
         return len(self._cache)
 
 
-async def verify_bundle(path: Path, source: HeaderSource, *, regtest: bool = False) -> BundleReport:
+async def verify_bundle(
+    path: Path, source: HeaderSource, *, regtest: bool = False, max_anchor_delay: float = DEFAULT_MAX_ANCHOR_DELAY
+) -> BundleReport:
     """Verify the bundle at ``path`` with headers from ``source`` (HeaderSourceError if it fails)."""
     try:
         files = await asyncio.to_thread(read_bundle, path)
     except BundleProblem as problem:
         return BundleReport(None, None, None, (), (), problem)
     headers = _HeadersOnDemand(source, asyncio.get_running_loop())
-    return await asyncio.to_thread(verify_files, files, headers, regtest=regtest)
+    return await asyncio.to_thread(verify_files, files, headers, regtest=regtest, max_anchor_delay=max_anchor_delay)

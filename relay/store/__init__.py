@@ -283,6 +283,33 @@ MIGRATIONS: tuple[str, ...] = (
         delivery_id     INTEGER PRIMARY KEY REFERENCES deliveries(id),
         crashes         INTEGER NOT NULL
     );
+    # 10 (anchoring): a batch whose Bitcoin attestations no block header has checked yet is 'attested',
+    # not 'confirmed'. SQLite cannot change a CHECK constraint: the table is rebuilt, ids kept.
+    """
+    CREATE TABLE anchor_batches_checked (
+        id              INTEGER PRIMARY KEY,
+        root            BLOB NOT NULL,
+        created_at      REAL NOT NULL,
+        leaves          INTEGER NOT NULL,
+        state           TEXT NOT NULL CHECK (state IN ('submitting', 'pending', 'attested', 'confirmed')),
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        timestamp       BLOB,
+        bitcoin_height  INTEGER,
+        block_time      INTEGER,
+        confirmed_at    REAL,
+        resubmitted_at  REAL
+    );
+    -- A batch confirmed before then had at most its lowest attestations checked, and its stored
+    -- timestamp holds every calendar's: it goes back to 'attested' and the next upgrade round
+    -- checks each of them (a header source configured) before it is confirmed again.
+    INSERT INTO anchor_batches_checked
+        SELECT id, root, created_at, leaves, CASE WHEN state = 'confirmed' THEN 'attested' ELSE state END,
+               attempts, next_attempt_at, timestamp, bitcoin_height, block_time, confirmed_at, resubmitted_at
+        FROM anchor_batches;
+    DROP TABLE anchor_batches;
+    ALTER TABLE anchor_batches_checked RENAME TO anchor_batches;
+    CREATE INDEX anchor_batches_state ON anchor_batches(state, next_attempt_at);
     """,
 )
 
@@ -881,7 +908,7 @@ class Store:
         )
         leaves = await self.fetchone("SELECT COUNT(*), MIN(queued_at) FROM anchor_leaves WHERE batch_id IS NULL")
         batches = await self.fetchone(
-            "SELECT COUNT(*), MIN(created_at) FROM anchor_batches WHERE state IN ('submitting', 'pending')"
+            "SELECT COUNT(*), MIN(created_at) FROM anchor_batches WHERE state IN ('submitting', 'pending', 'attested')"
         )
         receipts = await self.fetchone("SELECT COUNT(*) FROM receipts")
         return OperationsFigures(
@@ -1514,8 +1541,10 @@ class Store:
                  batch_id),
             )
             await self._insert_anchor_replies(db, batch_id, replies, now)
-            if row is not None and row[0] != state and state in ("pending", "confirmed"):
-                await self._anchor_event(db, "anchored" if state == "pending" else "confirmed", batch_id, now)
+            if row is not None and (row[0], state) == ("submitting", "pending"):
+                await self._anchor_event(db, "anchored", batch_id, now)
+            elif row is not None and row[0] != state == "confirmed":
+                await self._anchor_event(db, "confirmed", batch_id, now)
 
     async def anchor_leaf(self, digest: str) -> aiosqlite.Row:
         """One leaf joined with its batch: what exporting its proof needs (NotFoundError if unknown)."""

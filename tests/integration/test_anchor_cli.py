@@ -28,8 +28,10 @@ async def setup(tmp_path):
     for cal in cals:
         await cal.start()
     calendars = ", ".join(f'"{cal.url}"' for cal in cals)
+    node = await BitcoindFake(chain).start()  # what the relay checks the calendars' attestations against
     config = tmp_path / "estampille.toml"
-    config.write_text(f'data_dir = "data"\n[anchor]\ncalendars = [{calendars}]\nallowlist = []\n')
+    config.write_text(f'data_dir = "data"\n[anchor]\ncalendars = [{calendars}]\nallowlist = []\nhttp_for_tests = true\n'
+                      f'bitcoind = "{node.url}"\nregtest = true\n')
     store = await Store.open(tmp_path / "data")
     recs = [Record.from_fields({"type": "receipt", "delivery": f"d{i}", "kind": "fetched"}) for i in range(3)]
     async with store.transaction() as db:
@@ -37,8 +39,8 @@ async def setup(tmp_path):
             await Store.insert_record(db, rec, now=time.time())
     await store.close()
     yield chain, cals, str(config), recs
-    for cal in cals:
-        await cal.stop()
+    for server in (*cals, node):
+        await server.stop()
 
 
 async def test_anchor_now_status_export_and_verify(setup, tmp_path, capsys):
@@ -77,15 +79,19 @@ async def test_anchor_now_status_export_and_verify(setup, tmp_path, capsys):
     headers.write_text(format_headers_file(dict(enumerate(chain.headers))))
     code, out = await cli(capsys, "verify-ots", str(record), str(proof), "--headers", str(headers), "--regtest")
     assert code == 0, out
-    headers.write_text(format_headers_file({1: weaken(chain.headers[1])}))
+    headers.write_text(format_headers_file({**dict(enumerate(chain.headers)), 1: weaken(chain.headers[1])}))
     code, out = await cli(capsys, "verify-ots", str(record), str(proof), "--headers", str(headers), "--regtest")
     assert code == 2 and "proof-of-work" in out, out
 
-    async with EsploraFake(chain) as one, EsploraFake(FakeChain(start_time=1)) as other:
-        other.chain.mine(bytes(32))
-        code, out = await cli(capsys, "verify-ots", str(record), str(proof), "--esplora", one.url, "--esplora", one.url,
+    async with EsploraFake(chain) as one, EsploraFake(chain) as two, EsploraFake(FakeChain(start_time=1)) as other:
+        for _ in cals:  # as high as the proof's blocks, other headers
+            other.chain.mine(bytes(32))
+        code, out = await cli(capsys, "verify-ots", str(record), str(proof), "--esplora", one.url, "--esplora", two.url,
                               "--regtest")
         assert code == 0, out
+        code, out = await cli(capsys, "verify-ots", str(record), str(proof), "--esplora", one.url, "--esplora", one.url,
+                              "--regtest")
+        assert code == 4 and "given twice" in out, out
         code, out = await cli(capsys, "verify-ots", str(record), str(proof), "--esplora", one.url, "--esplora", other.url,
                               "--regtest")
         assert code == 4 and "disagree" in out, out

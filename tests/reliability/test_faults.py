@@ -25,7 +25,7 @@ from relay.errors import StoreError
 from relay.evidence.ots_verify import verify_ots
 from relay.evidence.records import Record
 from relay.store import DB_NAME, Store
-from tests.support.calendar import FakeCalendar, FakeChain
+from tests.support.calendar import BitcoindFake, FakeCalendar, FakeChain
 from tests.support.polling import until
 from tests.support.relay import relay_config, running
 from tests.support.served import Relay, write_config
@@ -106,10 +106,12 @@ async def test_calendars_timing_out_or_answering_garbage_delay_but_never_drop_a_
         for rec in recs:
             await Store.insert_record(db, rec, now=now[0])
     try:
-        async with FakeCalendar(chain) as slow, FakeCalendar(chain) as junk, FakeCalendar(chain) as good:
+        async with FakeCalendar(chain) as slow, FakeCalendar(chain) as junk, FakeCalendar(chain) as good, \
+                BitcoindFake(chain) as node:
             slow.delay, junk.garbage = 5.0, True
             config = AnchorConfig(calendars=[slow.url, junk.url, good.url], min_calendars=2, allowlist=[],
-                                  timeout=0.5, retry_first=10.0, retry_max=100.0)
+                                  timeout=0.5, retry_first=10.0, retry_max=100.0, http_for_tests=True,
+                                  bitcoind=node.url, regtest=True)
             async with Anchorer(store, config, clock=lambda: now[0]) as anchorer:
                 started = time.monotonic()
                 [outcome] = await anchorer.batch_all()

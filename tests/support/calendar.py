@@ -26,7 +26,9 @@ the block's Merkle tree (``block_txs`` transactions) -> the header's Merkle root
 Switches: ``down`` (answers 503), ``oversize`` (pads replies past 10,000 bytes),
 ``garbage`` (answers 200 with bytes that are no timestamp), ``delay`` (seconds to wait
 before answering: longer than the client's timeout is a calendar that times out),
-``attestation_uri`` (the URI written in pending attestations). ``requests``
+``attestation_uri`` (the URI written in pending attestations). :meth:`FakeCalendar.forge`
+answers every pending commitment with a Bitcoin attestation at a height whose block does not
+commit to it (a lying calendar, or someone on the path to it). ``requests``
 records every (method, path) received; ``peak_in_flight`` is the most requests it
 was answering at once (a client's concurrency, as the calendar sees it; a request
 the client gave up on counts until its ``delay`` ends).
@@ -295,6 +297,18 @@ class FakeCalendar(_Server):
         if self.oversize:
             body += bytes(10_001)
         return web.Response(body=body, content_type="application/vnd.opentimestamps.v1")
+
+    def forge(self, height: int) -> None:
+        """Answer every pending commitment with a Bitcoin attestation at ``height`` that its block does not
+        commit to: well formed, as short as a real one's first steps, and false."""
+        if not self.pending:
+            raise RuntimeError("nothing pending at this calendar")
+        for commitment in self.pending:
+            stamp = Timestamp(commitment)
+            tip = stamp.ops.add(OpSHA256()).ops.add(OpAppend(os.urandom(32))).ops.add(OpSHA256()).ops.add(OpSHA256())
+            tip.attestations.add(BitcoinBlockHeaderAttestation(height))
+            self.confirmed[commitment] = _serialize(stamp)
+        self.pending.clear()
 
     def confirm(self) -> int:
         """Mine a block committing every pending commitment, as the calendar's transaction; returns its height."""

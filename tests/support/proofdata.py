@@ -104,8 +104,10 @@ class Built:
         return out.getvalue()
 
 
-def build_input(n: int, keys: Keys, *, acknowledged: int = 1, confirmed: bool = True) -> Built:
-    """A message to ``n`` recipients, all delivered, the first ``acknowledged`` of them acknowledged."""
+def build_input(
+    n: int, keys: Keys, *, acknowledged: int = 1, confirmed: bool = True, ack_at: str = "2026-11-29T07:15:00.000000Z"
+) -> Built:
+    """A message to ``n`` recipients, all delivered, the first ``acknowledged`` of them acknowledged at ``ack_at``."""
     rcpts = [f"membre{i:03d}@exemple.net" for i in range(n)]
     original = original_message(rcpts)
     sub = records.submission_record(
@@ -127,7 +129,7 @@ def build_input(n: int, keys: Keys, *, acknowledged: int = 1, confirmed: bool = 
         ack = None
         if i < acknowledged:
             ack = records.receipt_record(
-                delivery_digest=delivery.digest, kind="acknowledged", at="2026-11-29T07:15:00.000000Z",
+                delivery_digest=delivery.digest, kind="acknowledged", at=ack_at,
                 ip_commitment="00" * 32, user_agent_commitment="11" * 32,
             )
         per.append((rcpt, copy, delivery, handoff, ack))

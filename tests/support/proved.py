@@ -92,11 +92,14 @@ async def proved_message(
     recipients: list[str] = RECIPIENTS,
     acknowledgers: tuple[str, ...] = (ACKNOWLEDGER,),
     replies: dict[str, list[str]] | None = None,
+    header_sources: bool = True,
     **sections: dict,
 ) -> AsyncIterator[Proved]:
     """The relay running, the message delivered to every recipient, ``acknowledgers`` acknowledged.
 
     ``replies`` scripts the sink's answers per recipient (e.g. a 451 before the 250).
+    ``header_sources=False`` leaves the explorers out of the relay's configuration: its
+    batches stay 'attested' (unchecked); ``p.explorers`` still serve the chain.
     """
     chain = FakeChain()
     token, token_hash = new_token()
@@ -106,8 +109,8 @@ async def proved_message(
             data_dir, sink.port,
             tracker={"enabled": True, "listen_host": "127.0.0.1", "listen_port": 0,
                      "public_url": "http://127.0.0.1:1", "scanner_window": 0},
-            anchor={"enabled": False, "calendars": [calendar.url], "min_calendars": 1,
-                    "esplora": [e1.url, e2.url], "regtest": True},  # the relay records block times
+            anchor={"enabled": False, "calendars": [calendar.url], "min_calendars": 1, "http_for_tests": True,
+                    "esplora": [e1.url, e2.url] if header_sources else [], "regtest": True},
             admin={"token_hashes": [token_hash]},
             **sections,
         )

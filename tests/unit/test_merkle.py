@@ -73,28 +73,33 @@ def test_a_path_that_misses_the_root_is_refused():
         merkle.leaf_ots(bytes(32), bytes(16), tree.path(0), Timestamp(hashlib.sha256(b"other").digest()))
 
 
-def test_bitcoin_branch_keeps_the_lowest_bitcoin_path_only():
+def test_bitcoin_branches_keep_every_bitcoin_path_and_drop_the_pending_ones():
     root = Timestamp(hashlib.sha256(b"root").digest())
     for height, salt in ((812, b"a"), (810, b"b")):
         tip = root.ops.add(OpAppend(salt)).ops.add(OpSHA256())
         tip.attestations.add(BitcoinBlockHeaderAttestation(height))
     root.ops.add(OpAppend(b"c")).attestations.add(PendingAttestation("https://bob.btc.calendar.opentimestamps.org"))
-    branch = merkle.bitcoin_branch(root)
-    assert [(att.height) for _, att in branch.all_attestations()] == [810]
-    assert merkle.bitcoin_branch(Timestamp(bytes(32))) is None
+    branches = merkle.bitcoin_branches(root)
+    assert sorted(att.height for _, att in branches.all_attestations()) == [810, 812]
+    assert OpAppend(b"c") not in branches.ops
+    assert merkle.bitcoin_branches(Timestamp(bytes(32))) is None
 
 
-def test_bitcoin_branch_keeps_the_shortest_of_paths_to_the_same_block():
-    # Two calendars confirmed in the same block; the longer path's first op sorts first.
+def test_claims_name_the_calendar_whose_commitment_they_hang_under_and_discard_removes_one():
     root = Timestamp(hashlib.sha256(b"root").digest())
-    longer = root.ops.add(OpAppend(b"a")).ops.add(OpSHA256())
-    for level in range(12):
-        longer = longer.ops.add(OpAppend(bytes([level]) * 32)).ops.add(OpSHA256())
-    longer.attestations.add(BitcoinBlockHeaderAttestation(810))
-    root.ops.add(OpAppend(b"b")).ops.add(OpSHA256()).attestations.add(BitcoinBlockHeaderAttestation(810))
-    branch = merkle.bitcoin_branch(root)
-    assert list(branch.ops) == [OpAppend(b"b")]
-    assert len(merkle.serialize_timestamp(branch)) == 3 + 1 + 12  # append 'b', sha256, attestation (0x00, tag, length, height)
+    for uri, height in (("https://liar.example", 1), ("https://honest.example", 810)):
+        commitment = root.ops.add(OpAppend(uri.encode())).ops.add(OpSHA256())
+        commitment.attestations.add(PendingAttestation(uri))
+        commitment.ops.add(OpSHA256()).ops.add(OpAppend(bytes(32))).attestations.add(BitcoinBlockHeaderAttestation(height))
+    claims = merkle.bitcoin_claims(root)
+    assert [(c.calendar, c.height) for c in claims] == [("https://liar.example", 1), ("https://honest.example", 810)]
+    merkle.discard(root, claims[0])
+    assert [(c.calendar, c.height) for c in merkle.bitcoin_claims(root)] == [("https://honest.example", 810)]
+    # The liar's pending attestation stays (it is asked again), the operations that led only to the claim go.
+    assert len(merkle.pending_calendars(root)) == 2
+    liar = root.ops[OpAppend(b"https://liar.example")].ops[OpSHA256()]
+    assert not liar.ops
+    assert len(merkle.serialize_timestamp(root)) < len(merkle.serialize_timestamp(merkle.bitcoin_branches(root))) + 200
 
 
 def test_graft_merges_a_calendar_answer_where_the_commitment_is():
