@@ -277,12 +277,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX anchor_leaves_unbatched ON anchor_leaves(queued_at) WHERE batch_id IS NULL;
     CREATE INDEX anchor_leaves_batch ON anchor_leaves(batch_id);
     """,
-    # poison messages (relay/store/held.py): crashes of the relay in a row with a delivery in flight.
+    # 9 (poison messages, relay/store/held.py): crashes of the relay in a row with a delivery in flight.
     """
     CREATE TABLE delivery_crashes (
         delivery_id     INTEGER PRIMARY KEY REFERENCES deliveries(id),
         crashes         INTEGER NOT NULL
     );
+    """,
     # 10 (anchoring): a batch whose Bitcoin attestations no block header has checked yet is 'attested',
     # not 'confirmed'. SQLite cannot change a CHECK constraint: the table is rebuilt, ids kept.
     """
