@@ -33,11 +33,12 @@ from relay.certify.certifier import Certified, Certifier, Prepared
 from relay.certify.message import header_block
 from relay.config import AckConfig, Config
 from relay.evidence import records
-from relay.outbound import dsn
+from relay.outbound import dsn, verp
 from relay.outbound.budget import Budget
 from relay.outbound.upstream import Reply, Upstream, make_upstream, one_line
 from relay.smtp.spool import Incoming, Spool
 from relay.store import INLINE_MAX, Store
+from relay.store import reports as report_store
 
 log = logging.getLogger("estampille.deliver")
 T = TypeVar("T")
@@ -195,6 +196,8 @@ class Deliverer:
         self._prepared: OrderedDict[str, tuple[Certifier, Prepared]] = OrderedDict()
         # Delivery record digests written by _prepare, handed to _finish's hand-off record.
         self._record_digests: dict[int, str] = {}
+        # Return tokens drawn by _prepare, handed to the sending (dsn.bounce_domain).
+        self._tokens: dict[int, str] = {}
         # Submissions whose preparation is in progress: their other recipients wait for it.
         self._preparing: dict[str, asyncio.Future[None]] = {}
         self._certify_thread = CertifyThread()
@@ -324,7 +327,8 @@ class Deliverer:
             reply = Reply(None, f"local error while preparing the copy: {type(exc).__name__}", "local")
         else:
             options = _forwarded_options(job, data, self.upstream.eight_bit_mime)
-            reply = await self.upstream.send(job.mail_from, job.recipient, data, options)
+            sender, status = await self._return_path(job)
+            reply = await self.upstream.send(sender, job.recipient, data, options, status)
         wait = RECORD_RETRY_FIRST
         while True:
             try:
@@ -352,6 +356,7 @@ class Deliverer:
         copy = await self._certified(job, certifier, now)
         copy_sha256 = copy.sha256
         inline = len(copy.data) <= INLINE_MAX  # else a file, written durably first
+        token = secrets.token_hex(verp.TOKEN_BYTES) if self._asks_status(job) else None
         if not inline:
             await self.store.put_blob(copy.data)
         record = records.delivery_record(
@@ -374,9 +379,13 @@ class Deliverer:
                                              target_url=link.target_url, now=now)
             if job.message_id is None:
                 await Store.set_generated_message_id(db, job.submission_id, copy.message_id)
+            if token is not None:
+                await report_store.insert_token(db, token, job.delivery_id, now)
 
         await self.store.write(record_copy, urgent=False)
         self._record_digests[job.delivery_id] = record.digest
+        if token is not None:
+            self._tokens[job.delivery_id] = token
         return copy.data
 
     async def _certified(self, job: Job, certifier: Certifier, now: float) -> Certified:
@@ -431,6 +440,22 @@ class Deliverer:
         while (len(self._prepared) > PREPARED_CACHE_ENTRIES
                or sum(len(p.data) for _, p in self._prepared.values()) > PREPARED_CACHE_OCTETS):
             self._prepared.popitem(last=False)
+
+    def _asks_status(self, job: Job) -> bool:
+        """Whether ``job``'s copy goes with a return path of its own (our DSNs keep the null sender)."""
+        return bool(self.config.dsn.bounce_domain) and job.kind == "mail"
+
+    async def _return_path(self, job: Job) -> tuple[str, verp.StatusRequest | None]:
+        """The envelope sender of ``job``'s copy, and the delivery status it asks for."""
+        if not self._asks_status(job):
+            return job.mail_from, None
+        # Drawn with the copy (_prepare); a copy sent again, or prepared before dsn.bounce_domain
+        # was set, has its token in the store, or gets one now.
+        token = (self._tokens.pop(job.delivery_id, None) or await report_store.token_for(self.store, job.delivery_id)
+                 or await report_store.add_token(self.store, secrets.token_hex(verp.TOKEN_BYTES),
+                                                 job.delivery_id, self.clock()))
+        status = verp.StatusRequest(token=token, recipient=job.recipient, orcpt=_orcpt(job.rcpt_options))
+        return verp.return_path(token, self.config.dsn.bounce_domain), status
 
     async def _with_record(self, job: Job) -> Job:
         """The job with the digest of its delivery record, which _prepare may just have written."""

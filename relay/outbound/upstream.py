@@ -24,6 +24,7 @@ import aiosmtplib
 from relay.certify.message import to_crlf
 from relay.config import Config, UpstreamConfig
 from relay.outbound.budget import Budget
+from relay.outbound.verp import StatusRequest
 
 log = logging.getLogger("estampille.upstream")
 
@@ -62,7 +63,10 @@ class Upstream(Protocol):
 
     eight_bit_mime: bool  # the upstream takes 8-bit bodies (8BITMIME): certify may leave 8-bit parts as they are
 
-    async def send(self, sender: str, recipient: str, data: bytes, mail_options: list[str]) -> Reply: ...
+    # ``status``: the delivery status to ask for (RFC 3461), when the upstream offers DSN.
+
+    async def send(self, sender: str, recipient: str, data: bytes, mail_options: list[str],
+                   status: StatusRequest | None = None) -> Reply: ...
 
     async def close(self) -> None: ...
 
@@ -92,7 +96,8 @@ class SMTPUpstream:
         self._shrunk_until = 0.0
         self.eight_bit_mime = False  # learnt from the upstream's EHLO at the first transaction
 
-    async def send(self, sender: str, recipient: str, data: bytes, mail_options: list[str]) -> Reply:
+    async def send(self, sender: str, recipient: str, data: bytes, mail_options: list[str],
+                   status: StatusRequest | None = None) -> Reply:
         while True:
             if self._shrunk_until and time.monotonic() >= self._shrunk_until:
                 self._shrunk_until = 0.0
@@ -114,7 +119,7 @@ class SMTPUpstream:
                     continue  # refused while others are open: wait for one of them
                 client, new = taken
                 try:
-                    reply = await self._send_on(client, new, sender, recipient, data, mail_options)
+                    reply = await self._send_on(client, new, sender, recipient, data, mail_options, status)
                 finally:
                     self._active.discard(client)
                 if reply is not None:
@@ -168,11 +173,11 @@ class SMTPUpstream:
         return sum(1 for c in (*self._active, *self._idle) if c.is_connected)
 
     async def _send_on(self, client: aiosmtplib.SMTP, new: bool, sender: str, recipient: str, data: bytes,
-                       mail_options: list[str]) -> Reply | None:
+                       mail_options: list[str], status: StatusRequest | None) -> Reply | None:
         """The upstream's reply; None when it refused the first transaction of this ``new``
         connection as one too many while others are open (then closed)."""
         try:
-            reply = await self._transaction(client, sender, recipient, data, mail_options)
+            reply = await self._transaction(client, sender, recipient, data, mail_options, status)
             self.eight_bit_mime = client.supports_extension("8bitmime")
         except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
             self._discard(client)
@@ -193,8 +198,12 @@ class SMTPUpstream:
         return reply
 
     async def _transaction(self, client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes,
-                           mail_options: list[str]) -> Reply:
+                           mail_options: list[str], status: StatusRequest | None) -> Reply:
         tls = _tls_of(client)
+        rcpt_options: list[str] = []
+        if status is not None and client.supports_extension("dsn"):
+            mail_options = [*mail_options, *status.mail_options]
+            rcpt_options = status.rcpt_options
         timeout = self.config.timeout
         # UTF-8 addresses (RFC 6531) go out as UTF-8 when the client asked for SMTPUTF8.
         encoding = "utf-8" if any(opt.upper() == "SMTPUTF8" for opt in mail_options) else "ascii"
@@ -205,7 +214,8 @@ class SMTPUpstream:
         try:
             await _command(client, (250,), b"MAIL", b"FROM:<" + sender.encode(encoding) + b">",
                            *(opt.encode("ascii") for opt in mail_options), timeout=timeout)
-            await _command(client, (250, 251), b"RCPT", b"TO:<" + recipient.encode(encoding) + b">", timeout=timeout)
+            await _command(client, (250, 251), b"RCPT", b"TO:<" + recipient.encode(encoding) + b">",
+                           *(opt.encode("ascii") for opt in rcpt_options), timeout=timeout)
             await _command(client, (354,), b"DATA", timeout=timeout)
             protocol = client.protocol
             if protocol is None:  # the upstream hung up after its 354: retried as any lost connection
@@ -267,7 +277,8 @@ class MaildirUpstream:
         for sub in ("tmp", "new", "cur"):
             (directory / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
 
-    async def send(self, sender: str, recipient: str, data: bytes, mail_options: list[str]) -> Reply:
+    async def send(self, sender: str, recipient: str, data: bytes, mail_options: list[str],
+                   status: StatusRequest | None = None) -> Reply:
         name = f"{time.time_ns()}.{secrets.token_hex(8)}.estampille"
         envelope = f"X-Estampille-Envelope-From: <{sender}>\r\nX-Estampille-Envelope-To: <{recipient}>\r\n"
         try:

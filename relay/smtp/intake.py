@@ -5,7 +5,8 @@ policy lives in :class:`IntakeHandler`, whose hooks return explicit replies:
 
 - MAIL: 452 4.3.1 when the data directory is nearly full;
 - RCPT: 550 5.7.1 for a client outside ``smtp.allowed_networks`` that has not
-  authenticated (nothing is stored for it);
+  authenticated (nothing is stored for it); mail to ``dsn.bounce_domain`` is the
+  reports' own, from anyone, to relay.outbound.bounces (only that domain, never relayed);
 - DATA: 250 only after the spool has committed; any failure of ours is
   451 4.3.0 and the session stays usable (aiosmtpd resets the envelope).
 - stopping (:meth:`IntakeHandler.drain`): idle sessions get 421 at once,
@@ -30,6 +31,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from relay.certify import dkim
 from relay.config import Config
 from relay.errors import ConfigError, DiskFullError, EstampilleError, StoreError
+from relay.outbound.bounces import REPLY_ONE_REPORT, ReportIntake
 from relay.smtp.auth import Credentials, FailureLimiter, client_key, load_credentials
 from relay.smtp.spool import Incoming, Spool
 
@@ -60,6 +62,7 @@ class IntakeEnvelope(Envelope):
     def __init__(self) -> None:
         super().__init__()
         self.rcpt_params: list[tuple[str, ...]] = []
+        self.report_to: str | None = None  # a return path at the bounce domain: a report transaction
 
 
 class IntakeSMTP(SMTP):
@@ -188,6 +191,7 @@ class IntakeHandler:
         self.limiter = FailureLimiter(config.smtp.auth_failures_per_minute)
         self.open_per_client: Counter[str] = Counter()
         self.min_free_bytes = config.smtp.min_free_disk_mb * 2**20
+        self.reports = ReportIntake(config, spool.store) if config.dsn.bounce_domain else None
 
     @classmethod
     def from_config(cls, config: Config, spool: Spool, *, clock: Callable[[], float] = time.time,
@@ -292,6 +296,8 @@ class IntakeHandler:
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: IntakeEnvelope, address: str,
                           rcpt_options: list[str]) -> str:
+        if self.reports is not None and (envelope.report_to or self.reports.is_report_address(address)):
+            return await self._report_rcpt(envelope, address)
         if not session.authenticated and not self.is_allowed(session.peer):
             log.warning("RCPT from %s refused: not in allowed networks and not authenticated", _peer_text(session))
             return REPLY_NOT_ALLOWED
@@ -300,7 +306,25 @@ class IntakeHandler:
         envelope.rcpt_params.append(tuple(rcpt_options))
         return "250 2.1.5 Ok"
 
+    async def _report_rcpt(self, envelope: IntakeEnvelope, address: str) -> str:
+        """A report's recipient: alone in its transaction, whoever the client is."""
+        assert self.reports is not None
+        if envelope.report_to is not None or not self.reports.is_report_address(address):
+            return REPLY_ONE_REPORT
+        reply = await self.reports.check_recipient(address, envelope.rcpt_tos)
+        if reply.startswith("250"):
+            envelope.report_to = address
+            envelope.rcpt_tos.append(address)
+        return reply
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: IntakeEnvelope) -> str:
+        if self.reports is not None and envelope.report_to is not None:
+            try:
+                return await self.reports.take(envelope.original_content or b"", envelope.report_to,
+                                               _ip_text(session.peer), self.clock())
+            except Exception:  # noqa: BLE001 - any failure of ours is a 451, never a 500
+                log.exception("report from %s not recorded", _peer_text(session))
+                return REPLY_OUR_FAILURE
         try:
             incoming = self._incoming(server, session, envelope)
             queued = await self.spool.accept(incoming, self.clock())

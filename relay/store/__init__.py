@@ -277,6 +277,27 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX anchor_leaves_unbatched ON anchor_leaves(queued_at) WHERE batch_id IS NULL;
     CREATE INDEX anchor_leaves_batch ON anchor_leaves(batch_id);
     """,
+    # 9: delivery status reports (relay.store.reports): each copy's return token, drawn before
+    # it is sent, and the reports received for it (their bytes in message_bytes).
+    """
+    CREATE TABLE return_tokens (
+        token       TEXT PRIMARY KEY,
+        delivery_id INTEGER NOT NULL UNIQUE REFERENCES deliveries(id),
+        created_at  REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE delivery_reports (
+        id            INTEGER PRIMARY KEY,
+        delivery_id   INTEGER NOT NULL REFERENCES deliveries(id),
+        received_at   REAL NOT NULL,
+        action        TEXT NOT NULL,
+        status        TEXT NOT NULL,
+        remote_mta    TEXT,
+        diagnostic    TEXT,
+        report_sha256 TEXT NOT NULL,
+        record_digest TEXT NOT NULL REFERENCES records(digest)
+    );
+    CREATE INDEX delivery_reports_delivery ON delivery_reports(delivery_id);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
