@@ -36,7 +36,7 @@ _CLASSES = {"failed": "45", "delayed": "4", "delivered": "2", "relayed": "2", "e
 _STATUS = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})")
 _REPLY_CODE = re.compile(r"^\s*([245]\d\d)(?=[\s-]|$)")
 _DS_TYPES = ("message/delivery-status", "message/global-delivery-status")
-_ADDRESS = re.compile(r"<?([^\s<>@\";]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,})>?")
+_ADDRESS = re.compile(r"<?([^\s<>@\";:]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,})>?")
 # The phrases classic plain-text bounces open with (Exim, qmail, Postfix without DSN,
 # Sendmail, Exchange 2003, Lotus): a text without one is not taken for a bounce.
 _TEXT_BOUNCE_MARKERS = (
@@ -109,9 +109,15 @@ def parse_report(data: bytes) -> Report:
     if len(data) > MAX_REPORT_OCTETS:
         raise ReportError(f"larger than {MAX_REPORT_OCTETS} octets")
     try:
-        message = email.message_from_bytes(data, policy=email.policy.compat32)
+        return _parse(data)
+    except ReportError:
+        raise
     except Exception as exc:  # noqa: BLE001 - the email package has no single error for hostile input
         raise ReportError(f"unreadable message ({type(exc).__name__})") from exc
+
+
+def _parse(data: bytes) -> Report:
+    message = email.message_from_bytes(data, policy=email.policy.compat32)
     parts = list(message.walk())
     status_parts = [p for p in parts if p.get_content_type() in _DS_TYPES]
     if len(status_parts) > 1:
@@ -129,9 +135,10 @@ def _check_not_truncated(message: email.message.Message, parts: list[email.messa
     A report cut after its status part (the returned headers lost) still says all it says.
     """
     unclosed = any(isinstance(d, email.errors.CloseBoundaryNotFoundDefect) for p in parts for d in p.defects)
-    if unclosed and parts[-1] is status_part or any(
-        isinstance(d, email.errors.StartBoundaryNotFoundDefect) for d in message.defects
-    ):
+    parent = next((p for p in parts if p.get_content_maintype() == "multipart"
+                   and any(child is status_part for child in p.get_payload())), None)
+    last = parent is None or parent.get_payload()[-1] is status_part
+    if unclosed and last or any(isinstance(d, email.errors.StartBoundaryNotFoundDefect) for d in message.defects):
         raise ReportError("truncated: the delivery-status part is not closed")
 
 

@@ -19,7 +19,7 @@ TOKEN_BYTES = 16
 LOCAL_PREFIX = "bounces+"
 NOTIFY = "NOTIFY=SUCCESS,FAILURE,DELAY"
 # Lowercase hex: some MTAs lowercase the local part of the address they bounce to.
-_TOKEN = re.compile(r"[0-9a-f]{%d}" % (2 * TOKEN_BYTES))
+_TOKEN = re.compile(rf"[0-9a-f]{{{2 * TOKEN_BYTES}}}")
 
 
 def return_path(token: str, bounce_domain: str) -> str:

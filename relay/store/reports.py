@@ -13,9 +13,11 @@ from typing import Any
 from relay.evidence.records import Record
 from relay.store import Store
 
-# A report moves its delivery to this state; other actions (delayed, relayed, expanded) are
-# recorded and leave it as it is.
-STATE_OF_ACTION = {"delivered": "delivered", "failed": "failed"}
+# A report moves its delivery to this state; a delay is recorded and leaves it as it is.
+# 'relayed' is what an MTA reports when the next hop (the member's server) took the copy but
+# offers no DSN itself (RFC 3461 5.2.2; Postfix says so with the server's 250): the copy
+# reached the member's server, as with 'delivered' and 'expanded' (delivered to a list).
+STATE_OF_ACTION = {"delivered": "delivered", "relayed": "delivered", "expanded": "delivered", "failed": "failed"}
 
 
 @dataclass(frozen=True)
