@@ -12,9 +12,8 @@ import signal
 import smtplib
 import socket
 import time
-from pathlib import Path
-
 from datetime import UTC, datetime
+from pathlib import Path
 
 import aiohttp
 import aiosmtplib
