@@ -136,8 +136,8 @@ def _check_not_truncated(message: email.message.Message, parts: list[email.messa
     """
     unclosed = any(isinstance(d, email.errors.CloseBoundaryNotFoundDefect) for p in parts for d in p.defects)
     parent = next((p for p in parts if p.get_content_maintype() == "multipart"
-                   and any(child is status_part for child in p.get_payload())), None)
-    last = parent is None or parent.get_payload()[-1] is status_part
+                   and any(child is status_part for child in _children(p))), None)
+    last = parent is None or _children(parent)[-1] is status_part
     if unclosed and last or any(isinstance(d, email.errors.StartBoundaryNotFoundDefect) for d in message.defects):
         raise ReportError("truncated: the delivery-status part is not closed")
 
@@ -194,8 +194,7 @@ def _field_blocks(part: email.message.Message) -> list[dict[str, str]]:
     if isinstance(payload, list):
         groups = [list(block.items()) for block in payload if isinstance(block, email.message.Message)]
     else:
-        raw = part.get_payload(decode=True) or b""
-        text = raw.decode("utf-8", "replace").replace("\r\n", "\n")
+        text = _decoded(part).replace("\r\n", "\n")
         groups = [list(email.message_from_string(chunk + "\n").items())
                   for chunk in re.split(r"\n\s*\n", text) if chunk.strip()]
     return [{name.strip().lower(): value for name, value in group} for group in groups if group]
@@ -258,9 +257,21 @@ def _text_bounce(message: email.message.Message) -> Report:
 def _first_text(message: email.message.Message) -> str:
     for part in message.walk():
         if part.get_content_type() == "text/plain":
-            raw = part.get_payload(decode=True) or b""
-            return raw.decode(part.get_content_charset() or "utf-8", "replace")[:MAX_REPORT_OCTETS]
-    if message.is_multipart():
+            return _decoded(part)
+    return "" if message.is_multipart() else _decoded(message)
+
+
+def _children(part: email.message.Message) -> list[email.message.Message]:
+    payload = part.get_payload()
+    return [p for p in payload if isinstance(p, email.message.Message)] if isinstance(payload, list) else []
+
+
+def _decoded(part: email.message.Message) -> str:
+    """A part's body as text, its transfer encoding undone; an unknown charset read as UTF-8."""
+    raw = part.get_payload(decode=True)
+    if not isinstance(raw, bytes):
         return ""
-    raw = message.get_payload(decode=True) or b""
-    return raw.decode("utf-8", "replace")
+    try:
+        return raw.decode(part.get_content_charset() or "utf-8", "replace")
+    except LookupError:
+        return raw.decode("utf-8", "replace")
