@@ -108,6 +108,7 @@ async def test_postfix_reports_prove_what_the_member_servers_said(tmp_path):
             await anchor.anchor_now(store, config.anchor)
             calendar.confirm()
             await anchor.anchor_now(store, config.anchor)
+            tokens = {row["token"] for row in await store.fetchall("SELECT token FROM return_tokens")}
             out = io.BytesIO()
             await gather.build_proof(store, MESSAGE_ID, out, now=1e9 * 2, timezone="Europe/Paris")
         files = read_zip(out.getvalue())
@@ -115,7 +116,11 @@ async def test_postfix_reports_prove_what_the_member_servers_said(tmp_path):
         assert len(report_files) == 2
         for path in report_files:
             parsed = parse_report(files[path])
-            assert parsed.reporting_mta == "outbound.test"
+            # ENVID, NOTIFY=SUCCESS and RET=HDRS reached Postfix: each report names its envelope, a
+            # success was reported, and the failure returned the copy's headers, not its body.
+            assert parsed.reporting_mta == "outbound.test" and parsed.envelope_id in tokens
+            assert b"text/rfc822-headers" in files[path] and b"Mesdames" not in files[path]
+        assert len(tokens) == 2
         manifest = json.loads(files["manifest.json"])
         entries = {r["recipient"]: r for r in manifest["facts"]["recipients"]}
         assert all(len(entries[r]["reports"]) == 1 for r in (ACCEPTED, REFUSED))
