@@ -6,7 +6,9 @@ not our clients) and nothing else: each address there is a copy's return path
 
 - RCPT: 250 for a return path we gave a copy; 550 5.1.1 for any other address there;
   452 4.5.3 for a second recipient (a report concerns one copy);
-- DATA: 250 once the report, its record and the delivery's new state are committed;
+- DATA: 250 once the report, its record, the delivery's new state and, when the report says
+  the member's server refused the copy, the sender's notice (as relay.outbound.deliver sends
+  for a refusal by the outbound MTA) are committed;
   550 5.6.0 for what is not a report we can read (an auto-reply, a truncated report);
   550 5.7.1 for a report about another recipient or another envelope (forged, or not
   about the copy this return path was given to); 451 while the copy's own hand-off
@@ -16,14 +18,16 @@ not our clients) and nothing else: each address there is a copy's return path
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from typing import Any
 
 from relay.config import Config
 from relay.evidence import records
 from relay.outbound import verp
+from relay.outbound.notice import Bounced, stage_notice
 from relay.outbound.reports import RecipientStatus, Report, ReportError, parse_report
-from relay.store import Store
+from relay.smtp.spool import Spool
 from relay.store import reports as report_store
 
 log = logging.getLogger("estampille.reports")
@@ -41,9 +45,11 @@ _HANDED_OFF = ("delivered", "failed")
 class ReportIntake:
     """The bounce domain's policy for the SMTP intake (a small hook there)."""
 
-    def __init__(self, config: Config, store: Store) -> None:
+    def __init__(self, config: Config, spool: Spool) -> None:
         self.domain = config.dsn.bounce_domain
-        self.store = store
+        self.hostname = config.smtp.hostname
+        self.spool = spool
+        self.store = spool.store
 
     def is_report_address(self, address: str) -> bool:
         return verp.in_bounce_domain(address, self.domain)
@@ -96,10 +102,36 @@ class ReportIntake:
                 "reply": status.diagnostic, "record": record.digest, "remote_mta": status.remote_mta,
                 "reported": True,
             }
-        await report_store.record_report(self.store, write, event)
+        notice = await self._notice(delivery, status, now)
+
+        async def queue_notice(db: Any) -> None:
+            if notice is not None:
+                await Spool.insert(db, *notice, now)
+
+        await report_store.record_report(self.store, write, event, queue_notice)
         log.info("report for delivery %d of %s to <%s>: %s %s (%s)", delivery["id"], delivery["submission_id"],
                  delivery["recipient"], status.action, status.status, status.diagnostic)
+        if notice is not None and self.spool.on_queued is not None:
+            self.spool.on_queued()  # wakes delivery for the sender's notice
         return REPLY_RECORDED
+
+    async def _notice(self, delivery: Any, status: RecipientStatus, now: float) -> tuple[Any, ...] | None:
+        """The sender's notice when this report makes the delivery fail (once), as the relay's own
+        DSN would have; the report came here, not to the sender."""
+        if status.action != "failed" or delivery["state"] == "failed" or delivery["kind"] != "mail":
+            return None
+        if not delivery["mail_from"]:
+            return None  # never to <>
+        bounced = Bounced(
+            mail_from=delivery["mail_from"], recipient=delivery["recipient"],
+            orcpt=verp.orcpt_of(tuple(json.loads(delivery["rcpt_options"]))), data_sha256=delivery["data_sha256"],
+            message_id=delivery["message_id"], received_at=delivery["received_at"],
+        )
+        diagnostic = status.diagnostic or status.status
+        if status.remote_mta:
+            diagnostic = f"{status.remote_mta} said: {diagnostic}"
+        return await stage_notice(self.store, self.hostname, bounced, status=status.status, diagnostic=diagnostic,
+                                  now=now)
 
 
 def _status_of(report: Report, token: str, delivery: Any) -> RecipientStatus | None:

@@ -25,18 +25,17 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 from relay.certify import acklink, dkim
 from relay.certify.certifier import Certified, Certifier, Prepared
-from relay.certify.message import header_block
 from relay.config import AckConfig, Config
 from relay.evidence import records
 from relay.outbound import dsn, verp
 from relay.outbound.budget import Budget
+from relay.outbound.notice import Bounced, stage_notice, utc
 from relay.outbound.upstream import Reply, Upstream, make_upstream, one_line
-from relay.smtp.spool import Incoming, Spool
+from relay.smtp.spool import Spool
 from relay.store import INLINE_MAX, Store
 from relay.store import reports as report_store
 
@@ -423,7 +422,7 @@ class Deliverer:
         """
         if prepared is None:
             assert original is not None
-            prepared = certifier.prepare(original, mail_from=job.mail_from, date=_utc(job.received_at),
+            prepared = certifier.prepare(original, mail_from=job.mail_from, date=utc(job.received_at),
                                          message_id_local=job.submission_id)
         copy = certifier.copy(prepared, tokens=lambda: secrets.token_urlsafe(acklink.TOKEN_BYTES), now=int(now),
                               eight_bit_mime=eight_bit_mime)
@@ -454,7 +453,7 @@ class Deliverer:
         token = (self._tokens.pop(job.delivery_id, None) or await report_store.token_for(self.store, job.delivery_id)
                  or await report_store.add_token(self.store, secrets.token_hex(verp.TOKEN_BYTES),
                                                  job.delivery_id, self.clock()))
-        status = verp.StatusRequest(token=token, recipient=job.recipient, orcpt=_orcpt(job.rcpt_options))
+        status = verp.StatusRequest(token=token, recipient=job.recipient, orcpt=verp.orcpt_of(job.rcpt_options))
         return verp.return_path(token, self.config.dsn.bounce_domain), status
 
     async def _with_record(self, job: Job) -> Job:
@@ -516,23 +515,13 @@ class Deliverer:
         """The DSN's (incoming, facts, sha256), its bytes already stored; None when none is owed."""
         if job.kind != "mail" or not job.mail_from:
             return None  # never bounce a bounce, never to <>
-        original = await self.store.get_blob(job.data_sha256)
-        host = self.config.smtp.hostname
         text = reply.text if reply.code is None else f"{reply.code} {reply.text}"
-        failure = dsn.Failure(
-            recipient=job.recipient,
-            status=dsn.status_of(reply.code, reply.text, expired=expired),
-            diagnostic=("delivery time expired; last reply: " + text) if expired else text,
-            original_recipient=_orcpt(job.rcpt_options),
+        bounced = Bounced(mail_from=job.mail_from, recipient=job.recipient, orcpt=verp.orcpt_of(job.rcpt_options),
+                          data_sha256=job.data_sha256, message_id=job.message_id, received_at=job.received_at)
+        return await stage_notice(
+            self.store, self.config.smtp.hostname, bounced, status=dsn.status_of(reply.code, reply.text, expired=expired),
+            diagnostic=("delivery time expired; last reply: " + text) if expired else text, now=now,
         )
-        data = dsn.build_dsn(
-            reporting_mta=host, sender=job.mail_from, failures=[failure], original_headers=header_block(original),
-            original_message_id=job.message_id, arrival=_utc(job.received_at), now=_utc(now),
-            boundary=f"estampille-{secrets.token_hex(12)}", message_id=f"<{secrets.token_hex(16)}@{host}>",
-        )
-        facts, sha = await Spool.stage(self.store, data)
-        incoming = Incoming(data=data, mail_from="", recipients=(job.mail_from,), client_address="local", kind="dsn")
-        return incoming, facts, sha
 
 
 def _forwarded_options(job: Job, data: bytes, eight_bit_mime: bool) -> list[str]:
@@ -548,12 +537,3 @@ def _forwarded_options(job: Job, data: bytes, eight_bit_mime: bool) -> list[str]
     return options
 
 
-def _orcpt(options: tuple[str, ...]) -> str | None:
-    for opt in options:
-        if opt.upper().startswith("ORCPT="):
-            return opt[len("ORCPT="):]
-    return None
-
-
-def _utc(timestamp: float) -> datetime:
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc)

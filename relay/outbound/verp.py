@@ -43,6 +43,14 @@ def token_of(address: str, bounce_domain: str) -> str | None:
     return local[len(LOCAL_PREFIX):]
 
 
+def orcpt_of(rcpt_options: tuple[str, ...]) -> str | None:
+    """The ORCPT parameter's value among a recipient's RCPT parameters, as the client gave it."""
+    for opt in rcpt_options:
+        if opt.upper().startswith("ORCPT="):
+            return opt[len("ORCPT="):]
+    return None
+
+
 def xtext(value: str) -> str:
     """RFC 3461 4.1 xtext: '+', '=', controls, space and non-ASCII as '+XX'."""
     return "".join(

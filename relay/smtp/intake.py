@@ -191,7 +191,7 @@ class IntakeHandler:
         self.limiter = FailureLimiter(config.smtp.auth_failures_per_minute)
         self.open_per_client: Counter[str] = Counter()
         self.min_free_bytes = config.smtp.min_free_disk_mb * 2**20
-        self.reports = ReportIntake(config, spool.store) if config.dsn.bounce_domain else None
+        self.reports = ReportIntake(config, spool) if config.dsn.bounce_domain else None
 
     @classmethod
     def from_config(cls, config: Config, spool: Spool, *, clock: Callable[[], float] = time.time,

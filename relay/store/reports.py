@@ -7,6 +7,7 @@ row and the delivery's new state, in one transaction.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,15 +65,17 @@ async def delivery_of(store: Store, token: str) -> Any | None:
     """The delivery whose copy was sent with ``token`` (with its submission's kind and Message-ID)."""
     return await store.fetchone(
         "SELECT d.id, d.submission_id, d.recipient, d.rcpt_options, d.state, d.record_digest, d.handoff_digest,"
-        " s.kind, s.message_id FROM return_tokens t JOIN deliveries d ON d.id = t.delivery_id"
+        " s.kind, s.message_id, s.mail_from, s.data_sha256, s.received_at FROM return_tokens t JOIN deliveries d ON d.id = t.delivery_id"
         " JOIN submissions s ON s.id = d.submission_id WHERE t.token = ?",
         (token,),
     )
 
 
-async def record_report(store: Store, report: ReportWrite, event: dict[str, Any] | None) -> None:
-    """Store the report's bytes, record and row, move its delivery to its new state and queue
-    the webhook ``event`` (a delivery's 'delivered' or 'failed'), in one transaction."""
+async def record_report(store: Store, report: ReportWrite, event: dict[str, Any] | None,
+                        also: Callable[[Any], Awaitable[Any]] | None = None) -> None:
+    """Store the report's bytes, record and row, move its delivery to its new state, queue the
+    webhook ``event`` (a delivery's 'delivered' or 'failed') and run ``also(db)`` (the sender's
+    notice of a failure), in one transaction."""
     state = STATE_OF_ACTION.get(report.action)
 
     async def write(db: Any) -> None:
@@ -92,6 +95,8 @@ async def record_report(store: Store, report: ReportWrite, event: dict[str, Any]
             )
         if event is not None and state is not None:
             await store.enqueue_event(db, state, event, report.received_at)
+        if also is not None:
+            await also(db)
 
     await store.write(write)
 

@@ -5,7 +5,7 @@ its own and NOTIFY=SUCCESS,FAILURE,DELAY; Postfix relays to two "member servers"
 sinks on loopback), one accepting, one refusing with 550, and sends its reports to the
 bounce domain, routed to the relay's own intake. The first delivery ends 'delivered' with the
 member server's reply, the second 'failed' with its 550; both reports are in the proof
-bundle, which verifies against the local calendar's chain.
+bundle, which verifies against the local calendar's chain; the sender is told of the refusal.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ async def test_postfix_reports_prove_what_the_member_servers_said(tmp_path):
     chain = FakeChain()
     replies: list[str] = []
     async with (FakeCalendar(chain) as calendar, EsploraFake(chain) as e1, EsploraFake(chain) as e2,
-                Sink() as member1, Sink(refuse_rcpt={REFUSED: REFUSAL}) as member2):
+                Sink() as member1, Sink(refuse_rcpt={REFUSED: REFUSAL}) as member2, Sink() as sender):
         outbound_port = free_port()
         config = relay_config(
             tmp_path / "data", outbound_port, dsn={"bounce_domain": BOUNCE_DOMAIN},
@@ -73,7 +73,8 @@ async def test_postfix_reports_prove_what_the_member_servers_said(tmp_path):
                     counted(reply)
 
             service.intake.on_reply = on_reply
-            routes = {"member1.test": member1.port, "member2.test": member2.port, BOUNCE_DOMAIN: service.smtp_port}
+            routes = {"member1.test": member1.port, "member2.test": member2.port, BOUNCE_DOMAIN: service.smtp_port,
+                      "mairie.example": sender.port}
             async with postfix.Postfix(routes, port=outbound_port) as mta:
                 store = service.store
                 assert store is not None
@@ -81,6 +82,9 @@ async def test_postfix_reports_prove_what_the_member_servers_said(tmp_path):
                                       recipients=[ACCEPTED, REFUSED], hostname="127.0.0.1", port=service.smtp_port)
                 reports = await until(lambda: _final_reports(store), "both reports", timeout=DEADLINE)
                 assert [r["recipient"] for r in reports] == [ACCEPTED, REFUSED], mta.log()
+                # The refusal came to the relay, not to the sender: the sender gets the relay's notice.
+                (notice,) = await sender.wait_for(1, timeout=DEADLINE)
+                assert notice.rcpt_tos == ("convocations@mairie.example",) and REFUSAL[:9].encode() in notice.data
                 await until(lambda: not mta.queued(), "Postfix's queue to empty", timeout=DEADLINE)
                 log = mta.log()
 

@@ -62,11 +62,11 @@ async def relay(tmp_path):
             (copy,) = await sink.wait_for(1)
             store = service.store
             await until(lambda: store.fetchone("SELECT 1 FROM deliveries WHERE state = 'delivered'"), "hand-off")
-            yield service, copy.mail_from
+            yield service, copy.mail_from, sink
 
 
 async def test_a_report_is_matched_by_its_return_path_and_envelope_id(relay):
-    service, path = relay
+    service, path, sink = relay
     token = verp.token_of(path, BOUNCES)
     assert token is not None
     port, store = service.smtp_port, service.store
@@ -79,10 +79,17 @@ async def test_a_report_is_matched_by_its_return_path_and_envelope_id(relay):
     assert tuple(delivery) == ("failed", 550, "550 5.1.1 no such member")
     event = await store.fetchone("SELECT payload FROM webhook_events WHERE event = 'failed'")
     assert json.loads(event["payload"])["reported"] is True
+    # The report came to the relay, not to the sender: the sender gets the relay's own notice, once.
+    notice = (await sink.wait_for(2))[1]
+    assert notice.mail_from == "" and notice.rcpt_tos == ("convocations@mairie.example",)
+    assert b"550 5.1.1 no such member" in notice.data and b"Final-Recipient: rfc822; " + MEMBER.encode() in notice.data
+    assert (await send_report(port, path, report(envelope_id=token)))[0] == 250  # the same failure again
+    notices = await store.fetchone("SELECT COUNT(*) AS n FROM submissions WHERE kind = 'dsn'")
+    assert notices["n"] == 1
 
 
 async def test_a_report_before_its_hand_off_is_recorded_waits(relay):
-    service, path = relay
+    service, path, _ = relay
     store = service.store
     await store.write(lambda db: db.execute("UPDATE deliveries SET state = 'sending'"))
     code, _ = await send_report(service.smtp_port, path, report())
@@ -93,7 +100,7 @@ async def test_a_report_before_its_hand_off_is_recorded_waits(relay):
 
 
 async def test_reports_are_in_the_view_and_the_bundle_whose_verifier_checks_their_bytes(relay):
-    service, path = relay
+    service, path, _ = relay
     store = service.store
     assert (await send_report(service.smtp_port, path, report()))[0] == 250
     view = gather.message_json(await gather.load_message(store, MESSAGE_ID))
