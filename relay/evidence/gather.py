@@ -61,7 +61,6 @@ async def load_message(store: Store, message_id: str) -> MessageEvidence:
     rows = await store.message_evidence(submission["id"])
     reports = await report_store.reports_of(store, submission["id"])
     digests = [r["digest"] for r in await store.message_digests([submission["id"]]) if r["digest"]]
-    digests += [r["record_digest"] for r in reports]
     found = await store.records_anchoring(digests)
 
     def by_delivery(items: list[Any]) -> dict[int, tuple[dict[str, Any], ...]]:

@@ -1088,10 +1088,12 @@ class Store:
             f"  ON d.id = r.delivery_id WHERE d.submission_id IN ({marks})"
             " UNION ALL SELECT d.submission_id, f.record_digest FROM fetches f JOIN deliveries d"
             f"  ON d.id = f.delivery_id WHERE d.submission_id IN ({marks})"
+            " UNION ALL SELECT d.submission_id, p.record_digest FROM delivery_reports p JOIN deliveries d"
+            f"  ON d.id = p.delivery_id WHERE d.submission_id IN ({marks})"
             ") m LEFT JOIN records r ON r.digest = m.digest LEFT JOIN anchor_leaves l ON l.record_id = r.id"
             " LEFT JOIN anchor_batches b ON b.id = l.batch_id"
             " WHERE m.digest IS NOT NULL",
-            submission_ids * 5,
+            submission_ids * 6,
         )
 
     async def message_evidence(self, submission_id: str) -> dict[str, list[aiosqlite.Row]]:
