@@ -17,6 +17,7 @@ not our clients) and nothing else: each address there is a copy's return path
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -71,7 +72,7 @@ class ReportIntake:
         if delivery is None:
             return REPLY_UNKNOWN
         try:
-            report = parse_report(data)
+            report = await asyncio.to_thread(parse_report, data)  # about 1 ms: off the loop
         except ReportError as exc:
             log.warning("mail to <%s> from %s refused: %s", address, client_address, exc)
             return REPLY_NOT_A_REPORT

@@ -63,10 +63,11 @@ class Upstream(Protocol):
 
     eight_bit_mime: bool  # the upstream takes 8-bit bodies (8BITMIME): certify may leave 8-bit parts as they are
 
-    # ``status``: the delivery status to ask for (RFC 3461), when the upstream offers DSN.
-
     async def send(self, sender: str, recipient: str, data: bytes, mail_options: list[str],
-                   status: StatusRequest | None = None) -> Reply: ...
+                   status: StatusRequest | None = None) -> Reply:
+        """Hand over one copy; ``status``: the delivery status to ask for (RFC 3461), when the
+        upstream offers DSN."""
+        ...
 
     async def close(self) -> None: ...
 
