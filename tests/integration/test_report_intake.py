@@ -21,6 +21,7 @@ from tests.support.polling import until
 from tests.support.proved import MESSAGE_ID, convocation
 from tests.support.relay import relay_config, running
 from tests.support.sink import Sink
+from tracker.admin import TEXTS, timeline
 
 BOUNCES = "bounces.ville.example"
 MEMBER = "elu@conseil.example"
@@ -107,6 +108,10 @@ async def test_reports_are_in_the_view_and_the_bundle_whose_verifier_checks_thei
     (shown,) = view["recipients"][0]["reports"]
     assert shown["action"] == "failed" and shown["diagnostic"] == "550 5.1.1 no such member"
     assert shown["record"]["record"]["delivery"] == view["recipients"][0]["delivery"]["digest"]
+    # The admin page's timeline says it in words (issue 27: "rejeté par le serveur du destinataire : 550 …").
+    events = timeline(view, view["recipients"][0], TEXTS["fr"], "Europe/Paris", "fr")
+    assert any(e["what"] == "Rejeté par le serveur du destinataire" and e["detail"] == "550 5.1.1 no such member"
+               for e in events), events
     # Counted with the message's other records, in the list of messages too.
     listed = await store.message_digests([view["submission_id"]])
     assert shown["record"]["digest"] in {r["digest"] for r in listed} and view["summary"]["records"] == len(listed)
