@@ -43,6 +43,7 @@ def main() -> int:
     parser.add_argument("--sink-port", type=int, required=True)
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--uncertified", action="store_true")
+    parser.add_argument("--bounce-domain", default="", help="[dsn] bounce_domain: each copy asks for reports")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     config = args.work / "estampille.toml"
@@ -62,6 +63,8 @@ tls = "none"
 enabled = false
 [anchor]
 enabled = false
+[dsn]
+bounce_domain = "{args.bounce_domain}"
 """,
         encoding="utf-8",
     )

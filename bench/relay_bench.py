@@ -15,7 +15,7 @@ store, send) and, for one 2 MB message to RECIPIENTS recipients through the rela
 the time until all are delivered and the peak RSS; and last:
 ``RESULT accepted_ratio=... delivered_ratio=... p99_ms=... rss_mb=... certified_ratio=...
 certified_accepted_ratio=... big_seconds=... big_rss_mb=... uvloop_baseline_delivered_ratio=...
-uvloop_baseline_certified_ratio=...``.
+uvloop_baseline_certified_ratio=... dsn_delivered_ratio=... dsn_cpu_ratio=...``.
 
 Two goals, two systems. The relay core's (issue 2: "at least as fast as the naive relay,
 before certification"): accepted_ratio and delivered_ratio, with p99_ms and rss_mb, are
@@ -23,6 +23,12 @@ those of ``relay-core``, the relay with the certify step bypassed, goal >= 1.0 e
 Certification's (issue 3): certified_ratio is the certifying relay's (``relay``) delivered
 recipients/s over the baseline's, goal >= 0.8; certified_accepted_ratio is its accepted
 messages/s over the baseline's, for information.
+
+What asking for delivery status reports costs (issue 27): dsn_delivered_ratio is the delivered
+recipients/s of ``relay-dsn`` (the relay with ``[dsn] bounce_domain`` set: a return token
+stored with each copy, and the DSN parameters, which the sink does not offer) over the relay's;
+dsn_cpu_ratio, the CPU time the relay-dsn process used for the same load over the relay's (on a
+shared machine the steadier of the two).
 
 The relay runs on uvloop (as `estampille serve` does); the baseline, the naive relay, on
 asyncio's default loop. ``baseline-uvloop`` is that same baseline on uvloop, measured for
@@ -83,6 +89,7 @@ def systems(work: Path) -> list[System]:
     return [
         System("relay", relay),
         System("relay-core", [*relay, "--uncertified"]),
+        System("relay-dsn", [*relay, "--bounce-domain", "bounces.example.org"]),
         System("baseline", baseline),
         System("baseline-uvloop", [*baseline, "--uvloop"]),
     ]
@@ -294,7 +301,9 @@ async def main() -> int:
         f"certified_accepted_ratio={certified.accepted_per_s / baseline.accepted_per_s:.2f} "
         f"big_seconds={big_seconds:.2f} big_rss_mb={big.rss_mb:.1f} "
         f"uvloop_baseline_delivered_ratio={core.delivered_per_s / uv_baseline.delivered_per_s:.2f} "
-        f"uvloop_baseline_certified_ratio={certified.delivered_per_s / uv_baseline.delivered_per_s:.2f}"
+        f"uvloop_baseline_certified_ratio={certified.delivered_per_s / uv_baseline.delivered_per_s:.2f} "
+        f"dsn_delivered_ratio={results['relay-dsn'].delivered_per_s / certified.delivered_per_s:.2f} "
+        f"dsn_cpu_ratio={results['relay-dsn'].cpu_s / certified.cpu_s:.2f}"
     )
     complete = all(f.delivered == f.expected for f in [*results.values(), big])
     return 0 if complete else 1

@@ -35,6 +35,8 @@ PUBLIC_CALENDAR_DOMAINS = (
     "a.pool.eternitywall.com",
     "ots.btc.catallaxy.com",
 )
+# A domain name of dot-separated LDH labels (dsn.bounce_domain).
+_DOMAIN = r"(?i)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+"
 
 
 def key(default: Any, help: str, **kw: Any) -> Any:
@@ -109,6 +111,16 @@ class DeliveryConfig:
     retry_max: float = key(3600.0, "Longest wait between retries, in seconds (the wait doubles up to this).")
     give_up_after: float = key(5 * 86400.0, "Seconds after which a deferred delivery fails and the sender gets a DSN.")
     poll_interval: float = key(1.0, "Seconds between scans of the queue for due deliveries.")
+
+
+@dataclass(frozen=True)
+class DSNConfig:
+    bounce_domain: str = key(
+        "",
+        "Domain whose MX points at the relay: each copy goes out with its own return path"
+        " bounces+<id>@<bounce_domain> and asks the outbound MTA for delivery status notifications"
+        " (RFC 3461), which come back here as evidence. Empty: off.",
+    )
 
 
 @dataclass(frozen=True)
@@ -260,6 +272,7 @@ class Config:
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    dsn: DSNConfig = field(default_factory=DSNConfig)
     dkim: DKIMConfig = field(default_factory=DKIMConfig)
     ack: AckConfig = field(default_factory=AckConfig)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
@@ -428,6 +441,8 @@ def _check(config: Config) -> None:
             f"anchor.min_calendars = {config.anchor.min_calendars}: expected at most "
             f"{len(config.anchor.calendars)}, the number of anchor.calendars"
         )
+    if config.dsn.bounce_domain and not re.fullmatch(_DOMAIN, config.dsn.bounce_domain):
+        raise ConfigError(f"dsn.bounce_domain = {config.dsn.bounce_domain!r}: expected a domain name")
     for pos, d in enumerate(config.dkim.domains):
         if not d.domain:
             raise ConfigError(f"dkim.domains[{pos}].domain = '': expected a domain name")

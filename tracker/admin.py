@@ -77,6 +77,12 @@ TEXTS: dict[str, dict[str, str]] = {
         "ev_handoff": "Remis au serveur de messagerie",
         "ev_handoff_4": "Refusé pour l'instant par le serveur de messagerie",
         "ev_handoff_5": "Refusé définitivement par le serveur de messagerie",
+        # Delivery status reports (issue 27): what the member's own server did with the copy.
+        "ev_report_delivered": "Remis au serveur du destinataire",
+        "ev_report_relayed": "Remis au serveur du destinataire",
+        "ev_report_expanded": "Remis au serveur du destinataire (liste)",
+        "ev_report_delayed": "Retardé avant le serveur du destinataire",
+        "ev_report_failed": "Rejeté par le serveur du destinataire",
         "ev_fetch_person": "Lien ouvert (probablement une personne)",
         "ev_fetch_scanner": "Lien ouvert (probablement un filtre de sécurité)",
         "ev_ack": "Accusé de réception",
@@ -130,6 +136,11 @@ TEXTS: dict[str, dict[str, str]] = {
         "ev_handoff": "Handed to the mail server",
         "ev_handoff_4": "Refused for now by the mail server",
         "ev_handoff_5": "Refused for good by the mail server",
+        "ev_report_delivered": "Delivered to the recipient's server",
+        "ev_report_relayed": "Delivered to the recipient's server",
+        "ev_report_expanded": "Delivered to the recipient's server (list)",
+        "ev_report_delayed": "Delayed before the recipient's server",
+        "ev_report_failed": "Refused by the recipient's server",
         "ev_fetch_person": "Link opened (likely a person)",
         "ev_fetch_scanner": "Link opened (likely a security scanner)",
         "ev_ack": "Acknowledgment of receipt",
@@ -320,6 +331,12 @@ def timeline(view: dict[str, Any], r: dict[str, Any], a: dict[str, str], tz: str
                        "anchor": _anchor_text(handoff, a)})
     if not r["handoff"] and r["last_reply"]:
         events.append({"at": r["updated_at"], "what": a["ev_attempt"], "detail": r["last_reply"], "anchor": ""})
+    for report in r.get("reports", ()):
+        detail = report["diagnostic"] or report["status"]
+        if report["remote_mta"]:
+            detail = f"{report['remote_mta']} : {detail}"
+        events.append({"at": report["received_at"], "what": a[f"ev_report_{report['action']}"], "detail": detail,
+                       "anchor": _anchor_text(report["record"], a)})
     for f in r["fetches"]:
         events.append({"at": f["at"], "what": a[f"ev_fetch_{f['classification']}"], "detail": f["method"],
                        "anchor": _anchor_text(f["record"], a)})

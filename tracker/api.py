@@ -313,6 +313,19 @@ OPENAPI: dict[str, Any] = {
                     "record": _NULLABLE_RECORD,
                 },
             }),
+            "Report": _closed({
+                "type": "object",
+                "description": "A delivery status report received for the copy (RFC 3464): what happened at the"
+                               " member's server.",
+                "properties": {
+                    "action": {"enum": ["delivered", "failed", "delayed", "relayed", "expanded"]},
+                    "status": {"type": "string", "description": "RFC 3463 status, e.g. 5.1.1."},
+                    "remote_mta": {"type": ["string", "null"]},
+                    "diagnostic": {"type": ["string", "null"], "description": "The member's server's reply."},
+                    "received_at": {"type": "string", "format": "date-time"},
+                    "record": _NULLABLE_RECORD,
+                },
+            }),
             "Recipient": _closed({
                 "type": "object",
                 "properties": {
@@ -326,6 +339,7 @@ OPENAPI: dict[str, Any] = {
                     "earlier_handoffs": {"type": "array", "items": _ref("Record"),
                                          "description": "The upstream's answers to earlier attempts, oldest first."},
                     "fetches": {"type": "array", "items": _ref("Fetch")},
+                    "reports": {"type": "array", "items": _ref("Report")},
                     "acknowledgment": {"oneOf": [
                         {"allOf": [_ref("Record"), {"type": "object", "properties": {"at": {"type": "string"}}}]},
                         {"type": "null"},

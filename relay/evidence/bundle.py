@@ -13,6 +13,7 @@ Layout of a bundle::
     copies/NN-<recipient>.eml  each recipient's certified copy, as sent
     records/<type>-<digest>.json      every evidence record (canonical JSON)
     records/<type>-<digest>.json.ots  its OpenTimestamps proof, once batched
+    reports/<sha256>.eml       each delivery status report received, as received
     keys/<selector>._domainkey.<domain>.txt   the DKIM public keys used (DNS TXT value)
 
 Integrity vs. trust: the manifest lists every file's SHA-256 and carries a
@@ -93,6 +94,7 @@ class RecipientEvidence:
     acknowledgment: Evidence | None
     fetches: tuple[Evidence, ...] = ()
     earlier_handoffs: tuple[Evidence, ...] = ()  # answers to earlier attempts (4xx), oldest first
+    reports: tuple[Evidence, ...] = ()  # delivery status reports received, oldest first
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,11 @@ def copy_path(index: int, recipient: str) -> str:
     return f"copies/{index:02d}-{_SAFE_NAME.sub('_', recipient)}.eml"
 
 
+def report_path(report: Record) -> str:
+    """Where a report record's message (the report as received) is in a bundle."""
+    return f"reports/{report.fields['report_sha256']}.eml"
+
+
 def build_bundle(proof: ProofInput, read_blob: Callable[[str], bytes], out: BinaryIO) -> None:
     """Write the zip bundle for ``proof`` to ``out``, deterministically for the same input.
 
@@ -167,10 +174,12 @@ def build_bundle(proof: ProofInput, read_blob: Callable[[str], bytes], out: Bina
             entry[role] = None if ev is None else record_path(ev.record)
             if ev is not None:
                 files.update(_evidence_files(ev))
-        for role in ("fetches", "earlier_handoffs"):
+        for role in ("fetches", "earlier_handoffs", "reports"):
             entry[role] = [record_path(ev.record) for ev in getattr(r, role)]
             for ev in getattr(r, role):
                 files.update(_evidence_files(ev))
+        for ev in r.reports:
+            blobs[report_path(ev.record)] = ev.record.fields["report_sha256"]
         if r.delivery is not None:
             for key in dkim_keys_of(r.delivery.record):
                 files[key.path] = key.txt.encode("ascii") + b"\n"
@@ -223,7 +232,7 @@ def _anchoring_facts(proof: ProofInput) -> dict[str, dict[str, Any]]:
     evidences = [proof.submission]
     for r in proof.recipients:
         evidences += [e for e in (r.delivery, r.handoff, r.acknowledgment) if e is not None]
-        evidences += [*r.fetches, *r.earlier_handoffs]
+        evidences += [*r.fetches, *r.earlier_handoffs, *r.reports]
     out = {}
     for ev in evidences:
         a = ev.anchoring
@@ -285,6 +294,7 @@ def render_attestation(facts: dict[str, Any], files: dict[str, bytes]) -> str:
                 "delivery": record(r["delivery"]),
                 "handoff": record(r["handoff"]),
                 "earlier": [record(path) for path in r["earlier_handoffs"]],
+                "reports": [record(path) for path in r.get("reports", [])],
                 "ack": record(r["acknowledgment"]),
                 "fetches": len(r["fetches"]),
             }

@@ -40,6 +40,7 @@ from relay.evidence.bundle import (
     DKIMKey,
     parse_manifest,
     record_path,
+    report_path,
 )
 from relay.evidence.ots_verify import verify_ots
 from relay.evidence.records import Record, sha256_hex
@@ -93,6 +94,8 @@ class RecipientSummary:
     fetches: int
     dkim: tuple[str, ...]
     acknowledgment: str | None = None  # the receipt record's path
+    # What the delivery status reports received say happened at the member's server, oldest first.
+    reports: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,8 @@ class BundleReport:
             lines.append(f"    handed over:  {r.handed_at or 'not yet'}" + (f" ({r.reply})" if r.reply else ""))
             for answer in r.earlier_answers:
                 lines.append(f"    earlier:      {answer}")
+            for report in r.reports:
+                lines.append(f"    reported:     {report}")
             lines.append(f"    delivered:    {'yes' if r.delivered else 'no'}")
             lines.append(f"    acknowledged: {r.acknowledged_at or 'no'}" + (f"; link fetched {r.fetches}x" if r.fetches else ""))
             if r.acknowledgment in checks:
@@ -262,6 +267,10 @@ def _verify_recipient(bundle: Bundle, entry: dict[str, Any], submission: Record)
     for path in earlier:
         _chained(bundle, path, "handoff", delivery)
         used.append(path)
+    reports = []
+    for path in entry.get("reports", []):  # absent from bundles made before reports were received
+        reports.append(_verify_report(bundle, path, delivery))
+        used.append(path)
     h = handoff.fields if handoff else {}
     summary = RecipientSummary(
         recipient=recipient,
@@ -274,8 +283,25 @@ def _verify_recipient(bundle: Bundle, entry: dict[str, Any], submission: Record)
         fetches=len(entry["fetches"]),
         dkim=dkim_results,
         acknowledgment=entry["acknowledgment"],
+        reports=tuple(reports),
     )
     return summary, used
+
+
+def _verify_report(bundle: Bundle, path: str, delivery: Record | None) -> str:
+    """A report record chained to the delivery, and the report it fingerprints; what it says."""
+    record = _chained(bundle, path, "report", delivery)
+    fields = record.fields
+    message_path = report_path(record)
+    message = bundle.files.get(message_path)
+    if message is None:
+        raise BundleProblem(message_path, "report", "missing")
+    if sha256_hex(message) != fields["report_sha256"]:
+        raise BundleProblem(message_path, "report digest", "differs from report_sha256 in the report record")
+    where = f" at {fields['remote_mta']}" if fields.get("remote_mta") else ""
+    said = f": {fields['diagnostic']}" if fields.get("diagnostic") else ""
+    return f"{fields['action']} ({fields['status']}){where}{said}, reported by {fields.get('reporting_mta') or '?'}" \
+           f" on {fields['received_at']}"
 
 
 def _answer(handoff: dict[str, Any]) -> str:

@@ -3,7 +3,7 @@
 A record is a JSON object with a ``type`` and a schema ``version``, serialised
 canonically (UTF-8, sorted keys, no insignificant whitespace). Records chain by
 digest: a delivery names its submission's digest, a hand-off its delivery's, a
-receipt its delivery's. Personal data never enters a record in clear: IP
+receipt its delivery's, a delivery status report its delivery's. Personal data never enters a record in clear: IP
 addresses and user agents appear only as ``sha256(salt || value)``.
 
 Pure: callers pass times (ISO 8601 UTC strings), salts and digests in.
@@ -21,7 +21,7 @@ from json.encoder import encode_basestring
 from typing import Any
 
 RECORD_VERSION = 1
-RECORD_TYPES = ("submission", "delivery", "handoff", "receipt")
+RECORD_TYPES = ("submission", "delivery", "handoff", "receipt", "report")
 
 # A receipt record's canonical JSON written out, keys in sorted order: every page fetch builds
 # one, and json.dumps(sort_keys=True) cost half of it. Its strings go through the encoder
@@ -152,6 +152,40 @@ def handoff_record(
             "upstream_host": upstream_host,
             "tls": tls,
             "handed_at": handed_at,
+        }
+    )
+
+
+def report_record(
+    *,
+    delivery_digest: str,
+    report_sha256: str,
+    format: str,
+    reporting_mta: str | None,
+    action: str,
+    status: str,
+    remote_mta: str | None,
+    diagnostic: str | None,
+    last_attempt: str | None,
+    received_from: str,
+    received_at: str,
+) -> Record:
+    """A delivery status report received for one copy: what the reporting MTA says happened at
+    the member's server, and the SHA-256 of the report's exact bytes (kept in the bundle)."""
+    return Record.from_fields(
+        {
+            "type": "report",
+            "delivery": delivery_digest,
+            "report_sha256": report_sha256,
+            "format": format,
+            "reporting_mta": reporting_mta,
+            "action": action,
+            "status": status,
+            "remote_mta": remote_mta,
+            "diagnostic": diagnostic,
+            "last_attempt": last_attempt,
+            "received_from": received_from,
+            "received_at": received_at,
         }
     )
 

@@ -27,20 +27,20 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from relay.backoff import Backoff
 from relay.certify import acklink, dkim
 from relay.certify.certifier import Certified, Certifier, Prepared
-from relay.certify.message import header_block
 from relay.config import AckConfig, Config
 from relay.evidence import records
-from relay.outbound import dsn
+from relay.outbound import dsn, verp
 from relay.outbound.budget import Budget
+from relay.outbound.notice import Bounced, stage_notice, utc
 from relay.outbound.upstream import Reply, Upstream, make_upstream, one_line
-from relay.smtp.spool import Incoming, Spool
+from relay.smtp.spool import Spool
 from relay.store import INLINE_MAX, Store, held
+from relay.store import reports as report_store
 
 log = logging.getLogger("estampille.deliver")
 T = TypeVar("T")
@@ -192,6 +192,8 @@ class Deliverer:
         self._prepared: OrderedDict[str, tuple[Certifier, Prepared]] = OrderedDict()
         # Delivery record digests written by _prepare, handed to _finish's hand-off record.
         self._record_digests: dict[int, str] = {}
+        # Return tokens drawn by _prepare, handed to the sending (dsn.bounce_domain).
+        self._tokens: dict[int, str] = {}
         # Submissions whose preparation is in progress: their other recipients wait for it.
         self._preparing: dict[str, asyncio.Future[None]] = {}
         self._certify_thread = CertifyThread()
@@ -324,7 +326,8 @@ class Deliverer:
             reply = Reply(None, f"local error while preparing the copy: {type(exc).__name__}", "local")
         else:
             options = _forwarded_options(job, data, self.upstream.eight_bit_mime)
-            reply = await self.upstream.send(job.mail_from, job.recipient, data, options)
+            sender, status = await self._return_path(job)
+            reply = await self.upstream.send(sender, job.recipient, data, options, status)
         for failures in itertools.count(1):
             try:
                 await self._finish(job, reply, started)
@@ -351,6 +354,7 @@ class Deliverer:
         copy = await self._certified(job, certifier, now)
         copy_sha256 = copy.sha256
         inline = len(copy.data) <= INLINE_MAX  # else a file, written durably first
+        token = secrets.token_hex(verp.TOKEN_BYTES) if self._asks_status(job) else None
         if not inline:
             await self.store.put_blob(copy.data)
         record = records.delivery_record(
@@ -373,9 +377,13 @@ class Deliverer:
                                              target_url=link.target_url, now=now)
             if job.message_id is None:
                 await Store.set_generated_message_id(db, job.submission_id, copy.message_id)
+            if token is not None:
+                await report_store.insert_token(db, token, job.delivery_id, now)
 
         await self.store.write(record_copy, urgent=False)
         self._record_digests[job.delivery_id] = record.digest
+        if token is not None:
+            self._tokens[job.delivery_id] = token
         return copy.data
 
     async def _certified(self, job: Job, certifier: Certifier, now: float) -> Certified:
@@ -413,7 +421,7 @@ class Deliverer:
         """
         if prepared is None:
             assert original is not None
-            prepared = certifier.prepare(original, mail_from=job.mail_from, date=_utc(job.received_at),
+            prepared = certifier.prepare(original, mail_from=job.mail_from, date=utc(job.received_at),
                                          message_id_local=job.submission_id)
         copy = certifier.copy(prepared, tokens=lambda: secrets.token_urlsafe(acklink.TOKEN_BYTES), now=int(now),
                               eight_bit_mime=eight_bit_mime)
@@ -430,6 +438,22 @@ class Deliverer:
         while (len(self._prepared) > PREPARED_CACHE_ENTRIES
                or sum(len(p.data) for _, p in self._prepared.values()) > PREPARED_CACHE_OCTETS):
             self._prepared.popitem(last=False)
+
+    def _asks_status(self, job: Job) -> bool:
+        """Whether ``job``'s copy goes with a return path of its own (our DSNs keep the null sender)."""
+        return bool(self.config.dsn.bounce_domain) and job.kind == "mail"
+
+    async def _return_path(self, job: Job) -> tuple[str, verp.StatusRequest | None]:
+        """The envelope sender of ``job``'s copy, and the delivery status it asks for."""
+        if not self._asks_status(job):
+            return job.mail_from, None
+        # Drawn with the copy (_prepare); a copy sent again, or prepared before dsn.bounce_domain
+        # was set, has its token in the store, or gets one now.
+        token = (self._tokens.pop(job.delivery_id, None) or await report_store.token_for(self.store, job.delivery_id)
+                 or await report_store.add_token(self.store, secrets.token_hex(verp.TOKEN_BYTES),
+                                                 job.delivery_id, self.clock()))
+        status = verp.StatusRequest(token=token, recipient=job.recipient, orcpt=verp.orcpt_of(job.rcpt_options))
+        return verp.return_path(token, self.config.dsn.bounce_domain), status
 
     async def _with_record(self, job: Job) -> Job:
         """The job with the digest of its delivery record, which _prepare may just have written."""
@@ -491,23 +515,13 @@ class Deliverer:
         """The DSN's (incoming, facts, sha256), its bytes already stored; None when none is owed."""
         if job.kind != "mail" or not job.mail_from:
             return None  # never bounce a bounce, never to <>
-        original = await self.store.get_blob(job.data_sha256)
-        host = self.config.smtp.hostname
         text = reply.text if reply.code is None else f"{reply.code} {reply.text}"
-        failure = dsn.Failure(
-            recipient=job.recipient,
-            status=dsn.status_of(reply.code, reply.text, expired=expired),
-            diagnostic=("delivery time expired; last reply: " + text) if expired else text,
-            original_recipient=_orcpt(job.rcpt_options),
+        bounced = Bounced(mail_from=job.mail_from, recipient=job.recipient, orcpt=verp.orcpt_of(job.rcpt_options),
+                          data_sha256=job.data_sha256, message_id=job.message_id, received_at=job.received_at)
+        return await stage_notice(
+            self.store, self.config.smtp.hostname, bounced, status=dsn.status_of(reply.code, reply.text, expired=expired),
+            diagnostic=("delivery time expired; last reply: " + text) if expired else text, now=now,
         )
-        data = dsn.build_dsn(
-            reporting_mta=host, sender=job.mail_from, failures=[failure], original_headers=header_block(original),
-            original_message_id=job.message_id, arrival=_utc(job.received_at), now=_utc(now),
-            boundary=f"estampille-{secrets.token_hex(12)}", message_id=f"<{secrets.token_hex(16)}@{host}>",
-        )
-        facts, sha = await Spool.stage(self.store, data)
-        incoming = Incoming(data=data, mail_from="", recipients=(job.mail_from,), client_address="local", kind="dsn")
-        return incoming, facts, sha
 
 
 def _forwarded_options(job: Job, data: bytes, eight_bit_mime: bool) -> list[str]:
@@ -523,12 +537,3 @@ def _forwarded_options(job: Job, data: bytes, eight_bit_mime: bool) -> list[str]
     return options
 
 
-def _orcpt(options: tuple[str, ...]) -> str | None:
-    for opt in options:
-        if opt.upper().startswith("ORCPT="):
-            return opt[len("ORCPT="):]
-    return None
-
-
-def _utc(timestamp: float) -> datetime:
-    return datetime.fromtimestamp(timestamp, tz=UTC)

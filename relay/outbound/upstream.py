@@ -23,6 +23,7 @@ import aiosmtplib
 
 from relay.config import Config, UpstreamConfig
 from relay.outbound.budget import Budget
+from relay.outbound.verp import StatusRequest
 
 log = logging.getLogger("estampille.upstream")
 
@@ -61,7 +62,11 @@ class Upstream(Protocol):
 
     eight_bit_mime: bool  # the upstream takes 8-bit bodies (8BITMIME): certify may leave 8-bit parts as they are
 
-    async def send(self, sender: str, recipient: str, data: bytes, mail_options: list[str]) -> Reply: ...
+    async def send(self, sender: str, recipient: str, data: bytes, mail_options: list[str],
+                   status: StatusRequest | None = None) -> Reply:
+        """Hand over one copy; ``status``: the delivery status to ask for (RFC 3461), when the
+        upstream offers DSN."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -91,7 +96,8 @@ class SMTPUpstream:
         self._shrunk_until = 0.0
         self.eight_bit_mime = False  # learnt from the upstream's EHLO at the first transaction
 
-    async def send(self, sender: str, recipient: str, data: bytes, mail_options: list[str]) -> Reply:
+    async def send(self, sender: str, recipient: str, data: bytes, mail_options: list[str],
+                   status: StatusRequest | None = None) -> Reply:
         while True:
             if self._shrunk_until and time.monotonic() >= self._shrunk_until:
                 self._shrunk_until = 0.0
@@ -113,7 +119,7 @@ class SMTPUpstream:
                     continue  # refused while others are open: wait for one of them
                 client, new = taken
                 try:
-                    reply = await self._send_on(client, new, sender, recipient, data, mail_options)
+                    reply = await self._send_on(client, new, sender, recipient, data, mail_options, status)
                 finally:
                     self._active.discard(client)
                 if reply is not None:
@@ -167,11 +173,11 @@ class SMTPUpstream:
         return sum(1 for c in (*self._active, *self._idle) if c.is_connected)
 
     async def _send_on(self, client: aiosmtplib.SMTP, new: bool, sender: str, recipient: str, data: bytes,
-                       mail_options: list[str]) -> Reply | None:
+                       mail_options: list[str], status: StatusRequest | None) -> Reply | None:
         """The upstream's reply; None when it refused the first transaction of this ``new``
         connection as one too many while others are open (then closed)."""
         try:
-            reply = await self._transaction(client, sender, recipient, data, mail_options)
+            reply = await self._transaction(client, sender, recipient, data, mail_options, status)
             self.eight_bit_mime = client.supports_extension("8bitmime")
         except (TimeoutError, aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
             self._discard(client)
@@ -192,8 +198,12 @@ class SMTPUpstream:
         return reply
 
     async def _transaction(self, client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes,
-                           mail_options: list[str]) -> Reply:
+                           mail_options: list[str], status: StatusRequest | None) -> Reply:
         tls = _tls_of(client)
+        rcpt_options: list[str] = []
+        if status is not None and client.supports_extension("dsn"):
+            mail_options = [*mail_options, *status.mail_options]
+            rcpt_options = status.rcpt_options
         timeout = self.config.timeout
         # UTF-8 addresses (RFC 6531) go out as UTF-8 when the client asked for SMTPUTF8.
         encoding = "utf-8" if any(opt.upper() == "SMTPUTF8" for opt in mail_options) else "ascii"
@@ -258,7 +268,8 @@ class MaildirUpstream:
         for sub in ("tmp", "new", "cur"):
             (directory / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
 
-    async def send(self, sender: str, recipient: str, data: bytes, mail_options: list[str]) -> Reply:
+    async def send(self, sender: str, recipient: str, data: bytes, mail_options: list[str],
+                   status: StatusRequest | None = None) -> Reply:
         name = f"{time.time_ns()}.{secrets.token_hex(8)}.estampille"
         envelope = f"X-Estampille-Envelope-From: <{sender}>\r\nX-Estampille-Envelope-To: <{recipient}>\r\n"
         try:

@@ -30,6 +30,7 @@ from relay.evidence.bundle import (
 from relay.evidence.bundle_check import DEFAULT_MAX_ANCHOR_DELAY, BundleReport, verify_files
 from relay.evidence.records import Record, iso_time
 from relay.store import Store
+from relay.store import reports as report_store
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class MessageEvidence:
     fetches: dict[int, tuple[dict[str, Any], ...]]  # by delivery id
     receipts: dict[int, dict[str, Any]]  # by delivery id
     handoffs: dict[int, tuple[str, ...]]  # by delivery id: every hand-off record's digest, oldest first
+    reports: dict[int, tuple[dict[str, Any], ...]]  # by delivery id: delivery status reports, oldest first
     records: dict[str, Record]  # by digest
     anchoring: dict[str, Anchoring]  # by digest
 
@@ -57,6 +59,7 @@ async def load_message(store: Store, message_id: str) -> MessageEvidence:
         raise NotFoundError(f"no message with Message-ID {message_id}")
     submission = dict(row)
     rows = await store.message_evidence(submission["id"])
+    reports = await report_store.reports_of(store, submission["id"])
     digests = [r["digest"] for r in await store.message_digests([submission["id"]]) if r["digest"]]
     found = await store.records_anchoring(digests)
 
@@ -73,6 +76,7 @@ async def load_message(store: Store, message_id: str) -> MessageEvidence:
         fetches=by_delivery(rows["fetches"]),
         receipts={r["delivery_id"]: dict(r) for r in rows["receipts"]},
         handoffs={k: tuple(h["digest"] for h in v) for k, v in by_delivery(rows["handoffs"]).items()},
+        reports=by_delivery(reports),
         records={d: Record.from_bytes(found[d]["body"]) for d in digests if d in found},
         anchoring={d: anchoring_of(found[d]) for d in digests if d in found},
     )
@@ -151,6 +155,17 @@ def message_json(ev: MessageEvidence) -> dict[str, Any]:
                     for f in ev.fetches.get(d["id"], ())
                 ],
                 "acknowledgment": acknowledgment,
+                "reports": [
+                    {
+                        "action": r["action"],
+                        "status": r["status"],
+                        "remote_mta": r["remote_mta"],
+                        "diagnostic": r["diagnostic"],
+                        "received_at": iso_time(r["received_at"]),
+                        "record": _record_json(ev, r["record_digest"]),
+                    }
+                    for r in ev.reports.get(d["id"], ())
+                ],
             }
         )
     states = [a.state for a in ev.anchoring.values()]
@@ -204,6 +219,9 @@ async def proof_input(store: Store, ev: MessageEvidence, *, now: float, timezone
                 fetches=tuple(
                     e for f in ev.fetches.get(d["id"], ()) if (e := evidence(f["record_digest"])) is not None
                 ),
+                reports=tuple(
+                    e for r in ev.reports.get(d["id"], ()) if (e := evidence(r["record_digest"])) is not None
+                ),
             )
         )
     s = ev.submission
@@ -226,7 +244,8 @@ async def build_proof(store: Store, message_id: str, out: BinaryIO, *, now: floa
     ev = await load_message(store, message_id)
     proof = await proof_input(store, ev, now=now, timezone=timezone)
     # Small messages and copies live in the database (INLINE_MAX): read here, the rest as the zip is written.
-    digests = [proof.original_sha256, *(r.copy_sha256 for r in proof.recipients if r.copy_sha256)]
+    digests = [proof.original_sha256, *(r.copy_sha256 for r in proof.recipients if r.copy_sha256),
+               *(e.record.fields["report_sha256"] for r in proof.recipients for e in r.reports)]
     inline = await store.inline_bytes(digests)
 
     def read_blob(sha256: str) -> bytes:

@@ -7,7 +7,8 @@ protocol methods); policy lives in :class:`IntakeHandler`, whose hooks (``handle
 
 - MAIL: 452 4.3.1 when the data directory is nearly full;
 - RCPT: 550 5.7.1 for a client outside ``smtp.allowed_networks`` that has not
-  authenticated (nothing is stored for it);
+  authenticated (nothing is stored for it); mail to ``dsn.bounce_domain`` is the
+  reports' own, from anyone, to relay.outbound.bounces (only that domain, never relayed);
 - DATA: 250 only after the spool has committed; any failure of ours is
   451 4.3.0 and the session stays usable (aiosmtpd resets the envelope).
 - stopping (:meth:`IntakeHandler.drain`): idle sessions get 421 at once,
@@ -34,6 +35,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from relay.certify import dkim
 from relay.config import Config
 from relay.errors import ConfigError, DiskFullError, EstampilleError, StoreError
+from relay.outbound.bounces import REPLY_ONE_REPORT, ReportIntake
 from relay.smtp.auth import Credentials, FailureLimiter, client_key, load_credentials
 from relay.smtp.spool import Incoming, Spool
 
@@ -167,6 +169,7 @@ class IntakeHandler:
         self.limiter = FailureLimiter(config.smtp.auth_failures_per_minute)
         self.open_per_client: Counter[str] = Counter()
         self.min_free_bytes = config.smtp.min_free_disk_mb * 2**20
+        self.reports = ReportIntake(config, spool) if config.dsn.bounce_domain else None
 
     @classmethod
     def from_config(cls, config: Config, spool: Spool, *, clock: Callable[[], float] = time.time,
@@ -303,6 +306,8 @@ class IntakeHandler:
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
+        if self.reports is not None and (self._report_to(envelope) or self.reports.is_report_address(address)):
+            return await self._report_rcpt(envelope, address)
         if not session.authenticated and not self.is_allowed(session.peer):
             log.warning("RCPT from %s refused: not in allowed networks and not authenticated", _peer_text(session))
             return REPLY_NOT_ALLOWED
@@ -311,7 +316,32 @@ class IntakeHandler:
         envelope.rcpt_options.append(" ".join(_given(server, rcpt_options)))
         return "250 2.1.5 Ok"
 
+    async def _report_rcpt(self, envelope: Envelope, address: str) -> str:
+        """A report's recipient: alone in its transaction, whoever the client is."""
+        assert self.reports is not None
+        if self._report_to(envelope) is not None or not self.reports.is_report_address(address):
+            return REPLY_ONE_REPORT
+        reply = await self.reports.check_recipient(address, envelope.rcpt_tos)
+        if reply.startswith("250"):
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.append("")
+        return reply
+
+    def _report_to(self, envelope: Envelope) -> str | None:
+        """The return path at the bounce domain a report transaction is for; None for any other."""
+        if self.reports is None or len(envelope.rcpt_tos) != 1:
+            return None
+        return envelope.rcpt_tos[0] if self.reports.is_report_address(envelope.rcpt_tos[0]) else None
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        report_to = self._report_to(envelope)
+        if self.reports is not None and report_to is not None:
+            try:
+                return await self.reports.take(envelope.original_content or b"", report_to,
+                                               _ip_text(session.peer), self.clock())
+            except Exception:  # noqa: BLE001 - any failure of ours is a 451, never a 500
+                log.exception("report from %s not recorded", _peer_text(session))
+                return REPLY_OUR_FAILURE
         try:
             incoming = self._incoming(server, session, envelope)
             queued = await self.spool.accept(incoming, self.clock())

@@ -312,6 +312,27 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE anchor_batches_checked RENAME TO anchor_batches;
     CREATE INDEX anchor_batches_state ON anchor_batches(state, next_attempt_at);
     """,
+    # 11: delivery status reports (relay.store.reports): each copy's return token, drawn before
+    # it is sent, and the reports received for it (their bytes in message_bytes).
+    """
+    CREATE TABLE return_tokens (
+        token       TEXT PRIMARY KEY,
+        delivery_id INTEGER NOT NULL UNIQUE REFERENCES deliveries(id),
+        created_at  REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE delivery_reports (
+        id            INTEGER PRIMARY KEY,
+        delivery_id   INTEGER NOT NULL REFERENCES deliveries(id),
+        received_at   REAL NOT NULL,
+        action        TEXT NOT NULL,
+        status        TEXT NOT NULL,
+        remote_mta    TEXT,
+        diagnostic    TEXT,
+        report_sha256 TEXT NOT NULL,
+        record_digest TEXT NOT NULL REFERENCES records(digest)
+    );
+    CREATE INDEX delivery_reports_delivery ON delivery_reports(delivery_id);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -1102,10 +1123,12 @@ class Store:
             f"  ON d.id = r.delivery_id WHERE d.submission_id IN ({marks})"
             " UNION ALL SELECT d.submission_id, f.record_digest FROM fetches f JOIN deliveries d"
             f"  ON d.id = f.delivery_id WHERE d.submission_id IN ({marks})"
+            " UNION ALL SELECT d.submission_id, p.record_digest FROM delivery_reports p JOIN deliveries d"
+            f"  ON d.id = p.delivery_id WHERE d.submission_id IN ({marks})"
             ") m LEFT JOIN records r ON r.digest = m.digest LEFT JOIN anchor_leaves l ON l.record_id = r.id"
             " LEFT JOIN anchor_batches b ON b.id = l.batch_id"
             " WHERE m.digest IS NOT NULL",
-            submission_ids * 5,
+            submission_ids * 6,
         )
 
     async def message_evidence(self, submission_id: str) -> dict[str, list[aiosqlite.Row]]:

@@ -12,12 +12,14 @@ import signal
 import smtplib
 import socket
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
 import aiosmtplib
 import pytest
 
+from relay.outbound.dsn import Failure, build_dsn
 from relay.smtp.auth import MAX_TRACKED_CLIENTS, FailureLimiter, write_password
 from relay.store import BLOB_DIR
 from tests.support.polling import until
@@ -100,6 +102,81 @@ async def test_open_relay_matrix_only_allowlisted_or_authenticated_over_tls_rela
     assert len(outside) == 1 and outside[0]["auth_user"] == USER and outside[0]["tls"]
     # each accepted message and its one copy (both small: in the database), nothing else
     assert blobs == [] and copies["n"] == 2 * len(allowed)
+
+
+BOUNCES = "bounces.ville.example"
+
+
+def report_for(recipient: str) -> bytes:
+    """A delivery status report (our own DSN format, RFC 3464) saying ``recipient`` refused the copy."""
+    when = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    return build_dsn(
+        reporting_mta="mx.fournisseur.example", sender="x@ville.example",
+        failures=[Failure(recipient, "5.1.1", "550 5.1.1 no such user", f"rfc822;{recipient}")],
+        original_headers=b"Subject: essai\n", original_message_id=None, arrival=when, now=when,
+        boundary="B", message_id="<r@fournisseur.example>",
+    )
+
+
+def send_to_bounce_domain(port: int, source: str, rcpts: list[str], data: bytes) -> list[int]:
+    """The replies to each RCPT, then to DATA if one was accepted, from the null sender."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=10, source_address=(source, 0)) as client:
+        client.ehlo("mx.fournisseur.example")
+        client.mail("")
+        codes = [client.rcpt(rcpt)[0] for rcpt in rcpts]
+        if 250 in codes:
+            codes.append(client.data(data)[0])
+        return codes
+
+
+async def test_open_relay_matrix_the_bounce_domain_takes_reports_from_anyone_and_relays_nothing(tmp_path):
+    async with Sink() as sink:
+        config = relay_config(tmp_path / "data", sink.port, smtp={"allowed_networks": ["127.0.0.1/32"]},
+                              dsn={"bounce_domain": BOUNCES})
+        async with running(config) as service:
+            await aiosmtplib.send(b"Subject: essai\r\n\r\nBonjour.\r\n", sender="mairie@ville.example",
+                                  recipients=["elu@conseil.example"], hostname="127.0.0.1", port=service.smtp_port)
+            (copy,) = await sink.wait_for(1)
+            await until(lambda: _settled(service.store, 1), "the hand-off")  # reports follow it
+            path = copy.mail_from  # the copy's own return path: bounces+<token>@BOUNCES
+            assert path.startswith("bounces+") and path.endswith("@" + BOUNCES)
+            local = path.partition("@")[0]
+            results = {}
+            for source in ("127.0.0.1", OUTSIDE):
+                tries = {
+                    "report": ([path], report_for("elu@conseil.example")),
+                    "report, then another domain": ([path, "r@conseil.example"], report_for("elu@conseil.example")),
+                    "another domain, then the report": (["r@conseil.example", path], report_for("elu@conseil.example")),
+                    "unknown return path": ([f"bounces+{'0' * 32}@{BOUNCES}", f"postmaster@{BOUNCES}"], b""),
+                    "not a report": ([path], b"Subject: hello\r\n\r\nPlease forward this.\r\n"),
+                    "report about someone else": ([path], report_for("autre@conseil.example")),
+                    "percent hack": ([f"{local}%conseil.example@{BOUNCES}"], b""),
+                    "the token at another domain": ([f"{local}@conseil.example"], b""),
+                    "source route": ([f"<@{BOUNCES}:r@conseil.example>"], b""),
+                }
+                for what, (rcpts, data) in tries.items():
+                    results[(source, what)] = await asyncio.to_thread(
+                        send_to_bounce_domain, service.smtp_port, source, rcpts, data)
+            submissions = await service.store.fetchall("SELECT client_address, kind FROM submissions")
+            reports = await service.store.fetchall("SELECT action FROM delivery_reports")
+    inside = "127.0.0.1"
+    for source in (inside, OUTSIDE):
+        assert results[(source, "report")] == [250, 250]
+        assert results[(source, "report, then another domain")] == [250, 452, 250]  # one report a transaction
+        assert results[(source, "unknown return path")] == [550, 550]
+        assert results[(source, "not a report")] == [250, 550]
+        assert results[(source, "report about someone else")] == [250, 550]
+        assert results[(source, "percent hack")] == [550]
+    # From outside, only the report gets in; the allowlisted client's own mail is mail, as before.
+    assert results[(OUTSIDE, "another domain, then the report")] == [550, 250, 250]
+    assert results[(inside, "another domain, then the report")] == [250, 452, 250]
+    assert results[(OUTSIDE, "the token at another domain")] == [550]
+    assert results[(OUTSIDE, "source route")] == [550]
+    assert [r["action"] for r in reports] == ["failed"] * 5  # inside 2, outside 3
+    # Nothing from outside became mail to relay: the first message, then the allowlisted client's
+    # mixed, token and source-route messages (the bounce domain changes nothing for it).
+    assert [s["client_address"] for s in submissions if s["kind"] == "mail"] == [inside] * 4
+    assert [s["client_address"] for s in submissions if s["kind"] == "dsn"] == ["local"]  # the sender told, once
 
 
 async def _settled(store, expected: int) -> bool:
