@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support: relay, sink, calendar
 
 from relay.anchor.headers import AgreeingSources, EsploraSource  # noqa: E402
-from relay.evidence.bundle import read_zip  # noqa: E402
+from relay.evidence.archive import read_zip  # noqa: E402
 from relay.evidence.gather import build_proof, verify_bundle  # noqa: E402
 from tests.support.proved import MESSAGE_ID, proved_message  # noqa: E402
 

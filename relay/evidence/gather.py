@@ -18,16 +18,15 @@ from relay.anchor import merkle
 from relay.anchor.headers import HeaderSource
 from relay.anchor.worker import export_ots
 from relay.errors import AnchorError, NotFoundError
+from relay.evidence.archive import BundleProblem, read_directory, read_zip
 from relay.evidence.bundle import (
     Anchoring,
-    BundleProblem,
     Evidence,
     ProofInput,
     RecipientEvidence,
     build_bundle,
-    read_zip,
 )
-from relay.evidence.bundle_check import BundleReport, verify_files
+from relay.evidence.bundle_check import BundleReport, cannot_verify, verify_files
 from relay.evidence.records import Record, iso_time
 from relay.store import Store
 
@@ -238,14 +237,12 @@ async def build_proof(store: Store, message_id: str, out: BinaryIO, *, now: floa
 
 
 def read_bundle(path: Path) -> dict[str, bytes]:
-    """A bundle's files from its zip, or from a directory it was unpacked into."""
+    """A bundle's files from its zip, or from a directory it was unpacked into (streamed, bounded)."""
     if path.is_dir():
-        return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise NotFoundError(f"cannot read {path}: {exc.strerror}") from exc
-    return read_zip(data, path.name)
+        return read_directory(path)
+    if not path.exists():
+        raise NotFoundError(f"cannot read {path}: no such file")
+    return read_zip(path, path.name)
 
 
 class _HeadersOnDemand(Mapping[int, bytes]):
@@ -277,6 +274,6 @@ async def verify_bundle(path: Path, source: HeaderSource, *, regtest: bool = Fal
     try:
         files = await asyncio.to_thread(read_bundle, path)
     except BundleProblem as problem:
-        return BundleReport(None, None, None, (), (), problem)
+        return cannot_verify(problem)
     headers = _HeadersOnDemand(source, asyncio.get_running_loop())
     return await asyncio.to_thread(verify_files, files, headers, regtest=regtest)
