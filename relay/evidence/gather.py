@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from relay.anchor import merkle
 from relay.anchor.headers import HeaderSource
 from relay.anchor.worker import export_ots
-from relay.errors import AnchorError, NotFoundError
+from relay.errors import AmbiguousError, AnchorError, NotFoundError
 from relay.evidence.archive import BundleProblem, read_directory, read_zip
 from relay.evidence.bundle import (
     Anchoring,
@@ -27,8 +27,8 @@ from relay.evidence.bundle import (
     build_bundle,
 )
 from relay.evidence.bundle_check import BundleReport, cannot_verify, verify_files
-from relay.evidence.records import Record, iso_time
-from relay.store import Store
+from relay.evidence.records import Record, disclosure_record, iso_time
+from relay.store import Store, proofs, tokens
 
 
 @dataclass(frozen=True)
@@ -43,21 +43,39 @@ class MessageEvidence:
     handoffs: dict[int, tuple[str, ...]]  # by delivery id: every hand-off record's digest, oldest first
     records: dict[str, Record]  # by digest
     anchoring: dict[str, Anchoring]  # by digest
+    same_message_id: tuple[dict[str, Any], ...] = ()  # every submission with this Message-ID (choices)
+    disclosures: tuple[Record, ...] = ()  # the tokens each bundle made so far disclosed, oldest first
+    refusals: dict[int, tuple[dict[str, Any], ...]] = field(default_factory=dict)  # by delivery id
 
     @property
     def digests(self) -> list[str]:
         return list(self.records)
 
 
-async def load_message(store: Store, message_id: str) -> MessageEvidence:
-    """Everything about the latest submission with ``message_id``; NotFoundError if none."""
-    row = await store.find_submission(message_id)
-    if row is None:
-        raise NotFoundError(f"no message with Message-ID {message_id}")
-    submission = dict(row)
+def choice(row: Any) -> dict[str, Any]:
+    """How a submission is told apart from others with its Message-ID."""
+    return {"submission_id": row["id"], "message_id": row["message_id"], "sender": row["mail_from"],
+            "subject": row["subject"], "received_at": iso_time(row["received_at"])}
+
+
+async def load_message(store: Store, message_id: str, submission_id: str | None = None) -> MessageEvidence:
+    """Everything about the submission with ``message_id``: the one ``submission_id`` names, or
+    the only one; AmbiguousError listing them when several carry it, NotFoundError if none."""
+    rows = await proofs.submissions_with_message_id(store, message_id)
+    if submission_id is not None:
+        rows = [r for r in rows if r["id"] == submission_id]
+    if not rows:
+        raise NotFoundError(f"no message with Message-ID {message_id}"
+                            + (f" and submission {submission_id}" if submission_id else ""))
+    if len(rows) > 1:
+        raise AmbiguousError(f"{len(rows)} messages carry Message-ID {message_id}: choose one by its submission id",
+                             [choice(r) for r in rows])
+    submission = dict(rows[0])
+    same = await proofs.submissions_with_message_id(store, message_id) if submission_id is not None else rows
     rows = await store.message_evidence(submission["id"])
     digests = [r["digest"] for r in await store.message_digests([submission["id"]]) if r["digest"]]
     found = await store.records_anchoring(digests)
+    given = await tokens.message_tokens(store, submission["id"])
 
     def by_delivery(items: list[Any]) -> dict[int, tuple[dict[str, Any], ...]]:
         out: dict[int, list[dict[str, Any]]] = {}
@@ -74,6 +92,9 @@ async def load_message(store: Store, message_id: str) -> MessageEvidence:
         handoffs={k: tuple(h["digest"] for h in v) for k, v in by_delivery(rows["handoffs"]).items()},
         records={d: Record.from_bytes(found[d]["body"]) for d in digests if d in found},
         anchoring={d: anchoring_of(found[d]) for d in digests if d in found},
+        same_message_id=tuple(choice(r) for r in same),
+        disclosures=tuple(Record.from_bytes(r["body"]) for r in given["disclosures"]),
+        refusals=by_delivery(given["refusals"]),
     )
 
 
@@ -119,6 +140,7 @@ def _record_json(ev: MessageEvidence, digest: str | None) -> dict[str, Any] | No
 def message_json(ev: MessageEvidence) -> dict[str, Any]:
     """What the API answers for one message (the OpenAPI document describes it)."""
     s = ev.submission
+    disclosed = {digest for r in ev.disclosures for digest in r.fields["deliveries"]}
     recipients = []
     for d in ev.deliveries:
         receipt = ev.receipts.get(d["id"])
@@ -146,6 +168,11 @@ def message_json(ev: MessageEvidence) -> dict[str, Any]:
                     for f in ev.fetches.get(d["id"], ())
                 ],
                 "acknowledgment": acknowledgment,
+                "link_disclosed": d["record_digest"] in disclosed,
+                "link_refusals": [
+                    {"at": iso_time(x["at"]), "method": x["method"], "reason": x["reason"]}
+                    for x in ev.refusals.get(d["id"], ())
+                ],
             }
         )
     states = [a.state for a in ev.anchoring.values()]
@@ -156,6 +183,11 @@ def message_json(ev: MessageEvidence) -> dict[str, Any]:
         "received_at": iso_time(s["received_at"]),
         "submission_id": s["id"],
         "submission": _record_json(ev, s["record_digest"]),
+        "same_message_id": list(ev.same_message_id),
+        "disclosures": [
+            {"digest": r.digest, "at": r.fields["at"], "scope": r.fields["scope"], "tokens": len(r.fields["token_sha256s"])}
+            for r in ev.disclosures
+        ],
         "recipients": recipients,
         "summary": {
             "recipients": len(recipients),
@@ -216,13 +248,27 @@ async def proof_input(store: Store, ev: MessageEvidence, *, now: float, timezone
     )
 
 
-async def build_proof(store: Store, message_id: str, out: BinaryIO, *, now: float, timezone: str) -> str:
-    """Write the bundle of ``message_id`` to ``out`` (off the event loop); the Message-ID as stored."""
-    ev = await load_message(store, message_id)
-    proof = await proof_input(store, ev, now=now, timezone=timezone)
+async def build_proof(
+    store: Store, message_id: str, out: BinaryIO, *, now: float, timezone: str, recipient: str | None = None,
+    submission_id: str | None = None,
+) -> str:
+    """Write the bundle of ``message_id`` to ``out`` (off the event loop); the Message-ID as stored.
+
+    ``submission_id`` picks one of several messages with that Message-ID (see load_message). With ``recipient``, the bundle carries only that recipient's copy (NotFoundError if the
+    message has no such recipient). Before any byte is written, the tokens of the copies it
+    carries are marked disclosed, with a disclosure record (see relay.store.tokens).
+    """
+    ev = await load_message(store, message_id, submission_id)
+    scope = None
+    if recipient is not None:
+        scope = next((d["recipient"] for d in ev.deliveries if d["recipient"].lower() == recipient.lower()), None)
+        if scope is None:
+            raise NotFoundError(f"message {message_id} has no recipient {recipient}")
+    proof = replace(await proof_input(store, ev, now=now, timezone=timezone), scope=scope)
+    proof = replace(proof, disclosure=await _disclose(store, ev, proof, now))
     # Small messages and copies live in the database (INLINE_MAX): read here, the rest as the zip is written.
-    digests = [proof.original_sha256, *(r.copy_sha256 for r in proof.recipients if r.copy_sha256)]
-    inline = await store.inline_bytes(digests)
+    digests = [proof.original_sha256, *(r.copy_sha256 for r in proof.recipients if proof.discloses(r))]
+    inline = await store.inline_bytes([d for d in digests if d])
 
     def read_blob(sha256: str) -> bytes:
         if sha256 in inline:
@@ -234,6 +280,20 @@ async def build_proof(store: Store, message_id: str, out: BinaryIO, *, now: floa
 
     await asyncio.to_thread(build_bundle, proof, read_blob, out)
     return proof.message_id
+
+
+async def _disclose(store: Store, ev: MessageEvidence, proof: ProofInput, now: float) -> str:
+    """Record which tokens the bundle's copies carry, and refuse them from now on; the record's digest."""
+    carried = {r.recipient for r in proof.recipients if proof.discloses(r)}
+    deliveries = [d for d in ev.deliveries if d["recipient"] in carried]
+    hashes = await tokens.token_hashes(store, [d["id"] for d in deliveries])
+    record = disclosure_record(
+        submission_digest=proof.submission.record.digest,
+        deliveries=[d["record_digest"] for d in deliveries if d["record_digest"]],
+        token_sha256s=hashes, scope=proof.scope, at=iso_time(now),
+    )
+    await tokens.record_disclosure(store, record, submission_id=ev.submission["id"], token_sha256s=hashes, now=now)
+    return record.digest
 
 
 def read_bundle(path: Path) -> dict[str, bytes]:

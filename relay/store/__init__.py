@@ -277,6 +277,20 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX anchor_leaves_unbatched ON anchor_leaves(queued_at) WHERE batch_id IS NULL;
     CREATE INDEX anchor_leaves_batch ON anchor_leaves(batch_id);
     """,
+    # 9: a proof bundle's copies carry live acknowledgment links: building one marks their tokens
+    # disclosed (by the digest of its disclosure record), and the tracker refuses them from then
+    # on, as it refuses expired ones; each refusal is kept (relay/store/tokens.py).
+    """
+    ALTER TABLE ack_tokens ADD COLUMN disclosed_by TEXT;
+    CREATE TABLE token_refusals (
+        id          INTEGER PRIMARY KEY,
+        delivery_id INTEGER NOT NULL REFERENCES deliveries(id),
+        at          REAL NOT NULL,
+        method      TEXT NOT NULL,
+        reason      TEXT NOT NULL  -- 'disclosed' or 'expired'
+    );
+    CREATE INDEX token_refusals_delivery ON token_refusals(delivery_id);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -1219,7 +1233,7 @@ class Store:
         """
         marks = ", ".join("?" for _ in token_sha256s)
         sql = (
-            "SELECT t.token_sha256, t.delivery_id, t.target_url, t.created_at AS token_created_at,"
+            "SELECT t.token_sha256, t.delivery_id, t.target_url, t.created_at AS token_created_at, t.disclosed_by,"
             " d.recipient, d.record_digest AS delivery_digest,"
             " s.mail_from, s.subject, s.received_at, s.message_id,"
             " COALESCE((SELECT MAX(a.finished_at) FROM attempts a"
