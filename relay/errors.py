@@ -24,6 +24,8 @@ the tracker into HTTP statuses. Third-party errors are wrapped at the edge with
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class EstampilleError(Exception):
     """Base class of every error Estampille raises on purpose."""
@@ -85,6 +87,6 @@ class NotFoundError(EstampilleError):
 class AmbiguousError(EstampilleError):
     """Several messages carry the Message-ID asked for: the caller must pick one of ``choices``."""
 
-    def __init__(self, message: str, choices: list[dict[str, object]]) -> None:
+    def __init__(self, message: str, choices: list[dict[str, Any]]) -> None:
         super().__init__(message)
         self.choices = choices

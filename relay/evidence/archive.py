@@ -146,6 +146,13 @@ def _read_entries(zf: zipfile.ZipFile) -> dict[str, bytes]:
 
 def read_directory(root: Path) -> dict[str, bytes]:
     """The files of a bundle unpacked into ``root``, within the same limits; links are refused."""
+    try:
+        return _read_tree(root)
+    except OSError as exc:
+        raise BundleProblem(shown(str(exc.filename or root)), "archive", f"cannot be read ({exc.strerror})") from exc
+
+
+def _read_tree(root: Path) -> dict[str, bytes]:
     budget = _Budget()
     files: dict[str, bytes] = {}
     for top, dirs, names in os.walk(root, followlinks=False):

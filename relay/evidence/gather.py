@@ -61,17 +61,15 @@ def choice(row: Any) -> dict[str, Any]:
 async def load_message(store: Store, message_id: str, submission_id: str | None = None) -> MessageEvidence:
     """Everything about the submission with ``message_id``: the one ``submission_id`` names, or
     the only one; AmbiguousError listing them when several carry it, NotFoundError if none."""
-    rows = await proofs.submissions_with_message_id(store, message_id)
-    if submission_id is not None:
-        rows = [r for r in rows if r["id"] == submission_id]
-    if not rows:
+    matches = await proofs.submissions_with_message_id(store, message_id)
+    chosen = [r for r in matches if submission_id in (None, r["id"])]
+    if not chosen:
         raise NotFoundError(f"no message with Message-ID {message_id}"
                             + (f" and submission {submission_id}" if submission_id else ""))
-    if len(rows) > 1:
-        raise AmbiguousError(f"{len(rows)} messages carry Message-ID {message_id}: choose one by its submission id",
-                             [choice(r) for r in rows])
-    submission = dict(rows[0])
-    same = await proofs.submissions_with_message_id(store, message_id) if submission_id is not None else rows
+    if len(chosen) > 1:
+        raise AmbiguousError(f"{len(chosen)} messages carry Message-ID {message_id}: choose one by its submission id",
+                             [choice(r) for r in chosen])
+    submission = dict(chosen[0])
     rows = await store.message_evidence(submission["id"])
     digests = [r["digest"] for r in await store.message_digests([submission["id"]]) if r["digest"]]
     found = await store.records_anchoring(digests)
@@ -92,7 +90,7 @@ async def load_message(store: Store, message_id: str, submission_id: str | None 
         handoffs={k: tuple(h["digest"] for h in v) for k, v in by_delivery(rows["handoffs"]).items()},
         records={d: Record.from_bytes(found[d]["body"]) for d in digests if d in found},
         anchoring={d: anchoring_of(found[d]) for d in digests if d in found},
-        same_message_id=tuple(choice(r) for r in same),
+        same_message_id=tuple(choice(r) for r in matches),
         disclosures=tuple(Record.from_bytes(r["body"]) for r in given["disclosures"]),
         refusals=by_delivery(given["refusals"]),
     )

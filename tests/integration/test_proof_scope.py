@@ -97,16 +97,15 @@ async def test_a_per_recipient_bundle_carries_one_copy_and_disables_only_that_li
                 assert r.status == 200
                 assert list(copies(await r.read())) == ["copies/02-bob@example.net.eml"]
 
-        # The CLI: --recipient, then a whole bundle, which disables Carol's link too.
+        # The CLI: Carol's bundle, which disables her link in turn.
         config = tmp_path / "estampille.toml"
         config.write_text(f'data_dir = "{p.data_dir}"\n')
         code, _, err = await asyncio.to_thread(cli_run, "proof", MESSAGE_ID, "--recipient", CAROL,
                                                "-o", str(tmp_path / "carol.zip"), "--config", str(config))
         assert code == 0, err
         assert list(copies((tmp_path / "carol.zip").read_bytes())) == ["copies/03-carol@example.net.eml"]
-        async with aiohttp.ClientSession() as member:
-            async with member.get(carol_link, headers={"User-Agent": BROWSER}) as r:
-                assert r.status == 410
+        async with aiohttp.ClientSession() as member, member.get(carol_link, headers={"User-Agent": BROWSER}) as r:
+            assert r.status == 410
         records = await p.store.fetchall("SELECT body FROM records WHERE type = 'disclosure' ORDER BY created_at")
         assert [json.loads(r[0])["scope"] for r in records] == [ALICE, "bob@example.net", CAROL]
 
@@ -165,3 +164,18 @@ async def test_two_messages_with_one_message_id_are_both_reachable(tmp_path):
         assert list(copies((tmp_path / "x.zip").read_bytes())) == ["copies/01-carol@example.net.eml"]
         assert ACKNOWLEDGER not in json.loads(read_zip((tmp_path / "x.zip").read_bytes())["manifest.json"])["facts"][
             "recipients"][0]["recipient"]
+
+
+async def test_the_database_holds_tokens_in_clear_only_inside_the_stored_copies(tmp_path):
+    """What docs/acknowledgments.md says: outside the copies, only SHA-256 of tokens."""
+    async with proved_message(tmp_path) as p:
+        rows = await p.store.fetchall("SELECT data FROM message_bytes")
+        found = {m.group(1).removeprefix(b"/a/").decode() for r in rows for m in LINK.finditer(r[0])}
+        assert len(found) == len(RECIPIENTS)
+        tables = [r[0] for r in await p.store.fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            if table == "message_bytes":
+                continue
+            for row in await p.store.fetchall(f"SELECT * FROM {table}"):  # table names from the schema itself
+                cells = [c.decode("latin-1") if isinstance(c, bytes) else str(c) for c in row]
+                assert not any(t in c for t in found for c in cells), table
