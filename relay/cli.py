@@ -20,6 +20,7 @@ from relay.anchor import headers
 from relay.anchor import worker as anchor
 from relay.config import Config, documented_keys
 from relay.errors import AmbiguousError, ConfigError, EstampilleError
+from relay.evidence.archive import MAX_RATIO
 from relay.ops.backup import backup_data_dir, restore
 from relay.ops.retention import PurgeSummary, purge
 from relay.store import Store
@@ -188,7 +189,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     source = headers.make_source(
         bitcoind=args.bitcoind, esplora=args.esplora or (), headers_file=Path(args.headers) if args.headers else None
     )
-    report = asyncio.run(verify_bundle(Path(args.bundle), source, regtest=args.regtest))
+    report = asyncio.run(verify_bundle(Path(args.bundle), source, regtest=args.regtest, max_ratio=args.max_ratio))
     print(report_text(report, as_json=args.json))
     return report.exit_code
 
@@ -356,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", metavar="BUNDLE", help="the bundle's zip, or a directory it was unpacked into")
     header_source_arguments(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--max-ratio", type=int, default=MAX_RATIO, metavar="N",
+                   help=f"refuse a zip entry over 1 MiB that expands more than N times (zip bombs; default {MAX_RATIO})")
     command("admin-token", cmd_admin_token, "Generate an admin token; print it and the hash for admin.token_hashes.",
             config=False)
 

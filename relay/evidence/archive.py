@@ -35,7 +35,10 @@ from relay.errors import VerificationError
 MAX_FILES = 100_000  # a 100-recipient bundle holds about 1,500; far more is not a proof bundle
 MAX_ENTRY_BYTES = 128 * 2**20  # a message of smtp.max_message_size (50 MiB), re-encoded by certify, fits
 MAX_TOTAL_BYTES = 4 * 2**30
-MAX_RATIO = 100  # expanded / compressed size of one entry: mail and records deflate 2 to 30 times
+# Expanded / compressed size of one entry: mail, PDFs, images and records deflate 1 to 30 times;
+# only uncompressed media (a blank BMP or TIFF, in base64) comes near deflate's limit of about
+# 1,000, and `estampille verify --max-ratio` lets a reader who trusts the bundle raise it.
+MAX_RATIO = 100
 RATIO_FLOOR = 2**20  # entries smaller than this are never refused for their ratio
 MAX_JSON_DEPTH = 32  # a manifest nests 5 deep, a record 3
 CHUNK = 2**16
@@ -78,7 +81,8 @@ def check_name(name: str) -> str:
 class _Budget:
     """The bytes a bundle may still expand to, across all of its entries."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_ratio: int) -> None:
+        self.max_ratio = max_ratio
         self.left = MAX_TOTAL_BYTES
         self.seen: set[str] = set()
 
@@ -94,7 +98,7 @@ class _Budget:
         or as it expands) once it outgrows a limit."""
         cap = min(MAX_ENTRY_BYTES, self.left)
         if compressed is not None:
-            cap = min(cap, max(RATIO_FLOOR, MAX_RATIO * compressed))
+            cap = min(cap, max(RATIO_FLOOR, self.max_ratio * compressed))
         too_big = BundleProblem(name, "archive", "expands past the size or compression-ratio limit (zip bomb?)")
         if declared > cap:
             raise too_big
@@ -108,24 +112,23 @@ class _Budget:
         return b"".join(chunks)
 
 
-def read_zip(source: bytes | Path | IO[bytes], name: str = "bundle.zip") -> dict[str, bytes]:
+def read_zip(source: bytes | Path | IO[bytes], name: str = "bundle.zip", *, max_ratio: int = MAX_RATIO) -> dict[str, bytes]:
     """The regular files of a zip bundle (path -> bytes), read within the limits above."""
     if isinstance(source, bytes):
         source = io.BytesIO(source)
     try:
         with zipfile.ZipFile(source) as zf:
-            return _read_entries(zf)
+            return _read_entries(zf, _Budget(max_ratio))
     except BundleProblem:
         raise
     except _ZIP_ERRORS as exc:
         raise BundleProblem(name, "archive", f"not a readable zip file ({exc})") from exc
 
 
-def _read_entries(zf: zipfile.ZipFile) -> dict[str, bytes]:
+def _read_entries(zf: zipfile.ZipFile, budget: _Budget) -> dict[str, bytes]:
     infos = zf.infolist()
     if len(infos) > MAX_FILES:
         raise BundleProblem("bundle.zip", "archive", f"more than {MAX_FILES} entries: not a proof bundle")
-    budget = _Budget()
     files = {}
     for info in infos:
         path = budget.name(info.filename)
@@ -153,7 +156,7 @@ def read_directory(root: Path) -> dict[str, bytes]:
 
 
 def _read_tree(root: Path) -> dict[str, bytes]:
-    budget = _Budget()
+    budget = _Budget(MAX_RATIO)  # files on disk have no compressed size: only the size caps apply
     files: dict[str, bytes] = {}
     for top, dirs, names in os.walk(root, followlinks=False):
         dirs.sort()

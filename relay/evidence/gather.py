@@ -18,7 +18,7 @@ from relay.anchor import merkle
 from relay.anchor.headers import HeaderSource
 from relay.anchor.worker import export_ots
 from relay.errors import AmbiguousError, AnchorError, NotFoundError
-from relay.evidence.archive import BundleProblem, read_directory, read_zip
+from relay.evidence.archive import MAX_RATIO, BundleProblem, read_directory, read_zip
 from relay.evidence.bundle import (
     Anchoring,
     Evidence,
@@ -294,13 +294,13 @@ async def _disclose(store: Store, ev: MessageEvidence, proof: ProofInput, now: f
     return record.digest
 
 
-def read_bundle(path: Path) -> dict[str, bytes]:
+def read_bundle(path: Path, *, max_ratio: int = MAX_RATIO) -> dict[str, bytes]:
     """A bundle's files from its zip, or from a directory it was unpacked into (streamed, bounded)."""
     if path.is_dir():
         return read_directory(path)
     if not path.exists():
         raise NotFoundError(f"cannot read {path}: no such file")
-    return read_zip(path, path.name)
+    return read_zip(path, path.name, max_ratio=max_ratio)
 
 
 class _HeadersOnDemand(Mapping[int, bytes]):
@@ -327,10 +327,12 @@ class _HeadersOnDemand(Mapping[int, bytes]):
         return len(self._cache)
 
 
-async def verify_bundle(path: Path, source: HeaderSource, *, regtest: bool = False) -> BundleReport:
+async def verify_bundle(
+    path: Path, source: HeaderSource, *, regtest: bool = False, max_ratio: int = MAX_RATIO
+) -> BundleReport:
     """Verify the bundle at ``path`` with headers from ``source`` (HeaderSourceError if it fails)."""
     try:
-        files = await asyncio.to_thread(read_bundle, path)
+        files = await asyncio.to_thread(read_bundle, path, max_ratio=max_ratio)
     except BundleProblem as problem:
         return cannot_verify(problem)
     headers = _HeadersOnDemand(source, asyncio.get_running_loop())

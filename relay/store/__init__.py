@@ -1022,15 +1022,6 @@ class Store:
 
     # -- proofs: messages by Message-ID, search, evidence of one message ----
 
-    async def find_submission(self, message_id: str) -> aiosqlite.Row | None:
-        """The latest submission carrying ``message_id``, given with or without angle brackets."""
-        bare = message_id.strip().removeprefix("<").removesuffix(">")
-        return await self.fetchone(
-            "SELECT * FROM submissions WHERE message_id IN (?, ?) AND kind = 'mail'"
-            " ORDER BY received_at DESC LIMIT 1",
-            (bare, f"<{bare}>"),
-        )
-
     async def search_submissions(
         self, *, query: str = "", since: float | None = None, until: float | None = None, limit: int, offset: int
     ) -> tuple[list[aiosqlite.Row], int]:

@@ -17,7 +17,7 @@ import pytest
 
 from relay import cli
 from relay.anchor.headers import format_headers_file
-from relay.evidence.archive import MAX_JSON_DEPTH, read_zip
+from relay.evidence.archive import MAX_JSON_DEPTH, BundleProblem, read_zip
 from tests.support.hostile import Entry, write_zip, zero_bomb
 from tests.support.proofdata import Keys, build_input
 from tests.unit.test_proof import reforge
@@ -128,3 +128,15 @@ def test_an_unpacked_bundle_with_a_link_is_refused(valid, tmp_path):
     with contextlib.redirect_stdout(out):
         assert cli.main(["verify", str(tmp_path), "--headers", str(headers), "--regtest"]) == 2
     assert "keys/passwd.txt: archive failed: a link or device entry" in out.getvalue()
+
+
+def test_the_ratio_limit_can_be_raised_by_a_reader_who_trusts_the_bundle(valid):
+    """A legitimate copy can be nearly all one byte (a blank uncompressed scan, in base64)."""
+    files, _ = valid
+    blank = zero_bomb("copies/99-scan.eml", 2)  # 2 MiB, deflated about 1,000 times
+    data = write_zip([*entries(files), blank])
+    with pytest.raises(BundleProblem, match="compression-ratio"):
+        read_zip(data)
+    assert len(read_zip(data, max_ratio=2000)["copies/99-scan.eml"]) == 2 * 2**20
+    with pytest.raises(BundleProblem, match="compression-ratio"):  # the size caps stay
+        read_zip(write_zip([*entries(files), zero_bomb("copies/99-bomb.eml", 1024)]), max_ratio=2000)
