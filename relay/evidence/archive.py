@@ -6,8 +6,9 @@ read under limits, each a named constant below:
 
 - each entry is streamed in chunks and counted as it expands: past
   ``MAX_ENTRY_BYTES``, or past ``MAX_RATIO`` times its compressed size (once over
-  ``RATIO_FLOOR``), or once the bundle passes ``MAX_TOTAL_BYTES``, reading stops;
-  memory never holds more than the bundle's files up to those caps;
+  ``RATIO_FLOOR``), or once the whole bundle passes ``MAX_TOTAL_BYTES`` or
+  ``MAX_RATIO`` times the archive's size, reading stops; memory never holds more
+  than the bundle's files up to those caps;
 - every name is a plain relative path of ASCII letters, digits and ``._@+=~-``
   (no ``..``, no absolute or drive name, no backslash, no empty part), names are unique even ignoring case (``unzip`` keeps
   the first of two equal names, a verifier would see the last), and an entry is a
@@ -20,6 +21,7 @@ verifier reports as "cannot verify" (exit 2). Nothing is ever written to disk.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -81,9 +83,11 @@ def check_name(name: str) -> str:
 class _Budget:
     """The bytes a bundle may still expand to, across all of its entries."""
 
-    def __init__(self, max_ratio: int) -> None:
+    def __init__(self, max_ratio: int, archive_size: int | None) -> None:
         self.max_ratio = max_ratio
         self.left = MAX_TOTAL_BYTES
+        if archive_size is not None:  # the whole bundle too: many entries under RATIO_FLOOR, or sharing data
+            self.left = min(self.left, max(RATIO_FLOOR, max_ratio * archive_size))
         self.seen: set[str] = set()
 
     def name(self, name: str) -> str:
@@ -114,11 +118,15 @@ class _Budget:
 
 def read_zip(source: bytes | Path | IO[bytes], name: str = "bundle.zip", *, max_ratio: int = MAX_RATIO) -> dict[str, bytes]:
     """The regular files of a zip bundle (path -> bytes), read within the limits above."""
-    if isinstance(source, bytes):
-        source = io.BytesIO(source)
     try:
-        with zipfile.ZipFile(source) as zf:
-            return _read_entries(zf, _Budget(max_ratio))
+        with contextlib.ExitStack() as stack:
+            if isinstance(source, bytes):
+                source = io.BytesIO(source)
+            elif isinstance(source, Path):
+                source = stack.enter_context(open(source, "rb"))
+            size = source.seek(0, io.SEEK_END)
+            zf = stack.enter_context(zipfile.ZipFile(source))
+            return _read_entries(zf, _Budget(max_ratio, size))
     except BundleProblem:
         raise
     except _ZIP_ERRORS as exc:
@@ -156,7 +164,7 @@ def read_directory(root: Path) -> dict[str, bytes]:
 
 
 def _read_tree(root: Path) -> dict[str, bytes]:
-    budget = _Budget(MAX_RATIO)  # files on disk have no compressed size: only the size caps apply
+    budget = _Budget(MAX_RATIO, None)  # files on disk have no compressed size: only the size caps apply
     files: dict[str, bytes] = {}
     for top, dirs, names in os.walk(root, followlinks=False):
         dirs.sort()

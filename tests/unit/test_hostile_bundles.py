@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -50,8 +51,15 @@ def scripted(files: dict[str, bytes]) -> bytes:
     return out.getvalue()
 
 
+def many_small_bombs(files: dict[str, bytes]) -> bytes:
+    """512 entries of 1 MiB of zeros, each under the per-entry ratio's floor: 512 MiB from 0.6 MB."""
+    one = zero_bomb("copies/a.eml", 1)
+    return write_zip([*entries(files), *(replace(one, name=f"copies/{n:04d}.eml") for n in range(512))])
+
+
 HOSTILE = {
     "bomb": (lambda f: write_zip([*entries(f), zero_bomb("copies/99-bomb.eml", 1024)]), "archive"),
+    "many small bombs": (many_small_bombs, "archive"),
     "deep manifest": (lambda f: write_zip([*entries({**f, "manifest.json": b"[" * 100_000 + b"]" * 100_000})]),
                       "JSON"),
     "duplicate entries": (lambda f: write_zip([*entries(f), Entry("message/original.eml", b"forged\r\n")]),
@@ -140,3 +148,4 @@ def test_the_ratio_limit_can_be_raised_by_a_reader_who_trusts_the_bundle(valid):
     assert len(read_zip(data, max_ratio=2000)["copies/99-scan.eml"]) == 2 * 2**20
     with pytest.raises(BundleProblem, match="compression-ratio"):  # the size caps stay
         read_zip(write_zip([*entries(files), zero_bomb("copies/99-bomb.eml", 1024)]), max_ratio=2000)
+
