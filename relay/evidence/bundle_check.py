@@ -139,8 +139,8 @@ class BundleReport:
 
     def summary(self) -> str:
         """A report a person reads: one block per recipient, then the anchors."""
-        if self.problem is not None:
-            return f"INVALID: {self.problem.path}: {self.problem.check} failed: {self.problem.detail}"
+        if self.problem is not None:  # one line, whatever an exception's text holds
+            return " ".join(f"INVALID: {self.problem.path}: {self.problem.check} failed: {self.problem.detail}".split())
         lines = [f"Message {self.message_id}" + (f" ({self.subject})" if self.subject else "")]
         lines.append(f"  received {self.received_at}; {len(self.recipients)} recipient(s); bundle format "
                      f"{self.format_version}" + (f", made for {self.scope} only" if self.scope else ""))

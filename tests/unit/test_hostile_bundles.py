@@ -149,3 +149,10 @@ def test_the_ratio_limit_can_be_raised_by_a_reader_who_trusts_the_bundle(valid):
     with pytest.raises(BundleProblem, match="compression-ratio"):  # the size caps stay
         read_zip(write_zip([*entries(files), zero_bomb("copies/99-bomb.eml", 1024)]), max_ratio=2000)
 
+
+
+def test_a_refusal_is_one_line_whatever_the_error_text_holds():
+    from relay.evidence.bundle_check import cannot_verify
+
+    report = cannot_verify(BundleProblem("records/x.json", "cannot verify", "ValueError: line one\nline two\r\n"))
+    assert report.summary() == "INVALID: records/x.json: cannot verify failed: ValueError: line one line two"
