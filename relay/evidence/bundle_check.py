@@ -203,10 +203,12 @@ def _verify(bundle: Bundle, headers: Headers, regtest: bool) -> BundleReport:
     if len(named) != len(set(named)) or set(named) != set(fields["rcpt_to"]):
         # Leaving a recipient out would hide what happened to them: the record lists them all.
         raise BundleProblem(MANIFEST, "recipients", "does not list each recipient of the submission record once")
+    if facts.get("scope") is not None and facts["scope"] not in named:
+        raise BundleProblem(MANIFEST, "scope", "names no recipient of the message")
     paths = [facts["submission"]]
     recipients = []
     for entry in facts["recipients"]:
-        summary, used = _verify_recipient(bundle, entry, submission)
+        summary, used = _verify_recipient(bundle, entry, submission, facts.get("scope"))
         recipients.append(summary)
         paths += used
     records = tuple(_anchor(bundle, path, headers, regtest) for path in paths)
@@ -225,13 +227,14 @@ def _verify(bundle: Bundle, headers: Headers, regtest: bool) -> BundleReport:
 
 
 def _check_claimed_anchoring(facts: dict[str, Any], records: tuple[RecordCheck, ...]) -> None:
-    """What the manifest (and so the attestation) says was confirmed must be what the proofs show."""
+    """What the manifest (and so the attestation) says was confirmed must be confirmed by its proof.
+
+    Only the state: a proof with several Bitcoin attestations reports its lowest height, where the
+    relay may have recorded another of them; the report gives the heights the proofs show."""
     claims = facts.get("anchoring", {})
     for check in records:
         claim = claims.get(check.path) or {}
-        if claim.get("state") == "confirmed" and (
-            check.anchor.state != "confirmed" or claim.get("bitcoin_height") != check.anchor.bitcoin_height
-        ):
+        if claim.get("state") == "confirmed" and check.anchor.state != "confirmed":
             raise BundleProblem(MANIFEST, "anchoring", f"claims {check.path} confirmed, which its .ots does not prove")
 
 
@@ -262,7 +265,9 @@ def _record(bundle: Bundle, path: str, kind: str) -> Record:
     return record
 
 
-def _verify_recipient(bundle: Bundle, entry: dict[str, Any], submission: Record) -> tuple[RecipientSummary, list[str]]:
+def _verify_recipient(
+    bundle: Bundle, entry: dict[str, Any], submission: Record, scope: str | None
+) -> tuple[RecipientSummary, list[str]]:
     recipient = entry["recipient"]
     used: list[str] = []
     delivery = handoff = ack = None
@@ -277,6 +282,9 @@ def _verify_recipient(bundle: Bundle, entry: dict[str, Any], submission: Record)
             raise BundleProblem(entry["delivery"], "recipient", f"is not the delivery to {recipient}")
         if entry["copy"] is not None:
             dkim_results = _verify_copy(bundle, entry["copy"], delivery)
+        elif not (entry.get("copy_withheld") and scope not in (None, recipient)):
+            # A copy is left out only from a bundle made for another recipient.
+            raise BundleProblem(entry["delivery"], "copy", f"the copy sent to {recipient} is missing")
     elif entry["copy"] is not None:
         raise BundleProblem(entry["copy"], "chain", "a copy without its delivery record")
     if entry["handoff"] is not None:

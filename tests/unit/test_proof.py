@@ -214,3 +214,26 @@ def test_a_manifest_leaving_a_recipient_out_is_refused(confirmed):
     files[MANIFEST] = json.dumps(manifest).encode()
     report = verify_files(reforge(files), headers, regtest=True)
     assert (report.problem.path, report.problem.check) == (MANIFEST, "recipients")
+
+
+@pytest.mark.parametrize("scope", [None, "membre000@exemple.net", "quelquun@ailleurs.example"])
+def test_a_copy_left_out_is_refused_unless_the_bundle_was_made_for_another_recipient(confirmed, scope):
+    """Hiding the copy sent to someone would hide what they were sent."""
+    data, headers = confirmed
+    files = read_zip(data)
+    manifest = json.loads(files[MANIFEST])
+    facts = manifest["facts"]
+    facts["scope"] = scope
+    withheld = facts["recipients"][1]
+    del files[withheld["copy"]]
+    withheld.update(copy=None, copy_withheld=True)
+    files[MANIFEST] = json.dumps(manifest).encode()
+    files = reforge(files)
+    files["attestation.html"] = proof.render_attestation(facts, files).encode()
+    report = verify_files(reforge(files), headers, regtest=True)
+    if scope == "membre000@exemple.net":
+        assert report.status == "verified", report.problem
+        assert [r.copy for r in report.recipients] == ["checked", "withheld", "checked"]
+    else:
+        assert report.exit_code == EXIT_INVALID
+        assert report.problem.check == ("copy" if scope is None else "scope"), report.problem
