@@ -33,6 +33,7 @@ import dkim
 import jinja2
 
 from relay.anchor.ots_verify import verify_ots
+from relay.certify.message import read_header_facts
 from relay.evidence.archive import BundleProblem, load_json
 from relay.evidence.bundle import (
     ATTESTATION,
@@ -215,7 +216,7 @@ def _verify(bundle: Bundle, headers: Headers, regtest: bool) -> BundleReport:
     _check_claimed_anchoring(facts, records)
     return BundleReport(
         message_id=facts["message_id"],
-        subject=facts.get("subject"),
+        subject=read_header_facts(bundle.files[facts["original"]]).subject,  # the message's, not the manifest's
         received_at=fields.get("received_at"),
         recipients=tuple(recipients),
         records=records,

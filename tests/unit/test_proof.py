@@ -237,3 +237,15 @@ def test_a_copy_left_out_is_refused_unless_the_bundle_was_made_for_another_recip
     else:
         assert report.exit_code == EXIT_INVALID
         assert report.problem.check == ("copy" if scope is None else "scope"), report.problem
+
+
+def test_the_report_gives_the_subject_of_the_message_not_the_manifests(confirmed):
+    data, headers = confirmed
+    files = read_zip(data)
+    manifest = json.loads(files[MANIFEST])
+    manifest["facts"]["subject"] = "Convocation annulée"
+    files[MANIFEST] = json.dumps(manifest).encode()
+    files = reforge(files)
+    files["attestation.html"] = proof.render_attestation(manifest["facts"], files).encode()
+    report = verify_files(reforge(files), headers, regtest=True)
+    assert report.status == "verified" and report.subject == "Convocation au conseil municipal"
