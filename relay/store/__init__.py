@@ -290,6 +290,8 @@ MIGRATIONS: tuple[str, ...] = (
         reason      TEXT NOT NULL  -- 'disclosed' or 'expired'
     );
     CREATE INDEX token_refusals_delivery ON token_refusals(delivery_id);
+    -- A message's disclosures are read with it; records are otherwise not indexed by submission.
+    CREATE INDEX records_disclosure ON records(submission_id) WHERE type = 'disclosure';
     """,
 )
 
