@@ -252,7 +252,8 @@ async def build_proof(
 ) -> str:
     """Write the bundle of ``message_id`` to ``out`` (off the event loop); the Message-ID as stored.
 
-    ``submission_id`` picks one of several messages with that Message-ID (see load_message). With ``recipient``, the bundle carries only that recipient's copy (NotFoundError if the
+    ``submission_id`` picks one of several messages with that Message-ID (see load_message).
+    With ``recipient``, the bundle carries only that recipient's copy (NotFoundError if the
     message has no such recipient). Before any byte is written, the tokens of the copies it
     carries are marked disclosed, with a disclosure record (see relay.store.tokens).
     """
@@ -265,8 +266,8 @@ async def build_proof(
     proof = replace(await proof_input(store, ev, now=now, timezone=timezone), scope=scope)
     proof = replace(proof, disclosure=await _disclose(store, ev, proof, now))
     # Small messages and copies live in the database (INLINE_MAX): read here, the rest as the zip is written.
-    digests = [proof.original_sha256, *(r.copy_sha256 for r in proof.recipients if proof.discloses(r))]
-    inline = await store.inline_bytes([d for d in digests if d])
+    digests = [proof.original_sha256, *(r.copy_sha256 for r in proof.recipients if r.copy_sha256 and proof.discloses(r))]
+    inline = await store.inline_bytes(digests)
 
     def read_blob(sha256: str) -> bytes:
         if sha256 in inline:
