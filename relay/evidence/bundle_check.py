@@ -34,6 +34,7 @@ import jinja2
 
 from relay.anchor.ots_verify import verify_ots
 from relay.certify.message import read_header_facts
+from relay.errors import HeaderSourceError
 from relay.evidence.archive import BundleProblem, load_json
 from relay.evidence.bundle import (
     ATTESTATION,
@@ -183,6 +184,8 @@ def verify_files(files: dict[str, bytes], headers: Headers, *, regtest: bool = F
     except (KeyError, TypeError, ValueError, AttributeError, jinja2.TemplateError) as exc:
         # Only a manifest written by hand (its checksum recomputed) can miss facts.
         return cannot_verify(BundleProblem(MANIFEST, "facts", f"incomplete or malformed ({exc!r})"))
+    except HeaderSourceError:
+        raise  # the source of block headers failed, not the bundle: the CLI says so (exit 4), try again
     except Exception as exc:  # noqa: BLE001 -- hostile input must never crash the verifier nor read as "pending"
         return cannot_verify(BundleProblem("bundle", "cannot verify", f"{type(exc).__name__}: {exc}"[:300]))
 

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -156,3 +157,23 @@ def test_a_refusal_is_one_line_whatever_the_error_text_holds():
 
     report = cannot_verify(BundleProblem("records/x.json", "cannot verify", "ValueError: line one\nline two\r\n"))
     assert report.summary() == "INVALID: records/x.json: cannot verify failed: ValueError: line one line two"
+
+
+def test_a_failing_header_source_is_not_blamed_on_the_bundle(valid):
+    """'cannot verify' is for the bundle; a source that fails is the CLI's exit 4, to try again."""
+    from relay.errors import HeaderSourceError
+    from relay.evidence.bundle_check import verify_files
+
+    class Down(Mapping[int, bytes]):  # as relay.evidence.gather asks a source, on demand
+        def __getitem__(self, height: int) -> bytes:
+            raise HeaderSourceError("explorer unreachable")
+
+        def __iter__(self) -> Iterator[int]:
+            return iter(())
+
+        def __len__(self) -> int:
+            return 0
+
+    files, _ = valid
+    with pytest.raises(HeaderSourceError):
+        verify_files(files, Down(), regtest=True)
