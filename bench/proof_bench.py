@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support: relay, sink, calendar
 
 from relay.anchor.headers import AgreeingSources, EsploraSource
-from relay.evidence.bundle import read_zip
+from relay.evidence.archive import read_zip
 from relay.proof.gather import build_proof, verify_bundle
 from tests.support.proved import MESSAGE_ID, proved_message
 

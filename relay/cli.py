@@ -19,12 +19,14 @@ from typing import TypeVar
 from relay.anchor import headers
 from relay.anchor import worker as anchor
 from relay.config import Config, documented_keys
-from relay.errors import ConfigError, EstampilleError
+from relay.errors import AmbiguousError, ConfigError, EstampilleError
+from relay.evidence.archive import MAX_RATIO
 from relay.ops.backup import backup_data_dir, restore
 from relay.ops.retention import PurgeSummary, purge
 from relay.store import Store
 
 EXIT_OK = 0
+EXIT_INVALID = 2
 EXIT_CONFIG = 3
 EXIT_RUNTIME = 4
 
@@ -163,12 +165,19 @@ def cmd_proof(args: argparse.Namespace) -> int:
     try:
         with open(partial, "wb") as out:
             message_id = asyncio.run(_on_store(config, lambda s: build_proof(
-                s, args.message_id, out, now=time.time(), timezone=config.tracker.timezone)))
-        target = Path(args.output or bundle_filename(message_id))
+                s, args.message_id, out, now=time.time(), timezone=config.tracker.timezone,
+                recipient=args.recipient, submission_id=args.submission)))
+        target = Path(args.output or bundle_filename(message_id, args.recipient))
         os.replace(partial, target)
     except OSError as exc:
         print(f"estampille: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
         return EXIT_RUNTIME
+    except AmbiguousError as exc:
+        print(f"estampille: {exc}; add --submission ID:", file=sys.stderr)
+        for c in exc.choices:
+            print(f"  --submission {c['submission_id']}  received {c['received_at']} from {c['sender']}"
+                  f"  {c['subject'] or ''}", file=sys.stderr)
+        return EXIT_INVALID
     finally:
         partial.unlink(missing_ok=True)
     print(f"wrote {target} ({target.stat().st_size} bytes)")
@@ -183,7 +192,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         bitcoind=args.bitcoind, esplora=args.esplora or (), headers_file=Path(args.headers) if args.headers else None
     )
     report = asyncio.run(verify_bundle(Path(args.bundle), source, regtest=args.regtest,
-                                       max_anchor_delay=args.max_anchor_delay))
+                                       max_anchor_delay=args.max_anchor_delay, max_ratio=args.max_ratio))
     print(report_text(report, as_json=args.json))
     return report.exit_code
 
@@ -361,6 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("proof", cmd_proof, "Write the proof bundle (zip) of a message: copies, records, .ots, keys, attestation.")
     p.add_argument("message_id", metavar="MESSAGE-ID", help="the Message-ID, with or without angle brackets")
     p.add_argument("-o", "--output", metavar="BUNDLE.zip", help="file to write (default: proof-<Message-ID>.zip)")
+    p.add_argument("--recipient", metavar="ADDRESS",
+                   help="only this recipient's copy (every bundle disables the acknowledgment links of its copies)")
+    p.add_argument("--submission", metavar="ID",
+                   help="which message, when several carry this Message-ID (they are listed otherwise)")
     p = command(
         "verify",
         cmd_verify,
@@ -373,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-anchor-delay", metavar="DURATION", type=duration, default="48h",
                    help="fail a record whose anchor proves it existed only longer than this after the time it"
                         " claims (e.g. 48h, 90m, 2d; default 48h)")
+    p.add_argument("--max-ratio", type=int, default=MAX_RATIO, metavar="N",
+                   help=f"refuse a zip entry over 1 MiB that expands more than N times (zip bombs; default {MAX_RATIO})")
     command("admin-token", cmd_admin_token, "Generate an admin token; print it and the hash for admin.token_hashes.",
             config=False)
 

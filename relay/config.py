@@ -174,7 +174,9 @@ class TrackerConfig:
     trusted_proxies: list[str] = key([], "Addresses whose X-Forwarded-For is trusted.")
     scanner_window: int = key(120, "Fetches within this many seconds of delivery are classified as likely scanner.")
     scanner_networks: list[str] = key([], "Networks whose fetches are classified as likely scanner.")
-    token_ttl_days: int = key(0, "Days after which an acknowledgment link expires; 0: never.")
+    token_ttl_days: int = key(
+        60, "Days after delivery after which an acknowledgment link is refused (a page says it expired); 0: never."
+    )
     timezone: str = key("Europe/Paris", "Time zone used to show times on pages.")
     miss_limit_per_minute: int = key(30, "Unknown-token requests allowed per client address per minute (then 429).")
 

@@ -18,10 +18,13 @@ the tracker into HTTP statuses. Third-party errors are wrapped at the edge with
     │   └── PendingError       a proof only carries pending attestations
     ├── HeaderSourceError      a Bitcoin header source failed or disagreed
     ├── BackupError            a backup could not be taken, checked or restored
-    └── NotFoundError          the thing asked for does not exist
+    ├── NotFoundError          the thing asked for does not exist
+    └── AmbiguousError         several messages carry the Message-ID asked for
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class EstampilleError(Exception):
@@ -79,3 +82,11 @@ class BackupError(EstampilleError):
 
 class NotFoundError(EstampilleError):
     """The record, message or token asked for does not exist."""
+
+
+class AmbiguousError(EstampilleError):
+    """Several messages carry the Message-ID asked for: the caller must pick one of ``choices``."""
+
+    def __init__(self, message: str, choices: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.choices = choices

@@ -6,8 +6,10 @@ person. Only the page's button, a POST carrying the form's anti-forgery value,
 records the receipt; the first one does, later ones say when it was done. A link
 that replaced a URL in the message leads on (303) to that exact URL.
 
-Unknown, malformed and expired tokens get the same 404 page, and count as misses
-against the client's address (429 past tracker.miss_limit_per_minute).
+Unknown and malformed tokens get the same 404 page. A known token that a proof
+bundle disclosed, or that expired (tracker.token_ttl_days after delivery), gets a
+410 page that says which; the refusal is recorded and nothing is acknowledged. Both
+count as misses against the client's address (429 past tracker.miss_limit_per_minute).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from aiohttp import web
 
 from relay.errors import StoreError
 from relay.evidence.records import Record, commitment, iso_time, receipt_record
-from relay.store import FetchWrite, PersonalData, ReceiptWrite
+from relay.store import FetchWrite, PersonalData, ReceiptWrite, tokens
 from tracker import antiforgery
 from tracker.classify import classify_fetch
 from tracker.forwarded import client_address
@@ -65,8 +67,16 @@ def _visitor(request: web.Request) -> Visitor:
     return Visitor(address, request.headers.get("User-Agent", "")[:MAX_USER_AGENT])
 
 
+class TokenRefused(web.HTTPGone):
+    """A known token that acknowledges nothing: disclosed by a proof bundle, or expired."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.page = f"token_{reason}"  # the wording of the page that says so (tracker.i18n)
+
+
 async def _link(request: web.Request, visitor: Visitor, now: float) -> Link:
-    """The token's link row; a miss (404) or a blocked address (429) raises."""
+    """The token's link row; a miss (404), a blocked address (429) or a refused token (410) raises."""
     tracker = request.app[TRACKER]
     if tracker.misses.blocked(visitor.address, now):
         raise web.HTTPTooManyRequests(headers={"Retry-After": str(int(MISS_WINDOW_SECONDS))})
@@ -74,15 +84,31 @@ async def _link(request: web.Request, visitor: Visitor, now: float) -> Link:
     link = None
     if TOKEN.fullmatch(token):
         link = await tracker.links.find(hashlib.sha256(token.encode("ascii")).hexdigest())
-    ttl_days = tracker.config.tracker.token_ttl_days
-    if link is not None and ttl_days and now >= link["token_created_at"] + ttl_days * DAY:
-        link = None
     if link is None:
         tracker.misses.miss(visitor.address, now)
         raise web.HTTPNotFound()
+    reason = refusal(link, tracker.config.tracker.token_ttl_days, now)
+    if reason is not None:
+        tracker.misses.miss(visitor.address, now)  # each refusal is a write: rate-limited like a miss
+        await tokens.record_refusal(tracker.store, delivery_id=link["delivery_id"], at=now, method=request.method,
+                                    reason=reason)
+        log.warning("delivery %d: %s acknowledgment token refused (%s)", link["delivery_id"], reason, request.method)
+        raise TokenRefused(reason)
     if link["delivery_digest"] is None:
         raise StoreError(f"delivery {link['delivery_id']} has a token but no delivery record")
     return link
+
+
+def refusal(link: Link, ttl_days: int, now: float) -> str | None:
+    """Why this known token acknowledges nothing ('disclosed', 'expired'), or None.
+
+    A disclosed token was given out in a proof bundle's copy: whoever holds the bundle holds
+    it. Expiry counts from the delivery (the upstream's acceptance), not from certification."""
+    if link["disclosed_by"] is not None:
+        return "disclosed"
+    if ttl_days and now >= link["delivered_at"] + ttl_days * DAY:
+        return "expired"
+    return None
 
 
 def _evidence(tracker: Tracker, link: Link, visitor: Visitor, kind: str, now: float) -> tuple[PersonalData, Record]:

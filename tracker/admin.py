@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from relay.errors import NotFoundError
+from relay.errors import AmbiguousError, NotFoundError
 from relay.proof.gather import MessageEvidence, load_message, message_json
 from tracker import api
 from tracker.admin_auth import (
@@ -70,6 +70,15 @@ TEXTS: dict[str, dict[str, str]] = {
         "everyone_acknowledged": "Tous les destinataires ont accusé réception.",
         "csv": "Exporter en CSV",
         "bundle": "Télécharger le dossier de preuve (zip)",
+        "bundle_note": "Un dossier contient les copies envoyées, avec leur lien d'accusé de réception : "
+        "ces liens sont désactivés dès qu'il est établi. Pour un membre qui conteste, préférez son dossier.",
+        "bundle_one": "Dossier de preuve de ce destinataire (zip)",
+        "choose_title": "Plusieurs messages portent ce Message-ID",
+        "choose_intro": "Choisissez le message voulu : chacun a son expéditeur et son heure de réception.",
+        "same_message_id": "Autres messages portant ce Message-ID",
+        "ev_disclosed": "Lien désactivé : la copie figure dans un dossier de preuve",
+        "ev_refused_disclosed": "Lien refusé (désactivé par un dossier de preuve)",
+        "ev_refused_expired": "Lien refusé (expiré)",
         "back": "Retour à la liste",
         "ev_received": "Reçu par le relais",
         "ev_certified": "Copie certifiée et signée",
@@ -129,6 +138,15 @@ TEXTS: dict[str, dict[str, str]] = {
         "everyone_acknowledged": "Every recipient has acknowledged.",
         "csv": "Export as CSV",
         "bundle": "Download the proof bundle (zip)",
+        "bundle_note": "A bundle holds the copies sent, with their acknowledgment links: those links are "
+        "disabled as soon as it is built. For a member who disputes, prefer their own bundle.",
+        "bundle_one": "This recipient's proof bundle (zip)",
+        "choose_title": "Several messages carry this Message-ID",
+        "choose_intro": "Choose the message you mean: each has its sender and time of receipt.",
+        "same_message_id": "Other messages with this Message-ID",
+        "ev_disclosed": "Link disabled: the copy is in a proof bundle",
+        "ev_refused_disclosed": "Link refused (disabled by a proof bundle)",
+        "ev_refused_expired": "Link refused (expired)",
         "back": "Back to the list",
         "ev_received": "Received by the relay",
         "ev_certified": "Copy certified and signed",
@@ -195,8 +213,10 @@ async def to_list(request: web.Request) -> web.Response:
     raise web.HTTPSeeOther(f"{request.config_dict[TRACKER].base_path}{ADMIN_PREFIX}/")
 
 
-def message_href(request: web.Request, message_id: str | None) -> str:
-    return f"{request.config_dict[TRACKER].base_path}{ADMIN_PREFIX}/messages/{quote(message_id or '', safe='')}"
+def message_href(request: web.Request, message_id: str | None, submission_id: str | None = None) -> str:
+    """A message's page; with ``submission_id``, that one among messages sharing the Message-ID."""
+    path = f"{request.config_dict[TRACKER].base_path}{ADMIN_PREFIX}/messages/{quote(message_id or '', safe='')}"
+    return path + (f"?{urlencode({'submission': submission_id})}" if submission_id else "")
 
 
 # -- login -------------------------------------------------------------------
@@ -239,7 +259,7 @@ async def messages(request: web.Request) -> web.Response:
     except (api.BadRequest, ValueError):
         raise web.HTTPBadRequest() from None
     rows = [
-        {**m, "href": message_href(request, m["message_id"]), "sent": _time(m["received_at"], tz, lang)}
+        {**m, "href": message_href(request, m["message_id"], m["submission_id"]), "sent": _time(m["received_at"], tz, lang)}
         for m in found["messages"]
     ]
     pages = max(1, -(-found["total"] // found["per_page"]))
@@ -259,16 +279,24 @@ def _day_start(day: str, tz: str, offset_days: int) -> str:
 
 async def message_page(request: web.Request) -> web.Response:
     tracker = request.config_dict[TRACKER]
-    ev = await _message(request)
+    try:
+        ev = await _message(request)
+    except AmbiguousError as exc:
+        return _choose(request, exc)
     view = message_json(ev)
     lang = negotiate(request.headers.get("Accept-Language"))
     a = TEXTS[lang]
     tz = tracker.config.tracker.timezone
+    page = message_href(request, view["message_id"])
+    chosen = {"submission": view["submission_id"]}
     recipients = [
-        {**r, "timeline": timeline(view, r, a, tz, lang), "ack_time": _time(_ack_at(r), tz, lang)}
+        {**r, "timeline": timeline(view, r, a, tz, lang), "ack_time": _time(_ack_at(r), tz, lang),
+         "bundle_href": f"{page}/bundle?{urlencode({**chosen, 'recipient': r['recipient']})}"}
         for r in view["recipients"]
     ]
-    href = message_href(request, view["message_id"])
+    others = [{**c, "href": message_href(request, c["message_id"], c["submission_id"]),
+               "sent": _time(c["received_at"], tz, lang)}
+              for c in view["same_message_id"] if c["submission_id"] != view["submission_id"]]
     return _page(
         request,
         "admin_message.html",
@@ -277,18 +305,30 @@ async def message_page(request: web.Request) -> web.Response:
             "sent": _time(view["received_at"], tz, lang),
             "recipients": recipients,
             "missing": [r for r in recipients if not r["acknowledgment"]],
-            "bundle_href": f"{href}/bundle",
-            "csv_href": f"{href}/unacknowledged.csv",
+            "others": others,
+            "bundle_href": f"{page}/bundle?{urlencode(chosen)}",
+            "csv_href": f"{page}/unacknowledged.csv?{urlencode(chosen)}",
         },
     )
 
 
 async def _message(request: web.Request) -> MessageEvidence:
-    """The message named in the path; an unknown one is the 404 page."""
+    """The message named in the path (and ``?submission=``); an unknown one is the 404 page.
+    AmbiguousError when several messages carry the Message-ID (the handler lists them)."""
     try:
-        return await load_message(request.config_dict[TRACKER].store, request.match_info["message_id"])
+        return await load_message(request.config_dict[TRACKER].store, request.match_info["message_id"],
+                                  request.query.get("submission") or None)
     except NotFoundError:
         raise web.HTTPNotFound() from None
+
+
+def _choose(request: web.Request, exc: AmbiguousError) -> web.Response:
+    """The messages that share a Message-ID, each with its sender and time, to pick one (300)."""
+    lang = negotiate(request.headers.get("Accept-Language"))
+    tz = request.config_dict[TRACKER].config.tracker.timezone
+    choices = [{**c, "href": message_href(request, c["message_id"], c["submission_id"]),
+                "sent": _time(c["received_at"], tz, lang)} for c in exc.choices]
+    return _page(request, "admin_choose.html", {"choices": choices}, status=300)
 
 
 async def bundle(request: web.Request) -> web.StreamResponse:
@@ -297,6 +337,8 @@ async def bundle(request: web.Request) -> web.StreamResponse:
         return await api.bundle(request)
     except NotFoundError:
         raise web.HTTPNotFound() from None
+    except AmbiguousError as exc:
+        return _choose(request, exc)
 
 
 def _ack_at(recipient: dict[str, Any]) -> str | None:
@@ -319,7 +361,8 @@ def _anchor_text(record: dict[str, Any] | None, a: dict[str, str]) -> str:
 
 
 def timeline(view: dict[str, Any], r: dict[str, Any], a: dict[str, str], tz: str, lang: str) -> list[dict[str, str]]:
-    """One recipient's events, oldest first: received, certified, handed over, fetches, acknowledged."""
+    """One recipient's events, oldest first: received, certified, handed over, fetches, acknowledged,
+    link disabled by a bundle, link refused."""
     events = [{"at": view["received_at"], "what": a["ev_received"], "detail": "", "anchor": _anchor_text(view["submission"], a)}]
     if r["delivery"]:
         events.append({"at": r["delivery"]["record"]["certified_at"], "what": a["ev_certified"],
@@ -343,6 +386,11 @@ def timeline(view: dict[str, Any], r: dict[str, Any], a: dict[str, str], tz: str
     if r["acknowledgment"]:
         events.append({"at": r["acknowledgment"]["at"], "what": a["ev_ack"], "detail": "",
                        "anchor": _anchor_text(r["acknowledgment"], a)})
+    for x in r["link_refusals"]:
+        events.append({"at": x["at"], "what": a[f"ev_refused_{x['reason']}"], "detail": x["method"], "anchor": ""})
+    if r["link_disclosed"]:
+        first = min(d["at"] for d in view["disclosures"] if d["scope"] in (None, r["recipient"]))
+        events.append({"at": first, "what": a["ev_disclosed"], "detail": "", "anchor": ""})
     events.sort(key=lambda e: e["at"])
     return [{**e, "when": _precise_time(e["at"], tz, lang)} for e in events]
 
@@ -355,7 +403,10 @@ def _precise_time(iso: str, tz: str, lang: str) -> str:
 
 async def unacknowledged_csv(request: web.Request) -> web.Response:
     """The recipients without an acknowledgment, with their delivery state."""
-    ev = await _message(request)
+    try:
+        ev = await _message(request)
+    except AmbiguousError as exc:
+        return _choose(request, exc)
     view = message_json(ev)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")

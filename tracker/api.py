@@ -14,11 +14,11 @@ import tempfile
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
-from relay.errors import EstampilleError, NotFoundError
+from relay.errors import AmbiguousError, EstampilleError, NotFoundError
 from relay.evidence.records import iso_time
 from relay.proof.gather import build_proof, load_message, message_json
 from tracker.admin_auth import API_PREFIX
@@ -60,6 +60,10 @@ async def api_errors(request: web.Request, handler: Callable) -> web.StreamRespo
         return error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
     except NotFoundError as exc:
         return error(404, "not_found", str(exc))
+    except AmbiguousError as exc:  # each choice's href names its submission
+        choices = [{**c, "href": f"{request.path}?{urlencode({**request.query, 'submission': c['submission_id']})}"}
+                   for c in exc.choices]
+        return web.json_response({"error": "ambiguous", "message": str(exc), "choices": choices}, status=300)
     except EstampilleError as exc:
         log.error("API request failed: %s", exc)
         return error(503, "unavailable", "the store could not answer; try again")
@@ -127,7 +131,8 @@ async def search(request: web.Request, q: Mapping[str, str]) -> dict[str, Any]:
                 "acknowledged": row["acknowledged"],
                 "records": len(states),
                 "anchored": states.count("confirmed"),
-                "href": f"{API_PREFIX}/messages/{quote(row['message_id'] or '', safe='')}",
+                "submission_id": row["id"],  # picks this one among messages sharing its Message-ID
+                "href": f"{API_PREFIX}/messages/{quote(row['message_id'] or '', safe='')}?submission={row['id']}",
             }
         )
     return {"messages": messages, "page": page, "per_page": per_page, "total": total, "q": query}
@@ -141,23 +146,27 @@ async def list_messages(request: web.Request) -> web.Response:
 
 
 async def show_message(request: web.Request) -> web.Response:
-    ev = await load_message(request.config_dict[TRACKER].store, request.match_info["message_id"])
+    ev = await load_message(request.config_dict[TRACKER].store, request.match_info["message_id"],
+                            request.query.get("submission") or None)
     return web.json_response(message_json(ev))
 
 
 async def bundle(request: web.Request) -> web.StreamResponse:
-    """The proof bundle of the message in the path, as a zip download (built in a temporary file)."""
+    """The proof bundle of the message in the path, as a zip download (built in a temporary file):
+    every copy, or with ``?recipient=`` only that recipient's."""
     tracker = request.config_dict[TRACKER]
+    recipient = request.query.get("recipient") or None
     with tempfile.TemporaryFile() as out:
         message_id = await build_proof(
             tracker.store, request.match_info["message_id"], out, now=tracker.clock(),
-            timezone=tracker.config.tracker.timezone,
+            timezone=tracker.config.tracker.timezone, recipient=recipient,
+            submission_id=request.query.get("submission") or None,
         )
         size = out.tell()
         out.seek(0)
         response = web.StreamResponse(headers={
             "Content-Type": "application/zip",
-            "Content-Disposition": f'attachment; filename="{bundle_filename(message_id)}"',
+            "Content-Disposition": f'attachment; filename="{bundle_filename(message_id, recipient)}"',
         })
         response.content_length = size
         await response.prepare(request)
@@ -167,9 +176,9 @@ async def bundle(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def bundle_filename(message_id: str) -> str:
-    bare = message_id.strip("<>")
-    return "proof-" + "".join(c if c.isalnum() or c in "._-@" else "_" for c in bare)[:100] + ".zip"
+def bundle_filename(message_id: str, recipient: str | None = None) -> str:
+    bare = message_id.strip("<>") + (f"-{recipient}" if recipient else "")
+    return "proof-" + "".join(c if c.isalnum() or c in "._-@" else "_" for c in bare)[:160] + ".zip"
 
 
 
@@ -187,6 +196,16 @@ _MESSAGE_ID_PARAM = {
     "required": True,
     "description": "The Message-ID, URL-encoded, with or without its angle brackets.",
     "schema": {"type": "string"},
+}
+_SUBMISSION_PARAM = {
+    "name": "submission",
+    "in": "query",
+    "description": "The submission id picking one of several messages with this Message-ID (answer 300 lists them).",
+    "schema": {"type": "string"},
+}
+_AMBIGUOUS = {
+    "description": "Several messages carry this Message-ID: each choice, with its sender and time, and its href.",
+    "content": {"application/json": {"schema": _ref("Ambiguous")}},
 }
 _ERRORS = {
     "401": {"description": "No token, or a wrong one.", "content": {"application/json": {"schema": _ref("Error")}}},
@@ -247,10 +266,12 @@ OPENAPI: dict[str, Any] = {
         f"{API_PREFIX}/messages/{{message_id}}": {
             "get": {
                 "summary": "A message's evidence: submission, and per recipient delivery, hand-off, fetches, acknowledgment",
-                "description": "If the application submitted the same Message-ID more than once, the latest submission.",
-                "parameters": [_MESSAGE_ID_PARAM],
+                "description": "If the application submitted the same Message-ID more than once, pick one with "
+                "'submission': without it the answer is 300 and lists them all.",
+                "parameters": [_MESSAGE_ID_PARAM, _SUBMISSION_PARAM],
                 "responses": {
                     "200": {"description": "The message.", "content": {"application/json": {"schema": _ref("Message")}}},
+                    "300": _AMBIGUOUS,
                     **_ERRORS,
                 },
             }
@@ -258,10 +279,17 @@ OPENAPI: dict[str, Any] = {
         f"{API_PREFIX}/messages/{{message_id}}/bundle": {
             "get": {
                 "summary": "The proof bundle (zip), verifiable offline with 'estampille verify'",
-                "parameters": [_MESSAGE_ID_PARAM],
+                "description": "Building it disables the acknowledgment links of the copies it carries (a "
+                "disclosure record lists them): ask for one recipient's bundle to disable only theirs.",
+                "parameters": [
+                    _MESSAGE_ID_PARAM, _SUBMISSION_PARAM,
+                    {"name": "recipient", "in": "query", "schema": {"type": "string"},
+                     "description": "Only this recipient's copy (what a disputing member or their lawyer gets)."},
+                ],
                 "responses": {
                     "200": {"description": "The bundle.",
                             "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}},
+                    "300": _AMBIGUOUS,
                     **_ERRORS,
                 },
             }
@@ -344,6 +372,42 @@ OPENAPI: dict[str, Any] = {
                         {"allOf": [_ref("Record"), {"type": "object", "properties": {"at": {"type": "string"}}}]},
                         {"type": "null"},
                     ]},
+                    "link_disclosed": {"type": "boolean",
+                                       "description": "A bundle carried this copy: its acknowledgment link is refused."},
+                    "link_refusals": {"type": "array", "items": _ref("LinkRefusal")},
+                },
+            }),
+            "LinkRefusal": _closed({
+                "type": "object",
+                "description": "A use of this recipient's link that was refused, and nothing recorded.",
+                "properties": {
+                    "at": {"type": "string", "format": "date-time"},
+                    "method": {"type": "string"},
+                    "reason": {"enum": ["disclosed", "expired"]},
+                },
+            }),
+            "Choice": _closed({
+                "type": "object",
+                "properties": {**_MESSAGE_HEADING, "submission_id": {"type": "string"}},
+            }),
+            "Ambiguous": _closed({
+                "type": "object",
+                "properties": {
+                    "error": {"const": "ambiguous"},
+                    "message": {"type": "string"},
+                    "choices": {"type": "array", "items": {"allOf": [
+                        _ref("Choice"), {"type": "object", "properties": {"href": {"type": "string"}}}]}},
+                },
+            }),
+            "Disclosure": _closed({
+                "type": "object",
+                "description": "A bundle built with copies: the digest of its disclosure record (anchored), "
+                "its time, its scope (one recipient, or null: all), how many tokens it disabled.",
+                "properties": {
+                    "digest": {"type": "string"},
+                    "at": {"type": "string", "format": "date-time"},
+                    "scope": {"type": ["string", "null"]},
+                    "tokens": {"type": "integer"},
                 },
             }),
             "Message": _closed({
@@ -352,6 +416,9 @@ OPENAPI: dict[str, Any] = {
                     **_MESSAGE_HEADING,
                     "submission_id": {"type": "string"},
                     "submission": _NULLABLE_RECORD,
+                    "same_message_id": {"type": "array", "items": _ref("Choice"),
+                                        "description": "Every message with this Message-ID, this one included."},
+                    "disclosures": {"type": "array", "items": _ref("Disclosure")},
                     "recipients": {"type": "array", "items": _ref("Recipient")},
                     "summary": {"type": "object", "properties": _COUNTS},
                 },
@@ -361,6 +428,7 @@ OPENAPI: dict[str, Any] = {
                 "properties": {
                     **_MESSAGE_HEADING,
                     **_COUNTS,
+                    "submission_id": {"type": "string"},
                     "href": {"type": "string"},
                 },
             }),

@@ -42,8 +42,14 @@ TEXTS: dict[str, dict[str, str]] = {
         "done_new": "Votre accusé de réception a été enregistré le {time}.",
         "done_before": "Vous avez déjà accusé réception de ce message le {time}.",
         "not_found_title": "Lien introuvable",
-        "not_found_text": "Ce lien d'accusé de réception n'existe pas ou a expiré. "
+        "not_found_text": "Ce lien d'accusé de réception n'existe pas. "
         "Vérifiez qu'il a été copié en entier depuis le message.",
+        "token_expired_title": "Lien expiré",
+        "token_expired_text": "Ce lien d'accusé de réception a expiré : il n'est plus possible d'accuser "
+        "réception par ce lien. Rien n'a été enregistré. Adressez-vous à l'expéditeur du message.",
+        "token_disclosed_title": "Lien désactivé",
+        "token_disclosed_text": "Ce lien d'accusé de réception a été désactivé : il figure dans un dossier "
+        "de preuve remis à un tiers. Rien n'a été enregistré. Adressez-vous à l'expéditeur du message.",
         "forbidden_title": "Demande refusée",
         "forbidden_text": "Cette confirmation ne vient pas de la page d'accusé de réception. "
         "Rouvrez le lien reçu par courriel et utilisez le bouton.",
@@ -71,8 +77,14 @@ TEXTS: dict[str, dict[str, str]] = {
         "done_new": "Your acknowledgment of receipt was recorded on {time}.",
         "done_before": "You already acknowledged receipt of this message on {time}.",
         "not_found_title": "Link not found",
-        "not_found_text": "This acknowledgment link does not exist or has expired. "
+        "not_found_text": "This acknowledgment link does not exist. "
         "Check that it was copied in full from the message.",
+        "token_expired_title": "Link expired",
+        "token_expired_text": "This acknowledgment link has expired: receipt can no longer be acknowledged "
+        "through it. Nothing was recorded. Please contact the sender of the message.",
+        "token_disclosed_title": "Link disabled",
+        "token_disclosed_text": "This acknowledgment link was disabled: it is part of a proof bundle handed "
+        "to a third party. Nothing was recorded. Please contact the sender of the message.",
         "forbidden_title": "Request refused",
         "forbidden_text": "This confirmation did not come from the acknowledgment page. "
         "Open the link from the email again and use the button.",

@@ -145,7 +145,8 @@ async def errors(request: web.Request, handler: Callable) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        response = render(request, "error.html", {"page": ERROR_PAGES.get(exc.status, "error")}, status=exc.status)
+        page = getattr(exc, "page", None) or ERROR_PAGES.get(exc.status, "error")  # a page of its own (ack.TokenRefused)
+        response = render(request, "error.html", {"page": page}, status=exc.status)
         for name in ("Allow", "Retry-After"):
             if name in exc.headers:
                 response.headers[name] = exc.headers[name]

@@ -6,10 +6,15 @@ from a header source as they are asked for). Each proof is checked by ``relay.ev
 No DNS: DKIM signatures are checked against the keys in the bundle, which must
 be the keys the anchored delivery records name.
 
-``attestation.html`` and ``VERIFY.md`` are checked against the manifest like
-every file, but not re-rendered: they are what the release that built the
-bundle wrote, and a bundle must verify years later with any later release. The
-verifier's report, made from the anchored records, is what counts.
+The bundle is hostile input (``relay.evidence.archive`` reads it under limits), and
+so is every fact of its manifest: any error while checking is "cannot verify"
+(exit 2, one line naming the file and the check), never a crash or "pending".
+
+``attestation.html`` and ``VERIFY.md`` are informative only. In a bundle of the
+current format they are regenerated from the verified records and must be
+identical (a script or a false claim added to them fails); an earlier format's
+are reported as not verified: they are what that release wrote, and a bundle
+must verify years later with any later release.
 
 A record's own time (``received_at``, ``certified_at``, ``handed_at``, ``at``) is
 only what it says. Its anchor proves that it existed no later than the earliest
@@ -32,14 +37,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 import dkim
+import jinja2
 
+from relay.certify.message import read_header_facts
+from relay.errors import HeaderSourceError
+from relay.evidence.archive import BundleProblem, load_json
 from relay.evidence.bundle import (
+    ATTESTATION,
+    FORMAT_VERSION,
     MANIFEST,
+    VERIFY_DOC,
     Bundle,
-    BundleProblem,
     DKIMKey,
     parse_manifest,
     record_path,
+    render_attestation,
+    render_verify_doc,
     report_path,
 )
 from relay.evidence.ots_verify import verify_ots
@@ -89,6 +102,7 @@ class RecipientSummary:
     handed_at: str | None
     reply: str | None
     delivered: bool
+    copy: str  # "checked", "withheld" (a bundle for another recipient) or "none" (not certified yet)
     earlier_answers: tuple[str, ...]  # the upstream's answers to earlier attempts, oldest first
     acknowledged_at: str | None
     fetches: int
@@ -99,6 +113,14 @@ class RecipientSummary:
 
 
 @dataclass(frozen=True)
+class InformativeFile:
+    """A file for people, not evidence: whether the verifier could regenerate it."""
+
+    path: str
+    checked: str
+
+
+@dataclass(frozen=True)
 class BundleReport:
     message_id: str | None
     subject: str | None
@@ -106,6 +128,9 @@ class BundleReport:
     recipients: tuple[RecipientSummary, ...]
     records: tuple[RecordCheck, ...]
     problem: BundleProblem | None
+    format_version: int | None = None
+    scope: str | None = None  # the one recipient whose copy a per-recipient bundle carries
+    informative: tuple[InformativeFile, ...] = ()
 
     @property
     def status(self) -> str:
@@ -128,22 +153,28 @@ class BundleReport:
             "message_id": self.message_id,
             "subject": self.subject,
             "received_at": self.received_at,
+            "format_version": self.format_version,
+            "scope": self.scope,
             "problem": problem,
             "recipients": [asdict(r) for r in self.recipients],
             "records": [{**asdict(r), "proven_at": _utc(r.anchor.proven_at) if r.anchor.proven_at else None}
                         for r in self.records],
+            "informative_only": [asdict(f) for f in self.informative],
         }
 
     def summary(self) -> str:
         """A report a person reads: one block per recipient, then the anchors."""
-        if self.problem is not None:
-            return f"INVALID: {self.problem.path}: {self.problem.check} failed: {self.problem.detail}"
+        if self.problem is not None:  # one line, whatever an exception's text holds
+            return " ".join(f"INVALID: {self.problem.path}: {self.problem.check} failed: {self.problem.detail}".split())
         lines = [f"Message {self.message_id}" + (f" ({self.subject})" if self.subject else "")]
-        lines.append(f"  received {self.received_at}; {len(self.recipients)} recipient(s)")
+        lines.append(f"  received {self.received_at}; {len(self.recipients)} recipient(s); bundle format "
+                     f"{self.format_version}" + (f", made for {self.scope} only" if self.scope else ""))
         checks = {r.path: r for r in self.records}
         for r in self.recipients:
             lines.append(f"- {r.recipient}")
             lines.append(f"    sent:         {r.sent_at or 'not yet certified'}")
+            if r.copy == "withheld":
+                lines.append("    copy:         not in this bundle (its digest is in the delivery record)")
             lines.append(f"    handed over:  {r.handed_at or 'not yet'}" + (f" ({r.reply})" if r.reply else ""))
             for answer in r.earlier_answers:
                 lines.append(f"    earlier:      {answer}")
@@ -168,6 +199,8 @@ class BundleReport:
             if r.anchor.state != "confirmed":
                 where = ", ".join(r.anchor.calendars) or "not yet submitted"
                 lines.append(f"  pending: {r.path} ({where})")
+        for f in self.informative:
+            lines.append(f"Informative only, not evidence: {f.path} ({f.checked})")
         lines.append({"verified": "VERIFIED", "pending": "VALID, ANCHORS PENDING: verify again later"}[self.status])
         return "\n".join(lines)
 
@@ -185,13 +218,18 @@ def verify_files(
         bundle = parse_manifest(files)
         return _verify(bundle, headers, regtest, max_anchor_delay)
     except BundleProblem as problem:
-        return _invalid(problem)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        return cannot_verify(problem)
+    except (KeyError, TypeError, ValueError, AttributeError, jinja2.TemplateError) as exc:
         # Only a manifest written by hand (its checksum recomputed) can miss facts.
-        return _invalid(BundleProblem(MANIFEST, "facts", f"incomplete or malformed ({exc!r})"))
+        return cannot_verify(BundleProblem(MANIFEST, "facts", f"incomplete or malformed ({exc!r})"))
+    except HeaderSourceError:
+        raise  # the source of block headers failed, not the bundle: the CLI says so (exit 4), try again
+    except Exception as exc:  # noqa: BLE001 -- hostile input must never crash the verifier nor read as "pending"
+        return cannot_verify(BundleProblem("bundle", "cannot verify", f"{type(exc).__name__}: {exc}"[:300]))
 
 
-def _invalid(problem: BundleProblem) -> BundleReport:
+def cannot_verify(problem: BundleProblem) -> BundleReport:
+    """The report of a bundle that failed a check, or could not be checked (exit 2)."""
     return BundleReport(None, None, None, (), (), problem)
 
 
@@ -207,26 +245,60 @@ def _verify(bundle: Bundle, headers: Headers, regtest: bool, max_anchor_delay: f
     if len(named) != len(set(named)) or set(named) != set(fields["rcpt_to"]):
         # Leaving a recipient out would hide what happened to them: the record lists them all.
         raise BundleProblem(MANIFEST, "recipients", "does not list each recipient of the submission record once")
+    if facts.get("scope") is not None and facts["scope"] not in named:
+        raise BundleProblem(MANIFEST, "scope", "names no recipient of the message")
     paths = [facts["submission"]]
     recipients = []
     for entry in facts["recipients"]:
-        summary, used = _verify_recipient(bundle, entry, submission)
+        summary, used = _verify_recipient(bundle, entry, submission, facts.get("scope"))
         recipients.append(summary)
         paths += used
     records = tuple(_bounded(_anchor(bundle, path, headers, regtest), max_anchor_delay) for path in paths)
+    _check_claimed_anchoring(facts, records)
     return BundleReport(
         message_id=facts["message_id"],
-        subject=facts.get("subject"),
+        subject=read_header_facts(bundle.files[facts["original"]]).subject,  # the message's, not the manifest's
         received_at=fields.get("received_at"),
         recipients=tuple(recipients),
         records=records,
         problem=None,
+        format_version=bundle.version,
+        scope=facts.get("scope"),
+        informative=_informative(bundle),
     )
+
+
+def _check_claimed_anchoring(facts: dict[str, Any], records: tuple[RecordCheck, ...]) -> None:
+    """What the manifest (and so the attestation) says was confirmed must be confirmed by its proof.
+
+    Only the state: a proof with several Bitcoin attestations reports its lowest height, where the
+    relay may have recorded another of them; the report gives the heights the proofs show."""
+    claims = facts.get("anchoring", {})
+    for check in records:
+        claim = claims.get(check.path) or {}
+        if claim.get("state") == "confirmed" and check.anchor.state != "confirmed":
+            raise BundleProblem(MANIFEST, "anchoring", f"claims {check.path} confirmed, which its .ots does not prove")
+
+
+def _informative(bundle: Bundle) -> tuple[InformativeFile, ...]:
+    """The printable files: regenerated and compared in the current format, else only listed."""
+    if bundle.version != FORMAT_VERSION:
+        note = f"made by bundle format {bundle.version}: not regenerated, not verified"
+        return tuple(InformativeFile(path, note) for path in (ATTESTATION, VERIFY_DOC) if path in bundle.files)
+    expected = {
+        ATTESTATION: render_attestation(bundle.facts, bundle.files).encode("utf-8"),
+        VERIFY_DOC: render_verify_doc(bundle.facts["message_id"]).encode("utf-8"),
+    }
+    for path, data in expected.items():
+        if bundle.files.get(path) != data:
+            raise BundleProblem(path, "regenerated", "differs from what the verified records give (edited?)")
+    return tuple(InformativeFile(path, "regenerated from the verified records: identical") for path in expected)
 
 
 def _record(bundle: Bundle, path: str, kind: str) -> Record:
     """A record file, canonical, of the expected type, stored under its own digest."""
     try:
+        load_json(path, bundle.files[path])  # bounds its nesting first
         record = Record.from_bytes(bundle.files[path])
     except (KeyError, ValueError) as exc:
         raise BundleProblem(path, "record", f"not a canonical evidence record ({exc})") from exc
@@ -235,7 +307,9 @@ def _record(bundle: Bundle, path: str, kind: str) -> Record:
     return record
 
 
-def _verify_recipient(bundle: Bundle, entry: dict[str, Any], submission: Record) -> tuple[RecipientSummary, list[str]]:
+def _verify_recipient(
+    bundle: Bundle, entry: dict[str, Any], submission: Record, scope: str | None
+) -> tuple[RecipientSummary, list[str]]:
     recipient = entry["recipient"]
     used: list[str] = []
     delivery = handoff = ack = None
@@ -250,6 +324,9 @@ def _verify_recipient(bundle: Bundle, entry: dict[str, Any], submission: Record)
             raise BundleProblem(entry["delivery"], "recipient", f"is not the delivery to {recipient}")
         if entry["copy"] is not None:
             dkim_results = _verify_copy(bundle, entry["copy"], delivery)
+        elif not (entry.get("copy_withheld") and scope not in (None, recipient)):
+            # A copy is left out only from a bundle made for another recipient.
+            raise BundleProblem(entry["delivery"], "copy", f"the copy sent to {recipient} is missing")
     elif entry["copy"] is not None:
         raise BundleProblem(entry["copy"], "chain", "a copy without its delivery record")
     if entry["handoff"] is not None:
@@ -278,6 +355,7 @@ def _verify_recipient(bundle: Bundle, entry: dict[str, Any], submission: Record)
         handed_at=h.get("handed_at"),
         reply=_answer(h) if h else None,
         delivered=bool(h) and 200 <= int(h["code"]) < 300,
+        copy="checked" if entry["copy"] else "withheld" if entry.get("copy_withheld") else "none",
         earlier_answers=tuple(_answer(_record(bundle, path, "handoff").fields) for path in earlier),
         acknowledged_at=ack.fields["at"] if ack else None,
         fetches=len(entry["fetches"]),

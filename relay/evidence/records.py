@@ -3,7 +3,8 @@
 A record is a JSON object with a ``type`` and a schema ``version``, serialised
 canonically (UTF-8, sorted keys, no insignificant whitespace). Records chain by
 digest: a delivery names its submission's digest, a hand-off its delivery's, a
-receipt its delivery's, a delivery status report its delivery's. Personal data never enters a record in clear: IP
+receipt its delivery's, a delivery status report its delivery's, a disclosure (the tokens a
+proof bundle gave out) its submission's. Personal data never enters a record in clear: IP
 addresses and user agents appear only as ``sha256(salt || value)``.
 
 Pure: callers pass times (ISO 8601 UTC strings), salts and digests in.
@@ -21,7 +22,7 @@ from json.encoder import encode_basestring
 from typing import Any
 
 RECORD_VERSION = 1
-RECORD_TYPES = ("submission", "delivery", "handoff", "receipt", "report")
+RECORD_TYPES = ("submission", "delivery", "handoff", "receipt", "report", "disclosure")
 
 # A receipt record's canonical JSON written out, keys in sorted order: every page fetch builds
 # one, and json.dumps(sort_keys=True) cost half of it. Its strings go through the encoder
@@ -205,6 +206,23 @@ def receipt_record(
         _RECEIPT_JSON % tuple(map(encode_basestring, (at, delivery_digest, ip_commitment, kind, user_agent_commitment)))
     ).encode("utf-8")
     return Record(body=body, digest=sha256_hex(body))
+
+
+def disclosure_record(
+    *, submission_digest: str, deliveries: list[str], token_sha256s: list[str], scope: str | None, at: str
+) -> Record:
+    """A proof bundle was made that carries these deliveries' copies, and so the acknowledgment
+    tokens they hold (by SHA-256): from then on those tokens acknowledge nothing."""
+    return Record.from_fields(
+        {
+            "type": "disclosure",
+            "submission": submission_digest,
+            "deliveries": deliveries,
+            "token_sha256s": token_sha256s,
+            "scope": scope,
+            "at": at,
+        }
+    )
 
 
 def iso_time(timestamp: float) -> str:

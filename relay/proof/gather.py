@@ -10,26 +10,25 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from relay.anchor import merkle
 from relay.anchor.headers import HeaderSource
 from relay.anchor.worker import export_ots
-from relay.errors import AnchorError, NotFoundError
+from relay.errors import AmbiguousError, AnchorError, NotFoundError
+from relay.evidence.archive import MAX_RATIO, BundleProblem, read_directory, read_zip
 from relay.evidence.bundle import (
     Anchoring,
-    BundleProblem,
     Evidence,
     ProofInput,
     RecipientEvidence,
     build_bundle,
-    read_zip,
 )
-from relay.evidence.bundle_check import DEFAULT_MAX_ANCHOR_DELAY, BundleReport, verify_files
-from relay.evidence.records import Record, iso_time
-from relay.store import Store
+from relay.evidence.bundle_check import DEFAULT_MAX_ANCHOR_DELAY, BundleReport, cannot_verify, verify_files
+from relay.evidence.records import Record, disclosure_record, iso_time
+from relay.store import Store, proofs, tokens
 from relay.store import reports as report_store
 
 
@@ -46,22 +45,38 @@ class MessageEvidence:
     reports: dict[int, tuple[dict[str, Any], ...]]  # by delivery id: delivery status reports, oldest first
     records: dict[str, Record]  # by digest
     anchoring: dict[str, Anchoring]  # by digest
+    same_message_id: tuple[dict[str, Any], ...] = ()  # every submission with this Message-ID (choices)
+    disclosures: tuple[Record, ...] = ()  # the tokens each bundle made so far disclosed, oldest first
+    refusals: dict[int, tuple[dict[str, Any], ...]] = field(default_factory=dict)  # by delivery id
 
     @property
     def digests(self) -> list[str]:
         return list(self.records)
 
 
-async def load_message(store: Store, message_id: str) -> MessageEvidence:
-    """Everything about the latest submission with ``message_id``; NotFoundError if none."""
-    row = await store.find_submission(message_id)
-    if row is None:
-        raise NotFoundError(f"no message with Message-ID {message_id}")
-    submission = dict(row)
+def choice(row: Any) -> dict[str, Any]:
+    """How a submission is told apart from others with its Message-ID."""
+    return {"submission_id": row["id"], "message_id": row["message_id"], "sender": row["mail_from"],
+            "subject": row["subject"], "received_at": iso_time(row["received_at"])}
+
+
+async def load_message(store: Store, message_id: str, submission_id: str | None = None) -> MessageEvidence:
+    """Everything about the submission with ``message_id``: the one ``submission_id`` names, or
+    the only one; AmbiguousError listing them when several carry it, NotFoundError if none."""
+    matches = await proofs.submissions_with_message_id(store, message_id)
+    chosen = [r for r in matches if submission_id in (None, r["id"])]
+    if not chosen:
+        raise NotFoundError(f"no message with Message-ID {message_id}"
+                            + (f" and submission {submission_id}" if submission_id else ""))
+    if len(chosen) > 1:
+        raise AmbiguousError(f"{len(chosen)} messages carry Message-ID {message_id}: choose one by its submission id",
+                             [choice(r) for r in chosen])
+    submission = dict(chosen[0])
     rows = await store.message_evidence(submission["id"])
     reports = await report_store.reports_of(store, submission["id"])
     digests = [r["digest"] for r in await store.message_digests([submission["id"]]) if r["digest"]]
     found = await store.records_anchoring(digests)
+    given = await tokens.message_tokens(store, submission["id"])
 
     def by_delivery(items: list[Any]) -> dict[int, tuple[dict[str, Any], ...]]:
         out: dict[int, list[dict[str, Any]]] = {}
@@ -79,6 +94,9 @@ async def load_message(store: Store, message_id: str) -> MessageEvidence:
         reports=by_delivery(reports),
         records={d: Record.from_bytes(found[d]["body"]) for d in digests if d in found},
         anchoring={d: anchoring_of(found[d]) for d in digests if d in found},
+        same_message_id=tuple(choice(r) for r in matches),
+        disclosures=tuple(Record.from_bytes(r["body"]) for r in given["disclosures"]),
+        refusals=by_delivery(given["refusals"]),
     )
 
 
@@ -128,6 +146,7 @@ def _record_json(ev: MessageEvidence, digest: str | None) -> dict[str, Any] | No
 def message_json(ev: MessageEvidence) -> dict[str, Any]:
     """What the API answers for one message (the OpenAPI document describes it)."""
     s = ev.submission
+    disclosed = {digest for r in ev.disclosures for digest in r.fields["deliveries"]}
     recipients = []
     for d in ev.deliveries:
         receipt = ev.receipts.get(d["id"])
@@ -166,6 +185,11 @@ def message_json(ev: MessageEvidence) -> dict[str, Any]:
                     }
                     for r in ev.reports.get(d["id"], ())
                 ],
+                "link_disclosed": d["record_digest"] in disclosed,
+                "link_refusals": [
+                    {"at": iso_time(x["at"]), "method": x["method"], "reason": x["reason"]}
+                    for x in ev.refusals.get(d["id"], ())
+                ],
             }
         )
     states = [a.state for a in ev.anchoring.values()]
@@ -176,6 +200,11 @@ def message_json(ev: MessageEvidence) -> dict[str, Any]:
         "received_at": iso_time(s["received_at"]),
         "submission_id": s["id"],
         "submission": _record_json(ev, s["record_digest"]),
+        "same_message_id": list(ev.same_message_id),
+        "disclosures": [
+            {"digest": r.digest, "at": r.fields["at"], "scope": r.fields["scope"], "tokens": len(r.fields["token_sha256s"])}
+            for r in ev.disclosures
+        ],
         "recipients": recipients,
         "summary": {
             "recipients": len(recipients),
@@ -239,12 +268,27 @@ async def proof_input(store: Store, ev: MessageEvidence, *, now: float, timezone
     )
 
 
-async def build_proof(store: Store, message_id: str, out: BinaryIO, *, now: float, timezone: str) -> str:
-    """Write the bundle of ``message_id`` to ``out`` (off the event loop); the Message-ID as stored."""
-    ev = await load_message(store, message_id)
-    proof = await proof_input(store, ev, now=now, timezone=timezone)
+async def build_proof(
+    store: Store, message_id: str, out: BinaryIO, *, now: float, timezone: str, recipient: str | None = None,
+    submission_id: str | None = None,
+) -> str:
+    """Write the bundle of ``message_id`` to ``out`` (off the event loop); the Message-ID as stored.
+
+    ``submission_id`` picks one of several messages with that Message-ID (see load_message).
+    With ``recipient``, the bundle carries only that recipient's copy (NotFoundError if the
+    message has no such recipient). Before any byte is written, the tokens of the copies it
+    carries are marked disclosed, with a disclosure record (see relay.store.tokens).
+    """
+    ev = await load_message(store, message_id, submission_id)
+    scope = None
+    if recipient is not None:
+        scope = next((d["recipient"] for d in ev.deliveries if d["recipient"].lower() == recipient.lower()), None)
+        if scope is None:
+            raise NotFoundError(f"message {message_id} has no recipient {recipient}")
+    proof = replace(await proof_input(store, ev, now=now, timezone=timezone), scope=scope)
+    proof = replace(proof, disclosure=await _disclose(store, ev, proof, now))
     # Small messages and copies live in the database (INLINE_MAX): read here, the rest as the zip is written.
-    digests = [proof.original_sha256, *(r.copy_sha256 for r in proof.recipients if r.copy_sha256),
+    digests = [proof.original_sha256, *(r.copy_sha256 for r in proof.recipients if r.copy_sha256 and proof.discloses(r)),
                *(e.record.fields["report_sha256"] for r in proof.recipients for e in r.reports)]
     inline = await store.inline_bytes(digests)
 
@@ -260,15 +304,27 @@ async def build_proof(store: Store, message_id: str, out: BinaryIO, *, now: floa
     return proof.message_id
 
 
-def read_bundle(path: Path) -> dict[str, bytes]:
-    """A bundle's files from its zip, or from a directory it was unpacked into."""
+async def _disclose(store: Store, ev: MessageEvidence, proof: ProofInput, now: float) -> str:
+    """Record which tokens the bundle's copies carry, and refuse them from now on; the record's digest."""
+    carried = {r.recipient for r in proof.recipients if proof.discloses(r)}
+    deliveries = [d for d in ev.deliveries if d["recipient"] in carried]
+    hashes = await tokens.token_hashes(store, [d["id"] for d in deliveries])
+    record = disclosure_record(
+        submission_digest=proof.submission.record.digest,
+        deliveries=[d["record_digest"] for d in deliveries if d["record_digest"]],
+        token_sha256s=hashes, scope=proof.scope, at=iso_time(now),
+    )
+    await tokens.record_disclosure(store, record, submission_id=ev.submission["id"], token_sha256s=hashes, now=now)
+    return record.digest
+
+
+def read_bundle(path: Path, *, max_ratio: int = MAX_RATIO) -> dict[str, bytes]:
+    """A bundle's files from its zip, or from a directory it was unpacked into (streamed, bounded)."""
     if path.is_dir():
-        return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise NotFoundError(f"cannot read {path}: {exc.strerror}") from exc
-    return read_zip(data, path.name)
+        return read_directory(path)
+    if not path.exists():
+        raise NotFoundError(f"cannot read {path}: no such file")
+    return read_zip(path, path.name, max_ratio=max_ratio)
 
 
 class _HeadersOnDemand(Mapping[int, bytes]):
@@ -296,12 +352,13 @@ class _HeadersOnDemand(Mapping[int, bytes]):
 
 
 async def verify_bundle(
-    path: Path, source: HeaderSource, *, regtest: bool = False, max_anchor_delay: float = DEFAULT_MAX_ANCHOR_DELAY
+    path: Path, source: HeaderSource, *, regtest: bool = False, max_anchor_delay: float = DEFAULT_MAX_ANCHOR_DELAY,
+    max_ratio: int = MAX_RATIO,
 ) -> BundleReport:
     """Verify the bundle at ``path`` with headers from ``source`` (HeaderSourceError if it fails)."""
     try:
-        files = await asyncio.to_thread(read_bundle, path)
+        files = await asyncio.to_thread(read_bundle, path, max_ratio=max_ratio)
     except BundleProblem as problem:
-        return BundleReport(None, None, None, (), (), problem)
+        return cannot_verify(problem)
     headers = _HeadersOnDemand(source, asyncio.get_running_loop())
     return await asyncio.to_thread(verify_files, files, headers, regtest=regtest, max_anchor_delay=max_anchor_delay)

@@ -333,6 +333,22 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX delivery_reports_delivery ON delivery_reports(delivery_id);
     """,
+    # 12: a proof bundle's copies carry live acknowledgment links: building one marks their tokens
+    # disclosed (by the digest of its disclosure record), and the tracker refuses them from then
+    # on, as it refuses expired ones; each refusal is kept (relay/store/tokens.py).
+    """
+    ALTER TABLE ack_tokens ADD COLUMN disclosed_by TEXT;
+    CREATE TABLE token_refusals (
+        id          INTEGER PRIMARY KEY,
+        delivery_id INTEGER NOT NULL REFERENCES deliveries(id),
+        at          REAL NOT NULL,
+        method      TEXT NOT NULL,
+        reason      TEXT NOT NULL  -- 'disclosed' or 'expired'
+    );
+    CREATE INDEX token_refusals_delivery ON token_refusals(delivery_id);
+    -- A message's disclosures are read with it; records are otherwise not indexed by submission.
+    CREATE INDEX records_disclosure ON records(submission_id) WHERE type = 'disclosure';
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -1064,15 +1080,6 @@ class Store:
 
     # -- proofs: messages by Message-ID, search, evidence of one message ----
 
-    async def find_submission(self, message_id: str) -> aiosqlite.Row | None:
-        """The latest submission carrying ``message_id``, given with or without angle brackets."""
-        bare = message_id.strip().removeprefix("<").removesuffix(">")
-        return await self.fetchone(
-            "SELECT * FROM submissions WHERE message_id IN (?, ?) AND kind = 'mail'"
-            " ORDER BY received_at DESC LIMIT 1",
-            (bare, f"<{bare}>"),
-        )
-
     async def search_submissions(
         self, *, query: str = "", since: float | None = None, until: float | None = None, limit: int, offset: int
     ) -> tuple[list[aiosqlite.Row], int]:
@@ -1277,7 +1284,7 @@ class Store:
         """
         marks = ", ".join("?" for _ in token_sha256s)
         sql = (
-            "SELECT t.token_sha256, t.delivery_id, t.target_url, t.created_at AS token_created_at,"
+            "SELECT t.token_sha256, t.delivery_id, t.target_url, t.created_at AS token_created_at, t.disclosed_by,"
             " d.recipient, d.record_digest AS delivery_digest,"
             " s.mail_from, s.subject, s.received_at, s.message_id,"
             " COALESCE((SELECT MAX(a.finished_at) FROM attempts a"

@@ -214,7 +214,7 @@ def test_timeline_says_whether_the_mail_server_took_or_refused_the_copy():
     view = {"received_at": "2026-11-29T06:00:00Z", "submission": None}
     for code, words in ((250, "Remis au serveur"), (451, "Refusé pour l'instant"), (550, "Refusé définitivement")):
         r = {"delivery": None, "handoff": handoff(code, "x"), "last_reply": None, "fetches": [], "acknowledgment": None,
-             "earlier_handoffs": []}
+             "earlier_handoffs": [], "link_refusals": [], "link_disclosed": False}
         events = timeline(view, r, TEXTS["fr"], "Europe/Paris", "fr")
         assert events[-1]["what"].startswith(words) and events[-1]["detail"] == f"{code} x"
         assert events[-1]["when"] == "29/11/2026 07:00:03"  # Paris time, to the second

@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from relay.evidence.bundle import read_zip
+from relay.evidence.archive import read_zip
 from relay.evidence.ots_verify import required_heights
 from tests.conftest import require_tool
 from tests.support.proved import ACKNOWLEDGER, MESSAGE_ID, RECIPIENTS, SUBJECT, proved_message

@@ -15,9 +15,9 @@ import pytest
 from prometheus_client import generate_latest
 
 from relay.anchor import merkle
-from relay.evidence.ots_verify import parse_ots, verify_ots
 from relay.anchor.worker import Anchorer, anchor_now, export_ots
 from relay.config import AnchorConfig
+from relay.evidence.ots_verify import parse_ots, verify_ots
 from relay.evidence.records import Record
 from relay.ops.metrics import Metrics
 from relay.store import Store

@@ -19,11 +19,11 @@ import aiosmtplib
 import pytest
 
 from relay.anchor import worker as anchor
-from relay.evidence import gather
 from relay.evidence.bundle import read_zip
 from relay.evidence.bundle_check import verify_files
 from relay.outbound import verp
 from relay.outbound.reports import parse_report
+from relay.proof import gather
 from tests.support import postfix
 from tests.support.calendar import EsploraFake, FakeCalendar, FakeChain
 from tests.support.polling import until

