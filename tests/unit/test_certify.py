@@ -12,7 +12,9 @@ from __future__ import annotations
 import ast
 import base64
 import itertools
+import os
 import re
+import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,6 +25,8 @@ from relay.certify import certifier as certify
 from relay.certify.acklink import AckTemplates
 from relay.certify.message import read_facts, to_crlf
 from relay.config import AckConfig, AckSender
+from relay.errors import FromFieldError
+from tests.conftest import require_tool
 from tests.support.dkimcheck import dkimpy_results, make_keyring, max_line_length, parse, text_parts, tokens_in
 
 CORPUS_DIR = Path(__file__).resolve().parent.parent / "corpus"
@@ -379,3 +383,118 @@ def test_charset_without_the_blocks_accents_keeps_its_charset_and_loses_only_the
     (_, text), = text_parts(copy.data)
     assert _nl(text).endswith(_nl(body)) and "Accuse de reception demande" in text
     assert tokens_in(copy.data) == {copy.links[0].token}
+
+
+@pytest.mark.parametrize("name", ["37-utf8-undeclared-swaks.eml", "38-windows-1252-declared-ascii.eml",
+                                  "39-latin1-undeclared-unmapped.eml"])
+@pytest.mark.parametrize("eight_bit_mime", [True, False])
+def test_text_that_lies_about_its_charset_goes_out_declared_without_losing_an_octet(
+    keyring: dkim.Keyring, name: str, eight_bit_mime: bool
+) -> None:
+    original = to_crlf((CORPUS_DIR / name).read_bytes())
+    charset = CHARSET_LIES[name]
+    copy = run(certifier(keyring), original, eight_bit_mime=eight_bit_mime)
+    (_, declared, _), = _leaf_encodings(copy.data)
+    assert declared == charset
+    msg = parse(copy.data)
+    text = msg.get_payload(decode=True).decode(charset)
+    body = original.split(b"\r\n\r\n", 1)[1]
+    url = copy.links[0].url(PUBLIC)
+    assert _without_block(text, "text/plain", url, certifier(keyring).templates).encode(charset) == _nl(
+        body.decode("latin-1")).encode("latin-1")  # every octet of the body, back from the text sent
+    assert "Accusé de réception" in text
+
+
+@pytest.mark.parametrize(("name", "kept"), [("40-no-from.eml", None), ("41-from-without-domain.eml", b"Mairie <mairie>"),
+                                            ("42-from-empty-group.eml", b"undisclosed-sender:;")])
+def test_a_from_without_a_domain_becomes_the_envelope_sender(keyring: dkim.Keyring, name: str,
+                                                             kept: bytes | None) -> None:
+    original = (CORPUS_DIR / name).read_bytes()
+    assert certify.from_repair(original, SENDER) == SENDER
+    copy = run(certifier(keyring), original)
+    head = copy.data.split(b"\r\n\r\n", 1)[0]
+    assert re.findall(rb"(?im)^from:[^\r]*", head) == [b"From: " + SENDER.encode()]
+    assert kept is None or kept not in head
+    assert dkimpy_results(copy.data, keyring) == {"rsa-sha256": True, "ed25519-sha256": True}
+
+
+@pytest.mark.parametrize("mail_from", ["", "mairie", "mairie@"])
+def test_a_from_without_a_domain_and_no_envelope_domain_is_never_signed(keyring: dkim.Keyring,
+                                                                         mail_from: str) -> None:
+    original = (CORPUS_DIR / "40-no-from.eml").read_bytes()
+    with pytest.raises(FromFieldError, match="add a From: field with a full address"):
+        certify.from_repair(original, mail_from)
+    with pytest.raises(FromFieldError):
+        run(certifier(keyring), original, mail_from=mail_from)
+
+
+def test_a_usable_from_is_left_alone() -> None:
+    for path in CORPUS:
+        if not path.name.startswith(("40-", "41-", "42-")):
+            assert certify.from_repair(path.read_bytes(), "") is None, path.name
+
+
+def _outer_parts(copy: bytes) -> list[bytes]:
+    """The raw bytes of each part of a copy's top-level multipart (the wrapper)."""
+    boundary = parse(copy).get_boundary().encode()
+    body = copy.split(b"\r\n\r\n", 1)[1]
+    inner = body.split(b"--" + boundary + b"\r\n", 1)[1].rsplit(b"\r\n--" + boundary + b"--", 1)[0]
+    return inner.split(b"\r\n--" + boundary + b"\r\n")
+
+
+@pytest.mark.external
+def test_a_wrapped_smime_signature_still_verifies_with_openssl(keyring: dkim.Keyring, tmp_path: Path) -> None:
+    openssl = require_tool("openssl")
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", tmp_path / "key.pem",
+                    "-out", tmp_path / "cert.pem", "-days", "2", "-subj", "/CN=mairie@ville-exemple.fr"],
+                   check=True, capture_output=True)
+    (tmp_path / "content.txt").write_bytes(b"Content-Type: text/plain; charset=utf-8\r\n\r\nConvocation du 12.\r\n")
+    signed = subprocess.run([openssl, "smime", "-sign", "-in", tmp_path / "content.txt", "-signer",
+                             tmp_path / "cert.pem", "-inkey", tmp_path / "key.pem"],
+                            check=True, capture_output=True).stdout
+    original = b"From: Mairie <mairie@ville-exemple.fr>\r\nTo: elu@conseil.example\r\nSubject: S/MIME\r\n" + signed
+    copy = run(certifier(keyring), original)
+    assert copy.ack_link_placement == "wrapped" and tokens_in(copy.data) == {copy.links[0].token}
+    assert dkimpy_results(copy.data, keyring) == {"rsa-sha256": True, "ed25519-sha256": True}
+    (tmp_path / "entity.eml").write_bytes(_outer_parts(copy.data)[1])
+    verified = subprocess.run([openssl, "smime", "-verify", "-in", tmp_path / "entity.eml", "-CAfile",
+                               tmp_path / "cert.pem", "-purpose", "any"], capture_output=True)
+    assert verified.returncode == 0 and b"Verification successful" in verified.stderr, verified.stderr
+    # The same check fails once one octet of the signed text changes: it checks something.
+    (tmp_path / "entity.eml").write_bytes(_outer_parts(copy.data)[1].replace(b"du 12", b"du 13"))
+    tampered = subprocess.run([openssl, "smime", "-verify", "-in", tmp_path / "entity.eml", "-CAfile",
+                               tmp_path / "cert.pem", "-purpose", "any"], capture_output=True)
+    assert tampered.returncode != 0
+
+
+@pytest.mark.external
+def test_a_wrapped_pgp_mime_signature_still_verifies_with_gpg(keyring: dkim.Keyring, tmp_path: Path) -> None:
+    gpg = require_tool("gpg")
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    env = {**os.environ, "GNUPGHOME": str(home)}
+    subprocess.run([gpg, "--batch", "--passphrase", "", "--quick-gen-key", "Mairie <mairie@ville-exemple.fr>",
+                    "ed25519", "sign", "never"], check=True, capture_output=True, env=env)
+    signed_part = b"Content-Type: text/plain; charset=utf-8\r\n\r\nConvocation du 12.\r\n"
+    signature = subprocess.run([gpg, "--batch", "--armor", "--detach-sign"], input=signed_part, check=True,
+                               capture_output=True, env=env).stdout
+    original = (
+        b"From: Mairie <mairie@ville-exemple.fr>\r\nTo: elu@conseil.example\r\nSubject: PGP/MIME\r\n"
+        b"MIME-Version: 1.0\r\nContent-Type: multipart/signed; micalg=pgp-sha256;\r\n"
+        b' protocol="application/pgp-signature"; boundary="sig"\r\n\r\n'
+        b"--sig\r\n" + signed_part + b"\r\n--sig\r\nContent-Type: application/pgp-signature\r\n\r\n"
+        + to_crlf(signature) + b"\r\n--sig--\r\n"
+    )
+    copy = run(certifier(keyring), original)
+    assert copy.ack_link_placement == "wrapped" and tokens_in(copy.data) == {copy.links[0].token}
+    assert dkimpy_results(copy.data, keyring) == {"rsa-sha256": True, "ed25519-sha256": True}
+    entity = _outer_parts(copy.data)[1]
+    part, sig = entity.split(b"\r\n--sig\r\n", 2)[1:3]
+    (tmp_path / "part").write_bytes(part)
+    (tmp_path / "part.asc").write_bytes(sig.split(b"\r\n\r\n", 1)[1].split(b"\r\n--sig--", 1)[0])
+    verified = subprocess.run([gpg, "--batch", "--verify", tmp_path / "part.asc", tmp_path / "part"],
+                              capture_output=True, env=env)
+    assert verified.returncode == 0 and b"Good signature" in verified.stderr, verified.stderr
+    (tmp_path / "part").write_bytes(part.replace(b"du 12", b"du 13"))
+    assert subprocess.run([gpg, "--batch", "--verify", tmp_path / "part.asc", tmp_path / "part"],
+                          capture_output=True, env=env).returncode != 0
