@@ -9,7 +9,8 @@ Two kinds of figures:
   the event loop, then renders; prometheus-client's collectors are synchronous
   and only read the figures it was given.
 - counted at the edges, in this process (SMTP error replies, HTTP error
-  responses): events that leave no row.
+  responses, copies made without an acknowledgment link): events that leave
+  no row of their own (a copy's reason is inside its delivery record's JSON).
 
 Exposed (prefix ``estampille_``):
 
@@ -23,6 +24,7 @@ Exposed (prefix ``estampille_``):
     acknowledgments_total                 counter  receipts confirmed by a member
     ack_page_fetches_total{classification} counter fetches of acknowledgment pages (scanner, person)
     smtp_error_replies_total{code}        counter  4xx and 5xx replies the intake sent
+    copies_without_link_total{reason}     counter  certified copies that carry no acknowledgment link
     http_error_responses_total{status}    counter  HTTP responses of 400 and above (tracker)
 """
 
@@ -107,6 +109,12 @@ class Metrics:
                                    ["code"], registry=self.registry)
         self.http_errors = Counter(PREFIX + "http_error_responses", "HTTP responses with a status of 400 or more.",
                                    ["status"], registry=self.registry)
+        self.unlinked = Counter(PREFIX + "copies_without_link", "Certified copies without an acknowledgment link.",
+                                ["reason"], registry=self.registry)
+
+    def copy_unlinked(self, reason: str) -> None:
+        """Count one copy stored without an acknowledgment link (the deliverer calls it)."""
+        self.unlinked.labels(reason).inc()
 
     def smtp_reply(self, status: str) -> None:
         """Count one reply the intake sends, if it is an error (called for every reply)."""

@@ -6,8 +6,10 @@ policy lives in :class:`IntakeHandler`, whose hooks return explicit replies:
 - MAIL: 452 4.3.1 when the data directory is nearly full;
 - RCPT: 550 5.7.1 for a client outside ``smtp.allowed_networks`` that has not
   authenticated (nothing is stored for it);
-- DATA: 250 only after the spool has committed; any failure of ours is
-  451 4.3.0 and the session stays usable (aiosmtpd resets the envelope).
+- DATA: 550 5.6.0 for a message without a From that has a domain when the
+  envelope sender has none to supply it (DKIM must sign From); 250 only after
+  the spool has committed; any failure of ours is 451 4.3.0 and the session
+  stays usable (aiosmtpd resets the envelope).
 - stopping (:meth:`IntakeHandler.drain`): idle sessions get 421 at once,
   sessions in a transaction get 421 after the reply that ends it.
 """
@@ -28,8 +30,9 @@ from typing import Any, AnyStr
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from relay.certify import dkim
+from relay.certify.certifier import from_repair
 from relay.config import Config
-from relay.errors import ConfigError, DiskFullError, EstampilleError, StoreError
+from relay.errors import ConfigError, DiskFullError, EstampilleError, FromFieldError, StoreError
 from relay.smtp.auth import Credentials, FailureLimiter, client_key, load_credentials
 from relay.smtp.spool import Incoming, Spool
 
@@ -49,6 +52,8 @@ REPLY_OUR_FAILURE = "451 4.3.0 Temporary failure on our side, please try again l
 REPLY_DISK_FULL = "452 4.3.1 Insufficient system storage, please try again later"
 REPLY_NOT_ALLOWED = "550 5.7.1 Relaying denied: authenticate first"
 REPLY_NO_DKIM_KEY = "550 5.7.1 This relay does not sign mail from that sender's domain"
+REPLY_NO_FROM = ("550 5.6.0 The message has no From: field with a domain, and the envelope sender has none:"
+                 " add a From: field with a full address, e.g. From: Mairie <mairie@example.org>")
 REPLY_AUTH_THROTTLED = "454 4.7.0 Too many failed authentication attempts, try again later"
 REPLY_SHUTTING_DOWN = b"421 4.3.2 Service shutting down, please try again later\r\n"
 REPLY_TOO_MANY_SESSIONS = b"421 4.7.0 Too many connections from your address, please try again later\r\n"
@@ -302,7 +307,12 @@ class IntakeHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: IntakeEnvelope) -> str:
         try:
-            incoming = self._incoming(server, session, envelope)
+            from_added = from_repair(envelope.original_content or b"", _reverse_path(envelope.mail_from))
+        except FromFieldError as exc:  # a copy DKIM verifiers must reject is never signed nor sent
+            log.warning("DATA from %s refused: %s", _peer_text(session), exc)
+            return REPLY_NO_FROM
+        try:
+            incoming = self._incoming(server, session, envelope, from_added)
             queued = await self.spool.accept(incoming, self.clock())
         except Exception as exc:  # noqa: BLE001 - any failure of ours is a 451, never a 500
             level = logging.WARNING if isinstance(exc, StoreError) else logging.ERROR
@@ -316,9 +326,11 @@ class IntakeHandler:
             queued.submission_id, _peer_text(session), incoming.mail_from, len(incoming.recipients),
             len(incoming.data), queued.facts.message_id,
         )
+        if from_added is not None:
+            log.warning("queued %s had no From with a domain: its copies get From: %s", queued.submission_id, from_added)
         return REPLY_QUEUED.format(queued.submission_id)
 
-    def _incoming(self, server: SMTP, session: Session, envelope: IntakeEnvelope) -> Incoming:
+    def _incoming(self, server: SMTP, session: Session, envelope: IntakeEnvelope, from_added: str | None) -> Incoming:
         login = session.auth_data.login if isinstance(session.auth_data, LoginPassword) else None
         return Incoming(
             data=envelope.original_content or b"",
@@ -329,6 +341,7 @@ class IntakeHandler:
             client_address=_ip_text(session.peer),
             auth_user=login.decode("utf-8", "replace") if isinstance(login, bytes) else None,
             tls=_tls_text(session),
+            from_added=from_added,
         )
 
 
