@@ -369,7 +369,8 @@ class _Edits:
             first = root.children[0].start
             part = self._ack_part(html) + b"\r\n--" + root.boundary + b"\r\n"
             return _splice(self.data, [(first, first, part), *changes]), "first part"
-        return _wrap(_splice(self.data, changes), self._ack_part(html or root.content_type == "text/html")), "wrapped"
+        page = self._ack_part(html or root.content_type == "text/html")
+        return _wrap(_splice(self.data, changes), page, root.content_type.startswith("multipart/")), "wrapped"
 
     def _ack_part(self, html: bool) -> bytes:
         """A part holding only the block: text/plain, or text and HTML in a multipart/alternative."""
@@ -445,9 +446,14 @@ def _new_boundary(data: bytes, prefix: bytes) -> bytes:
     return boundary
 
 
-def _wrap(data: bytes, ack_part: bytes) -> bytes:
+def _wrap(data: bytes, ack_part: bytes, multipart: bool) -> bytes:
     """A new multipart/mixed: ``ack_part`` first, then the message's entity (its Content-*
-    fields and its body) byte for byte; the message's other fields stay at the top."""
+    fields and its body) byte for byte; the message's other fields stay at the top.
+
+    A multipart entity's last CRLF (its epilogue's, or the end of an unclosed last part,
+    which readers drop at the end of a message) serves as the closing delimiter's, so its
+    parts read the same inside; any other body keeps its last line break as its own.
+    """
     end = dkim.header_end(data)
     fields = _fields(data[:end])
     body = data[end + 2 :] if end < len(data) else b""
@@ -460,8 +466,9 @@ def _wrap(data: bytes, ack_part: bytes) -> bytes:
     if not body.isascii():
         head.append(b"Content-Transfer-Encoding: 8bit\r\n")  # a multipart is as 8-bit as what it holds
     delimiter = b"--" + boundary
+    line_break = b"" if multipart and body.endswith(b"\r\n") else b"\r\n"
     return (b"".join(head) + b"\r\n" + delimiter + b"\r\n" + ack_part + b"\r\n" + delimiter + b"\r\n"
-            + b"".join(entity) + b"\r\n" + body + b"\r\n" + delimiter + b"--\r\n")
+            + b"".join(entity) + b"\r\n" + body + line_break + delimiter + b"--\r\n")
 
 
 def _needs_transport_fix(part: _Part, body: bytes, eight_bit_mime: bool) -> bool:

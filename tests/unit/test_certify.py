@@ -498,3 +498,14 @@ def test_a_wrapped_pgp_mime_signature_still_verifies_with_gpg(keyring: dkim.Keyr
     (tmp_path / "part").write_bytes(part.replace(b"du 12", b"du 13"))
     assert subprocess.run([gpg, "--batch", "--verify", tmp_path / "part.asc", tmp_path / "part"],
                           capture_output=True, env=env).returncode != 0
+
+
+def test_a_wrapped_multipart_without_its_closing_delimiter_keeps_its_last_attachment(keyring: dkim.Keyring) -> None:
+    # Found by tests/reliability/test_fuzz_certify.py: readers drop the line break that ends an
+    # unclosed multipart at the end of the message; inside the wrapper it must go the same way.
+    original = (b"From: Mairie <mairie@ville-exemple.fr>\r\nTo: elu@conseil.example\r\nMIME-Version: 1.0\r\n"
+                b'Content-Type: multipart/report; boundary="r"\r\n\r\n--r\r\nContent-Type: text/plain\r\n'
+                b'Content-Disposition: attachment; filename="releve.txt"\r\n\r\nligne\r\n')
+    copy = run(certifier(keyring), original)
+    assert copy.ack_link_placement == "wrapped" and _entity(original) in copy.data
+    assert read_facts(copy.data).attachments == read_facts(original).attachments
