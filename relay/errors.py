@@ -11,6 +11,7 @@ the tracker into HTTP statuses. Third-party errors are wrapped at the edge with
     │   ├── DiskFullError      not enough free space to accept more mail
     │   └── ConflictError      another process changed the rows a write relied on
     ├── CertifyError           a message could not be certified
+    │   └── FromFieldError     no From with a domain, none to supply from the envelope
     ├── DKIMKeyError           a DKIM key is missing or unusable
     ├── DeliveryError          the upstream could not be reached or refused
     ├── AnchorError            calendars unreachable or answered garbage
@@ -50,6 +51,11 @@ class ConflictError(StoreError):
 
 class CertifyError(EstampilleError):
     """A message could not be certified (signed, fingerprinted)."""
+
+
+class FromFieldError(CertifyError):
+    """The message has no From field with a domain and the envelope sender cannot supply one:
+    DKIM must sign From (RFC 6376 5.4), so intake refuses it at the end of DATA."""
 
 
 class DKIMKeyError(EstampilleError):

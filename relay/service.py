@@ -83,7 +83,8 @@ class Service:
             self._started("store", self.store.close)
             self.store.webhook_urls = tuple(self.config.webhooks.urls)  # events are queued for these
             if not self.tracker_only:
-                self.deliverer = Deliverer(self.config, self.store, self._upstream, clock=self.clock)
+                self.deliverer = Deliverer(self.config, self.store, self._upstream, clock=self.clock,
+                                           on_unlinked=self.metrics.copy_unlinked)
                 await self.deliverer.start()
                 self._started("delivery", self.deliverer.stop)
             if self.config.tracker.enabled or self.tracker_only:

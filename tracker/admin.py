@@ -106,6 +106,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "state_failed": "échec",
         "ack_yes": "accusé le {time}",
         "ack_no": "pas d'accusé de réception",
+        "unlinked": "copie sans lien d'accusé : {reason}",
         "no_subject": "(sans objet)",
     },
     "en": {
@@ -173,6 +174,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "state_failed": "failed",
         "ack_yes": "acknowledged on {time}",
         "ack_no": "not acknowledged",
+        "unlinked": "copy without an acknowledgment link: {reason}",
         "no_subject": "(no subject)",
     },
 }

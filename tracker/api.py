@@ -363,6 +363,9 @@ OPENAPI: dict[str, Any] = {
                     "last_reply": {"type": ["string", "null"]},
                     "updated_at": {"type": "string", "format": "date-time"},
                     "delivery": _NULLABLE_RECORD,
+                    "unlinked_reason": {"type": ["string", "null"],
+                                        "description": "Why the copy carries no acknowledgment link (it can never"
+                                                       " be acknowledged); null when it carries one or is not made yet."},
                     "handoff": _NULLABLE_RECORD,
                     "earlier_handoffs": {"type": "array", "items": _ref("Record"),
                                          "description": "The upstream's answers to earlier attempts, oldest first."},

@@ -3,16 +3,21 @@
 One call per recipient. Line endings become CRLF; Date and Message-ID are added
 when missing (the caller passes values shared by every copy of a submission);
 the acknowledgment link goes in (a block at the top of the first text/plain and
-text/html parts, and/or rewritten links); lines over 998 octets and 8-bit parts
+text/html parts, and/or rewritten links); when no part can carry the block, a
+new first part of a multipart/mixed carries it, or a new multipart/mixed wraps
+the message, the block first and the original entity second, byte for byte (so
+signatures inside stay valid); lines over 998 octets and 8-bit parts
 the upstream cannot carry are re-encoded; both DKIM signatures are added; the
 SHA-256 of the exact bytes is taken.
 
 The MIME work is done on bytes: the structure is located by boundaries, and
 only the parts that change are rebuilt, each keeping its charset and
 Content-Transfer-Encoding. Every other byte, headers included, is left as it
-came. Signed, encrypted and forwarded parts and attachments are never touched;
-a message that cannot carry a link goes out unchanged (but signed and
-fingerprinted) and the result says why.
+came. Signed, encrypted and forwarded parts and attachments are never touched.
+A copy goes out without a link only when the sender's policy asks for none, or
+the rewrite patterns match nothing, and the result says why. A message without
+a From that has a domain gets one from the envelope sender (:func:`from_repair`),
+or is not signed at all: DKIM verifiers must reject it (RFC 6376 5.4).
 
 Pure: no clock, no randomness, no I/O. The caller passes the time, the token
 source and the keys, and runs this off the event loop.
@@ -45,15 +50,22 @@ from relay.certify.acklink import (
     rewrite_html,
     rewrite_text,
 )
-from relay.certify.message import to_crlf
+from relay.certify.message import header_block, to_crlf
 from relay.config import AckConfig
-from relay.errors import CertifyError
+from relay.errors import CertifyError, FromFieldError
 
 MAX_LINE = 998  # octets per line, CRLF excluded (RFC 5322 2.1.1)
 MAX_DEPTH = 20  # MIME nesting followed; deeper parts are left as they are
 PROTECTED = ("multipart/signed", "multipart/encrypted", "application/pkcs7-mime", "application/x-pkcs7-mime")
 _HEADER_PARSER = BytesHeaderParser(policy=email_policy.compat32)
 _ASCII = ("us-ascii", "ascii", "ansi_x3.4-1968")
+# What 8-bit text declared (or defaulting to) us-ascii is read as, in order: the first that
+# decodes. ISO-8859-1 decodes every octet, so none is ever lost (Windows-1252 leaves five unmapped).
+_UNDECLARED_CHARSETS = ("utf-8", "windows-1252", "iso-8859-1")
+# Fields that describe the entity rather than the message: they move inside when it is wrapped.
+_CONTENT_FIELD = re.compile(rb"content-", re.IGNORECASE)
+_BOUNDARY_PREFIX = b"=_estampille_"  # "=_" never occurs in quoted-printable or base64 text
+_ALT_BOUNDARY_PREFIX = b"=_estampille_alt_"  # the wrapper's own boundary is no prefix of it
 _FIELD_START = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")  # a field name and its colon, as DKIM signers read it
 
 
@@ -68,6 +80,9 @@ class Certified:
     ack_link_reason: str | None
     dkim: tuple[dict[str, str], ...]
     message_id: str
+    # "first part" (a new first part of the multipart/mixed) or "wrapped" (a new multipart/mixed
+    # around the message) when the link needed a place of its own; None otherwise.
+    ack_link_placement: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +95,8 @@ class _Part:
     charset: str | None
     cte: str | None  # lower-case, None when absent
     attachment: bool
+    inline_file: bool  # a file name and an inline disposition: a body, when it is the only one
+    boundary: bytes | None = None
     children: tuple[_Part, ...] = ()
     # A multipart's preamble and epilogue: (start, end) ranges that MIME readers ignore.
     ignored: tuple[tuple[int, int], ...] = ()
@@ -129,8 +146,14 @@ class Certifier:
 
         ``date`` and ``message_id_local`` (the left part of a Message-ID) are used only when
         the message lacks Date or Message-ID; every recipient's copy then shares them.
+        A missing From, or one without a domain, becomes ``mail_from`` (:func:`from_repair`);
+        raises :class:`FromFieldError` when ``mail_from`` cannot supply it.
         """
         data = _with_trailing_blank(to_crlf(data))
+        added = from_repair(data, mail_from)
+        if added is not None:
+            end = dkim.header_end(data)
+            data = _set_field(data[:end], b"From", added.encode("utf-8")) + data[end:]
         keys = self.keyring.for_addresses([*_from_addresses(data), mail_from])
         data = _complete_headers(data, date, f"<{message_id_local}@{keys.domain}>")
         data = dkim.strip_signatures(data, keys)
@@ -153,13 +176,13 @@ class Certifier:
         try:
             reason = edits.plan(prepared.root)
             changes, failure = edits.rebuild_all(prepared.root)
+            data, placement = edits.place(prepared.root, changes)
             links = tuple(maker.links)
         except Exception as exc:  # noqa: BLE001 - a flaw in editing must not hold up a convocation
             # The message goes out as it came, still signed and fingerprinted, and the
             # delivery record says why it carries no link (DESIGN.md: nothing lost).
-            changes, failure, links = [], None, ()
+            data, failure, links, placement = prepared.data, None, (), None
             reason = f"message left unchanged: inserting the link failed ({type(exc).__name__})"
-        data = _splice(prepared.data, changes)
         signed = dkim.sign(data, prepared.keys, self.keyring.signed_headers, now)
         return Certified(
             data=signed,
@@ -169,20 +192,53 @@ class Certifier:
             ack_link_reason=None if links else (reason or failure or "no link matched the rewrite patterns"),
             dkim=tuple(k.evidence() for k in prepared.keys.keys),
             message_id=prepared.message_id,
+            ack_link_placement=placement,
         )
+
+
+def from_repair(data: bytes, mail_from: str) -> str | None:
+    """The From value to give a message that has no From with a domain (the envelope sender),
+    or None when its From is usable. Raises :class:`FromFieldError` when the envelope sender
+    has no domain either. Reads the header block only, so intake can call it at DATA.
+    """
+    head = _with_trailing_blank(to_crlf(header_block(data)))
+    head = head[: dkim.header_end(head)]
+    fields = [f for f in _fields(head) if f.lower().startswith(b"from:")]
+    if fields and _has_domain(fields[0][5:].decode("utf-8", "surrogateescape")):
+        return None
+    local, _, domain = mail_from.rpartition("@")
+    if local and domain.strip():
+        return mail_from
+    missing = "has a From: field without a domain" if fields else "has no From: field"
+    raise FromFieldError(
+        f"The message {missing} and the envelope sender has no domain to supply it:"
+        " add a From: field with a full address (From: Mairie <mairie@example.org>)"
+    )
+
+
+def _has_domain(value: str) -> bool:
+    """At least one address of the From value has a local part and a domain."""
+    for _, address in getaddresses([" ".join(value.split())]):
+        local, _, domain = address.rpartition("@")
+        if local and domain and not any(c in domain for c in " <>()"):
+            return True
+    return False
 
 
 # -- reading the structure ----------------------------------------------
 
 
-def _parse(data: bytes, start: int, end: int, depth: int) -> _Part:
-    """The part spanning data[start:end], with its children if it is a multipart we may enter."""
+def _parse(data: bytes, start: int, end: int, depth: int, digest: bool = False) -> _Part:
+    """The part spanning data[start:end], with its children if it is a multipart we may enter.
+    ``digest``: the parent is a multipart/digest, where a part without Content-Type is a message."""
     if data.startswith(b"\r\n", start):
         head_end, body_start = start, start + 2
     else:
         blank = data.find(b"\r\n\r\n", start, end)
         head_end, body_start = (end, end) if blank < 0 else (blank + 2, blank + 4)
     msg = _HEADER_PARSER.parsebytes(data[start:head_end])
+    if digest:
+        msg.set_default_type("message/rfc822")  # RFC 2046 5.1.5
     try:
         charset = msg.get_content_charset()
     except (ValueError, LookupError):
@@ -197,13 +253,16 @@ def _parse(data: bytes, start: int, end: int, depth: int) -> _Part:
         charset=charset,
         cte=str(cte).strip().lower() if cte is not None else None,
         attachment=msg.get_content_disposition() == "attachment" or msg.get_filename() is not None,
+        inline_file=msg.get_content_disposition() in (None, "inline") and msg.get_filename() is not None,
     )
     boundary = msg.get_boundary()
     if msg.get_content_maintype() != "multipart" or part.protected or not boundary or depth >= MAX_DEPTH:
         return part
-    ranges, ignored = _child_ranges(data, part.body_start, end, boundary.encode("utf-8", "surrogateescape"))
-    children = tuple(_parse(data, s, e, depth + 1) for s, e in ranges)
-    return _Part(**{**part.__dict__, "children": children, "ignored": ignored})
+    delimiter = boundary.encode("utf-8", "surrogateescape")
+    ranges, ignored = _child_ranges(data, part.body_start, end, delimiter)
+    digest = part.content_type == "multipart/digest"
+    children = tuple(_parse(data, s, e, depth + 1, digest) for s, e in ranges)
+    return _Part(**{**part.__dict__, "children": children, "ignored": ignored, "boundary": delimiter})
 
 
 def _child_ranges(
@@ -279,25 +338,50 @@ class _Edits:
         self.maker = maker
         self.data = data
         self.kinds: dict[int, str] = {}  # part start -> "insert" or "rewrite"
+        self.inserted = False  # the block went into an existing part
         self._block_url: str | None = None
 
     def plan(self, root: _Part) -> str | None:
         """Choose the text parts to edit; the reason no link can go in, if any."""
-        if root.protected:
-            return f"the message is {root.content_type}; altering it would break it"
         if not (self.policy.insert or self.policy.rewrite_patterns):
             return "acknowledgment links are disabled for this sender"
+        texts = [p for p in _leaves(root) if p.content_type in ("text/plain", "text/html")]
+        bodies = [p for p in texts if not p.attachment]
+        if not bodies and len(texts) == 1 and texts[0].inline_file:
+            bodies = texts  # an inline text with a file name that is the only text: the body
         seen: set[str] = set()
-        for p in _leaves(root):
-            if p.content_type not in ("text/plain", "text/html") or p.attachment:
-                continue
+        for p in bodies:
             insert = self.policy.insert and p.content_type not in seen
             seen.add(p.content_type)
             if insert or self.policy.rewrite_patterns:
                 self.kinds[p.start] = "insert" if insert else "rewrite"
-        if not self.kinds:
+        if not self.kinds and not self.policy.insert:
             return "the message has no text/plain or text/html part to carry the link"
         return None
+
+    def place(self, root: _Part, changes: list[tuple[int, int, bytes]]) -> tuple[bytes, str | None]:
+        """The copy's bytes with ``changes`` made, and the block given a part of its own when
+        the policy asks for it and no existing part took it: ("first part" or "wrapped")."""
+        if self.inserted or not self.policy.insert:
+            return _splice(self.data, changes), None
+        html = any(p.content_type == "text/html" for p in _leaves(root))
+        if root.content_type == "multipart/mixed" and root.children and root.boundary is not None:
+            first = root.children[0].start
+            part = self._ack_part(html) + b"\r\n--" + root.boundary + b"\r\n"
+            return _splice(self.data, [(first, first, part), *changes]), "first part"
+        page = self._ack_part(html or root.content_type == "text/html")
+        return _wrap(_splice(self.data, changes), page, root.content_type.startswith("multipart/")), "wrapped"
+
+    def _ack_part(self, html: bool) -> bytes:
+        """A part holding only the block: text/plain, or text and HTML in a multipart/alternative."""
+        templates = self.certifier.templates
+        text = _text_part("text/plain", _crlf(templates.text_block(self.block_url())))
+        if not html:
+            return text
+        page = _text_part("text/html", _crlf(templates.html_block(self.block_url())))
+        boundary = _new_boundary(self.data, _ALT_BOUNDARY_PREFIX)
+        return (b'Content-Type: multipart/alternative; boundary="' + boundary + b'"\r\n\r\n--' + boundary + b"\r\n"
+                + text + b"\r\n--" + boundary + b"\r\n" + page + b"\r\n--" + boundary + b"--")
 
     def rebuild_all(self, root: _Part) -> tuple[list[tuple[int, int, bytes]], str | None]:
         """(start, end, new bytes) for every leaf that changes, and why an edit was given up."""
@@ -309,6 +393,7 @@ class _Edits:
             if leaf.start in self.kinds:
                 try:
                     changes.append((leaf.start, leaf.end, _rebuild(self.data, leaf, self._edit_for(leaf), eight_bit)))
+                    self.inserted |= self.kinds[leaf.start] == "insert"
                     continue
                 except CertifyError as exc:
                     failure = str(exc)
@@ -342,6 +427,48 @@ class _Edits:
         if self._block_url is None:
             self._block_url = self.maker.new(None)
         return self._block_url
+
+
+def _text_part(content_type: str, text: str) -> bytes:
+    """A UTF-8 text part, quoted-printable: 7-bit whatever the upstream accepts."""
+    head = b"Content-Type: " + content_type.encode("ascii") + b'; charset="utf-8"\r\n'
+    head += b"Content-Transfer-Encoding: quoted-printable\r\nContent-Disposition: inline\r\n"
+    return head + b"\r\n" + _encode_body(text.encode("utf-8"), "quoted-printable")
+
+
+def _new_boundary(data: bytes, prefix: bytes) -> bytes:
+    """A boundary that occurs nowhere in ``data``, derived from it (certify reads no randomness)."""
+    seed = hashlib.sha256(data).hexdigest().encode("ascii")[:32]
+    boundary, n = prefix + seed, 0
+    while boundary in data:
+        n += 1
+        boundary = prefix + seed + b"_%d" % n
+    return boundary
+
+
+def _wrap(data: bytes, ack_part: bytes, multipart: bool) -> bytes:
+    """A new multipart/mixed: ``ack_part`` first, then the message's entity (its Content-*
+    fields and its body) byte for byte; the message's other fields stay at the top.
+
+    A multipart entity's last CRLF (its epilogue's, or the end of an unclosed last part,
+    which readers drop at the end of a message) serves as the closing delimiter's, so its
+    parts read the same inside; any other body keeps its last line break as its own.
+    """
+    end = dkim.header_end(data)
+    fields = _fields(data[:end])
+    body = data[end + 2 :] if end < len(data) else b""
+    entity = [f for f in fields if _CONTENT_FIELD.match(f)]
+    head = [f for f in fields if not _CONTENT_FIELD.match(f)]
+    boundary = _new_boundary(data, _BOUNDARY_PREFIX)
+    if not any(f.lower().startswith(b"mime-version:") for f in head):
+        head.append(b"MIME-Version: 1.0\r\n")
+    head.append(b'Content-Type: multipart/mixed; boundary="' + boundary + b'"\r\n')
+    if not body.isascii():
+        head.append(b"Content-Transfer-Encoding: 8bit\r\n")  # a multipart is as 8-bit as what it holds
+    delimiter = b"--" + boundary
+    line_break = b"" if multipart and body.endswith(b"\r\n") else b"\r\n"
+    return (b"".join(head) + b"\r\n" + delimiter + b"\r\n" + ack_part + b"\r\n" + delimiter + b"\r\n"
+            + b"".join(entity) + b"\r\n" + body + line_break + delimiter + b"--\r\n")
 
 
 def _needs_transport_fix(part: _Part, body: bytes, eight_bit_mime: bool) -> bool:
@@ -383,15 +510,22 @@ def _rebuild(data: bytes, part: _Part, edit: Edit | None, eight_bit_mime: bool) 
     encoded = _encode_body(decoded, cte)
     if cte != (part.cte or "7bit"):
         head = _set_field(head, b"Content-Transfer-Encoding", cte.encode("ascii"))
-        if part.start == 0 and _field(head, b"mime-version") is None:
-            head = _set_field(head, b"MIME-Version", b"1.0")
     if charset != (part.charset or "us-ascii"):
         head = _set_charset(head, part.content_type, charset)
+    if part.start == 0 and head != data[part.start : part.head_end] and _field(head, b"mime-version") is None:
+        head = _set_field(head, b"MIME-Version", b"1.0")  # the new fields mean nothing without it
     return head + b"\r\n" + encoded
 
 
 def _edit_text(decoded: bytes, charset: str, html: bool, edit: Edit) -> tuple[bytes, str]:
-    """Apply ``edit`` to the text, and encode it back in its charset (widened from ASCII if needed)."""
+    """Apply ``edit`` to the text, and encode it back in its charset (widened from ASCII if needed).
+
+    Text declared (or defaulting to) us-ascii that holds 8-bit octets lies about its charset
+    (swaks and many scripts send UTF-8 undeclared): it is read as the first of
+    _UNDECLARED_CHARSETS that decodes it, and goes out declared as such.
+    """
+    if charset.lower() in _ASCII and not decoded.isascii():
+        charset = next(c for c in _UNDECLARED_CHARSETS if _decodes(decoded, c))
     try:
         codecs.lookup(charset)  # an empty body decodes with any name; encoding it back would not
         text = decoded.decode(charset)
@@ -410,6 +544,14 @@ def _edit_text(decoded: bytes, charset: str, html: bool, edit: Edit) -> tuple[by
         return new.encode(charset, "xmlcharrefreplace"), charset
     # Another charset without the block's accents: only the block loses them.
     return _ascii_fallback(text, new).encode(charset), charset
+
+
+def _decodes(data: bytes, charset: str) -> bool:
+    try:
+        data.decode(charset)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _ascii_fallback(original: str, edited: str) -> str:

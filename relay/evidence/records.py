@@ -89,10 +89,17 @@ def submission_record(
     received_at: str,
     message_id: str | None,
     attachments: list[dict[str, str]],
+    from_added: str | None = None,
 ) -> Record:
-    """What was received: the exact DATA bytes' digest, the envelope and the session."""
+    """What was received: the exact DATA bytes' digest, the envelope and the session.
+
+    ``from_added``: the address every copy got as its From field, because the message had
+    none with a domain (certify.from_repair); the field is present only then.
+    """
+    repaired = {} if from_added is None else {"from_added": from_added}
     return Record.from_fields(
         {
+            **repaired,
             "type": "submission",
             "data_sha256": data_sha256,
             "mail_from": mail_from,

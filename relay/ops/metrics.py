@@ -9,7 +9,9 @@ Two kinds of figures:
   the event loop, then renders; prometheus-client's collectors are synchronous
   and only read the figures it was given.
 - counted at the edges, in this process (SMTP error replies, HTTP error
-  responses, calendars' attestations refused): events that leave no row.
+  responses, calendars' attestations refused, copies made without an acknowledgment
+  link): events that leave no row of their own (a copy's reason is inside its delivery
+  record's JSON).
 
 Exposed (prefix ``estampille_``):
 
@@ -25,6 +27,7 @@ Exposed (prefix ``estampille_``):
     acknowledgments_total                 counter  receipts confirmed by a member
     ack_page_fetches_total{classification} counter fetches of acknowledgment pages (scanner, person)
     smtp_error_replies_total{code}        counter  4xx and 5xx replies the intake sent
+    copies_without_link_total{reason}     counter  certified copies that carry no acknowledgment link
     http_error_responses_total{status}    counter  HTTP responses of 400 and above (tracker)
 """
 
@@ -114,10 +117,16 @@ class Metrics:
         self.rejected_attestations = Counter(
             PREFIX + "anchor_rejected_attestations", "Bitcoin attestations from a calendar that failed their check"
             " against the block header, by calendar.", ["calendar"], registry=self.registry)
+        self.unlinked = Counter(PREFIX + "copies_without_link", "Certified copies without an acknowledgment link.",
+                                ["reason"], registry=self.registry)
 
     def rejected_attestation(self, calendar: str) -> None:
         """Count one attestation the upgrade worker refused (relay.anchor.worker's ``on_rejected``)."""
         self.rejected_attestations.labels(calendar or "unknown").inc()
+
+    def copy_unlinked(self, reason: str) -> None:
+        """Count one copy stored without an acknowledgment link (the deliverer calls it)."""
+        self.unlinked.labels(reason).inc()
 
     def smtp_reply(self, status: str) -> None:
         """Count one reply the intake sends, if it is an error (called for every reply)."""

@@ -2,7 +2,7 @@
 
 Producers call ``Store.enqueue_event(db, event, payload, now)`` inside the
 transaction that makes the change (accepted, delivered, deferred, failed,
-fetched, acknowledged, anchored, confirmed), so an event exists if and only if
+fetched, acknowledged, anchored, confirmed, copy.unlinked), so an event exists if and only if
 its change was committed. This worker sends them: per URL, oldest first, the
 next one only once the previous one was taken (2xx) or given up after
 ``webhooks.retry_for`` seconds; failures are retried with doubling waits.

@@ -178,11 +178,12 @@ class Deliverer:
     """The delivery worker: claims due deliveries and runs at most ``upstream.concurrency`` at once."""
 
     def __init__(self, config: Config, store: Store, upstream: Upstream | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, on_unlinked: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.store = store
         self.upstream = upstream or make_upstream(config)
         self.clock = clock
+        self.on_unlinked = on_unlinked  # told the reason of each copy stored without an acknowledgment link
         # Keys and templates are read once, here; certifying is then pure and runs in its thread.
         self.certifier = Certifier(
             ack=config.ack, templates=acklink.AckTemplates.from_config(config.ack),
@@ -352,6 +353,8 @@ class Deliverer:
         now = self.clock()
         certifier = self.certifier if job.kind == "mail" else self._dsn_certifier()
         copy = await self._certified(job, certifier, now)
+        # A copy without a link can never be acknowledged: never silent (our own DSNs carry none by design).
+        unlinked = copy.ack_link_reason if job.kind == "mail" and not copy.ack_link_inserted else None
         copy_sha256 = copy.sha256
         inline = len(copy.data) <= INLINE_MAX  # else a file, written durably first
         token = secrets.token_hex(verp.TOKEN_BYTES) if self._asks_status(job) else None
@@ -379,11 +382,21 @@ class Deliverer:
                 await Store.set_generated_message_id(db, job.submission_id, copy.message_id)
             if token is not None:
                 await report_store.insert_token(db, token, job.delivery_id, now)
+            if unlinked is not None:
+                await self.store.enqueue_event(db, "copy.unlinked", {
+                    "submission_id": job.submission_id, "message_id": job.message_id or copy.message_id,
+                    "recipient": job.recipient, "reason": unlinked, "record": record.digest,
+                }, now)
 
         await self.store.write(record_copy, urgent=False)
         self._record_digests[job.delivery_id] = record.digest
         if token is not None:
             self._tokens[job.delivery_id] = token
+        if unlinked is not None:
+            log.warning("delivery %d (%s) to %s: the copy carries no acknowledgment link: %s",
+                        job.delivery_id, job.submission_id, job.recipient, unlinked)
+            if self.on_unlinked is not None:
+                self.on_unlinked(unlinked)
         return copy.data
 
     async def _certified(self, job: Job, certifier: Certifier, now: float) -> Certified:

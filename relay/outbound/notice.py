@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from relay.certify.message import header_block
 from relay.outbound import dsn
@@ -47,4 +47,4 @@ async def stage_notice(store: Store, hostname: str, bounced: Bounced, *, status:
 
 
 def utc(timestamp: float) -> datetime:
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc)
+    return datetime.fromtimestamp(timestamp, tz=UTC)

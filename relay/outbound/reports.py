@@ -112,7 +112,7 @@ def parse_report(data: bytes) -> Report:
         return _parse(data)
     except ReportError:
         raise
-    except Exception as exc:  # noqa: BLE001 - the email package has no single error for hostile input
+    except Exception as exc:
         raise ReportError(f"unreadable message ({type(exc).__name__})") from exc
 
 

@@ -214,7 +214,8 @@ class SMTPUpstream:
         try:
             await _command(client, (250,), b"MAIL", b"FROM:<" + sender.encode(encoding) + b">",
                            *(opt.encode("ascii") for opt in mail_options), timeout=timeout)
-            await _command(client, (250, 251), b"RCPT", b"TO:<" + recipient.encode(encoding) + b">", timeout=timeout)
+            await _command(client, (250, 251), b"RCPT", b"TO:<" + recipient.encode(encoding) + b">",
+                           *(opt.encode("ascii") for opt in rcpt_options), timeout=timeout)
             response = await client.data(data, timeout=timeout)
         except aiosmtplib.SMTPResponseException as exc:
             # Refused for this envelope: reset it and keep the connection.

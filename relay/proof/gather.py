@@ -153,6 +153,7 @@ def message_json(ev: MessageEvidence) -> dict[str, Any]:
         acknowledgment = None
         if receipt is not None:
             acknowledgment = {"at": iso_time(receipt["at"]), **(_record_json(ev, receipt["record_digest"]) or {})}
+        delivery = _record_json(ev, d["record_digest"])
         recipients.append(
             {
                 "recipient": d["recipient"],
@@ -160,7 +161,10 @@ def message_json(ev: MessageEvidence) -> dict[str, Any]:
                 "attempts": d["attempts"],
                 "last_reply": None if d["last_code"] is None else f"{d['last_code']} {d['last_reply'] or ''}".strip(),
                 "updated_at": iso_time(d["updated_at"]),
-                "delivery": _record_json(ev, d["record_digest"]),
+                "delivery": delivery,
+                # Why the copy carries no acknowledgment link (it can never be acknowledged), or None.
+                "unlinked_reason": None if delivery is None or delivery["record"]["ack_link_inserted"]
+                else delivery["record"]["ack_link_reason"],
                 "handoff": _record_json(ev, d["handoff_digest"]),
                 "earlier_handoffs": [_record_json(ev, h) for h in _earlier(ev, d)],
                 "fetches": [

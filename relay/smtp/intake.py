@@ -9,8 +9,10 @@ protocol methods); policy lives in :class:`IntakeHandler`, whose hooks (``handle
 - RCPT: 550 5.7.1 for a client outside ``smtp.allowed_networks`` that has not
   authenticated (nothing is stored for it); mail to ``dsn.bounce_domain`` is the
   reports' own, from anyone, to relay.outbound.bounces (only that domain, never relayed);
-- DATA: 250 only after the spool has committed; any failure of ours is
-  451 4.3.0 and the session stays usable (aiosmtpd resets the envelope).
+- DATA: 550 5.6.0 for a message without a From that has a domain when the
+  envelope sender has none to supply it (DKIM must sign From); 250 only after
+  the spool has committed; any failure of ours is 451 4.3.0 and the session
+  stays usable (aiosmtpd resets the envelope).
 - stopping (:meth:`IntakeHandler.drain`): idle sessions get 421 at once,
   sessions in a transaction get 421 after the reply that ends it.
 """
@@ -33,8 +35,9 @@ from typing import Any, AnyStr, cast
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from relay.certify import dkim
+from relay.certify.certifier import from_repair
 from relay.config import Config
-from relay.errors import ConfigError, DiskFullError, EstampilleError, StoreError
+from relay.errors import ConfigError, DiskFullError, EstampilleError, FromFieldError, StoreError
 from relay.outbound.bounces import REPLY_ONE_REPORT, ReportIntake
 from relay.smtp.auth import Credentials, FailureLimiter, client_key, load_credentials
 from relay.smtp.spool import Incoming, Spool
@@ -58,6 +61,8 @@ REPLY_OUR_FAILURE = "451 4.3.0 Temporary failure on our side, please try again l
 REPLY_DISK_FULL = "452 4.3.1 Insufficient system storage, please try again later"
 REPLY_NOT_ALLOWED = "550 5.7.1 Relaying denied: authenticate first"
 REPLY_NO_DKIM_KEY = "550 5.7.1 This relay does not sign mail from that sender's domain"
+REPLY_NO_FROM = ("550 5.6.0 The message has no From: field with a domain, and the envelope sender has none:"
+                 " add a From: field with a full address, e.g. From: Mairie <mairie@example.org>")
 REPLY_AUTH_THROTTLED = "454 4.7.0 Too many failed authentication attempts, try again later"
 REPLY_AUTH_NEEDS_TLS = "538 5.7.11 Encryption required for requested authentication mechanism"
 REPLY_MALFORMED_ADDRESS = "553 5.1.3 Error: malformed address"
@@ -339,11 +344,19 @@ class IntakeHandler:
             try:
                 return await self.reports.take(envelope.original_content or b"", report_to,
                                                _ip_text(session.peer), self.clock())
-            except Exception:  # noqa: BLE001 - any failure of ours is a 451, never a 500
+            except Exception:
                 log.exception("report from %s not recorded", _peer_text(session))
                 return REPLY_OUR_FAILURE
         try:
-            incoming = self._incoming(server, session, envelope)
+            from_added = from_repair(envelope.original_content or b"", _reverse_path(envelope.mail_from))
+        except FromFieldError as exc:  # a copy DKIM verifiers must reject is never signed nor sent
+            log.warning("DATA from %s refused: %s", _peer_text(session), exc)
+            return REPLY_NO_FROM
+        except Exception:  # a parser's surprise is our failure: 451, never aiosmtpd's 500
+            log.exception("DATA from %s: the From field could not be read", _peer_text(session))
+            return REPLY_OUR_FAILURE
+        try:
+            incoming = self._incoming(server, session, envelope, from_added)
             queued = await self.spool.accept(incoming, self.clock())
         except Exception as exc:
             level = logging.WARNING if isinstance(exc, StoreError) else logging.ERROR
@@ -357,9 +370,11 @@ class IntakeHandler:
             queued.submission_id, _peer_text(session), incoming.mail_from, len(incoming.recipients),
             len(incoming.data), queued.facts.message_id,
         )
+        if from_added is not None:
+            log.warning("queued %s had no From with a domain: its copies get From: %s", queued.submission_id, from_added)
         return REPLY_QUEUED.format(queued.submission_id)
 
-    def _incoming(self, server: SMTP, session: Session, envelope: Envelope) -> Incoming:
+    def _incoming(self, server: SMTP, session: Session, envelope: Envelope, from_added: str | None) -> Incoming:
         login = session.auth_data.login if isinstance(session.auth_data, LoginPassword) else None
         return Incoming(
             data=envelope.original_content or b"",
@@ -370,6 +385,7 @@ class IntakeHandler:
             client_address=_ip_text(session.peer),
             auth_user=login.decode("utf-8", "replace") if isinstance(login, bytes) else None,
             tls=_tls_text(session),
+            from_added=from_added,
         )
 
 

@@ -40,6 +40,7 @@ class Incoming:
     auth_user: str | None = None
     tls: str | None = None
     kind: str = "mail"
+    from_added: str | None = None  # the From every copy gets: the message had none with a domain
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ class Spool:
             received_at=records.iso_time(now),
             message_id=facts.message_id,
             attachments=facts.attachment_dicts(),
+            from_added=incoming.from_added,
         )
         await Store.insert_record(db, record, submission_id=submission_id, now=now)
         options = incoming.rcpt_options or tuple(() for _ in incoming.recipients)

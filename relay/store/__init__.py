@@ -455,7 +455,8 @@ class OperationsFigures:
 
 
 _SQL_CHUNK = 500  # digests per IN (...) query, well under SQLite's variable limit
-WEBHOOK_EVENTS = ("accepted", "delivered", "deferred", "failed", "fetched", "acknowledged", "anchored", "confirmed")
+WEBHOOK_EVENTS = ("accepted", "delivered", "deferred", "failed", "fetched", "acknowledged", "anchored", "confirmed",
+                  "copy.unlinked")
 
 
 _Statement = tuple[bool, str, Any]  # (executemany?, SQL, parameters)

@@ -2,10 +2,11 @@
 
 For every copy the sink receives: both DKIM signatures pass with dkimpy, OpenDKIM
 (RSA and Ed25519) and Mail::DKIM (RSA); the copy carries exactly one acknowledgment
-token, its own, registered in ack_tokens for its delivery (none in messages that
-must not be altered, whose body arrives byte for byte); attachments are unchanged
-after decoding; the stored copy and its delivery record's fingerprint are the
-SHA-256 of the bytes the sink received.
+token, its own, registered in ack_tokens for its delivery, and that link acknowledges
+through the relay's own tracker page (GET, then the button's POST); signed, encrypted
+and forwarded entities arrive byte for byte; attachments are unchanged after decoding;
+the stored copy and its delivery record's fingerprint are the SHA-256 of the bytes the
+sink received. A message that cannot be given a From with a domain is refused at DATA.
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ import asyncio
 import base64
 import dataclasses
 import hashlib
+import re
 import time
 from pathlib import Path
 
+import aiohttp
 import aiosmtplib
 import pytest
 
 from relay.certify import dkim
+from relay.certify.certifier import _with_trailing_blank
 from relay.certify.message import read_facts, to_crlf
 from relay.config import DKIMConfig
 from tests.support.dkimcheck import dkimpy_results, mail_dkim_results, opendkim_results, tokens_in
@@ -32,19 +36,18 @@ CORPUS = sorted(CORPUS_DIR.glob("*.eml"))
 RECIPIENTS = ("elu.un@conseil.example", "elu.deux@conseil.example")
 SENDER = "mairie@ville-exemple.fr"
 PUBLIC = "https://accuse.ville-exemple.fr"
-UNALTERABLE = {
-    "12-smime-signed.eml",
-    "13-smime-pkcs7-mime.eml",
-    "14-pgp-mime-signed.eml",
-    "15-pgp-mime-encrypted.eml",
-    "29-attachment-only.eml",
-}
+# Entities that must arrive byte for byte: signed, encrypted, forwarded (wrapped whole, or a part).
+KEPT_WHOLE = {"12-smime-signed.eml", "13-smime-pkcs7-mime.eml", "14-pgp-mime-signed.eml", "15-pgp-mime-encrypted.eml",
+              "33-digest.eml", "44-toplevel-rfc822.eml", "45-smime-opaque-signed.eml"}
 WAIT_SECONDS = 60.0
+BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36"
+FORM_KEY = re.compile(r'name="form_key" value="([0-9a-f]+)"')
 
 
-def certifying_config(tmp_path: Path, sink_port: int, **sections) -> tuple:
+def certifying_config(tmp_path: Path, sink_port: int, tracker: bool = False, **sections) -> tuple:
     entry = dkim.generate_keys(tmp_path / "keys", "ville-exemple.fr", "rsa", "ed")
-    config = relay_config(tmp_path / "data", sink_port, tracker={"enabled": False, "public_url": PUBLIC}, **sections)
+    config = relay_config(tmp_path / "data", sink_port, **sections,
+                          tracker={"enabled": tracker, "listen_host": "127.0.0.1", "listen_port": 0, "public_url": PUBLIC})
     keyring = dkim.Keyring.from_config(DKIMConfig(domains=[entry]))
     return dataclasses.replace(config, dkim=DKIMConfig(domains=[entry])), keyring
 
@@ -79,6 +82,25 @@ def check_dkim(data: bytes, keyring: dkim.Keyring, workdir: Path) -> None:
     assert mail_dkim_results(data, keyring, workdir).get("rsa-sha256") == "pass"
 
 
+def entity(message: bytes) -> bytes:
+    """A message's MIME entity as received: its Content-* fields, the empty line, its body."""
+    head, _, body = _with_trailing_blank(to_crlf(message)).partition(b"\r\n\r\n")
+    fields = [f + b"\r\n" for f in re.split(rb"\r\n(?![ \t])", head) if f.lower().startswith(b"content-")]
+    return b"".join(fields) + b"\r\n" + body
+
+
+async def acknowledge(service, token: str, delivery_id: int) -> None:
+    """The member's way: the page from the link, then its button's POST; the receipt is recorded."""
+    page = f"http://127.0.0.1:{service.tracker.port}/a/{token}"
+    async with aiohttp.ClientSession(headers={"User-Agent": BROWSER}) as http:
+        async with http.get(page) as response:
+            assert response.status == 200
+            key = FORM_KEY.search(await response.text()).group(1)
+        async with http.post(page, data={"form_key": key}) as response:
+            assert response.status == 200
+    assert await service.store.fetchone("SELECT 1 FROM receipts WHERE delivery_id = ?", (delivery_id,))
+
+
 async def check_copies(service, sink: Sink, original: bytes, name: str, keyring, workdir: Path) -> None:
     tokens = {}
     for recipient in RECIPIENTS:
@@ -100,14 +122,13 @@ async def check_copies(service, sink: Sink, original: bytes, name: str, keyring,
             )
         }
         assert {hashlib.sha256(t.encode()).hexdigest() for t in found} == stored
-        if name in UNALTERABLE:
-            assert found == set() and not record["ack_link_inserted"] and record["ack_link_reason"]
-            assert got.data.endswith(to_crlf(original).split(b"\r\n\r\n", 1)[1])
-        else:
-            assert len(found) == 1 and record["ack_link_inserted"]
-            tokens[recipient] = found
-    if name not in UNALTERABLE:
-        assert tokens[RECIPIENTS[0]] != tokens[RECIPIENTS[1]]
+        assert len(found) == 1 and record["ack_link_inserted"] and record["ack_link_reason"] is None
+        tokens[recipient] = found
+        if name in KEPT_WHOLE:
+            assert entity(original) in got.data
+        if service.tracker is not None:
+            await acknowledge(service, next(iter(found)), delivery["id"])
+    assert tokens[RECIPIENTS[0]] != tokens[RECIPIENTS[1]]
 
 
 def _same_submission(received, name: str) -> bool:
@@ -129,7 +150,7 @@ async def wait_delivered(service, count: int) -> None:
 @pytest.mark.external
 async def test_corpus_through_the_relay(tmp_path: Path) -> None:
     async with Sink() as sink:
-        config, keyring = certifying_config(tmp_path, sink.port)
+        config, keyring = certifying_config(tmp_path, sink.port, tracker=True)
         async with running(config) as service:
             for path in CORPUS:
                 await submit(service.smtp_port, path.read_bytes())
@@ -224,3 +245,26 @@ async def test_dsn_is_signed_without_a_link_even_when_unknown_domains_are_refuse
     assert dsn.rcpt_tos == (SENDER,) and b"multipart/report" in dsn.data
     assert dkimpy_results(dsn.data, keyring) == {"rsa-sha256": True, "ed25519-sha256": True}
     assert tokens_in(dsn.data) == set()
+
+
+@pytest.mark.external
+async def test_a_message_without_a_from_domain_is_refused_at_data_unless_the_envelope_sender_supplies_it(
+    tmp_path: Path,
+) -> None:
+    original = (CORPUS_DIR / "41-from-without-domain.eml").read_bytes()
+    async with Sink() as sink:
+        config, keyring = certifying_config(tmp_path, sink.port)
+        async with running(config) as service:
+            async with aiosmtplib.SMTP(hostname="127.0.0.1", port=service.smtp_port, timeout=30) as client:
+                with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+                    await client.sendmail("", list(RECIPIENTS), original)  # the null sender has no domain
+                assert refused.value.code == 550 and refused.value.message.startswith("5.6.0 ")
+                assert "add a From: field with a full address" in refused.value.message
+                await client.sendmail(SENDER, list(RECIPIENTS), original)  # the session goes on
+            await wait_delivered(service, 2)
+            (sub,) = await service.store.fetchall("SELECT record_digest FROM submissions")
+            assert (await service.store.get_record(sub["record_digest"])).fields["from_added"] == SENDER
+    assert len(sink.messages) == 2
+    for got in sink.messages:
+        assert re.findall(rb"(?im)^from:[^\r]*", got.data.split(b"\r\n\r\n", 1)[0]) == [f"From: {SENDER}".encode()]
+        check_dkim(got.data, keyring, tmp_path / "verify" / got.rcpt_tos[0])

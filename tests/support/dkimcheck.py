@@ -98,8 +98,8 @@ def parse(data: bytes) -> EmailMessage:
 
 
 def text_parts(data: bytes) -> list[tuple[str, str]]:
-    """(content type, decoded text) of every inline text/plain and text/html part, outside
-    signed, encrypted and forwarded parts."""
+    """(content type, decoded text) of every text/plain and text/html part shown as a body
+    (no file name, or an inline one), outside signed, encrypted and forwarded parts."""
     out: list[tuple[str, str]] = []
 
     def walk(part: EmailMessage) -> None:
@@ -110,8 +110,14 @@ def text_parts(data: bytes) -> list[tuple[str, str]]:
             for sub in part.iter_parts():
                 walk(sub)  # type: ignore[arg-type]
             return
-        if ctype in ("text/plain", "text/html") and not part.get_filename() and part.get_content_disposition() != "attachment":
-            out.append((ctype, part.get_content()))
+        disposition = part.get_content_disposition()
+        if ctype in ("text/plain", "text/html") and disposition != "attachment" and (
+            disposition == "inline" or not part.get_filename()
+        ):
+            try:
+                out.append((ctype, part.get_content()))
+            except LookupError:  # a charset Python does not know: read its octets as UTF-8
+                out.append((ctype, part.get_payload(decode=True).decode("utf-8", "replace")))
 
     walk(parse(data))
     return out

@@ -12,7 +12,9 @@ from __future__ import annotations
 import ast
 import base64
 import itertools
+import os
 import re
+import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,6 +25,8 @@ from relay.certify import certifier as certify
 from relay.certify.acklink import AckTemplates
 from relay.certify.message import read_facts, to_crlf
 from relay.config import AckConfig, AckSender
+from relay.errors import FromFieldError
+from tests.conftest import require_tool
 from tests.support.dkimcheck import dkimpy_results, make_keyring, max_line_length, parse, text_parts, tokens_in
 
 CORPUS_DIR = Path(__file__).resolve().parent.parent / "corpus"
@@ -32,13 +36,25 @@ PORTAL = "https://portail.ville-exemple.fr/"
 SENDER = "mairie@ville-exemple.fr"
 DATE = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 NOW = 1_790_000_000
-# Messages whose bytes must go out as they came: signed, encrypted, or nothing to carry a link.
-UNALTERABLE = {
-    "12-smime-signed.eml": "multipart/signed",
-    "13-smime-pkcs7-mime.eml": "application/x-pkcs7-mime",
-    "14-pgp-mime-signed.eml": "multipart/signed",
-    "15-pgp-mime-encrypted.eml": "multipart/encrypted",
-    "29-attachment-only.eml": "no text/plain or text/html part",
+# Messages with no part that can carry the block: wrapped in a new multipart/mixed (their entity
+# kept byte for byte: signed, encrypted, forwarded, defective...), or given a new first part.
+PLACED = {
+    **dict.fromkeys([
+        "12-smime-signed.eml", "13-smime-pkcs7-mime.eml", "14-pgp-mime-signed.eml", "15-pgp-mime-encrypted.eml",
+        "29-attachment-only.eml", "33-digest.eml", "34-report-dsn.eml", "35-boundary-never-appears.eml",
+        "36-multipart-without-boundary.eml", "43-single-image.eml", "44-toplevel-rfc822.eml",
+        "45-smime-opaque-signed.eml", "50-alternative-enriched-calendar.eml", "51-related-image-only.eml",
+        "52-unknown-charset.eml", "53-utf8-declared-invalid.eml",
+    ], "wrapped"),
+    **dict.fromkeys(["31-mixed-inline-filenames.eml", "48-mixed-attachments-only.eml",
+                     "49-mixed-html-attachment-only.eml"], "first part"),
+}
+# Text declared (or defaulting to) us-ascii that holds 8-bit octets, and the charset it goes out with.
+CHARSET_LIES = {
+    "22-no-mime-headers.eml": "us-ascii",  # 7-bit: widened to UTF-8 like any ASCII text
+    "37-utf8-undeclared-swaks.eml": "utf-8",
+    "38-windows-1252-declared-ascii.eml": "windows-1252",
+    "39-latin1-undeclared-unmapped.eml": "iso-8859-1",
 }
 
 
@@ -105,40 +121,51 @@ def test_corpus_message_certified_for_two_recipients(path: Path, keyring: dkim.K
         assert read_facts(copy.data).attachments == read_facts(original).attachments
         assert [d["algorithm"] for d in copy.dkim] == ["rsa-sha256", "ed25519-sha256"]
 
-    if path.name in UNALTERABLE:
-        for copy in (first, second):
-            assert copy.links == () and not copy.ack_link_inserted
-            assert UNALTERABLE[path.name] in copy.ack_link_reason
-            body = normal.split(b"\r\n\r\n", 1)[1]
-            assert copy.data.endswith(b"\r\n\r\n" + body)  # not one byte of the body changed
-        return
-
     # One link per copy, in the copy, different between recipients.
     for copy in (first, second):
         assert copy.ack_link_inserted and copy.ack_link_reason is None
+        assert copy.ack_link_placement == PLACED.get(path.name)
         assert len(copy.links) == 1 and copy.links[0].target_url is None
         assert tokens_in(copy.data) == {copy.links[0].token}
     assert first.links[0].token != second.links[0].token
     assert first.message_id == second.message_id
 
-    # Every text is the original once the block is taken out; the first of each type has the block.
+    url = first.links[0].url(PUBLIC)
     before = text_parts(normal)
     after = text_parts(first.data)
-    assert [ct for ct, _ in after] == [ct for ct, _ in before]
-    url = first.links[0].url(PUBLIC)
+    added = 0
+    if path.name in PLACED:
+        # The block's own part(s) first; HTML too when the message has HTML somewhere.
+        added = 2 if after[1:2] and after[1][1] == templates.html_block(url).replace("\n", "\r\n") else 1
+        assert [_nl(t) for _, t in after[:added]] == [_nl(templates.text_block(url)), _nl(templates.html_block(url))][:added]
+        if PLACED[path.name] == "wrapped":  # the original entity, byte for byte (8-bit where SMTP allows)
+            assert _entity(normal) in run(c, original, "rC", eight_bit_mime=not normal.isascii()).data
+    # Every text is the original once the block is taken out; the first of each type has the block.
+    assert [ct for ct, _ in after[added:]] == [ct for ct, _ in before]
     seen = set()
-    for (ctype, old), (_, new) in zip(before, after, strict=True):
-        if ctype not in seen:
+    for (ctype, old), (_, new) in zip(before, after[added:], strict=True):
+        if path.name in CHARSET_LIES:
+            continue  # the original's text, read as us-ascii, is not its text: see the test below
+        if ctype not in seen and not added:
             assert _nl(new) != _nl(old) and _without_block(new, ctype, url, templates) == _nl(old)
         else:
             assert _nl(new) == _nl(old)
         seen.add(ctype)
 
     # Charsets and transfer encodings are kept, except where SMTP forces quoted-printable.
-    for (ct, cs, cte), (ct2, cs2, cte2) in zip(_leaf_encodings(normal), _leaf_encodings(first.data), strict=True):
+    fixed = CHARSET_LIES.get(path.name, "utf-8")
+    for (ct, cs, cte), (ct2, cs2, cte2) in zip(_leaf_encodings(normal), _leaf_encodings(first.data)[added:], strict=True):
         assert ct2 == ct
-        assert cs2 == cs or (cs in (None, "us-ascii") and cs2 == "utf-8")
-        assert cte2 == cte or (cte in ("7bit", "8bit") and cte2 == "quoted-printable")
+        assert cs2 == cs or (cs in (None, "us-ascii") and cs2 == ("utf-8" if fixed == "us-ascii" else fixed))
+        assert cte2 == cte or (cte in ("7bit", "8bit", None) and cte2 == "quoted-printable")
+
+
+def _entity(message: bytes) -> bytes:
+    """A message's MIME entity: its Content-* fields, the empty line, its body."""
+    normal = certify._with_trailing_blank(message)
+    head, _, body = normal.partition(b"\r\n\r\n")
+    fields = [f + b"\r\n" for f in re.split(rb"\r\n(?![ \t])", head) if f.lower().startswith(b"content-")]
+    return b"".join(fields) + b"\r\n" + body
 
 
 def test_header_fields_keep_their_bytes(keyring: dkim.Keyring) -> None:
@@ -249,6 +276,9 @@ def test_long_lines_outside_the_parts_are_cut_without_changing_the_structure(key
     assert max_line_length(copy.data) <= certify.MAX_LINE
     assert dkimpy_results(copy.data, keyring) == {"rsa-sha256": True, "ed25519-sha256": True}
     before, after = parse(original), parse(copy.data)
+    if layout == "no delimiter line":  # no part to carry the link: the message is wrapped, its link first
+        assert copy.ack_link_placement == "wrapped"
+        after = after.get_payload()[1]
     assert [p.get_content_type() for p in after.walk()] == [p.get_content_type() for p in before.walk()]
     if layout == "preamble and epilogue":
         text = after.get_payload()[0].get_payload(decode=True).decode()
@@ -353,3 +383,129 @@ def test_charset_without_the_blocks_accents_keeps_its_charset_and_loses_only_the
     (_, text), = text_parts(copy.data)
     assert _nl(text).endswith(_nl(body)) and "Accuse de reception demande" in text
     assert tokens_in(copy.data) == {copy.links[0].token}
+
+
+@pytest.mark.parametrize("name", ["37-utf8-undeclared-swaks.eml", "38-windows-1252-declared-ascii.eml",
+                                  "39-latin1-undeclared-unmapped.eml"])
+@pytest.mark.parametrize("eight_bit_mime", [True, False])
+def test_text_that_lies_about_its_charset_goes_out_declared_without_losing_an_octet(
+    keyring: dkim.Keyring, name: str, eight_bit_mime: bool
+) -> None:
+    original = to_crlf((CORPUS_DIR / name).read_bytes())
+    charset = CHARSET_LIES[name]
+    copy = run(certifier(keyring), original, eight_bit_mime=eight_bit_mime)
+    (_, declared, _), = _leaf_encodings(copy.data)
+    assert declared == charset
+    msg = parse(copy.data)
+    text = msg.get_payload(decode=True).decode(charset)
+    body = original.split(b"\r\n\r\n", 1)[1]
+    url = copy.links[0].url(PUBLIC)
+    assert _without_block(text, "text/plain", url, certifier(keyring).templates).encode(charset) == _nl(
+        body.decode("latin-1")).encode("latin-1")  # every octet of the body, back from the text sent
+    assert "Accusé de réception" in text
+
+
+@pytest.mark.parametrize(("name", "kept"), [("40-no-from.eml", None), ("41-from-without-domain.eml", b"Mairie <mairie>"),
+                                            ("42-from-empty-group.eml", b"undisclosed-sender:;")])
+def test_a_from_without_a_domain_becomes_the_envelope_sender(keyring: dkim.Keyring, name: str,
+                                                             kept: bytes | None) -> None:
+    original = (CORPUS_DIR / name).read_bytes()
+    assert certify.from_repair(original, SENDER) == SENDER
+    copy = run(certifier(keyring), original)
+    head = copy.data.split(b"\r\n\r\n", 1)[0]
+    assert re.findall(rb"(?im)^from:[^\r]*", head) == [b"From: " + SENDER.encode()]
+    assert kept is None or kept not in head
+    assert dkimpy_results(copy.data, keyring) == {"rsa-sha256": True, "ed25519-sha256": True}
+
+
+@pytest.mark.parametrize("mail_from", ["", "mairie", "mairie@"])
+def test_a_from_without_a_domain_and_no_envelope_domain_is_never_signed(keyring: dkim.Keyring,
+                                                                         mail_from: str) -> None:
+    original = (CORPUS_DIR / "40-no-from.eml").read_bytes()
+    with pytest.raises(FromFieldError, match="add a From: field with a full address"):
+        certify.from_repair(original, mail_from)
+    with pytest.raises(FromFieldError):
+        run(certifier(keyring), original, mail_from=mail_from)
+
+
+def test_a_usable_from_is_left_alone() -> None:
+    for path in CORPUS:
+        if not path.name.startswith(("40-", "41-", "42-")):
+            assert certify.from_repair(path.read_bytes(), "") is None, path.name
+
+
+def _outer_parts(copy: bytes) -> list[bytes]:
+    """The raw bytes of each part of a copy's top-level multipart (the wrapper)."""
+    boundary = parse(copy).get_boundary().encode()
+    body = copy.split(b"\r\n\r\n", 1)[1]
+    inner = body.split(b"--" + boundary + b"\r\n", 1)[1].rsplit(b"\r\n--" + boundary + b"--", 1)[0]
+    return inner.split(b"\r\n--" + boundary + b"\r\n")
+
+
+@pytest.mark.external
+def test_a_wrapped_smime_signature_still_verifies_with_openssl(keyring: dkim.Keyring, tmp_path: Path) -> None:
+    openssl = require_tool("openssl")
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", tmp_path / "key.pem",
+                    "-out", tmp_path / "cert.pem", "-days", "2", "-subj", "/CN=mairie@ville-exemple.fr"],
+                   check=True, capture_output=True)
+    (tmp_path / "content.txt").write_bytes(b"Content-Type: text/plain; charset=utf-8\r\n\r\nConvocation du 12.\r\n")
+    signed = subprocess.run([openssl, "smime", "-sign", "-in", tmp_path / "content.txt", "-signer",
+                             tmp_path / "cert.pem", "-inkey", tmp_path / "key.pem"],
+                            check=True, capture_output=True).stdout
+    original = b"From: Mairie <mairie@ville-exemple.fr>\r\nTo: elu@conseil.example\r\nSubject: S/MIME\r\n" + signed
+    copy = run(certifier(keyring), original)
+    assert copy.ack_link_placement == "wrapped" and tokens_in(copy.data) == {copy.links[0].token}
+    assert dkimpy_results(copy.data, keyring) == {"rsa-sha256": True, "ed25519-sha256": True}
+    (tmp_path / "entity.eml").write_bytes(_outer_parts(copy.data)[1])
+    verified = subprocess.run([openssl, "smime", "-verify", "-in", tmp_path / "entity.eml", "-CAfile",
+                               tmp_path / "cert.pem", "-purpose", "any"], capture_output=True)
+    assert verified.returncode == 0 and b"Verification successful" in verified.stderr, verified.stderr
+    # The same check fails once one octet of the signed text changes: it checks something.
+    (tmp_path / "entity.eml").write_bytes(_outer_parts(copy.data)[1].replace(b"du 12", b"du 13"))
+    tampered = subprocess.run([openssl, "smime", "-verify", "-in", tmp_path / "entity.eml", "-CAfile",
+                               tmp_path / "cert.pem", "-purpose", "any"], capture_output=True)
+    assert tampered.returncode != 0
+
+
+@pytest.mark.external
+def test_a_wrapped_pgp_mime_signature_still_verifies_with_gpg(keyring: dkim.Keyring, tmp_path: Path) -> None:
+    gpg = require_tool("gpg")
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    env = {**os.environ, "GNUPGHOME": str(home)}
+    subprocess.run([gpg, "--batch", "--passphrase", "", "--quick-gen-key", "Mairie <mairie@ville-exemple.fr>",
+                    "ed25519", "sign", "never"], check=True, capture_output=True, env=env)
+    signed_part = b"Content-Type: text/plain; charset=utf-8\r\n\r\nConvocation du 12.\r\n"
+    signature = subprocess.run([gpg, "--batch", "--armor", "--detach-sign"], input=signed_part, check=True,
+                               capture_output=True, env=env).stdout
+    original = (
+        b"From: Mairie <mairie@ville-exemple.fr>\r\nTo: elu@conseil.example\r\nSubject: PGP/MIME\r\n"
+        b"MIME-Version: 1.0\r\nContent-Type: multipart/signed; micalg=pgp-sha256;\r\n"
+        b' protocol="application/pgp-signature"; boundary="sig"\r\n\r\n'
+        b"--sig\r\n" + signed_part + b"\r\n--sig\r\nContent-Type: application/pgp-signature\r\n\r\n"
+        + to_crlf(signature) + b"\r\n--sig--\r\n"
+    )
+    copy = run(certifier(keyring), original)
+    assert copy.ack_link_placement == "wrapped" and tokens_in(copy.data) == {copy.links[0].token}
+    assert dkimpy_results(copy.data, keyring) == {"rsa-sha256": True, "ed25519-sha256": True}
+    entity = _outer_parts(copy.data)[1]
+    part, sig = entity.split(b"\r\n--sig\r\n", 2)[1:3]
+    (tmp_path / "part").write_bytes(part)
+    (tmp_path / "part.asc").write_bytes(sig.split(b"\r\n\r\n", 1)[1].split(b"\r\n--sig--", 1)[0])
+    verified = subprocess.run([gpg, "--batch", "--verify", tmp_path / "part.asc", tmp_path / "part"],
+                              capture_output=True, env=env)
+    assert verified.returncode == 0 and b"Good signature" in verified.stderr, verified.stderr
+    (tmp_path / "part").write_bytes(part.replace(b"du 12", b"du 13"))
+    assert subprocess.run([gpg, "--batch", "--verify", tmp_path / "part.asc", tmp_path / "part"],
+                          capture_output=True, env=env).returncode != 0
+
+
+def test_a_wrapped_multipart_without_its_closing_delimiter_keeps_its_last_attachment(keyring: dkim.Keyring) -> None:
+    # Found by tests/reliability/test_fuzz_certify.py: readers drop the line break that ends an
+    # unclosed multipart at the end of the message; inside the wrapper it must go the same way.
+    original = (b"From: Mairie <mairie@ville-exemple.fr>\r\nTo: elu@conseil.example\r\nMIME-Version: 1.0\r\n"
+                b'Content-Type: multipart/report; boundary="r"\r\n\r\n--r\r\nContent-Type: text/plain\r\n'
+                b'Content-Disposition: attachment; filename="releve.txt"\r\n\r\nligne\r\n')
+    copy = run(certifier(keyring), original)
+    assert copy.ack_link_placement == "wrapped" and _entity(original) in copy.data
+    assert read_facts(copy.data).attachments == read_facts(original).attachments
