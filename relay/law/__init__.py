@@ -1,0 +1,11 @@
+"""The law of convocations (CGCT): deadlines in jours francs, the meeting date, the register's wording.
+
+Pure: nothing here reads the clock, the environment, the network or the store. Callers pass the
+time a convocation was sent and what they know of the meeting; the modules answer with values:
+
+- ``deadline``: the jours francs an assembly owes its members and the latest lawful sending date;
+- ``dates``: French date expressions in a convocation's subject and text ("séance du mardi
+  15 décembre 2026 à 18h30"), and which one is the meeting's (or "unknown", never a guess);
+- ``meeting``: the meeting date of one message, from its ``X-Meeting-Date`` header, a per-sender
+  rule of the configuration, or its subject and text, in that order.
+"""
