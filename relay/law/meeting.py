@@ -34,33 +34,38 @@ MAX_TEXT = 200_000  # characters of text read for dates: a convocation says its 
 class Convocation:
     """What the law says of one message: its meeting, the deadline and whether it was sent in time.
 
-    ``deadline`` is None when the meeting date or the sender's assembly is unknown: then nothing
+    The deadline is None when the meeting date or the sender's assembly is unknown: then nothing
     is claimed either way.
     """
 
     meeting: MeetingDate | None
     assembly: Assembly | None
     urgent: bool
-    deadline: Deadline | None
-    received: dt.datetime
+    received: dt.datetime  # aware: when the relay received it, the sending the law counts from
+
+    @property
+    def deadline(self) -> Deadline | None:
+        if self.meeting is None or self.assembly is None:
+            return None
+        return Deadline.for_meeting(self.meeting.date, self.assembly, urgent=self.urgent)
 
     @property
     def late(self) -> bool:
-        return self.deadline is not None and not self.deadline.on_time(self.received)
+        deadline = self.deadline
+        return deadline is not None and not deadline.on_time(self.received)
 
     @classmethod
     def of(cls, data: bytes, sender: str, received: dt.datetime, config: LawConfig) -> Convocation:
         """Read one message as received (``received`` aware) for a sender under ``config``."""
         message = parse(data)
         rule = sender_rule(config, sender)
-        meeting = meeting_date(message, rule, paris_date(received))
         name = rule.assembly if rule is not None and rule.assembly else config.assembly
-        assembly = Assembly(name) if name else None
-        urgent = str(message.get(URGENCY_HEADER, "")).strip().lower() in ("1", "yes", "true", "oui")
-        deadline = None
-        if meeting is not None and assembly is not None:
-            deadline = Deadline.for_meeting(meeting.date, assembly, urgent=urgent)
-        return cls(meeting=meeting, assembly=assembly, urgent=urgent, deadline=deadline, received=received)
+        return cls(
+            meeting=meeting_date(message, rule, paris_date(received)),
+            assembly=Assembly(name) if name else None,
+            urgent=str(message.get(URGENCY_HEADER, "")).strip().lower() in ("1", "yes", "true", "oui"),
+            received=received,
+        )
 
 
 def parse(data: bytes) -> EmailMessage:

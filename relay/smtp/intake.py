@@ -7,7 +7,8 @@ policy lives in :class:`IntakeHandler`, whose hooks return explicit replies:
 - RCPT: 550 5.7.1 for a client outside ``smtp.allowed_networks`` that has not
   authenticated (nothing is stored for it);
 - DATA: 250 only after the spool has committed; any failure of ours is
-  451 4.3.0 and the session stays usable (aiosmtpd resets the envelope).
+  451 4.3.0 and the session stays usable (aiosmtpd resets the envelope);
+  550 5.7.0 for a late convocation under ``[law] refuse_late`` (relay.smtp.convocation).
 - stopping (:meth:`IntakeHandler.drain`): idle sessions get 421 at once,
   sessions in a transaction get 421 after the reply that ends it.
 """
@@ -31,6 +32,7 @@ from relay.certify import dkim
 from relay.config import Config
 from relay.errors import ConfigError, DiskFullError, EstampilleError, StoreError
 from relay.smtp.auth import Credentials, FailureLimiter, client_key, load_credentials
+from relay.smtp.convocation import ConvocationCheck
 from relay.smtp.spool import Incoming, Spool
 
 log = logging.getLogger("estampille.intake")
@@ -188,6 +190,7 @@ class IntakeHandler:
         self.limiter = FailureLimiter(config.smtp.auth_failures_per_minute)
         self.open_per_client: Counter[str] = Counter()
         self.min_free_bytes = config.smtp.min_free_disk_mb * 2**20
+        self.law = ConvocationCheck(config.law, spool.store)
 
     @classmethod
     def from_config(cls, config: Config, spool: Spool, *, clock: Callable[[], float] = time.time,
@@ -303,7 +306,12 @@ class IntakeHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: IntakeEnvelope) -> str:
         try:
             incoming = self._incoming(server, session, envelope)
-            queued = await self.spool.accept(incoming, self.clock())
+            now = self.clock()
+            convocation = await self.law.read(incoming, now)
+            refused = self.law.refusal(convocation, _peer_text(session))
+            if refused is not None:
+                return refused
+            queued = await self.spool.accept(incoming, now, also=self.law.rows(convocation, now))
         except Exception as exc:  # noqa: BLE001 - any failure of ours is a 451, never a 500
             level = logging.WARNING if isinstance(exc, StoreError) else logging.ERROR
             log.log(level, "DATA from %s not queued: %s", _peer_text(session), type(exc).__name__,
@@ -316,6 +324,7 @@ class IntakeHandler:
             queued.submission_id, _peer_text(session), incoming.mail_from, len(incoming.recipients),
             len(incoming.data), queued.facts.message_id,
         )
+        self.law.accepted(convocation, queued)
         return REPLY_QUEUED.format(queued.submission_id)
 
     def _incoming(self, server: SMTP, session: Session, envelope: IntakeEnvelope) -> Incoming:

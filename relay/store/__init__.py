@@ -277,6 +277,20 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX anchor_leaves_unbatched ON anchor_leaves(queued_at) WHERE batch_id IS NULL;
     CREATE INDEX anchor_leaves_batch ON anchor_leaves(batch_id);
     """,
+    # law (relay/law, relay/store/law.py): each convocation's meeting date, read at intake or set by
+    # an admin, and its sender's assembly and urgency then. Deadlines are computed from them, never stored.
+    """
+    CREATE TABLE convocations (
+        submission_id  TEXT PRIMARY KEY REFERENCES submissions(id),
+        meeting_date   TEXT,  -- ISO date in Paris; NULL: unknown
+        meeting_time   TEXT,  -- HH:MM in Paris; NULL: unknown
+        meeting_source TEXT,  -- header, rule, subject, text or admin
+        assembly       TEXT,  -- NULL: no assembly configured for the sender
+        urgent         INTEGER NOT NULL DEFAULT 0,
+        updated_at     REAL NOT NULL
+    );
+    CREATE INDEX convocations_meeting_date ON convocations(meeting_date) WHERE meeting_date IS NOT NULL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -383,7 +397,10 @@ class OperationsFigures:
 
 
 _SQL_CHUNK = 500  # digests per IN (...) query, well under SQLite's variable limit
-WEBHOOK_EVENTS = ("accepted", "delivered", "deferred", "failed", "fetched", "acknowledged", "anchored", "confirmed")
+WEBHOOK_EVENTS = (
+    "accepted", "delivered", "deferred", "failed", "fetched", "acknowledged", "anchored", "confirmed",
+    "convocation.late",
+)
 
 
 _Statement = tuple[bool, str, Any]  # (executemany?, SQL, parameters)

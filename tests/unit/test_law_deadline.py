@@ -170,3 +170,21 @@ def test_the_configuration_offers_exactly_the_assemblies_the_law_knows():
     from relay.config import ASSEMBLIES
 
     assert set(ASSEMBLIES) == {a.value for a in Assembly}
+
+
+@pytest.mark.parametrize("name", ["__init__", "deadline", "dates", "meeting", "verdict"])
+def test_the_law_package_is_pure(name):
+    """No I/O, clock or randomness in relay/law: callers pass the times in (relay.smtp.convocation)."""
+    import ast
+    from pathlib import Path
+
+    source = (Path(__file__).resolve().parents[2] / "relay" / "law" / f"{name}.py").read_text(encoding="utf-8")
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    forbidden = {"asyncio", "aiosqlite", "aiohttp", "aiosmtpd", "aiosmtplib", "socket", "time", "random", "secrets", "os"}
+    assert not imported & forbidden
+    assert "os.environ" not in source and ".now(" not in source and ".today(" not in source
