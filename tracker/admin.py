@@ -20,7 +20,7 @@ from aiohttp import web
 
 from relay.errors import NotFoundError
 from relay.evidence.gather import MessageEvidence, load_message, message_json
-from tracker import api
+from tracker import api, law
 from tracker.admin_auth import (
     ADMIN_PREFIX,
     ADMIN_SESSIONS,
@@ -49,6 +49,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "login_failed": "Ce jeton n'est pas reconnu.",
         "logout": "Se déconnecter",
         "messages": "Messages",
+        "meetings": "Séances à venir",
         "search": "Rechercher",
         "search_label": "Message-ID, objet, expéditeur ou destinataire",
         "since": "Reçus depuis le",
@@ -101,6 +102,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "login_failed": "This token is not recognised.",
         "logout": "Sign out",
         "messages": "Messages",
+        "meetings": "Upcoming meetings",
         "search": "Search",
         "search_label": "Message-ID, subject, sender or recipient",
         "since": "Received from",
@@ -165,6 +167,8 @@ def setup(app: web.Application) -> None:
     r.add_post("/logout", logout)
     r.add_get("", to_list)
     r.add_get("/", messages)
+    r.add_get("/meetings", meetings)
+    law.add_admin_routes(r)  # before the greedy message route
     r.add_get("/messages/{message_id:.+}/bundle", bundle)
     r.add_get("/messages/{message_id:.+}/unacknowledged.csv", unacknowledged_csv)
     r.add_get("/messages/{message_id:.+}", message_page)
@@ -256,10 +260,12 @@ async def message_page(request: web.Request) -> web.Response:
         for r in view["recipients"]
     ]
     href = message_href(request, view["message_id"])
+    law_view = await law.message_view(tracker, ev, view)
     return _page(
         request,
         "admin_message.html",
         {
+            **law.page_context(law_view, lang, href, request.query.get("law") == "bad"),
             "m": view,
             "sent": _time(view["received_at"], tz, lang),
             "recipients": recipients,
@@ -268,6 +274,10 @@ async def message_page(request: web.Request) -> web.Response:
             "csv_href": f"{href}/unacknowledged.csv",
         },
     )
+
+
+async def meetings(request: web.Request) -> web.Response:
+    return _page(request, "admin_meetings.html", await law.meetings_context(request))
 
 
 async def _message(request: web.Request) -> MessageEvidence:

@@ -58,11 +58,9 @@ class Convocation:
     def of(cls, data: bytes, sender: str, received: dt.datetime, config: LawConfig) -> Convocation:
         """Read one message as received (``received`` aware) for a sender under ``config``."""
         message = parse(data)
-        rule = sender_rule(config, sender)
-        name = rule.assembly if rule is not None and rule.assembly else config.assembly
         return cls(
-            meeting=meeting_date(message, rule, paris_date(received)),
-            assembly=Assembly(name) if name else None,
+            meeting=meeting_date(message, sender_rule(config, sender), paris_date(received)),
+            assembly=assembly_for(config, sender),
             urgent=str(message.get(URGENCY_HEADER, "")).strip().lower() in ("1", "yes", "true", "oui"),
             received=received,
         )
@@ -77,6 +75,13 @@ def sender_rule(config: LawConfig, sender: str) -> LawSender | None:
     address = sender.lower()
     wanted = {"*", address, "@" + address.rpartition("@")[2]}
     return next((rule for rule in config.senders if rule.match.lower() in wanted), None)
+
+
+def assembly_for(config: LawConfig, sender: str) -> Assembly | None:
+    """The assembly a sender convokes: its rule's, else law.assembly; None when neither says."""
+    rule = sender_rule(config, sender)
+    name = rule.assembly if rule is not None and rule.assembly else config.assembly
+    return Assembly(name) if name else None
 
 
 def meeting_date(message: EmailMessage, rule: LawSender | None, today: dt.date) -> MeetingDate | None:
