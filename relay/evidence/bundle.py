@@ -32,7 +32,7 @@ import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any, BinaryIO
 from zoneinfo import ZoneInfo
 
@@ -40,6 +40,7 @@ import jinja2
 
 from relay.errors import VerificationError
 from relay.evidence.records import Record, canonical_json, sha256_hex
+from relay.law.register import french_date
 
 FORMAT = "estampille-proof"
 FORMAT_VERSION = 1
@@ -106,6 +107,7 @@ class ProofInput:
     recipients: tuple[RecipientEvidence, ...]
     generated_at: str  # ISO 8601 UTC
     timezone: str = "Europe/Paris"
+    law: dict[str, Any] | None = None  # the convocation's deadline and wording (relay.law.register.view)
 
 
 @dataclass(frozen=True)
@@ -185,7 +187,7 @@ def build_bundle(proof: ProofInput, read_blob: Callable[[str], bytes], out: Bina
         "recipients": recipients,
         "anchoring": _anchoring_facts(proof),
     }
-    files[ATTESTATION] = render_attestation(facts, files).encode("utf-8")
+    files[ATTESTATION] = render_attestation(facts, files, proof.law).encode("utf-8")
     files[VERIFY_DOC] = render_verify_doc(proof.message_id).encode("utf-8")
     stamp = max(ZIP_EPOCH, _parse_time(proof.generated_at).timetuple()[:6])
     listing: dict[str, tuple[str, int]] = {}
@@ -267,8 +269,9 @@ def block_time_text(unix: int | None, tz: str) -> str:
     return datetime.fromtimestamp(unix, tz=ZoneInfo(tz)).strftime("%d/%m/%Y %H:%M:%S")
 
 
-def render_attestation(facts: dict[str, Any], files: dict[str, bytes]) -> str:
-    """The printable attestation (French): a rendering of the facts and the records."""
+def render_attestation(facts: dict[str, Any], files: dict[str, bytes], law: dict[str, Any] | None = None) -> str:
+    """The printable attestation (French): a rendering of the facts and the records, and the
+    convocation's deadline when known (``law``: relay.law.register.view)."""
     tz = facts["timezone"]
 
     def record(path: str | None) -> dict[str, Any] | None:
@@ -300,7 +303,19 @@ def render_attestation(facts: dict[str, Any], files: dict[str, bytes]) -> str:
         heights=sorted({a["bitcoin_height"] for a in confirmed}),
         block_times=sorted({block_time_text(a["block_time"], tz) for a in confirmed if a["block_time"] is not None}),
         local_time=lambda iso: local_time(iso, tz),
+        law=law,
+        law_dates=_law_dates(law),
     )
+
+
+def _law_dates(law: dict[str, Any] | None) -> dict[str, str]:
+    """The convocation's dates written out in French for the attestation."""
+    if law is None or law["meeting"] is None:
+        return {}
+    out = {"meeting": french_date(date.fromisoformat(law["meeting"]["date"]))}
+    if law["deadline"] is not None:
+        out["latest"] = french_date(date.fromisoformat(law["deadline"]["latest_sending_date"]))
+    return out
 
 
 def render_verify_doc(message_id: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -29,7 +30,9 @@ from relay.evidence.bundle import (
 )
 from relay.evidence.bundle_check import BundleReport, verify_files
 from relay.evidence.records import Record, iso_time
+from relay.law import register
 from relay.store import Store
+from relay.store import law as law_store
 
 
 @dataclass(frozen=True)
@@ -214,7 +217,17 @@ async def proof_input(store: Store, ev: MessageEvidence, *, now: float, timezone
         recipients=tuple(recipients),
         generated_at=iso_time(now),
         timezone=timezone,
+        law=await convocation_view(store, ev, now),
     )
+
+
+async def convocation_view(store: Store, ev: MessageEvidence, now: float) -> dict[str, Any] | None:
+    """The law's view of the message for the attestation (relay.law.register), if intake or an admin stored one."""
+    stored = await law_store.convocation(store, ev.submission["id"])
+    if stored is None:
+        return None
+    members = register.members_of(message_json(ev))
+    return register.view(stored.convocation, members, datetime.fromtimestamp(now, UTC))
 
 
 async def build_proof(store: Store, message_id: str, out: BinaryIO, *, now: float, timezone: str) -> str:
