@@ -36,8 +36,14 @@ class ConvocationCheck:
         if not self.enabled or incoming.kind != "mail":
             return None
         received = dt.datetime.fromtimestamp(now, dt.UTC)
-        # Parsing a message with large attachments takes milliseconds: off the event loop.
-        return await asyncio.to_thread(Convocation.of, incoming.data, incoming.mail_from, received, self.config)
+        try:
+            # Parsing a message with large attachments takes milliseconds: off the event loop.
+            return await asyncio.to_thread(Convocation.of, incoming.data, incoming.mail_from, received, self.config)
+        except Exception:  # reading the law must never cost the sender its message
+            log.exception(
+                "cannot read the meeting date of a message from <%s>; its deadline is not checked", incoming.mail_from
+            )
+            return None
 
     def refusal(self, convocation: Convocation | None, peer: str) -> str | None:
         """The 550 reply for a late convocation under refuse_late, else None."""

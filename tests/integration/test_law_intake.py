@@ -127,3 +127,18 @@ async def test_without_law_configuration_nothing_is_read(tmp_path):
             await send(service.smtp_port, LATE)
             await sink.wait_for(2)
             assert await count_rows(service.store, "convocations") == 0
+
+
+async def test_a_message_the_law_cannot_read_is_accepted_all_the_same(tmp_path, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise IndexError("the email package's header parser fails on some inputs")
+
+    monkeypatch.setattr("relay.smtp.convocation.Convocation.of", broken)
+    async with Sink() as sink:
+        config = relay_config(tmp_path, upstream_port=sink.port, law={"assembly": "commune", "refuse_late": True})
+        async with running(config, clock=shifted_clock()) as service:
+            reply = await send(service.smtp_port, LATE)
+            assert reply.startswith("2.0.0 Ok: queued")
+            await sink.wait_for(2)
+            assert await count_rows(service.store, "convocations") == 0
+    assert "its deadline is not checked" in caplog.text
