@@ -273,6 +273,20 @@ class LawConfig:
 
 
 @dataclass(frozen=True)
+class RemindersConfig:
+    enabled: bool = key(
+        False,
+        "Send reminders, as certified messages of their own carrying the member's same acknowledgment link,"
+        " to members who have not acknowledged a convocation whose meeting date is known.",
+    )
+    after_hours: list[int] = key(
+        [48], "Hours after the convocation was received when each reminder is due; one reminder per entry."
+    )
+    stop_before_hours: int = key(24, "No reminder later than this many hours before the meeting (never after it).")
+    interval: int = key(600, "Seconds between two looks for due reminders.")
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: str = key("estampille-data", "Directory of the database, message files and generated keys.")
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
@@ -287,6 +301,7 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     law: LawConfig = field(default_factory=LawConfig)
+    reminders: RemindersConfig = field(default_factory=RemindersConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     @classmethod
@@ -469,6 +484,11 @@ def _check(config: Config) -> None:
             raise ConfigError(f"webhooks.urls[{pos}] = {url!r}: expected an http(s) URL")
     for pos, rule in enumerate(config.law.senders):
         _check_date_pattern(f"law.senders[{pos}].meeting_date_pattern", rule.meeting_date_pattern)
+    hours = config.reminders.after_hours
+    if any(h <= 0 for h in hours) or hours != sorted(set(hours)):
+        raise ConfigError(f"reminders.after_hours = {hours!r}: expected increasing positive hours, such as [48, 96]")
+    if config.reminders.stop_before_hours < 0 or config.reminders.interval < 1:
+        raise ConfigError("reminders.stop_before_hours and reminders.interval: expected 0 or more, and 1 or more")
     if config.webhooks.urls and not config.webhooks.secret:
         raise ConfigError("webhooks.secret = '': expected a secret to sign the events sent to webhooks.urls")
 

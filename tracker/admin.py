@@ -265,7 +265,7 @@ async def message_page(request: web.Request) -> web.Response:
         request,
         "admin_message.html",
         {
-            **law.page_context(law_view, lang, href, request.query.get("law") == "bad"),
+            **law.page_context(tracker, law_view, lang, href, request.query),
             "m": view,
             "sent": _time(view["received_at"], tz, lang),
             "recipients": recipients,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -30,6 +31,8 @@ from relay.law.dates import MeetingDate
 from relay.law.deadline import paris_date
 from relay.law.evidence import MAX_NAME, meeting_record
 from relay.law.meeting import Convocation, assembly_for, header_date
+from relay.ops.reminders import Reminders
+from relay.smtp.spool import Spool
 from relay.store import Store
 from relay.store import law as law_store
 from tracker.admin_auth import ADMIN_PREFIX
@@ -76,6 +79,9 @@ TEXTS: dict[str, dict[str, str]] = {
         "source_subject": "objet du message",
         "source_text": "texte du message",
         "source_admin": "fixée par un administrateur",
+        "reminders": "Rappels",
+        "remind_button": "Envoyer un rappel maintenant aux membres qui n'ont pas accusé réception",
+        "reminded": "Rappels mis en file : {n}.",
     },
     "en": {
         "convocation": "Convocation",
@@ -111,6 +117,9 @@ TEXTS: dict[str, dict[str, str]] = {
         "source_subject": "message subject",
         "source_text": "message text",
         "source_admin": "set by an administrator",
+        "reminders": "Reminders",
+        "remind_button": "Send a reminder now to the members who have not acknowledged",
+        "reminded": "Reminders queued: {n}.",
     },
 }
 
@@ -127,6 +136,7 @@ def add_api_routes(router: web.UrlDispatcher) -> None:
 def add_admin_routes(router: web.UrlDispatcher) -> None:
     """The form's POST; the meetings page is tracker.admin's (its layout), over meetings_context."""
     router.add_post("/messages/{message_id:.+}/convocation", admin_set)
+    router.add_post("/messages/{message_id:.+}/remind", admin_remind)
 
 
 # -- the model -----------------------------------------------------------------
@@ -163,7 +173,11 @@ def _now(tracker: Tracker) -> dt.datetime:
 async def message_view(tracker: Tracker, ev: MessageEvidence, message: dict[str, Any]) -> dict[str, Any]:
     """The register view of one message (``message``: its message_json)."""
     convocation = await current(tracker, ev.submission)
-    return register.view(convocation, register.members_of(message), _now(tracker))
+    return register.view(convocation, await _members(tracker, ev, message), _now(tracker))
+
+
+async def _members(tracker: Tracker, ev: MessageEvidence, message: dict[str, Any]) -> list[register.Member]:
+    return register.members_of(message, await law_store.reminders_of(tracker.store, ev.submission["id"]))
 
 
 async def set_meeting(
@@ -303,6 +317,7 @@ SCHEMAS: dict[str, Any] = {
                         "acknowledged_at",
                         "delivered_in_time",
                         "acknowledged_in_time",
+                        "reminders",
                     ],
                     "properties": {
                         "recipient": {"type": "string"},
@@ -310,6 +325,11 @@ SCHEMAS: dict[str, Any] = {
                         "acknowledged_at": {"type": ["string", "null"], "format": "date-time"},
                         "delivered_in_time": {"type": ["boolean", "null"]},
                         "acknowledged_in_time": {"type": ["boolean", "null"]},
+                        "reminders": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "date-time"},
+                            "description": "When reminders were queued to the member, oldest first.",
+                        },
                     },
                 },
             },
@@ -369,14 +389,20 @@ def openapi_paths(api_prefix: str, message_id_param: dict[str, Any], errors: dic
 # -- the admin pages -------------------------------------------------------------
 
 
-def page_context(law: dict[str, Any], lang: str, href: str, failed: bool) -> dict[str, Any]:
-    """What the message page's convocation section shows (template admin_law.html)."""
+def page_context(
+    tracker: Tracker, law: dict[str, Any], lang: str, href: str, query: Mapping[str, str]
+) -> dict[str, Any]:
+    """What the message page's convocation section shows (template admin_law.html); ``query``: the
+    page's, which says how the last form went (law=bad, reminded=N)."""
     deadline = law["deadline"]
+    reminded = query.get("reminded", "")
     return {
         "law": law,
         "l": TEXTS[lang],
         "law_action": f"{href}/convocation",
-        "law_failed": failed,
+        "law_failed": query.get("law") == "bad",
+        "remind_action": f"{href}/remind" if tracker.config.reminders.enabled else None,
+        "reminded": int(reminded) if reminded.isdigit() else None,
         "meeting_text": _meeting_text(law["meeting"], lang),
         "latest_text": register.french_date(dt.date.fromisoformat(deadline["latest_sending_date"]))
         if deadline and lang == "fr"
@@ -414,6 +440,22 @@ async def admin_set(request: web.Request) -> web.Response:
     raise web.HTTPSeeOther(f"{href}#convocation")
 
 
+async def admin_remind(request: web.Request) -> web.Response:
+    """The message page's button: one reminder now to each member who has not acknowledged."""
+    tracker = request.config_dict[TRACKER]
+    if not tracker.config.reminders.enabled:
+        raise web.HTTPNotFound()
+    try:
+        ev = await load_message(tracker.store, request.match_info["message_id"])
+    except NotFoundError:
+        raise web.HTTPNotFound() from None
+    sent = await Reminders(tracker.config, tracker.store, Spool(tracker.store), tracker.clock).send_now(
+        ev.submission["id"]
+    )
+    href = f"{tracker.base_path}{ADMIN_PREFIX}/messages/{quote(ev.submission['message_id'] or '', safe='')}"
+    raise web.HTTPSeeOther(f"{href}?reminded={sent}#convocation")
+
+
 async def meetings_context(request: web.Request) -> dict[str, Any]:
     """The upcoming meetings page's context: each convocation of the next UPCOMING_DAYS days, its
     status, its acknowledgments and the members who have not acknowledged (at risk)."""
@@ -427,7 +469,7 @@ async def meetings_context(request: web.Request) -> dict[str, Any]:
         if ev.submission["id"] != stored.submission_id:
             continue  # the same Message-ID sent again: the latest submission is the one shown
         message = message_json(ev)
-        law = register.view(stored.convocation, register.members_of(message), now)
+        law = register.view(stored.convocation, await _members(tracker, ev, message), now)
         rows.append(
             {
                 "subject": stored.subject,

@@ -226,7 +226,7 @@ async def convocation_view(store: Store, ev: MessageEvidence, now: float) -> dic
     stored = await law_store.convocation(store, ev.submission["id"])
     if stored is None:
         return None
-    members = register.members_of(message_json(ev))
+    members = register.members_of(message_json(ev), await law_store.reminders_of(store, ev.submission["id"]))
     return register.view(stored.convocation, members, datetime.fromtimestamp(now, UTC))
 
 

@@ -6,7 +6,7 @@ there). Used by the admin page, the API and the attestation; pure: ``as_of`` is 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ class Member:
     recipient: str
     delivered_at: dt.datetime | None
     acknowledged_at: dt.datetime | None
+    reminded_at: tuple[dt.datetime, ...] = ()  # reminders queued to the member, oldest first
 
 
 def french_date(day: dt.date) -> str:
@@ -100,6 +101,7 @@ def view(convocation: Convocation, members: Sequence[Member], as_of: dt.datetime
                 "acknowledged_at": m.acknowledged_at.isoformat(timespec="seconds") if m.acknowledged_at else None,
                 "delivered_in_time": _in_time(deadline, m.delivered_at),
                 "acknowledged_in_time": _in_time(deadline, m.acknowledged_at),
+                "reminders": [r.isoformat(timespec="seconds") for r in m.reminded_at],
             }
             for m in members
         ],
@@ -146,15 +148,17 @@ def wording(convocation: Convocation, members: Sequence[Member], as_of: dt.datet
     return " ".join(parts)
 
 
-def members_of(message: dict[str, Any]) -> list[Member]:
+def members_of(message: dict[str, Any], reminders: Mapping[str, Sequence[float]] | None = None) -> list[Member]:
     """The members of a message as ``relay.evidence.gather.message_json`` shows it: a copy counts as
-    delivered when the upstream took it (a 2xx hand-off), acknowledged at its receipt's time."""
+    delivered when the upstream took it (a 2xx hand-off), acknowledged at its receipt's time;
+    ``reminders``: the Unix times of the reminders queued to each recipient."""
     out = []
     for r in message["recipients"]:
         handoff = (r.get("handoff") or {}).get("record") or {}
         delivered = handoff.get("handed_at") if 200 <= int(handoff.get("code") or 0) < 300 else None
         ack = (r.get("acknowledgment") or {}).get("at")
-        out.append(Member(r["recipient"], _instant(delivered), _instant(ack)))
+        reminded = tuple(dt.datetime.fromtimestamp(t, dt.UTC) for t in (reminders or {}).get(r["recipient"], ()))
+        out.append(Member(r["recipient"], _instant(delivered), _instant(ack), reminded))
     return out
 
 

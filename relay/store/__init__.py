@@ -290,6 +290,17 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at     REAL NOT NULL
     );
     CREATE INDEX convocations_meeting_date ON convocations(meeting_date) WHERE meeting_date IS NOT NULL;
+    -- A reminder is a message of the relay's own (a submission of kind 'dsn', the kind the relay
+    -- generates, delivered without a new link) to the member of one convocation delivery.
+    CREATE TABLE reminders (
+        id            INTEGER PRIMARY KEY,
+        delivery_id   INTEGER NOT NULL REFERENCES deliveries(id),  -- the member's copy of the convocation
+        submission_id TEXT NOT NULL REFERENCES submissions(id),  -- the reminder
+        number        INTEGER NOT NULL,  -- 1, 2...: the Nth reminder to that member
+        sent_at       REAL NOT NULL,
+        UNIQUE (delivery_id, number)
+    );
+    CREATE INDEX reminders_submission ON reminders(submission_id);
     """,
 )
 

@@ -7,11 +7,13 @@ Functions over the :class:`Store`'s public methods; writes run inside the caller
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
 import aiosqlite
 
+from relay.errors import ConflictError
 from relay.law.dates import MeetingDate
 from relay.law.deadline import Assembly
 from relay.law.meeting import Convocation
@@ -88,3 +90,59 @@ async def meetings_between(store: Store, first: dt.date, last: dt.date) -> list[
         (first.isoformat(), last.isoformat()),
     )
     return [StoredConvocation.from_row(row) for row in rows]
+
+
+@dataclass(frozen=True)
+class Unacknowledged:
+    """One member who has not acknowledged a convocation: what a reminder needs."""
+
+    stored: StoredConvocation
+    delivery_id: int
+    recipient: str
+    copy_sha256: str
+    sent: int  # reminders already sent to that member
+
+
+async def unacknowledged(store: Store, first: dt.date, submission_id: str | None = None) -> list[Unacknowledged]:
+    """Members whose copy of a convocation meeting on ``first`` or later was delivered and not
+    acknowledged (of one submission, or of all)."""
+    where = " AND s.id = ?" if submission_id is not None else ""
+    rows = await store.fetchall(
+        f"SELECT c.*, s.received_at, s.message_id, s.subject, s.mail_from, d.id AS delivery_id, d.recipient,"
+        f" d.copy_sha256, (SELECT COUNT(*) FROM reminders r WHERE r.delivery_id = d.id) AS sent"
+        f" FROM convocations c JOIN submissions s ON s.id = c.submission_id JOIN deliveries d ON d.submission_id = s.id"
+        f" WHERE c.meeting_date >= ? AND d.state = 'delivered' AND d.copy_sha256 IS NOT NULL"
+        f" AND NOT EXISTS (SELECT 1 FROM receipts k WHERE k.delivery_id = d.id){where}"
+        f" ORDER BY s.received_at, d.id",
+        (first.isoformat(), *([submission_id] if submission_id is not None else [])),
+    )
+    return [
+        Unacknowledged(StoredConvocation.from_row(r), r["delivery_id"], r["recipient"], r["copy_sha256"], r["sent"])
+        for r in rows
+    ]
+
+
+async def save_reminder(
+    db: aiosqlite.Connection, delivery_id: int, submission_id: str, number: int, now: float
+) -> None:
+    """Link a reminder (its submission) to the member's convocation delivery, inside the caller's transaction."""
+    try:
+        await db.execute(
+            "INSERT INTO reminders (delivery_id, submission_id, number, sent_at) VALUES (?, ?, ?, ?)",
+            (delivery_id, submission_id, number, now),
+        )
+    except sqlite3.IntegrityError as exc:  # queued meanwhile by another (the admin's button, the schedule)
+        raise ConflictError(f"reminder {number} of delivery {delivery_id} is already queued") from exc
+
+
+async def reminders_of(store: Store, submission_id: str) -> dict[str, list[float]]:
+    """The times reminders were queued to each member of a convocation, by recipient, oldest first."""
+    rows = await store.fetchall(
+        "SELECT d.recipient, r.sent_at FROM reminders r JOIN deliveries d ON d.id = r.delivery_id"
+        " WHERE d.submission_id = ? ORDER BY r.number",
+        (submission_id,),
+    )
+    out: dict[str, list[float]] = {}
+    for row in rows:
+        out.setdefault(row["recipient"], []).append(row["sent_at"])
+    return out

@@ -88,6 +88,7 @@ async def test_setting_and_correcting_the_meeting_through_the_api(env):
             "acknowledged_at": None,
             "delivered_in_time": None,
             "acknowledged_in_time": None,
+            "reminders": [],
         }
     ]
     r = await c.put(

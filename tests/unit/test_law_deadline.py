@@ -172,7 +172,7 @@ def test_the_configuration_offers_exactly_the_assemblies_the_law_knows():
     assert set(ASSEMBLIES) == {a.value for a in Assembly}
 
 
-@pytest.mark.parametrize("name", ["__init__", "deadline", "dates", "meeting", "verdict", "register", "evidence"])
+@pytest.mark.parametrize("name", ["__init__", "deadline", "dates", "meeting", "verdict", "register", "evidence", "reminders"])
 def test_the_law_package_is_pure(name):
     """No I/O, clock or randomness in relay/law: callers pass the times in (relay.smtp.convocation)."""
     import ast
