@@ -255,12 +255,13 @@ async def message_page(request: web.Request) -> web.Response:
     lang = negotiate(request.headers.get("Accept-Language"))
     a = TEXTS[lang]
     tz = tracker.config.tracker.timezone
+    law_view = await law.message_view(tracker, ev, view)
     recipients = [
-        {**r, "timeline": timeline(view, r, a, tz, lang), "ack_time": _time(_ack_at(r), tz, lang)}
+        {**r, "timeline": timeline(view, r, a, tz, lang, law.reminder_events(law_view, r["recipient"], lang)),
+         "ack_time": _time(_ack_at(r), tz, lang)}
         for r in view["recipients"]
     ]
     href = message_href(request, view["message_id"])
-    law_view = await law.message_view(tracker, ev, view)
     return _page(
         request,
         "admin_message.html",
@@ -315,8 +316,10 @@ def _anchor_text(record: dict[str, Any] | None, a: dict[str, str]) -> str:
     return a[f"anchor_{anchoring['state']}"]
 
 
-def timeline(view: dict[str, Any], r: dict[str, Any], a: dict[str, str], tz: str, lang: str) -> list[dict[str, str]]:
-    """One recipient's events, oldest first: received, certified, handed over, fetches, acknowledged."""
+def timeline(view: dict[str, Any], r: dict[str, Any], a: dict[str, str], tz: str, lang: str,
+             extra: list[dict[str, str]] | None = None) -> list[dict[str, str]]:
+    """One recipient's events, oldest first: received, certified, handed over, fetches, acknowledged,
+    and ``extra`` ones (the reminders, tracker.law.reminder_events)."""
     events = [{"at": view["received_at"], "what": a["ev_received"], "detail": "", "anchor": _anchor_text(view["submission"], a)}]
     if r["delivery"]:
         events.append({"at": r["delivery"]["record"]["certified_at"], "what": a["ev_certified"],
@@ -334,6 +337,7 @@ def timeline(view: dict[str, Any], r: dict[str, Any], a: dict[str, str], tz: str
     if r["acknowledgment"]:
         events.append({"at": r["acknowledgment"]["at"], "what": a["ev_ack"], "detail": "",
                        "anchor": _anchor_text(r["acknowledgment"], a)})
+    events.extend(extra or ())
     events.sort(key=lambda e: e["at"])
     return [{**e, "when": _precise_time(e["at"], tz, lang)} for e in events]
 

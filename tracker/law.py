@@ -80,6 +80,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "source_text": "texte du message",
         "source_admin": "fixée par un administrateur",
         "reminders": "Rappels",
+        "ev_reminder": "Rappel mis en file (message certifié distinct, même lien)",
         "remind_button": "Envoyer un rappel maintenant aux membres qui n'ont pas accusé réception",
         "reminded": "Rappels mis en file : {n}.",
     },
@@ -118,6 +119,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "source_text": "message text",
         "source_admin": "set by an administrator",
         "reminders": "Reminders",
+        "ev_reminder": "Reminder queued (a certified message of its own, same link)",
         "remind_button": "Send a reminder now to the members who have not acknowledged",
         "reminded": "Reminders queued: {n}.",
     },
@@ -422,6 +424,16 @@ def _meeting_text(meeting: dict[str, Any] | None, lang: str) -> str:
             else f" {meeting['time']}"
         )
     return f"{text} ({TEXTS[lang]['source_' + meeting['source']]})"
+
+
+def reminder_events(law: dict[str, Any], recipient: str, lang: str) -> list[dict[str, str]]:
+    """The reminders queued to one member, as events of the admin page's timeline."""
+    member = next((m for m in law["members"] if m["recipient"] == recipient), None)
+    return [
+        {"at": iso_time(dt.datetime.fromisoformat(at).timestamp()), "what": TEXTS[lang]["ev_reminder"], "detail": "",
+         "anchor": ""}
+        for at in (member["reminders"] if member else ())
+    ]  # fmt: skip
 
 
 async def admin_set(request: web.Request) -> web.Response:
