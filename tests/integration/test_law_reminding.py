@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email
+import io
 import re
 from email import policy
 from email.message import EmailMessage
@@ -14,6 +15,8 @@ from urllib.parse import quote
 import aiohttp
 import aiosmtplib
 
+from relay.evidence.bundle import read_zip
+from relay.evidence.gather import build_proof
 from relay.law.deadline import PARIS
 from relay.law.meeting import message_text
 from relay.store.law import reminders_of
@@ -134,6 +137,10 @@ async def test_reminders_go_to_exactly_the_members_who_have_not_acknowledged(tmp
                 alice = alice[: alice.index("</section>")]
                 assert alice.count("Rappel mis en file") == 3
             assert await reminders.send_due() == 0
+            out = io.BytesIO()
+            await build_proof(service.store, MESSAGE_ID, out, now=now[0], timezone="Europe/Paris")
+            attestation = read_zip(out.getvalue())["attestation.html"].decode()
+            assert "<th>Rappels</th>" in attestation and attestation.count("<td>aucun</td>") == 1  # Bob
             assert {k: len(v) for k, v in (await reminders_of(service.store, await sid(service))).items()} == {
                 ALICE: 3, CAROL: 1,
             }  # fmt: skip
