@@ -268,6 +268,55 @@ class LogConfig:
     format: str = key("text", "'text' or 'json' (one JSON object per line).", choices=("text", "json"))
 
 
+ASSEMBLIES = ("commune_under_3500", "commune", "epci", "syndicat", "departement", "region")
+
+
+@dataclass(frozen=True)
+class LawSender:
+    match: str = key("", "Sender address or '@domain' this rule applies to; '*' for any.")
+    assembly: str = key(
+        "",
+        "Assembly that sender convokes (sets the jours francs owed); empty: law.assembly.",
+        choices=("", *ASSEMBLIES),
+    )
+    meeting_date_pattern: str = key(
+        "",
+        "Regular expression finding the meeting date in the Subject, then the text, for a tool whose wording"
+        " the built-in French reader misses: named groups day, month (number or French name), year, and"
+        " optionally hour and minute. Empty: the built-in reader.",
+    )
+
+
+@dataclass(frozen=True)
+class LawConfig:
+    assembly: str = key(
+        "",
+        "Assembly of senders without a [[law.senders]] rule: commune_under_3500 (3 jours francs), commune,"
+        " epci or syndicat (5), departement or region (12). Empty: their deadlines are not checked.",
+        choices=("", *ASSEMBLIES),
+    )
+    refuse_late: bool = key(
+        False,
+        "Refuse a convocation that arrives after its deadline at DATA with 550 5.7.0, naming the deadline;"
+        " false accepts it, logs a WARNING and flags it everywhere.",
+    )
+    senders: list[LawSender] = key([], "Per-sender rules, [[law.senders]], first match wins.")
+
+
+@dataclass(frozen=True)
+class RemindersConfig:
+    enabled: bool = key(
+        False,
+        "Send reminders, as certified messages of their own carrying the member's same acknowledgment link,"
+        " to members who have not acknowledged a convocation whose meeting date is known.",
+    )
+    after_hours: list[int] = key(
+        [48], "Hours after the convocation was received when each reminder is due; one reminder per entry."
+    )
+    stop_before_hours: int = key(24, "No reminder later than this many hours before the meeting (never after it).")
+    interval: int = key(600, "Seconds between two looks for due reminders.")
+
+
 @dataclass(frozen=True)
 class Config:
     data_dir: str = key("estampille-data", "Directory of the database, message files and generated keys.")
@@ -283,6 +332,8 @@ class Config:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    law: LawConfig = field(default_factory=LawConfig)
+    reminders: RemindersConfig = field(default_factory=RemindersConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     @classmethod
@@ -468,5 +519,23 @@ def _check(config: Config) -> None:
     for pos, url in enumerate(config.webhooks.urls):
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"webhooks.urls[{pos}] = {url!r}: expected an http(s) URL")
+    for pos, rule in enumerate(config.law.senders):
+        _check_date_pattern(f"law.senders[{pos}].meeting_date_pattern", rule.meeting_date_pattern)
+    hours = config.reminders.after_hours
+    if any(h <= 0 for h in hours) or hours != sorted(set(hours)):
+        raise ConfigError(f"reminders.after_hours = {hours!r}: expected increasing positive hours, such as [48, 96]")
+    if config.reminders.stop_before_hours < 0 or config.reminders.interval < 1:
+        raise ConfigError("reminders.stop_before_hours and reminders.interval: expected 0 or more, and 1 or more")
     if config.webhooks.urls and not config.webhooks.secret:
         raise ConfigError("webhooks.secret = '': expected a secret to sign the events sent to webhooks.urls")
+
+
+def _check_date_pattern(dotted: str, pattern: str) -> None:
+    if not pattern:
+        return
+    try:
+        groups = set(re.compile(pattern).groupindex)
+    except re.error as exc:
+        raise ConfigError(f"{dotted} = {pattern!r}: not a regular expression ({exc})") from None
+    if not {"day", "month", "year"} <= groups:
+        raise ConfigError(f"{dotted} = {pattern!r}: expected the named groups day, month and year")

@@ -27,6 +27,7 @@ from relay.errors import ConfigError, DKIMKeyError
 from relay.ops.datalock import DataDirLock
 from relay.ops.metrics import Metrics, start_metrics_server
 from relay.ops.notify import Notifier
+from relay.ops.reminders import Reminders
 from relay.ops.retention import purge_periodically
 from relay.ops.webhooks import WebhookWorker
 from relay.outbound.deliver import Deliverer
@@ -69,6 +70,7 @@ class Service:
         self.metrics = Metrics()
         self.metrics_port: int | None = None
         self.anchorer: Anchorer | None = None  # relay.anchor.worker workers, when anchor.enabled
+        self.reminders: Reminders | None = None  # relay.ops.reminders, when reminders.enabled
         self.components: list[tuple[str, Callable[[], Awaitable[None]]]] = []
 
     def _started(self, name: str, stop: Callable[[], Awaitable[None]]) -> None:
@@ -155,6 +157,11 @@ class Service:
                 WebhookWorker(self.store, self.config.webhooks, clock=self.clock).run(), name="estampille-webhooks"
             )
             self._started("webhooks", lambda: _cancel(webhooks))
+        if self.config.reminders.enabled:
+            assert self.deliverer is not None
+            self.reminders = Reminders(self.config, self.store, self.deliverer.spool, self.clock)
+            reminding = asyncio.create_task(self.reminders.run(), name="estampille-reminders")
+            self._started("reminders", lambda: _cancel(reminding))
         if self.config.anchor.enabled:
             await self._start_anchoring()
 

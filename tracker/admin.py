@@ -20,7 +20,7 @@ from aiohttp import web
 
 from relay.errors import AmbiguousError, NotFoundError
 from relay.proof.gather import MessageEvidence, load_message, message_json
-from tracker import api
+from tracker import api, law
 from tracker.admin_auth import (
     ADMIN_PREFIX,
     ADMIN_SESSIONS,
@@ -49,6 +49,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "login_failed": "Ce jeton n'est pas reconnu.",
         "logout": "Se déconnecter",
         "messages": "Messages",
+        "meetings": "Séances à venir",
         "search": "Rechercher",
         "search_label": "Message-ID, objet, expéditeur ou destinataire",
         "since": "Reçus depuis le",
@@ -118,6 +119,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "login_failed": "This token is not recognised.",
         "logout": "Sign out",
         "messages": "Messages",
+        "meetings": "Upcoming meetings",
         "search": "Search",
         "search_label": "Message-ID, subject, sender or recipient",
         "since": "Received from",
@@ -198,6 +200,8 @@ def setup(app: web.Application) -> None:
     r.add_post("/logout", logout)
     r.add_get("", to_list)
     r.add_get("/", messages)
+    r.add_get("/meetings", meetings)
+    law.add_admin_routes(r)  # before the greedy message route
     r.add_get("/messages/{message_id:.+}/bundle", bundle)
     r.add_get("/messages/{message_id:.+}/unacknowledged.csv", unacknowledged_csv)
     r.add_get("/messages/{message_id:.+}", message_page)
@@ -291,8 +295,10 @@ async def message_page(request: web.Request) -> web.Response:
     tz = tracker.config.tracker.timezone
     page = message_href(request, view["message_id"])
     chosen = {"submission": view["submission_id"]}
+    law_view = await law.message_view(tracker, ev, view)
     recipients = [
-        {**r, "timeline": timeline(view, r, a, tz, lang), "ack_time": _time(_ack_at(r), tz, lang),
+        {**r, "timeline": timeline(view, r, a, tz, lang, law.reminder_events(law_view, r["recipient"], lang)),
+         "ack_time": _time(_ack_at(r), tz, lang),
          "bundle_href": f"{page}/bundle?{urlencode({**chosen, 'recipient': r['recipient']})}"}
         for r in view["recipients"]
     ]
@@ -303,6 +309,7 @@ async def message_page(request: web.Request) -> web.Response:
         request,
         "admin_message.html",
         {
+            **law.page_context(tracker, law_view, lang, page, request.query),
             "m": view,
             "sent": _time(view["received_at"], tz, lang),
             "recipients": recipients,
@@ -312,6 +319,10 @@ async def message_page(request: web.Request) -> web.Response:
             "csv_href": f"{page}/unacknowledged.csv?{urlencode(chosen)}",
         },
     )
+
+
+async def meetings(request: web.Request) -> web.Response:
+    return _page(request, "admin_meetings.html", await law.meetings_context(request))
 
 
 async def _message(request: web.Request) -> MessageEvidence:
@@ -362,9 +373,10 @@ def _anchor_text(record: dict[str, Any] | None, a: dict[str, str]) -> str:
     return a[f"anchor_{anchoring['state']}"]
 
 
-def timeline(view: dict[str, Any], r: dict[str, Any], a: dict[str, str], tz: str, lang: str) -> list[dict[str, str]]:
+def timeline(view: dict[str, Any], r: dict[str, Any], a: dict[str, str], tz: str, lang: str,
+             extra: list[dict[str, str]] | None = None) -> list[dict[str, str]]:
     """One recipient's events, oldest first: received, certified, handed over, fetches, acknowledged,
-    link disabled by a bundle, link refused."""
+    link disabled by a bundle, link refused, and ``extra`` ones (the reminders, tracker.law.reminder_events)."""
     events = [{"at": view["received_at"], "what": a["ev_received"], "detail": "", "anchor": _anchor_text(view["submission"], a)}]
     if r["delivery"]:
         events.append({"at": r["delivery"]["record"]["certified_at"], "what": a["ev_certified"],
@@ -393,6 +405,7 @@ def timeline(view: dict[str, Any], r: dict[str, Any], a: dict[str, str], tz: str
     if r["link_disclosed"]:
         first = min(d["at"] for d in view["disclosures"] if d["scope"] in (None, r["recipient"]))
         events.append({"at": first, "what": a["ev_disclosed"], "detail": "", "anchor": ""})
+    events.extend(extra or ())
     events.sort(key=lambda e: e["at"])
     return [{**e, "when": _precise_time(e["at"], tz, lang)} for e in events]
 

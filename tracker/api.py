@@ -21,6 +21,7 @@ from aiohttp import web
 from relay.errors import AmbiguousError, EstampilleError, NotFoundError
 from relay.evidence.records import iso_time
 from relay.proof.gather import build_proof, load_message, message_json
+from tracker import law
 from tracker.admin_auth import API_PREFIX
 from tracker.pages import TRACKER
 
@@ -40,6 +41,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/messages", list_messages)
     # The bundle route first: a Message-ID may contain '/', so the id pattern is greedy.
     r.add_get("/messages/{message_id:.+}/bundle", bundle)
+    law.add_api_routes(r)
     r.add_get("/messages/{message_id:.+}", show_message)
 
 
@@ -294,6 +296,7 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        **law.openapi_paths(API_PREFIX, _MESSAGE_ID_PARAM, _ERRORS),
         f"{API_PREFIX}/openapi.json": {
             "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1 document."}, "401": _ERRORS["401"]}}
         },
@@ -435,6 +438,7 @@ OPENAPI: dict[str, Any] = {
                     "href": {"type": "string"},
                 },
             }),
+            **law.SCHEMAS,
             "MessagePage": _closed({
                 "type": "object",
                 "properties": {

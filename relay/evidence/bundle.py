@@ -31,7 +31,7 @@ import re
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, BinaryIO
 from zoneinfo import ZoneInfo
 
@@ -39,6 +39,7 @@ import jinja2
 
 from relay.evidence.archive import BundleProblem, check_name, load_json
 from relay.evidence.records import Record, canonical_json, sha256_hex
+from relay.law.register import french_date
 
 FORMAT = "estampille-proof"
 # 2: facts name the bundle's scope (one recipient's copy, or all) and the disclosure record
@@ -114,6 +115,7 @@ class ProofInput:
     def discloses(self, r: RecipientEvidence) -> bool:
         """Whether the bundle carries this recipient's copy (and so their live link)."""
         return r.copy_sha256 is not None and self.scope in (None, r.recipient)
+    law: dict[str, Any] | None = None  # the convocation's deadline and wording (relay.law.register.view)
 
 
 @dataclass(frozen=True)
@@ -204,7 +206,7 @@ def build_bundle(proof: ProofInput, read_blob: Callable[[str], bytes], out: Bina
         "recipients": recipients,
         "anchoring": _anchoring_facts(proof),
     }
-    files[ATTESTATION] = render_attestation(facts, files).encode("utf-8")
+    files[ATTESTATION] = render_attestation(facts, files, proof.law).encode("utf-8")
     files[VERIFY_DOC] = render_verify_doc(proof.message_id).encode("utf-8")
     t = _parse_time(proof.generated_at).timetuple()
     stamp = max(ZIP_EPOCH, (t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec))
@@ -287,8 +289,9 @@ def block_time_text(unix: int | None, tz: str) -> str:
     return datetime.fromtimestamp(unix, tz=ZoneInfo(tz)).strftime("%d/%m/%Y %H:%M:%S")
 
 
-def render_attestation(facts: dict[str, Any], files: dict[str, bytes]) -> str:
-    """The printable attestation (French): a rendering of the facts and the records."""
+def render_attestation(facts: dict[str, Any], files: dict[str, bytes], law: dict[str, Any] | None = None) -> str:
+    """The printable attestation (French): a rendering of the facts and the records, and the
+    convocation's deadline when known (``law``: relay.law.register.view)."""
     tz = facts["timezone"]
 
     def record(path: str | None) -> dict[str, Any] | None:
@@ -322,7 +325,19 @@ def render_attestation(facts: dict[str, Any], files: dict[str, bytes]) -> str:
         heights=sorted({a["bitcoin_height"] for a in confirmed}),
         block_times=sorted({block_time_text(a["block_time"], tz) for a in confirmed if a["block_time"] is not None}),
         local_time=lambda iso: local_time(iso, tz),
+        law=law,
+        law_dates=_law_dates(law),
     )
+
+
+def _law_dates(law: dict[str, Any] | None) -> dict[str, str]:
+    """The convocation's dates written out in French for the attestation."""
+    if law is None or law["meeting"] is None:
+        return {}
+    out = {"meeting": french_date(date.fromisoformat(law["meeting"]["date"]))}
+    if law["deadline"] is not None:
+        out["latest"] = french_date(date.fromisoformat(law["deadline"]["latest_sending_date"]))
+    return out
 
 
 def render_verify_doc(message_id: str) -> str:

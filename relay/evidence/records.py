@@ -22,7 +22,8 @@ from json.encoder import encode_basestring
 from typing import Any
 
 RECORD_VERSION = 1
-RECORD_TYPES = ("submission", "delivery", "handoff", "receipt", "report", "disclosure")
+RECORD_TYPES = ("submission", "delivery", "handoff", "receipt", "report", "disclosure",
+                "meeting_date")  # meeting_date: relay.law.evidence
 
 # A receipt record's canonical JSON written out, keys in sorted order: every page fetch builds
 # one, and json.dumps(sort_keys=True) cost half of it. Its strings go through the encoder

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -28,7 +29,9 @@ from relay.evidence.bundle import (
 )
 from relay.evidence.bundle_check import DEFAULT_MAX_ANCHOR_DELAY, BundleReport, cannot_verify, verify_files
 from relay.evidence.records import Record, disclosure_record, iso_time
+from relay.law import register
 from relay.store import Store, proofs, tokens
+from relay.store import law as law_store
 from relay.store import reports as report_store
 
 
@@ -269,7 +272,17 @@ async def proof_input(store: Store, ev: MessageEvidence, *, now: float, timezone
         recipients=tuple(recipients),
         generated_at=iso_time(now),
         timezone=timezone,
+        law=await convocation_view(store, ev, now),
     )
+
+
+async def convocation_view(store: Store, ev: MessageEvidence, now: float) -> dict[str, Any] | None:
+    """The law's view of the message for the attestation (relay.law.register), if intake or an admin stored one."""
+    stored = await law_store.convocation(store, ev.submission["id"])
+    if stored is None:
+        return None
+    members = register.members_of(message_json(ev), await law_store.reminders_of(store, ev.submission["id"]))
+    return register.view(stored.convocation, members, datetime.fromtimestamp(now, UTC))
 
 
 async def build_proof(

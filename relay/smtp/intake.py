@@ -10,7 +10,8 @@ protocol methods); policy lives in :class:`IntakeHandler`, whose hooks (``handle
   authenticated (nothing is stored for it); mail to ``dsn.bounce_domain`` is the
   reports' own, from anyone, to relay.outbound.bounces (only that domain, never relayed);
 - DATA: 550 5.6.0 for a message without a From that has a domain when the
-  envelope sender has none to supply it (DKIM must sign From); 250 only after
+  envelope sender has none to supply it (DKIM must sign From); 550 5.7.0 for a late
+  convocation under ``[law] refuse_late`` (relay.smtp.convocation); 250 only after
   the spool has committed; any failure of ours is 451 4.3.0 and the session
   stays usable (aiosmtpd resets the envelope).
 - stopping (:meth:`IntakeHandler.drain`): idle sessions get 421 at once,
@@ -40,6 +41,7 @@ from relay.config import Config
 from relay.errors import ConfigError, DiskFullError, EstampilleError, FromFieldError, StoreError
 from relay.outbound.bounces import REPLY_ONE_REPORT, ReportIntake
 from relay.smtp.auth import Credentials, FailureLimiter, client_key, load_credentials
+from relay.smtp.convocation import ConvocationCheck
 from relay.smtp.spool import Incoming, Spool
 
 log = logging.getLogger("estampille.intake")
@@ -175,6 +177,7 @@ class IntakeHandler:
         self.open_per_client: Counter[str] = Counter()
         self.min_free_bytes = config.smtp.min_free_disk_mb * 2**20
         self.reports = ReportIntake(config, spool) if config.dsn.bounce_domain else None
+        self.law = ConvocationCheck(config.law, spool.store)
 
     @classmethod
     def from_config(cls, config: Config, spool: Spool, *, clock: Callable[[], float] = time.time,
@@ -357,7 +360,12 @@ class IntakeHandler:
             return REPLY_OUR_FAILURE
         try:
             incoming = self._incoming(server, session, envelope, from_added)
-            queued = await self.spool.accept(incoming, self.clock())
+            now = self.clock()
+            convocation = await self.law.read(incoming, now)
+            refused = self.law.refusal(convocation, _peer_text(session))
+            if refused is not None:
+                return refused
+            queued = await self.spool.accept(incoming, now, also=self.law.rows(convocation, now))
         except Exception as exc:
             level = logging.WARNING if isinstance(exc, StoreError) else logging.ERROR
             log.log(level, "DATA from %s not queued: %s", _peer_text(session), type(exc).__name__,
@@ -372,6 +380,7 @@ class IntakeHandler:
         )
         if from_added is not None:
             log.warning("queued %s had no From with a domain: its copies get From: %s", queued.submission_id, from_added)
+        self.law.accepted(convocation, queued)
         return REPLY_QUEUED.format(queued.submission_id)
 
     def _incoming(self, server: SMTP, session: Session, envelope: Envelope, from_added: str | None) -> Incoming:

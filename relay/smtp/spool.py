@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiosqlite
@@ -65,8 +65,14 @@ class Spool:
         self.store = store
         self.on_queued = on_queued
 
-    async def accept(self, incoming: Incoming, now: float) -> Queued:
-        """Store the bytes and the rows (see the module docstring); return only once committed."""
+    async def accept(
+        self,
+        incoming: Incoming,
+        now: float,
+        also: Callable[[aiosqlite.Connection, Queued], Awaitable[None]] | None = None,
+    ) -> Queued:
+        """Store the bytes and the rows (see the module docstring); return only once committed.
+        ``also`` writes more rows about the submission in the same transaction (relay.smtp.convocation)."""
         facts, data_sha256 = await self.stage(self.store, incoming.data)
 
         async def rows(db: aiosqlite.Connection) -> Queued:
@@ -78,6 +84,8 @@ class Spool:
                     "record": queued.record_digest,
                 }
                 await self.store.enqueue_event(db, "accepted", payload, now)
+            if also is not None:
+                await also(db, queued)
             return queued
 
         queued = await self.store.write(rows)

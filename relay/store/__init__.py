@@ -349,6 +349,31 @@ MIGRATIONS: tuple[str, ...] = (
     -- A message's disclosures are read with it; records are otherwise not indexed by submission.
     CREATE INDEX records_disclosure ON records(submission_id) WHERE type = 'disclosure';
     """,
+    # 13: law (relay/law, relay/store/law.py): each convocation's meeting date, read at intake or set by
+    # an admin, and its sender's assembly and urgency then. Deadlines are computed from them, never stored.
+    """
+    CREATE TABLE convocations (
+        submission_id  TEXT PRIMARY KEY REFERENCES submissions(id),
+        meeting_date   TEXT,  -- ISO date in Paris; NULL: unknown
+        meeting_time   TEXT,  -- HH:MM in Paris; NULL: unknown
+        meeting_source TEXT,  -- header, rule, subject, text or admin
+        assembly       TEXT,  -- NULL: no assembly configured for the sender
+        urgent         INTEGER NOT NULL DEFAULT 0,
+        updated_at     REAL NOT NULL
+    );
+    CREATE INDEX convocations_meeting_date ON convocations(meeting_date) WHERE meeting_date IS NOT NULL;
+    -- A reminder is a message of the relay's own (a submission of kind 'dsn', the kind the relay
+    -- generates, delivered without a new link) to the member of one convocation delivery.
+    CREATE TABLE reminders (
+        id            INTEGER PRIMARY KEY,
+        delivery_id   INTEGER NOT NULL REFERENCES deliveries(id),  -- the member's copy of the convocation
+        submission_id TEXT NOT NULL REFERENCES submissions(id),  -- the reminder
+        number        INTEGER NOT NULL,  -- 1, 2...: the Nth reminder to that member
+        sent_at       REAL NOT NULL,
+        UNIQUE (delivery_id, number)
+    );
+    CREATE INDEX reminders_submission ON reminders(submission_id);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -455,8 +480,10 @@ class OperationsFigures:
 
 
 _SQL_CHUNK = 500  # digests per IN (...) query, well under SQLite's variable limit
-WEBHOOK_EVENTS = ("accepted", "delivered", "deferred", "failed", "fetched", "acknowledged", "anchored", "confirmed",
-                  "copy.unlinked")
+WEBHOOK_EVENTS = (
+    "accepted", "delivered", "deferred", "failed", "fetched", "acknowledged", "anchored", "confirmed",
+    "copy.unlinked", "convocation.late",
+)
 
 
 _Statement = tuple[bool, str, Any]  # (executemany?, SQL, parameters)

@@ -215,11 +215,11 @@ class FailingOnceSpool(Spool):
 
     failures = 1
 
-    async def accept(self, incoming, now):
+    async def accept(self, incoming, now, also=None):
         if self.failures:
             self.failures -= 1
             raise StoreError("injected: disk I/O error")
-        return await super().accept(incoming, now)
+        return await super().accept(incoming, now, also)
 
 
 async def test_store_failure_gets_451_and_the_session_stays_usable(tmp_path):

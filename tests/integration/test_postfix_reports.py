@@ -19,7 +19,7 @@ import aiosmtplib
 import pytest
 
 from relay.anchor import worker as anchor
-from relay.evidence.bundle import read_zip
+from relay.evidence.archive import read_zip
 from relay.evidence.bundle_check import verify_files
 from relay.outbound import verp
 from relay.outbound.reports import parse_report

@@ -11,7 +11,8 @@ from datetime import UTC, datetime
 import aiosmtplib
 import pytest
 
-from relay.evidence.bundle import MANIFEST, make_manifest, read_zip
+from relay.evidence.archive import read_zip
+from relay.evidence.bundle import MANIFEST, make_manifest
 from relay.evidence.bundle_check import verify_files
 from relay.evidence.records import sha256_hex
 from relay.outbound import verp

@@ -19,7 +19,7 @@ import aiosmtplib
 from aiohttp.test_utils import TestClient, TestServer
 
 from relay.config import AckSender
-from relay.evidence.bundle import read_zip
+from relay.evidence.archive import read_zip
 from tests.integration.test_admin_api import login
 from tests.integration.test_certified_delivery import RECIPIENTS, certifying_config, wait_delivered
 from tests.integration.test_metrics import scrape

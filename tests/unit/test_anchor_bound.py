@@ -9,7 +9,7 @@ import pytest
 
 from relay.anchor.headers import format_headers_file
 from relay.cli import main
-from relay.evidence.bundle import read_zip
+from relay.evidence.archive import read_zip
 from relay.evidence.bundle_check import EXIT_INVALID, EXIT_VERIFIED, verify_files
 from tests.support.proofdata import BLOCK_TIME, HEIGHT, Keys, build_input
 
