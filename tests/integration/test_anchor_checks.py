@@ -16,7 +16,7 @@ from prometheus_client import generate_latest
 
 from relay.anchor import merkle
 from relay.anchor.ots_verify import parse_ots, verify_ots
-from relay.anchor.worker import Anchorer, anchor_now, export_ots
+from relay.anchor.worker import Anchorer, anchor_now, anchor_status, export_ots
 from relay.config import AnchorConfig
 from relay.evidence.records import Record
 from relay.ops.metrics import Metrics
@@ -132,6 +132,8 @@ async def test_without_a_header_source_the_batch_stays_attested_until_one_checks
     assert {calendar for _, calendar in merkle.pending_calendars(root)} == {liar.url, honest.url, other.url}
     assert [(c.calendar, c.height) for c in merkle.bitcoin_claims(root)] == [
         (liar.url, FORGED_HEIGHT), (honest.url, heights[0]), (other.url, heights[1])]
+    lines = await anchor_status(store, config([]), time.time())
+    assert f"batch {outcome.batch_id}: attested, 5 leaves" in lines[1] and "Bitcoin block 1 NOT VERIFIED" in lines[1]
     proof = await export_ots(store, store.recs[0].digest)
     assert claims_of(proof) == [FORGED_HEIGHT, *heights]
     assert len(merkle.pending_calendars(parse_ots(proof).timestamp)) == 3
