@@ -123,8 +123,11 @@ async def test_without_a_header_source_the_batch_stays_attested_until_one_checks
         heights = [honest.confirm(), other.confirm()]
         report = await anchorer.upgrade()
         assert report.confirmed == () and report.attested == (outcome.batch_id,)
-        report = await anchorer.upgrade()  # asked again: still attested, nothing lost
+        asked = [len(cal.requests) for cal in (liar, honest, other)]
+        report = await anchorer.upgrade()  # a round later: still attested, nothing lost
         assert report.attested == (outcome.batch_id,)
+        # Each calendar has answered with a block: none is asked again.
+        assert [len(cal.requests) for cal in (liar, honest, other)] == asked
     [batch] = await store.anchor_batches(["attested"])
     assert batch["bitcoin_height"] == FORGED_HEIGHT and batch["block_time"] is None
     root = merkle.deserialize_timestamp(batch["timestamp"], batch["root"])
