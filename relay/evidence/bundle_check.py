@@ -59,7 +59,6 @@ class AnchorOutcome:
     bitcoin_height: int | None = None
     block_time: int | None = None
     calendars: tuple[str, ...] = ()
-    proven_at: int | None = None  # earliest block time of the checked attestations: existed by then
 
 
 Headers = Mapping[int, bytes]  # height -> raw 80-byte block header
@@ -76,9 +75,9 @@ class RecordCheck:
     @property
     def proven_text(self) -> str:
         """When the anchor proves the record existed by, for people."""
-        if self.anchor.proven_at is None:
+        if self.anchor.block_time is None:
             return "not yet proven (anchor pending)"
-        return f"{_utc(self.anchor.proven_at)} (Bitcoin block {self.anchor.bitcoin_height})"
+        return f"{_utc(self.anchor.block_time)} (Bitcoin block {self.anchor.bitcoin_height})"
 
 
 @dataclass(frozen=True)
@@ -127,7 +126,7 @@ class BundleReport:
             "received_at": self.received_at,
             "problem": problem,
             "recipients": [asdict(r) for r in self.recipients],
-            "records": [{**asdict(r), "proven_at": _utc(r.anchor.proven_at) if r.anchor.proven_at else None}
+            "records": [{**asdict(r), "proven_at": _utc(r.anchor.block_time) if r.anchor.block_time else None}
                         for r in self.records],
         }
 
@@ -153,7 +152,7 @@ class BundleReport:
         anchors = f"Anchors: {len(confirmed)} of {len(self.records)} records confirmed in Bitcoin"
         if confirmed:
             heights = ", ".join(str(h) for h in sorted({a.bitcoin_height for a in confirmed}))
-            first = min(a.proven_at for a in confirmed if a.proven_at is not None)
+            first = min(a.block_time for a in confirmed if a.block_time is not None)
             anchors += f" (block {heights}, the earliest {_utc(first)})"
         lines.append(anchors)
         lines.append("Each record: the time it claims; the time its anchor proves it existed by")
@@ -341,7 +340,7 @@ def _anchor(bundle: Bundle, path: str, headers: Headers, regtest: bool) -> Recor
         if result.status == "invalid":
             raise BundleProblem(path + ".ots", "timestamp", result.reason)
         state = "confirmed" if result.status == "verified" else "pending"
-        outcome = AnchorOutcome(state, result.height, result.block_time, result.pending_calendars, result.proven_at)
+        outcome = AnchorOutcome(state, result.height, result.block_time, result.pending_calendars)
     claimed = record.fields.get(CLAIMED_TIME.get(record.type, ""))
     return RecordCheck(path=path, type=record.type, digest=record.digest, anchor=outcome,
                        claimed_at=claimed if isinstance(claimed, str) else None)
@@ -349,15 +348,18 @@ def _anchor(bundle: Bundle, path: str, headers: Headers, regtest: bool) -> Recor
 
 def _bounded(check: RecordCheck, max_delay: float) -> RecordCheck:
     """The check, unless its anchor proves the record only more than ``max_delay`` seconds after its claim."""
-    proven = check.anchor.proven_at
+    proven = check.anchor.block_time
     if proven is None:
         return check
     if check.claimed_at is None:
         raise BundleProblem(check.path, "anchor delay", f"a {check.type} record that claims no time")
     try:
-        claimed = datetime.fromisoformat(check.claimed_at.replace("Z", "+00:00")).timestamp()
+        moment = datetime.fromisoformat(check.claimed_at.replace("Z", "+00:00"))
     except ValueError:
-        raise BundleProblem(check.path, "anchor delay", f"claims an unreadable time {check.claimed_at!r}") from None
+        moment = None
+    if moment is None or moment.tzinfo is None:  # a time without its zone means another on each machine
+        raise BundleProblem(check.path, "anchor delay", f"claims an unreadable time {check.claimed_at!r}")
+    claimed = moment.timestamp()
     if proven - claimed > max_delay:
         raise BundleProblem(
             check.path, "anchor delay",

@@ -45,7 +45,7 @@ def test_each_record_reports_its_claimed_and_proven_times_and_the_summary_each_r
     report = verify_files(files, built.headers, regtest=True)
     assert report.exit_code == EXIT_VERIFIED, report.summary()
     receipt = next(r for r in report.records if r.path == receipt_path(files))
-    assert (receipt.claimed_at, receipt.anchor.proven_at) == (WITHIN, BLOCK_TIME)
+    assert (receipt.claimed_at, receipt.anchor.block_time) == (WITHIN, BLOCK_TIME)
     assert {r.type: r.claimed_at for r in report.records}["submission"] == "2026-11-29T06:00:01.000000Z"
     text = report.summary()
     assert f"acknowledged: {WITHIN}\n      proven by:  2026-11-18 11:06:40 UTC (Bitcoin block {HEIGHT})" in text
