@@ -34,13 +34,15 @@ def records(n: int) -> list[Record]:
     return [Record.from_fields({"type": "receipt", "delivery": f"d{i}", "kind": "acknowledged"}) for i in range(n)]
 
 
+RECS = records(5)
+
+
 @pytest.fixture
 async def store(tmp_path):
+    """A store with the five RECS waiting for a batch."""
     store = await Store.open(tmp_path / "data")
-    recs = records(5)
     async with store.transaction() as db:
-        await Store.insert_records(db, recs, now=time.time())
-    store.recs = recs  # type: ignore[attr-defined]
+        await Store.insert_records(db, RECS, now=time.time())
     yield store
     await store.close()
 
@@ -101,7 +103,7 @@ async def test_a_forged_attestation_is_discarded_and_the_honest_ones_confirm(sto
         node_bin, ots = require_tool("node"), ots_tool()
         assert (JS_DIR / "node_modules" / "opentimestamps").exists(), "run 'npm install' in tests/js"
         async with BitcoindFake(chain) as node:
-            for rec in store.recs:
+            for rec in RECS:
                 proof = await export_ots(store, rec.digest)
                 assert claims_of(proof) == heights  # every attestation that checks, and only those
                 result = verify_ots(rec.body, proof, headers, regtest=True)
@@ -137,7 +139,7 @@ async def test_without_a_header_source_the_batch_stays_attested_until_one_checks
         (liar.url, FORGED_HEIGHT), (honest.url, heights[0]), (other.url, heights[1])]
     lines = await anchor_status(store, config([]), time.time())
     assert f"batch {outcome.batch_id}: attested, 5 leaves" in lines[1] and "Bitcoin block 1 NOT VERIFIED" in lines[1]
-    proof = await export_ots(store, store.recs[0].digest)
+    proof = await export_ots(store, RECS[0].digest)
     assert claims_of(proof) == [FORGED_HEIGHT, *heights]
     assert len(merkle.pending_calendars(parse_ots(proof).timestamp)) == 3
 
@@ -149,7 +151,7 @@ async def test_without_a_header_source_the_batch_stays_attested_until_one_checks
         [batch] = await store.anchor_batches(["confirmed"])
         assert batch["bitcoin_height"] == 2
         headers = dict(enumerate(chain.headers))
-        for rec in store.recs:
+        for rec in RECS:
             proof = await export_ots(store, rec.digest)
             assert claims_of(proof) == heights
             assert verify_ots(rec.body, proof, headers, regtest=True).ok
