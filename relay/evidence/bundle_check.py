@@ -341,33 +341,45 @@ def _anchor(bundle: Bundle, path: str, headers: Headers, regtest: bool) -> Recor
             raise BundleProblem(path + ".ots", "timestamp", result.reason)
         state = "confirmed" if result.status == "verified" else "pending"
         outcome = AnchorOutcome(state, result.height, result.block_time, result.pending_calendars)
-    claimed = record.fields.get(CLAIMED_TIME.get(record.type, ""))
     return RecordCheck(path=path, type=record.type, digest=record.digest, anchor=outcome,
-                       claimed_at=claimed if isinstance(claimed, str) else None)
+                       claimed_at=claimed_time(record))
 
 
 def _bounded(check: RecordCheck, max_delay: float) -> RecordCheck:
     """The check, unless its anchor proves the record only more than ``max_delay`` seconds after its claim."""
-    proven = check.anchor.block_time
-    if proven is None:
-        return check
-    if check.claimed_at is None:
-        raise BundleProblem(check.path, "anchor delay", f"a {check.type} record that claims no time")
+    if check.anchor.block_time is not None:
+        problem = anchor_delay_problem(check.type, check.claimed_at, check.anchor.block_time,
+                                       check.anchor.bitcoin_height, max_delay)
+        if problem:
+            raise BundleProblem(check.path, "anchor delay", problem)
+    return check
+
+
+def claimed_time(record: Record) -> str | None:
+    """The time an evidence record says it was written (None if it says none)."""
+    claimed = record.fields.get(CLAIMED_TIME.get(record.type, ""))
+    return claimed if isinstance(claimed, str) else None
+
+
+def anchor_delay_problem(
+    kind: str, claimed_at: str | None, block_time: int, height: int | None, max_delay: float
+) -> str | None:
+    """Why the time a ``kind`` record claims is not bounded by the ``block_time`` its anchor proves, or None."""
+    if claimed_at is None:
+        return f"a {kind} record that claims no time"
     try:
-        moment = datetime.fromisoformat(check.claimed_at.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(claimed_at.replace("Z", "+00:00"))
     except ValueError:
         moment = None
     if moment is None or moment.tzinfo is None:  # a time without its zone means another on each machine
-        raise BundleProblem(check.path, "anchor delay", f"claims an unreadable time {check.claimed_at!r}")
-    claimed = moment.timestamp()
-    if proven - claimed > max_delay:
-        raise BundleProblem(
-            check.path, "anchor delay",
-            f"claims {check.claimed_at}, but its anchor proves it existed only by {check.proven_text},"
-            f" {(proven - claimed) / 3600:.1f} h later, more than the {max_delay / 3600:g} h allowed"
-            " (--max-anchor-delay): nothing bounds when it was written",
-        )
-    return check
+        return f"claims an unreadable time {claimed_at!r}"
+    delay = block_time - moment.timestamp()
+    if delay <= max_delay:
+        return None
+    block = f" (Bitcoin block {height})" if height is not None else ""
+    return (f"claims {claimed_at}, but its anchor proves it existed only by {_utc(block_time)}{block},"
+            f" {delay / 3600:.1f} h later, more than the {max_delay / 3600:g} h allowed"
+            " (--max-anchor-delay): nothing bounds when it was written")
 
 
 def _utc(unix: int) -> str:

@@ -69,3 +69,18 @@ def test_estampille_verify_exits_2_naming_the_backdated_record(keys, tmp_path, c
     assert "VERIFIED" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main([*args, "--max-anchor-delay", "soon"])
+
+
+def test_verify_ots_bounds_an_evidence_record_the_same_way(keys, tmp_path, capsys):
+    built = build_input(2, keys, ack_at=BACKDATED)
+    files = read_zip(built.bundle())
+    path = receipt_path(files)
+    record, proof, headers = tmp_path / "r.json", tmp_path / "r.json.ots", tmp_path / "headers.txt"
+    record.write_bytes(files[path])
+    proof.write_bytes(files[path + ".ots"])
+    headers.write_text(format_headers_file(built.headers))
+    args = ["verify-ots", str(record), str(proof), "--headers", str(headers), "--regtest"]
+    assert main(args) == 2
+    assert capsys.readouterr().out.startswith(f"invalid: claims {BACKDATED}, but its anchor proves it existed only by")
+    assert main([*args, "--max-anchor-delay", "13d"]) == 0
+    assert capsys.readouterr().out.startswith(f"verified: Bitcoin block {HEIGHT}")
