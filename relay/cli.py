@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from relay.anchor import headers
-from relay.anchor.ots_verify import Verification
 from relay.anchor import worker as anchor
+from relay.anchor.ots_verify import Verification
 from relay.config import Config, documented_keys
 from relay.errors import ConfigError, EstampilleError
 from relay.ops.backup import backup_data_dir, restore
