@@ -21,6 +21,7 @@ from relay.anchor import worker as anchor
 from relay.config import Config, documented_keys
 from relay.errors import AmbiguousError, ConfigError, EstampilleError
 from relay.evidence.archive import MAX_RATIO
+from relay.evidence.ots_verify import Verification
 from relay.ops.backup import backup_data_dir, restore
 from relay.ops.retention import PurgeSummary, purge
 from relay.store import Store
@@ -134,8 +135,28 @@ def cmd_verify_ots(args: argparse.Namespace) -> int:
         bitcoind=args.bitcoind, esplora=args.esplora or (), headers_file=Path(args.headers) if args.headers else None
     )
     result = asyncio.run(headers.verify_with(source, document, proof, regtest=args.regtest))
+    problem = _anchor_delay(document, result, args.max_anchor_delay)
+    if problem:
+        print(f"invalid: {problem}")
+        return EXIT_INVALID
     print(f"{result.status}: {result.reason}")
     return {"verified": EXIT_OK, "pending": EXIT_PENDING}.get(result.status, EXIT_INVALID)
+
+
+def _anchor_delay(document: bytes, result: Verification, max_delay: float) -> str | None:
+    """Why a verified evidence record's claimed time is not bounded by its anchor; None for any other file."""
+    from relay.evidence.bundle_check import CLAIMED_TIME, anchor_delay_problem, claimed_time
+    from relay.evidence.records import Record
+
+    if not result.ok or result.block_time is None:
+        return None
+    try:
+        record = Record.from_bytes(document)
+    except ValueError:
+        return None  # a timestamp of any other file bounds nothing it says
+    if record.type not in CLAIMED_TIME:
+        return None
+    return anchor_delay_problem(record.type, claimed_time(record), result.block_time, result.height, max_delay)
 
 
 def cmd_anchor(args: argparse.Namespace) -> int:
@@ -286,6 +307,13 @@ def duration(text: str) -> float:
     return seconds
 
 
+def max_anchor_delay_argument(p: argparse.ArgumentParser) -> None:
+    """The bound on a record's claimed time (verify-ots, verify): docs/verifying.md."""
+    p.add_argument("--max-anchor-delay", metavar="DURATION", type=duration, default="48h",
+                   help="fail an evidence record whose anchor proves it existed only longer than this after the"
+                        " time it claims (e.g. 48h, 90m, 2d; default 48h)")
+
+
 def header_source_arguments(p: argparse.ArgumentParser) -> None:
     """The options naming where Bitcoin block headers come from (verify-ots, verify)."""
     p.add_argument("--bitcoind", metavar="URL", help="bitcoind JSON-RPC URL, http://user:pass@host:8332")
@@ -363,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("record", metavar="RECORD.json", help="the file the proof timestamps")
     p.add_argument("proof", metavar="RECORD.json.ots", help="the OpenTimestamps proof")
     header_source_arguments(p)
+    max_anchor_delay_argument(p)
     p = command("anchor", cmd_anchor, "Anchoring: '--now' batches, submits and upgrades now; 'status' reports.")
     p.add_argument("action", nargs="?", choices=["status"], help="report pending leaves and batches")
     p.add_argument("--now", action="store_true", help="batch waiting leaves, submit and upgrade now")
@@ -383,9 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", metavar="BUNDLE", help="the bundle's zip, or a directory it was unpacked into")
     header_source_arguments(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--max-anchor-delay", metavar="DURATION", type=duration, default="48h",
-                   help="fail a record whose anchor proves it existed only longer than this after the time it"
-                        " claims (e.g. 48h, 90m, 2d; default 48h)")
+    max_anchor_delay_argument(p)
     p.add_argument("--max-ratio", type=int, default=MAX_RATIO, metavar="N",
                    help=f"refuse a zip entry over 1 MiB that expands more than N times (zip bombs; default {MAX_RATIO})")
     command("admin-token", cmd_admin_token, "Generate an admin token; print it and the hash for admin.token_hashes.",

@@ -180,6 +180,9 @@ class Service:
         self._started("anchoring", stop)
         log.info("anchoring to %d calendar(s), %d must accept each batch",
                  len(self.config.anchor.calendars), self.config.anchor.min_calendars)
+        if not (self.config.anchor.esplora or self.config.anchor.bitcoind):
+            log.warning("no header source (anchor.bitcoind, anchor.esplora): calendars' Bitcoin attestations cannot"
+                        " be checked, and batches stay 'attested', never 'confirmed' (docs/anchoring.md)")
 
     def reload(self) -> None:
         """SIGHUP: reread the TLS certificate and key, the SMTP credentials file and the DKIM keys.

@@ -189,6 +189,19 @@ def pending_calendars(timestamp: Timestamp) -> list[tuple[bytes, str]]:
     )
 
 
+def unanswered_calendars(timestamp: Timestamp) -> list[tuple[bytes, str]]:
+    """:func:`pending_calendars` whose commitment has no Bitcoin attestation yet: what an upgrade still asks for.
+
+    A calendar that has answered with a block has given its last word; asking it again each
+    round, for every batch not confirmed, would only load it.
+    """
+    return [
+        (commitment, calendar) for commitment, calendar in pending_calendars(timestamp)
+        if not any(isinstance(att, BitcoinBlockHeaderAttestation)
+                   for stamp in _stamps_for(timestamp, commitment) for _, att in stamp.all_attestations())
+    ]
+
+
 def bitcoin_heights(timestamp: Timestamp) -> list[int]:
     return sorted({att.height for _, att in timestamp.all_attestations() if isinstance(att, BitcoinBlockHeaderAttestation)})
 

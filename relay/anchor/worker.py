@@ -542,9 +542,10 @@ class Anchorer:
         return _Checked(tuple(verified), tuple(unchecked), tuple(rejected))
 
     async def _upgrade_timestamp(self, root: Timestamp) -> bool:
-        """Ask each allowed calendar for its pending commitments; graft what they return."""
+        """Ask each allowed calendar for its pending commitments that have no Bitcoin attestation; graft what
+        they return."""
         asks = []
-        for commitment, calendar in merkle.pending_calendars(root):
+        for commitment, calendar in merkle.unanswered_calendars(root):
             if self.allowed(calendar):
                 asks.append((commitment, calendar))
             else:

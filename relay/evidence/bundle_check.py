@@ -73,7 +73,6 @@ class AnchorOutcome:
     bitcoin_height: int | None = None
     block_time: int | None = None
     calendars: tuple[str, ...] = ()
-    proven_at: int | None = None  # earliest block time of the checked attestations: existed by then
 
 
 Headers = Mapping[int, bytes]  # height -> raw 80-byte block header
@@ -90,9 +89,9 @@ class RecordCheck:
     @property
     def proven_text(self) -> str:
         """When the anchor proves the record existed by, for people."""
-        if self.anchor.proven_at is None:
+        if self.anchor.block_time is None:
             return "not yet proven (anchor pending)"
-        return f"{_utc(self.anchor.proven_at)} (Bitcoin block {self.anchor.bitcoin_height})"
+        return f"{_utc(self.anchor.block_time)} (Bitcoin block {self.anchor.bitcoin_height})"
 
 
 @dataclass(frozen=True)
@@ -157,7 +156,7 @@ class BundleReport:
             "scope": self.scope,
             "problem": problem,
             "recipients": [asdict(r) for r in self.recipients],
-            "records": [{**asdict(r), "proven_at": _utc(r.anchor.proven_at) if r.anchor.proven_at else None}
+            "records": [{**asdict(r), "proven_at": _utc(r.anchor.block_time) if r.anchor.block_time else None}
                         for r in self.records],
             "informative_only": [asdict(f) for f in self.informative],
         }
@@ -189,7 +188,7 @@ class BundleReport:
         anchors = f"Anchors: {len(confirmed)} of {len(self.records)} records confirmed in Bitcoin"
         if confirmed:
             heights = ", ".join(str(h) for h in sorted({a.bitcoin_height for a in confirmed}))
-            first = min(a.proven_at for a in confirmed if a.proven_at is not None)
+            first = min(a.block_time for a in confirmed if a.block_time is not None)
             anchors += f" (block {heights}, the earliest {_utc(first)})"
         lines.append(anchors)
         lines.append("Each record: the time it claims; the time its anchor proves it existed by")
@@ -445,31 +444,46 @@ def _anchor(bundle: Bundle, path: str, headers: Headers, regtest: bool) -> Recor
         if result.status == "invalid":
             raise BundleProblem(path + ".ots", "timestamp", result.reason)
         state = "confirmed" if result.status == "verified" else "pending"
-        outcome = AnchorOutcome(state, result.height, result.block_time, result.pending_calendars, result.proven_at)
-    claimed = record.fields.get(CLAIMED_TIME.get(record.type, ""))
+        outcome = AnchorOutcome(state, result.height, result.block_time, result.pending_calendars)
     return RecordCheck(path=path, type=record.type, digest=record.digest, anchor=outcome,
-                       claimed_at=claimed if isinstance(claimed, str) else None)
+                       claimed_at=claimed_time(record))
 
 
 def _bounded(check: RecordCheck, max_delay: float) -> RecordCheck:
     """The check, unless its anchor proves the record only more than ``max_delay`` seconds after its claim."""
-    proven = check.anchor.proven_at
-    if proven is None:
-        return check
-    if check.claimed_at is None:
-        raise BundleProblem(check.path, "anchor delay", f"a {check.type} record that claims no time")
-    try:
-        claimed = datetime.fromisoformat(check.claimed_at.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        raise BundleProblem(check.path, "anchor delay", f"claims an unreadable time {check.claimed_at!r}") from None
-    if proven - claimed > max_delay:
-        raise BundleProblem(
-            check.path, "anchor delay",
-            f"claims {check.claimed_at}, but its anchor proves it existed only by {check.proven_text},"
-            f" {(proven - claimed) / 3600:.1f} h later, more than the {max_delay / 3600:g} h allowed"
-            " (--max-anchor-delay): nothing bounds when it was written",
-        )
+    if check.anchor.block_time is not None:
+        problem = anchor_delay_problem(check.type, check.claimed_at, check.anchor.block_time,
+                                       check.anchor.bitcoin_height, max_delay)
+        if problem:
+            raise BundleProblem(check.path, "anchor delay", problem)
     return check
+
+
+def claimed_time(record: Record) -> str | None:
+    """The time an evidence record says it was written (None if it says none)."""
+    claimed = record.fields.get(CLAIMED_TIME.get(record.type, ""))
+    return claimed if isinstance(claimed, str) else None
+
+
+def anchor_delay_problem(
+    kind: str, claimed_at: str | None, block_time: int, height: int | None, max_delay: float
+) -> str | None:
+    """Why the time a ``kind`` record claims is not bounded by the ``block_time`` its anchor proves, or None."""
+    if claimed_at is None:
+        return f"a {kind} record that claims no time"
+    try:
+        moment = datetime.fromisoformat(claimed_at.replace("Z", "+00:00"))
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:  # a time without its zone means another on each machine
+        return f"claims an unreadable time {claimed_at!r}"
+    delay = block_time - moment.timestamp()
+    if delay <= max_delay:
+        return None
+    block = f" (Bitcoin block {height})" if height is not None else ""
+    return (f"claims {claimed_at}, but its anchor proves it existed only by {_utc(block_time)}{block},"
+            f" {delay / 3600:.1f} h later, more than the {max_delay / 3600:g} h allowed"
+            " (--max-anchor-delay): nothing bounds when it was written")
 
 
 def _utc(unix: int) -> str:

@@ -17,7 +17,6 @@ check makes a forged header cost real work, it does not prove the chain.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import hashlib
 import io
@@ -107,9 +106,6 @@ class Verification:
     block_hash: str | None = None
     block_time: int | None = None  # Unix time of the block header
     pending_calendars: tuple[str, ...] = ()
-    # The earliest block time among the attestations (all checked): the document existed by then.
-    # Block times are not ordered by height, so it may be another block's than ``height``'s.
-    proven_at: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -144,7 +140,8 @@ def verify_ots(
 
     ``headers`` maps each of :func:`required_heights` to its raw header. Every
     Bitcoin attestation must check out (one bad attestation makes the proof
-    invalid); the lowest height is reported. With no Bitcoin attestation and at
+    invalid); the one with the earliest block time is reported (the document existed by then; of equal
+    times, the lowest height). With no Bitcoin attestation and at
     least one pending one, the result is pending.
     """
     try:
@@ -169,8 +166,9 @@ def verify_ots(
         if result.status == "invalid":
             return result
     if results:
-        earliest = min(r.block_time for r in results if r.block_time is not None)
-        return dataclasses.replace(results[0], proven_at=earliest)
+        # Block times do not grow with height (a block may be dated up to two hours ahead): the
+        # document existed by the earliest of them.
+        return min(results, key=lambda r: (r.block_time or 0, r.height or 0))
     if pending:
         return Verification("pending", f"pending confirmation at {', '.join(pending)}", pending_calendars=pending)
     return Verification("invalid", "proof carries no Bitcoin or pending attestation")
@@ -194,7 +192,6 @@ def check_attestation(msg: bytes, height: int, headers: Mapping[int, bytes], *, 
         height=height,
         block_hash=header.hash,
         block_time=header.time,
-        proven_at=header.time,
     )
 
 

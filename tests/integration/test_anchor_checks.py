@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from relay.anchor import merkle
-from relay.anchor.worker import Anchorer, anchor_now, export_ots
+from relay.anchor.worker import Anchorer, anchor_now, anchor_status, export_ots
 from relay.config import AnchorConfig
 from relay.evidence.ots_verify import parse_ots, verify_ots
 from relay.evidence.records import Record
@@ -34,13 +34,15 @@ def records(n: int) -> list[Record]:
     return [Record.from_fields({"type": "receipt", "delivery": f"d{i}", "kind": "acknowledged"}) for i in range(n)]
 
 
+RECS = records(5)
+
+
 @pytest.fixture
 async def store(tmp_path):
+    """A store with the five RECS waiting for a batch."""
     store = await Store.open(tmp_path / "data")
-    recs = records(5)
     async with store.transaction() as db:
-        await Store.insert_records(db, recs, now=time.time())
-    store.recs = recs  # type: ignore[attr-defined]
+        await Store.insert_records(db, RECS, now=time.time())
     yield store
     await store.close()
 
@@ -101,7 +103,7 @@ async def test_a_forged_attestation_is_discarded_and_the_honest_ones_confirm(sto
         node_bin, ots = require_tool("node"), ots_tool()
         assert (JS_DIR / "node_modules" / "opentimestamps").exists(), "run 'npm install' in tests/js"
         async with BitcoindFake(chain) as node:
-            for rec in store.recs:
+            for rec in RECS:
                 proof = await export_ots(store, rec.digest)
                 assert claims_of(proof) == heights  # every attestation that checks, and only those
                 result = verify_ots(rec.body, proof, headers, regtest=True)
@@ -123,8 +125,11 @@ async def test_without_a_header_source_the_batch_stays_attested_until_one_checks
         heights = [honest.confirm(), other.confirm()]
         report = await anchorer.upgrade()
         assert report.confirmed == () and report.attested == (outcome.batch_id,)
-        report = await anchorer.upgrade()  # asked again: still attested, nothing lost
+        asked = [len(cal.requests) for cal in (liar, honest, other)]
+        report = await anchorer.upgrade()  # a round later: still attested, nothing lost
         assert report.attested == (outcome.batch_id,)
+        # Each calendar has answered with a block: none is asked again.
+        assert [len(cal.requests) for cal in (liar, honest, other)] == asked
     [batch] = await store.anchor_batches(["attested"])
     assert batch["bitcoin_height"] == FORGED_HEIGHT and batch["block_time"] is None
     root = merkle.deserialize_timestamp(batch["timestamp"], batch["root"])
@@ -132,7 +137,9 @@ async def test_without_a_header_source_the_batch_stays_attested_until_one_checks
     assert {calendar for _, calendar in merkle.pending_calendars(root)} == {liar.url, honest.url, other.url}
     assert [(c.calendar, c.height) for c in merkle.bitcoin_claims(root)] == [
         (liar.url, FORGED_HEIGHT), (honest.url, heights[0]), (other.url, heights[1])]
-    proof = await export_ots(store, store.recs[0].digest)
+    lines = await anchor_status(store, config([]), time.time())
+    assert f"batch {outcome.batch_id}: attested, 5 leaves" in lines[1] and "Bitcoin block 1 NOT VERIFIED" in lines[1]
+    proof = await export_ots(store, RECS[0].digest)
     assert claims_of(proof) == [FORGED_HEIGHT, *heights]
     assert len(merkle.pending_calendars(parse_ots(proof).timestamp)) == 3
 
@@ -144,7 +151,7 @@ async def test_without_a_header_source_the_batch_stays_attested_until_one_checks
         [batch] = await store.anchor_batches(["confirmed"])
         assert batch["bitcoin_height"] == 2
         headers = dict(enumerate(chain.headers))
-        for rec in store.recs:
+        for rec in RECS:
             proof = await export_ots(store, rec.digest)
             assert claims_of(proof) == heights
             assert verify_ots(rec.body, proof, headers, regtest=True).ok

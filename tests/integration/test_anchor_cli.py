@@ -9,7 +9,7 @@ import pytest
 
 from relay.anchor.headers import format_headers_file
 from relay.cli import main
-from relay.evidence.records import Record
+from relay.evidence.records import Record, iso_time
 from relay.store import Store
 from tests.support.calendar import BitcoindFake, EsploraFake, FakeCalendar, FakeChain, weaken
 
@@ -33,7 +33,8 @@ async def setup(tmp_path):
     config.write_text(f'data_dir = "data"\n[anchor]\ncalendars = [{calendars}]\nallowlist = []\nhttp_for_tests = true\n'
                       f'bitcoind = "{node.url}"\nregtest = true\n')
     store = await Store.open(tmp_path / "data")
-    recs = [Record.from_fields({"type": "receipt", "delivery": f"d{i}", "kind": "fetched"}) for i in range(3)]
+    recs = [Record.from_fields({"type": "receipt", "delivery": f"d{i}", "kind": "fetched", "at": iso_time(time.time())})
+            for i in range(3)]
     async with store.transaction() as db:
         for rec in recs:
             await Store.insert_record(db, rec, now=time.time())

@@ -45,7 +45,7 @@ def test_each_record_reports_its_claimed_and_proven_times_and_the_summary_each_r
     report = verify_files(files, built.headers, regtest=True)
     assert report.exit_code == EXIT_VERIFIED, report.summary()
     receipt = next(r for r in report.records if r.path == receipt_path(files))
-    assert (receipt.claimed_at, receipt.anchor.proven_at) == (WITHIN, BLOCK_TIME)
+    assert (receipt.claimed_at, receipt.anchor.block_time) == (WITHIN, BLOCK_TIME)
     assert {r.type: r.claimed_at for r in report.records}["submission"] == "2026-11-29T06:00:01.000000Z"
     text = report.summary()
     assert f"acknowledged: {WITHIN}\n      proven by:  2026-11-18 11:06:40 UTC (Bitcoin block {HEIGHT})" in text
@@ -69,3 +69,18 @@ def test_estampille_verify_exits_2_naming_the_backdated_record(keys, tmp_path, c
     assert "VERIFIED" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main([*args, "--max-anchor-delay", "soon"])
+
+
+def test_verify_ots_bounds_an_evidence_record_the_same_way(keys, tmp_path, capsys):
+    built = build_input(2, keys, ack_at=BACKDATED)
+    files = read_zip(built.bundle())
+    path = receipt_path(files)
+    record, proof, headers = tmp_path / "r.json", tmp_path / "r.json.ots", tmp_path / "headers.txt"
+    record.write_bytes(files[path])
+    proof.write_bytes(files[path + ".ots"])
+    headers.write_text(format_headers_file(built.headers))
+    args = ["verify-ots", str(record), str(proof), "--headers", str(headers), "--regtest"]
+    assert main(args) == 2
+    assert capsys.readouterr().out.startswith(f"invalid: claims {BACKDATED}, but its anchor proves it existed only by")
+    assert main([*args, "--max-anchor-delay", "13d"]) == 0
+    assert capsys.readouterr().out.startswith(f"verified: Bitcoin block {HEIGHT}")

@@ -15,7 +15,7 @@ from opentimestamps.core.timestamp import DetachedTimestampFile, Timestamp
 from relay.anchor.headers import format_headers_file, parse_headers_file
 from relay.errors import HeaderSourceError
 from relay.evidence.ots_verify import BlockHeader, check_proof_of_work, required_heights, target_from_bits, verify_ots
-from tests.support.calendar import FakeChain, weaken
+from tests.support.calendar import FakeChain, mine_header, weaken
 
 # Public Bitcoin mainnet data.
 GENESIS_HEADER = bytes.fromhex(
@@ -145,3 +145,16 @@ def test_proof_modules_are_pure(module):
             imported.add((node.module or "").split(".")[0])
     forbidden = {"asyncio", "aiohttp", "aiosqlite", "socket", "time", "os", "random", "secrets", "urllib"}
     assert imported & forbidden == set()
+
+
+def test_of_several_attestations_the_earliest_block_time_is_reported():
+    """Block times do not grow with height (one may be dated two hours ahead): the earliest proves most."""
+    document = b"record"
+    stamp = Timestamp(hashlib.sha256(document).digest())
+    tips = [stamp.ops.add(OpAppend(salt)).ops.add(OpSHA256()) for salt in (b"a", b"b")]
+    headers = {}
+    for height, (tip, when) in enumerate(zip(tips, (1_700_007_200, 1_700_000_600)), start=1):
+        tip.attestations.add(BitcoinBlockHeaderAttestation(height))
+        headers[height] = mine_header(bytes(32), tip.msg, when)
+    result = verify_ots(document, serialize(DetachedTimestampFile(OpSHA256(), stamp)), headers, regtest=True)
+    assert (result.status, result.height, result.block_time) == ("verified", 2, 1_700_000_600)
