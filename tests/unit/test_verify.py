@@ -153,7 +153,7 @@ def test_of_several_attestations_the_earliest_block_time_is_reported():
     stamp = Timestamp(hashlib.sha256(document).digest())
     tips = [stamp.ops.add(OpAppend(salt)).ops.add(OpSHA256()) for salt in (b"a", b"b")]
     headers = {}
-    for height, (tip, when) in enumerate(zip(tips, (1_700_007_200, 1_700_000_600)), start=1):
+    for height, (tip, when) in enumerate(zip(tips, (1_700_007_200, 1_700_000_600), strict=True), start=1):
         tip.attestations.add(BitcoinBlockHeaderAttestation(height))
         headers[height] = mine_header(bytes(32), tip.msg, when)
     result = verify_ots(document, serialize(DetachedTimestampFile(OpSHA256(), stamp)), headers, regtest=True)
