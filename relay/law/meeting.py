@@ -27,6 +27,7 @@ from relay.law.deadline import PARIS, Assembly, Deadline, paris_date
 
 MEETING_DATE_HEADER = "X-Meeting-Date"
 URGENCY_HEADER = "X-Meeting-Urgency"
+INSTALLATION_HEADER = "X-Meeting-Installation"  # the first meeting after a general election (L2121-7)
 MAX_TEXT = 50_000  # characters of text read for dates: a convocation says its date near the top (and
 # a text dense with dates takes about 0.2 s per 50,000 characters)
 
@@ -43,12 +44,15 @@ class Convocation:
     assembly: Assembly | None
     urgent: bool
     received: dt.datetime  # aware: when the relay received it, the sending the law counts from
+    installation: bool = False  # the first meeting after a general election (L2121-7)
 
     @property
     def deadline(self) -> Deadline | None:
         if self.meeting is None or self.assembly is None:
             return None
-        return Deadline.for_meeting(self.meeting.date, self.assembly, urgent=self.urgent)
+        return Deadline.for_meeting(
+            self.meeting.date, self.assembly, urgent=self.urgent, installation=self.installation
+        )
 
     @property
     def late(self) -> bool:
@@ -62,9 +66,14 @@ class Convocation:
         return cls(
             meeting=meeting_date(message, sender_rule(config, sender), paris_date(received)),
             assembly=assembly_for(config, sender),
-            urgent=str(message.get(URGENCY_HEADER, "")).strip().lower() in ("1", "yes", "true", "oui"),
+            urgent=_flag(message, URGENCY_HEADER),
             received=received,
+            installation=_flag(message, INSTALLATION_HEADER),
         )
+
+
+def _flag(message: EmailMessage, name: str) -> bool:
+    return str(message.get(name, "")).strip().lower() in ("1", "yes", "true", "oui")
 
 
 def parse(data: bytes) -> EmailMessage:

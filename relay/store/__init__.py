@@ -287,6 +287,7 @@ MIGRATIONS: tuple[str, ...] = (
         meeting_source TEXT,  -- header, rule, subject, text or admin
         assembly       TEXT,  -- NULL: no assembly configured for the sender
         urgent         INTEGER NOT NULL DEFAULT 0,
+        installation   INTEGER NOT NULL DEFAULT 0,  -- the first meeting after a general election (L2121-7)
         updated_at     REAL NOT NULL
     );
     CREATE INDEX convocations_meeting_date ON convocations(meeting_date) WHERE meeting_date IS NOT NULL;

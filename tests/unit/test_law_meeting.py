@@ -114,6 +114,14 @@ def test_late_and_on_time_by_the_paris_day():
     assert late.deadline is not None and late.deadline.latest == dt.date(2026, 12, 9)
 
 
+def test_installation_header():
+    data = mail("Convocation du 15 décembre 2026", "", "X-Meeting-Installation: 1")
+    # Sent on the 11th: 3 jours francs (12th, 13th, 14th) for the first meeting after an election, not 5.
+    convocation = Convocation.of(data, "x@y.fr", dt.datetime(2026, 12, 11, 12, tzinfo=dt.UTC), COMMUNE)
+    assert convocation.installation and convocation.deadline is not None
+    assert convocation.deadline.days == 3 and not convocation.late
+
+
 def test_urgency_header():
     data = mail("Convocation du 15 décembre 2026", "", "X-Meeting-Urgency: 1")
     convocation = Convocation.of(data, "x@y.fr", dt.datetime(2026, 12, 13, 12, tzinfo=dt.UTC), COMMUNE)
