@@ -3,7 +3,7 @@
     python bench/meeting_dates.py [--corpus FILE ...] [--show]
 
 The corpora are tests/corpus/meeting-dates*.toml: the cases the reader was written against, and
-two batches written afterwards and held out (their figures are printed apart). Each case is a subject, a text, the date the relay received it and the meeting
+three batches written afterwards and held out (their figures are printed apart). Each case is a subject, a text, the date the relay received it and the meeting
 date a careful reader takes from it ("" when it cannot be told for sure). Precision is the share
 of the dates the reader gives that are right; recall, the share of the meetings it finds. A
 wrong date is worse than none (it makes a lawful convocation look late), so the goals are a
