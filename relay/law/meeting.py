@@ -28,6 +28,7 @@ from relay.law.deadline import PARIS, Assembly, Deadline, paris_date
 MEETING_DATE_HEADER = "X-Meeting-Date"
 URGENCY_HEADER = "X-Meeting-Urgency"
 INSTALLATION_HEADER = "X-Meeting-Installation"  # the first meeting after a general election (L2121-7)
+MAX_PARSED = 1_000_000  # octets of a message parsed for its date: headers and text come before attachments
 MAX_TEXT = 50_000  # characters of text read for dates: a convocation says its date near the top (and
 # a text dense with dates takes about 0.2 s per 50,000 characters)
 
@@ -62,7 +63,7 @@ class Convocation:
     @classmethod
     def of(cls, data: bytes, sender: str, received: dt.datetime, config: LawConfig) -> Convocation:
         """Read one message as received (``received`` aware) for a sender under ``config``."""
-        message = parse(data)
+        message = parse(data[:MAX_PARSED])  # a cut multipart is only a defect to the parser
         return cls(
             meeting=meeting_date(message, sender_rule(config, sender), paris_date(received)),
             assembly=assembly_for(config, sender),

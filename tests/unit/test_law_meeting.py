@@ -166,3 +166,20 @@ def test_a_bad_pattern_is_refused_when_the_configuration_loads(pattern, message)
 def test_an_unknown_assembly_is_refused():
     with pytest.raises(ConfigError, match="law.assembly"):
         Config.from_toml("[law]\nassembly = 'mairie'\n")
+
+
+def test_a_large_attachment_is_not_parsed_but_the_text_before_it_is_read():
+    from email.message import EmailMessage
+
+    from relay.law.meeting import MAX_PARSED
+
+    msg = EmailMessage()
+    msg["From"] = "mairie@saint-martin.fr"
+    msg["Subject"] = "Convocation"
+    msg.set_content("Le conseil municipal se réunira le mardi 15 décembre 2026 à 18h30.\n")
+    msg.add_attachment(b"%PDF-1.7 " * (MAX_PARSED // 3), maintype="application", subtype="pdf", filename="odj.pdf")
+    data = msg.as_bytes()
+    assert len(data) > 3 * MAX_PARSED
+    assert Convocation.of(data, "x@y.fr", RECEIVED, COMMUNE).meeting == MeetingDate(
+        dt.date(2026, 12, 15), dt.time(18, 30), "text"
+    )
