@@ -183,3 +183,20 @@ def test_a_large_attachment_is_not_parsed_but_the_text_before_it_is_read():
     assert Convocation.of(data, "x@y.fr", RECEIVED, COMMUNE).meeting == MeetingDate(
         dt.date(2026, 12, 15), dt.time(18, 30), "text"
     )
+
+
+def test_subjects_read_as_the_email_package_reads_them():
+    """The raw headers decoded here (relay.law.meeting.header) read the Subject of every message of
+    the corpus (encoded words, raw UTF-8, folding) as the default policy does."""
+    import email
+    from email import policy
+    from pathlib import Path
+
+    from relay.law.meeting import header
+
+    corpus = sorted((Path(__file__).resolve().parents[1] / "corpus").glob("*.eml"))
+    assert len(corpus) >= 30
+    for path in corpus:
+        data = path.read_bytes()
+        expected = " ".join(str(email.message_from_bytes(data, policy=policy.default).get("Subject", "")).split())
+        assert " ".join(header(parse(data), "Subject").split()) == expected, path.name
