@@ -7,7 +7,7 @@ Routes (added by tracker.api.add_routes and tracker.admin.setup, before their gr
 
 - ``GET /api/v1/messages/{id}/convocation``: the register view (relay.law.register.view);
 - ``PUT /api/v1/messages/{id}/convocation``: ``{"meeting": "2026-12-15T18:30" | null,
-  "urgent": false, "set_by": "name"}``, answers the new view;
+  "urgent": false, "installation": false, "set_by": "name"}``, answers the new view;
 - ``POST /admin/messages/{id}/convocation``: the same from the message page's form;
 - ``GET /admin/meetings``: meetings of the next UPCOMING_DAYS days.
 """
@@ -69,6 +69,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "set_title": "Fixer ou corriger la date de la séance",
         "set_date": "Date et heure de la séance (AAAA-MM-JJ ou AAAA-MM-JJTHH:MM ; vide : inconnue)",
         "set_urgent": "Délai abrégé pour urgence",
+        "set_installation": "Première séance après le renouvellement général du conseil (L. 2121-7 : 3 jours francs)",
+        "installation": "séance d'installation",
         "set_by": "Votre nom (consigné dans la preuve)",
         "set_button": "Enregistrer",
         "set_bad": "Date invalide, ou nom manquant : rien n'a été enregistré.",
@@ -108,6 +110,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "set_title": "Set or correct the meeting date",
         "set_date": "Meeting date and time (YYYY-MM-DD or YYYY-MM-DDTHH:MM; empty: unknown)",
         "set_urgent": "Notice shortened for urgency",
+        "set_installation": "First meeting after a general election (L. 2121-7: 3 jours francs)",
+        "installation": "installation meeting",
         "set_by": "Your name (recorded in the proof)",
         "set_button": "Save",
         "set_bad": "Invalid date, or no name: nothing was saved.",
@@ -183,15 +187,23 @@ async def _members(tracker: Tracker, ev: MessageEvidence, message: dict[str, Any
 
 
 async def set_meeting(
-    tracker: Tracker, ev: MessageEvidence, meeting: MeetingDate | None, urgent: bool, set_by: str, via: str
+    tracker: Tracker,
+    ev: MessageEvidence,
+    meeting: MeetingDate | None,
+    *,
+    urgent: bool,
+    installation: bool,
+    set_by: str,
+    via: str,
 ) -> None:
-    """Store the new meeting date and urgency, with the evidence record of the change, in one transaction."""
+    """Store the new meeting date, urgency and installation flag, with the evidence record of the
+    change, in one transaction."""
     set_by = set_by.strip()
     if not set_by or len(set_by) > MAX_NAME:
         raise BadSetting(f"set_by: expected a name of 1 to {MAX_NAME} characters")
     submission = ev.submission
     old = await current(tracker, submission)
-    new = dataclasses.replace(old, meeting=meeting, urgent=urgent)
+    new = dataclasses.replace(old, meeting=meeting, urgent=urgent, installation=installation)
     now = tracker.clock()
     record = meeting_record(
         submission=submission["record_digest"], old=old, new=new, set_by=set_by, via=via, set_at=iso_time(now)
@@ -234,26 +246,22 @@ async def api_put(request: web.Request) -> web.Response:
             raise BadSetting(f"body: expected at most {MAX_BODY} bytes")
         body = await request.json()
         if not isinstance(body, dict) or not isinstance(body.get("meeting", ""), (str, type(None))):
-            raise BadSetting('body: expected {"meeting": "YYYY-MM-DD[THH:MM]" or null, "urgent": bool, "set_by": name}')
-        urgent, set_by = body.get("urgent", False), body.get("set_by")
-        if not isinstance(urgent, bool) or not isinstance(set_by, str):
-            raise BadSetting("urgent: expected true or false; set_by: expected a name")
+            raise BadSetting(
+                'body: expected {"meeting": "YYYY-MM-DD[THH:MM]" or null, "urgent": bool, "installation": bool,'
+                ' "set_by": name}'
+            )
+        urgent, installation = body.get("urgent", False), body.get("installation", False)
+        set_by = body.get("set_by")
+        if not isinstance(urgent, bool) or not isinstance(installation, bool) or not isinstance(set_by, str):
+            raise BadSetting("urgent, installation: expected true or false; set_by: expected a name")
         meeting = parse_meeting(body.get("meeting") or "")
-        await set_meeting(tracker, ev, meeting, urgent, set_by, "api")
+        await set_meeting(tracker, ev, meeting, urgent=urgent, installation=installation, set_by=set_by, via="api")
     except (BadSetting, ValueError) as exc:  # ValueError: a body that is not JSON
         message = str(exc) if isinstance(exc, BadSetting) else "body: expected a JSON object"
         return web.json_response({"error": "bad_request", "message": message}, status=400)
     return web.json_response(await message_view(tracker, ev, message_json(ev)))
 
 
-_MEETING_STATE = {
-    "type": ["object", "null"],
-    "properties": {
-        "meeting": {"type": ["string", "null"]},
-        "source": {"type": ["string", "null"]},
-        "urgent": {"type": "boolean"},
-    },
-}
 SCHEMAS: dict[str, Any] = {
     "Convocation": {
         "type": "object",
@@ -261,6 +269,7 @@ SCHEMAS: dict[str, Any] = {
             "meeting",
             "assembly",
             "urgent",
+            "installation",
             "deadline",
             "status",
             "received_at",
@@ -287,6 +296,7 @@ SCHEMAS: dict[str, Any] = {
             },
             "assembly": {"type": ["string", "null"]},
             "urgent": {"type": "boolean"},
+            "installation": {"type": "boolean", "description": "The first meeting after a general election."},
             "deadline": {
                 "oneOf": [
                     {"type": "null"},
@@ -348,6 +358,11 @@ SCHEMAS: dict[str, Any] = {
                 "description": "YYYY-MM-DD or YYYY-MM-DDTHH:MM (Paris); null: unknown.",
             },
             "urgent": {"type": "boolean", "default": False},
+            "installation": {
+                "type": "boolean",
+                "default": False,
+                "description": "The first meeting after a general election (L2121-7: 3 jours francs in every commune).",
+            },
             "set_by": {"type": "string", "minLength": 1, "maxLength": MAX_NAME},
         },
     },
@@ -446,7 +461,15 @@ async def admin_set(request: web.Request) -> web.Response:
     href = f"{tracker.base_path}{ADMIN_PREFIX}/messages/{quote(ev.submission['message_id'] or '', safe='')}"
     try:
         meeting = parse_meeting(str(form.get("meeting", "")))
-        await set_meeting(tracker, ev, meeting, form.get("urgent") == "1", str(form.get("set_by", "")), "admin")
+        await set_meeting(
+            tracker,
+            ev,
+            meeting,
+            urgent=form.get("urgent") == "1",
+            installation=form.get("installation") == "1",
+            set_by=str(form.get("set_by", "")),
+            via="admin",
+        )
     except BadSetting:
         raise web.HTTPSeeOther(f"{href}?law=bad#convocation") from None
     raise web.HTTPSeeOther(f"{href}#convocation")

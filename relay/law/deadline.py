@@ -87,6 +87,7 @@ class Deadline:
     urgent: bool
     days: int
     latest: dt.date
+    installation: bool = False  # the first meeting after a general election (L2121-7)
 
     @classmethod
     def for_meeting(
@@ -94,7 +95,12 @@ class Deadline:
     ) -> Deadline:
         days = jours_francs(assembly, urgent=urgent, installation=installation)
         return cls(
-            meeting=meeting, assembly=assembly, urgent=urgent, days=days, latest=latest_sending_date(meeting, days)
+            meeting=meeting,
+            assembly=assembly,
+            urgent=urgent,
+            days=days,
+            latest=latest_sending_date(meeting, days),
+            installation=installation and assembly.is_commune,
         )
 
     @property

@@ -18,6 +18,7 @@ def _state(convocation: Convocation) -> dict[str, object]:
         "meeting": meeting.isoformat() if meeting else None,
         "source": meeting.source if meeting else None,
         "urgent": convocation.urgent,
+        "installation": convocation.installation,
     }
 
 

@@ -55,6 +55,13 @@ def french_moment(instant: dt.datetime) -> str:
     return f"{french_date(local.date())} à {french_time(local.time())}"
 
 
+def article(deadline: Deadline) -> str:
+    """The article of the CGCT that sets the days a deadline owes."""
+    if deadline.installation and not deadline.urgent:
+        return "L. 2121-7"  # the first meeting after a general election
+    return ARTICLES[deadline.assembly]
+
+
 def _days(n: int) -> str:
     return f"{n} jour{'s' if abs(n) > 1 else ''} franc{'s' if abs(n) > 1 else ''}"
 
@@ -84,12 +91,13 @@ def view(convocation: Convocation, members: Sequence[Member], as_of: dt.datetime
         },
         "assembly": convocation.assembly.value if convocation.assembly else None,
         "urgent": convocation.urgent,
+        "installation": convocation.installation,
         "deadline": None
         if deadline is None
         else {
             "jours_francs": deadline.days,
             "latest_sending_date": deadline.latest.isoformat(),
-            "article": ARTICLES[deadline.assembly],
+            "article": article(deadline),
         },
         "status": status(convocation),
         "received_at": convocation.received.isoformat(timespec="seconds"),
@@ -127,7 +135,7 @@ def wording(convocation: Convocation, members: Sequence[Member], as_of: dt.datet
         parts.append("Le délai légal de convocation de l'assemblée n'étant pas configuré, il n'a pas été vérifié.")
     else:
         before = deadline.full_days_before(convocation.received)
-        law = f"{_days(deadline.days)} (article {ARTICLES[deadline.assembly]} du code général des collectivités territoriales)"
+        law = f"{_days(deadline.days)} (article {article(deadline)} du code général des collectivités territoriales)"
         if deadline.urgent:
             law += ", abrégé pour cause d'urgence, ce dont il est rendu compte à l'ouverture de la séance"
         sent_before = f"{_days(before)} avant la séance" if before >= 0 else "le jour de la séance ou après celle-ci"

@@ -16,7 +16,7 @@ from email.message import EmailMessage
 from relay.config import RemindersConfig
 from relay.law.dates import MeetingDate
 from relay.law.deadline import PARIS
-from relay.law.meeting import message_text, parse
+from relay.law.meeting import header, message_text, parse
 from relay.law.register import french_date, french_moment, french_time
 
 SUBJECT_PREFIX = "Rappel : "
@@ -81,14 +81,14 @@ def reminder_message(
 ) -> bytes:
     """The reminder to ``recipient``, from the sender of the convocation whose certified copy is ``copy``."""
     original = parse(copy)
-    subject = str(original.get("Subject", "")).strip()
+    subject = header(original, "Subject")
     reminder = EmailMessage(policy=policy.SMTP)
-    reminder["From"] = str(original.get("From", ""))
+    reminder["From"] = header(original, "From")
     reminder["To"] = recipient
     reminder["Subject"] = SUBJECT_PREFIX + subject
     reminder["Date"] = utils.format_datetime(now.astimezone(PARIS))
     reminder["Message-ID"] = message_id
-    references = str(original.get("Message-ID", "")).strip()
+    references = header(original, "Message-ID")
     if references:
         reminder["In-Reply-To"] = references
         reminder["References"] = references

@@ -12,7 +12,8 @@ def refusal(deadline: Deadline) -> str:
     """The 550 answered at DATA under ``[law] refuse_late``: the sending tool shows it at once."""
     return (
         f"550 5.7.0 Convocation late: the meeting of {deadline.meeting.isoformat()} is owed {deadline.days}"
-        f" jours francs ({deadline.assembly.value}{', urgency' if deadline.urgent else ''}); the deadline"
+        f" jours francs ({deadline.assembly.value}{', urgency' if deadline.urgent else ''}"
+        f"{', installation' if deadline.installation else ''}); the deadline"
         f" was {deadline.latest.isoformat()} at 23:59 Europe/Paris"
     )
 
@@ -42,6 +43,7 @@ def event(convocation: Convocation, **subject: Any) -> dict[str, Any]:
         "meeting_source": meeting.source if meeting else None,
         "assembly": deadline.assembly.value,
         "urgent": deadline.urgent,
+        "installation": deadline.installation,
         "jours_francs": deadline.days,
         "latest_sending_date": deadline.latest.isoformat(),
         "received_at": convocation.received.isoformat(timespec="seconds"),

@@ -374,6 +374,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX reminders_submission ON reminders(submission_id);
     """,
+    # law, second step (the first is merged): the first meeting after a general election (L2121-7),
+    # owed 3 jours francs in every commune, as the sending tool or an admin says.
+    """
+    ALTER TABLE convocations ADD COLUMN installation INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -20,10 +20,11 @@ from relay.law.meeting import Convocation
 from relay.store import Store
 
 _UPSERT = (
-    "INSERT INTO convocations (submission_id, meeting_date, meeting_time, meeting_source, assembly, urgent, updated_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (submission_id) DO UPDATE SET meeting_date = excluded.meeting_date,"
-    " meeting_time = excluded.meeting_time, meeting_source = excluded.meeting_source, assembly = excluded.assembly,"
-    " urgent = excluded.urgent, updated_at = excluded.updated_at"
+    "INSERT INTO convocations (submission_id, meeting_date, meeting_time, meeting_source, assembly, urgent,"
+    " installation, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (submission_id) DO UPDATE SET"
+    " meeting_date = excluded.meeting_date, meeting_time = excluded.meeting_time,"
+    " meeting_source = excluded.meeting_source, assembly = excluded.assembly, urgent = excluded.urgent,"
+    " installation = excluded.installation, updated_at = excluded.updated_at"
 )
 _SELECT = (
     "SELECT c.*, s.received_at, s.message_id, s.subject, s.mail_from FROM convocations c"
@@ -56,6 +57,7 @@ class StoredConvocation:
                 meeting=meeting,
                 assembly=Assembly(row["assembly"]) if row["assembly"] else None,
                 urgent=bool(row["urgent"]),
+                installation=bool(row["installation"]),
                 received=dt.datetime.fromtimestamp(row["received_at"], dt.UTC),
             ),
         )
@@ -73,6 +75,7 @@ async def save_convocation(db: aiosqlite.Connection, submission_id: str, convoca
             meeting.source if meeting else None,
             convocation.assembly.value if convocation.assembly else None,
             int(convocation.urgent),
+            int(convocation.installation),
             now,
         ),
     )

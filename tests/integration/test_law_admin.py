@@ -99,8 +99,8 @@ async def test_setting_and_correcting_the_meeting_through_the_api(env):
     law = await r.json()
     assert law["status"] == "on_time" and law["meeting"]["time"] is None
     first, second = await meeting_records(store)
-    assert first["old"] == {"meeting": None, "source": None, "urgent": False}
-    assert first["new"] == {"meeting": LATE_MEETING, "source": "admin", "urgent": False}
+    assert first["old"] == {"meeting": None, "source": None, "urgent": False, "installation": False}
+    assert first["new"] == {"meeting": LATE_MEETING, "source": "admin", "urgent": False, "installation": False}
     assert (first["set_by"], first["via"]) == ("Secrétaire de mairie", "api")
     assert second["old"] == first["new"] and second["new"]["meeting"] == ON_TIME_MEETING
     submission = await store.fetchone("SELECT record_digest FROM submissions")
@@ -174,3 +174,22 @@ async def test_upcoming_meetings(env):
     await c.put(env["path"], json={"meeting": "2027-01-15", "set_by": "x"}, headers=bearer(env["token"]))
     page = await (await c.get("/admin/meetings", headers=headers)).text()
     assert SUBJECT not in page  # 47 days ahead: not in the next 30
+
+
+async def test_an_installation_meeting_is_owed_three_jours_francs(env):
+    # Wednesday 2 December: 5 jours francs would have needed the 26th, 3 need the 28th (late either way);
+    # Thursday 3 December: the 29th would do for 3, not for 5.
+    r = await env["client"].put(
+        env["path"], json={"meeting": "2026-12-03", "installation": True, "set_by": "x"}, headers=bearer(env["token"])
+    )
+    law = await r.json()
+    assert_matches("Convocation", law)
+    assert law["installation"] and law["status"] == "on_time"
+    assert law["deadline"] == {"jours_francs": 3, "latest_sending_date": "2026-11-29", "article": "L. 2121-7"}
+    assert "(article L. 2121-7 du code général des collectivités territoriales)" in law["wording"]
+    r = await env["client"].put(
+        env["path"], json={"meeting": "2026-12-03", "set_by": "x"}, headers=bearer(env["token"])
+    )
+    assert (await r.json())["status"] == "late"
+    (_, second) = await meeting_records(env["store"])
+    assert second["old"]["installation"] is True and second["new"]["installation"] is False

@@ -199,3 +199,9 @@ def test_the_law_package_is_pure(name):
     }
     assert not imported & forbidden
     assert "os.environ" not in source and ".now(" not in source and ".today(" not in source
+
+
+def test_installation_applies_to_communes_only():
+    assert Deadline.for_meeting(D(2026, 12, 15), Assembly.COMMUNE, installation=True).installation
+    epci = Deadline.for_meeting(D(2026, 12, 15), Assembly.EPCI, installation=True)
+    assert not epci.installation and epci.days == 5

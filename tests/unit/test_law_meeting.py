@@ -114,6 +114,14 @@ def test_late_and_on_time_by_the_paris_day():
     assert late.deadline is not None and late.deadline.latest == dt.date(2026, 12, 9)
 
 
+def test_installation_header():
+    data = mail("Convocation du 15 décembre 2026", "", "X-Meeting-Installation: 1")
+    # Sent on the 11th: 3 jours francs (12th, 13th, 14th) for the first meeting after an election, not 5.
+    convocation = Convocation.of(data, "x@y.fr", dt.datetime(2026, 12, 11, 12, tzinfo=dt.UTC), COMMUNE)
+    assert convocation.installation and convocation.deadline is not None
+    assert convocation.deadline.days == 3 and not convocation.late
+
+
 def test_urgency_header():
     data = mail("Convocation du 15 décembre 2026", "", "X-Meeting-Urgency: 1")
     convocation = Convocation.of(data, "x@y.fr", dt.datetime(2026, 12, 13, 12, tzinfo=dt.UTC), COMMUNE)
@@ -158,3 +166,37 @@ def test_a_bad_pattern_is_refused_when_the_configuration_loads(pattern, message)
 def test_an_unknown_assembly_is_refused():
     with pytest.raises(ConfigError, match="law.assembly"):
         Config.from_toml("[law]\nassembly = 'mairie'\n")
+
+
+def test_a_large_attachment_is_not_parsed_but_the_text_before_it_is_read():
+    from email.message import EmailMessage
+
+    from relay.law.meeting import MAX_PARSED
+
+    msg = EmailMessage()
+    msg["From"] = "mairie@saint-martin.fr"
+    msg["Subject"] = "Convocation"
+    msg.set_content("Le conseil municipal se réunira le mardi 15 décembre 2026 à 18h30.\n")
+    msg.add_attachment(b"%PDF-1.7 " * (MAX_PARSED // 3), maintype="application", subtype="pdf", filename="odj.pdf")
+    data = msg.as_bytes()
+    assert len(data) > 3 * MAX_PARSED
+    assert Convocation.of(data, "x@y.fr", RECEIVED, COMMUNE).meeting == MeetingDate(
+        dt.date(2026, 12, 15), dt.time(18, 30), "text"
+    )
+
+
+def test_subjects_read_as_the_email_package_reads_them():
+    """The raw headers decoded here (relay.law.meeting.header) read the Subject of every message of
+    the corpus (encoded words, raw UTF-8, folding) as the default policy does."""
+    import email
+    from email import policy
+    from pathlib import Path
+
+    from relay.law.meeting import header
+
+    corpus = sorted((Path(__file__).resolve().parents[1] / "corpus").glob("*.eml"))
+    assert len(corpus) >= 30
+    for path in corpus:
+        data = path.read_bytes()
+        expected = " ".join(str(email.message_from_bytes(data, policy=policy.default).get("Subject", "")).split())
+        assert " ".join(header(parse(data), "Subject").split()) == expected, path.name
