@@ -29,7 +29,6 @@ from tracker.classify import classify_fetch
 from tracker.forwarded import client_address
 from tracker.i18n import format_time, negotiate
 from tracker.pages import TRACKER, Tracker, form_action_csp, render_planned
-from tracker.ratelimit import WINDOW_SECONDS as MISS_WINDOW_SECONDS
 
 log = logging.getLogger("estampille.tracker")
 
@@ -69,7 +68,7 @@ async def _link(request: web.Request, visitor: Visitor, now: float) -> Link:
     """The token's link row; a miss (404) or a blocked address (429) raises."""
     tracker = request.app[TRACKER]
     if tracker.misses.blocked(visitor.address, now):
-        raise web.HTTPTooManyRequests(headers={"Retry-After": str(int(MISS_WINDOW_SECONDS))})
+        raise web.HTTPTooManyRequests(headers={"Retry-After": str(int(tracker.misses.window))})
     token = request.match_info["token"]
     link = None
     if TOKEN.fullmatch(token):
@@ -78,7 +77,7 @@ async def _link(request: web.Request, visitor: Visitor, now: float) -> Link:
     if link is not None and ttl_days and now >= link["token_created_at"] + ttl_days * DAY:
         link = None
     if link is None:
-        tracker.misses.miss(visitor.address, now)
+        tracker.misses.hit(visitor.address, now)
         raise web.HTTPNotFound()
     if link["delivery_digest"] is None:
         raise StoreError(f"delivery {link['delivery_id']} has a token but no delivery record")

@@ -22,13 +22,13 @@ from multidict import CIMultiDict
 
 from relay.config import Config
 from relay.errors import EstampilleError
+from relay.ratelimit import RateLimiter
 from relay.store import Store
 from tracker.antiforgery import FormKey
 from tracker.classify import Network
 from tracker.i18n import TEXTS, negotiate
 from tracker.lookup import LinkLookup
 from tracker.plans import Plans
-from tracker.ratelimit import MissLimiter
 from tracker.recorder import Recorder
 from tracker.salts import Salts
 
@@ -75,7 +75,7 @@ class Tracker:
     salts: Salts  # for the commitments of fetch and receipt records
     recorder: Recorder
     links: LinkLookup
-    misses: MissLimiter
+    misses: RateLimiter
     trusted_proxies: tuple[Network, ...]
     scanner_networks: tuple[Network, ...]
     base_path: str  # path part of tracker.public_url, without the trailing slash

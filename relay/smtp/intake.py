@@ -34,7 +34,8 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from relay.certify import dkim
 from relay.config import Config
 from relay.errors import ConfigError, DiskFullError, EstampilleError, StoreError
-from relay.smtp.auth import Credentials, FailureLimiter, client_key, load_credentials
+from relay.ratelimit import RateLimiter, client_key
+from relay.smtp.auth import Credentials, load_credentials
 from relay.smtp.spool import Incoming, Spool
 
 log = logging.getLogger("estampille.intake")
@@ -164,7 +165,7 @@ class IntakeHandler:
         # Read by each new connection, so a reload reaches new sessions and spares open ones.
         self.tls_context = tls_context(config)
         self.allowed = [ipaddress.ip_network(n, strict=False) for n in config.smtp.allowed_networks]
-        self.limiter = FailureLimiter(config.smtp.auth_failures_per_minute)
+        self.limiter = RateLimiter(config.smtp.auth_failures_per_minute)
         self.open_per_client: Counter[str] = Counter()
         self.min_free_bytes = config.smtp.min_free_disk_mb * 2**20
 
@@ -273,7 +274,7 @@ class IntakeHandler:
         if await asyncio.to_thread(self.credentials.check, user, password):
             log.info("AUTH from %s accepted for user %s", peer, user)
             return AuthResult(success=True, handled=False, auth_data=login)
-        self.limiter.record_failure(peer, now)
+        self.limiter.hit(peer, now)
         log.warning("AUTH from %s refused for user %s", peer, user)
         return AuthResult(success=False, handled=False)
 
