@@ -1,14 +1,16 @@
 """The composition root: opens the store and starts the relay's components on one loop.
 
-Components start in order and stop in reverse order. Each is recorded with
-:meth:`Service._started` as it comes up, so a failure half-way stops exactly
-what was started. Other subsystems (tracker, anchoring, metrics) add their
-start in :meth:`Service.start` the same way.
+Components start in order and stop in reverse order: each pushes its stop on the
+service's :class:`contextlib.AsyncExitStack` (:meth:`Service._started`) as it comes up,
+so a failure half-way stops exactly what was started, and one stop that fails is logged
+without keeping the others from running. Other subsystems (tracker, anchoring, metrics)
+add their start in :meth:`Service.start` the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -69,10 +71,10 @@ class Service:
         self.metrics = Metrics()
         self.metrics_port: int | None = None
         self.anchorer: Anchorer | None = None  # relay.anchor.worker workers, when anchor.enabled
-        self.components: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        self._stops = contextlib.AsyncExitStack()
 
     def _started(self, name: str, stop: Callable[[], Awaitable[None]]) -> None:
-        self.components.append((name, stop))
+        self._stops.push_async_callback(_stop_one, name, stop)
 
     async def start(self) -> None:
         try:
@@ -120,19 +122,7 @@ class Service:
         such interval: an operator sees what holds the stop up (and systemd's TimeoutStopSec,
         90 s, ends it in any case; what was not delivered resumes at the next start).
         """
-        while self.components:
-            name, stop = self.components.pop()
-            stopping = asyncio.ensure_future(stop())
-            started = time.monotonic()
-            try:
-                while not (await asyncio.wait([stopping], timeout=SLOW_STOP_SECONDS))[0]:
-                    log.warning("still stopping %s after %.0f s", name, time.monotonic() - started)
-                stopping.result()
-            except asyncio.CancelledError:
-                stopping.cancel()
-                raise
-            except Exception:
-                log.exception("stopping %s failed", name)
+        await self._stops.aclose()
 
     async def _stop_smtp(self) -> None:
         assert self.smtp_server is not None and self.intake is not None
@@ -201,6 +191,20 @@ class Service:
         """The bound SMTP port (useful with listen_port = 0)."""
         assert self.smtp_server is not None
         return self.smtp_server.sockets[0].getsockname()[1]
+
+
+async def _stop_one(name: str, stop: Callable[[], Awaitable[None]]) -> None:
+    stopping = asyncio.ensure_future(stop())
+    started = time.monotonic()
+    try:
+        while not (await asyncio.wait([stopping], timeout=SLOW_STOP_SECONDS))[0]:
+            log.warning("still stopping %s after %.0f s", name, time.monotonic() - started)
+        stopping.result()
+    except asyncio.CancelledError:
+        stopping.cancel()
+        raise
+    except Exception:
+        log.exception("stopping %s failed", name)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
