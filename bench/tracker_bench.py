@@ -1,6 +1,5 @@
 """Tracker throughput: GET pages and POST acknowledgments at 50 concurrent clients,
-against a bare aiohttp handler measured in the same run, and against the tracker rendering
-its pages with plain Jinja instead of tracker.plans (a third server, same data).
+against a bare aiohttp handler measured in the same run.
 
     /work/venv/bin/python bench/tracker_bench.py [--requests 16000] [--concurrency 50]
 
@@ -20,9 +19,7 @@ most of the writing runs during the round, as it does under steady load: with ro
 GETs, shorter than the flush window, nearly all of it fell after the round, and the ratio
 read about 0.6 where steady load gives about 0.5.
 The server's and the client's CPU time per request are printed too (from /proc).
-The last line is ``RESULT get_ratio=… get_p99_ms=… post_per_s=… post_p99_ms=… jinja_get_ratio=…
-plans_gain=… plans_cpu_saved_us=…``: plans_gain is the GET rate with plans over the rate with
-Jinja's rendering (docs/performance.md: plans stay only while it is at least 1.2).
+The last line is ``RESULT get_ratio=… get_p99_ms=… post_per_s=… post_p99_ms=…``.
 """
 
 from __future__ import annotations
@@ -40,10 +37,9 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import uvloop
@@ -57,7 +53,6 @@ from relay.service import settle_heap
 from relay.store import DB_NAME, Store
 from tracker import antiforgery
 from tracker.app import start_tracker
-from tracker.plans import Plans
 
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36"
 BARE_PAGE = "<!doctype html><title>bare</title><p>ok</p>" * 20  # about the size of an ack page
@@ -84,15 +79,7 @@ async def serve_bare() -> None:
     await asyncio.Event().wait()
 
 
-def render_with_jinja(self: Plans, template: str, variant: object, base: Mapping[str, Any],
-                      context: Mapping[str, Any]) -> str:
-    """Plans.render without plans: the page Jinja renders, as the contract says it equals."""
-    return self._env.get_template(template).render({**base, **context})
-
-
-async def serve_tracker(data_dir: Path, *, plans: bool = True) -> None:
-    if not plans:
-        Plans.render = render_with_jinja  # type: ignore[method-assign]
+async def serve_tracker(data_dir: Path) -> None:
     config = Config.from_toml(f'data_dir = "{data_dir}"\n[tracker]\nlisten_port = 0\n')
     store = await Store.open(config.data_path)
     server = await start_tracker(config, store)
@@ -270,25 +257,22 @@ async def bench(count: int, concurrency: int) -> None:
 
         bare_proc, bare_port = await start_server("--serve", "bare")
         proc, port = await start_server("--serve", "tracker", "--data", str(data_dir))
-        jinja_proc, jinja_port = await start_server("--serve", "tracker-jinja", "--data", str(data_dir))
         bare = Client(f"http://127.0.0.1:{bare_port}", concurrency, bare_proc.pid)
         tracker = Client(f"http://127.0.0.1:{port}", concurrency, proc.pid)
-        jinja = Client(f"http://127.0.0.1:{jinja_port}", concurrency, jinja_proc.pid)
-        servers = [bare, tracker, jinja]
         written = FetchesWritten(data_dir)
         try:
-            for client in servers:
-                await client.round(warm, None if client is bare else written.after(len(warm)))
-                client.reset()
+            await bare.round(warm)
+            await tracker.round(warm, written.after(len(warm)))
+            bare.reset()
+            tracker.reset()
             for number, chunk in enumerate(rounds(gets, ROUNDS)):
-                # Each round in another order, so that a burst of other work falls on each alike.
-                for client in servers[number % 3:] + servers[:number % 3]:
-                    await client.round(chunk, None if client is bare else written.after(len(chunk)))
-            bare_get, get, jinja_get = bare.result(), tracker.result(), jinja.result()
-            for name, run in (("bare   ", bare_get), ("tracker", get), ("jinja  ", jinja_get)):
-                print(f"{name} GET  {run.rate:7.0f} req/s  p99 {run.p99_ms:6.1f} ms  server CPU "
-                      f"{run.server_cpu_us:4.0f} us/req  client CPU {run.client_cpu_us:4.0f} us/req  ({run.ok} ok)",
-                      flush=True)
+                for client in (bare, tracker) if number % 2 == 0 else (tracker, bare):
+                    await client.round(chunk, written.after(len(chunk)) if client is tracker else None)
+            bare_get, get = bare.result(), tracker.result()
+            print(f"bare    GET  {bare_get.rate:7.0f} req/s  p99 {bare_get.p99_ms:6.1f} ms  server CPU "
+                  f"{bare_get.server_cpu_us:4.0f} us/req  client CPU {bare_get.client_cpu_us:4.0f} us/req", flush=True)
+            print(f"tracker GET  {get.rate:7.0f} req/s  p99 {get.p99_ms:6.1f} ms  server CPU {get.server_cpu_us:4.0f} us/req"
+                  f"  client CPU {get.client_cpu_us:4.0f} us/req  ({get.ok} ok)", flush=True)
             secret = antiforgery.load_secret(data_dir)
             posts = [("POST", f"/a/{t}", {antiforgery.FIELD: antiforgery.form_value(secret, t)})
                      for t in tokens[WARMUP + count: WARMUP + 2 * count]]
@@ -299,33 +283,28 @@ async def bench(count: int, concurrency: int) -> None:
             written.close()
             await bare.close()
             await tracker.close()
-            await jinja.close()
             await stop_server(bare_proc)
             await stop_server(proc)
-            await stop_server(jinja_proc)
         receipts, fetches = await count_rows(data_dir, "receipts"), await count_rows(data_dir, "fetches")
         print(f"tracker POST {post.rate:7.0f} ack/s  p99 {post.p99_ms:6.1f} ms  server CPU {post.server_cpu_us:4.0f} us/req"
               f"  ({post.ok} ok, {receipts} receipts and {fetches} fetches in the store)", flush=True)
-        if post.ok != count or receipts != count or get.ok != count or jinja_get.ok != count \
-                or fetches != 2 * (WARMUP + count):
+        if post.ok != count or receipts != count or get.ok != count or fetches != WARMUP + count:
             raise SystemExit("some requests failed, or receipts or fetches are missing")
         print(f"RESULT get_ratio={get.rate / bare_get.rate:.2f} get_p99_ms={get.p99_ms:.1f} "
-              f"post_per_s={post.rate:.0f} post_p99_ms={post.p99_ms:.1f} "
-              f"jinja_get_ratio={jinja_get.rate / bare_get.rate:.2f} plans_gain={get.rate / jinja_get.rate:.2f} "
-              f"plans_cpu_saved_us={jinja_get.server_cpu_us - get.server_cpu_us:.0f}")
+              f"post_per_s={post.rate:.0f} post_p99_ms={post.p99_ms:.1f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=16000, help="GET requests, and POST requests, per run")
     parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--serve", choices=("bare", "tracker", "tracker-jinja"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=("bare", "tracker"), help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve == "bare":
         uvloop.run(serve_bare())  # both servers on the loop `estampille serve` runs on
-    elif args.serve in ("tracker", "tracker-jinja"):
-        uvloop.run(serve_tracker(args.data, plans=args.serve == "tracker"))
+    elif args.serve == "tracker":
+        uvloop.run(serve_tracker(args.data))
     else:
         asyncio.run(bench(args.requests, args.concurrency))
 

@@ -46,9 +46,8 @@ STOP_GRACE_SECONDS = 5.0
 SMTP_DRAIN_SECONDS = 30.0
 SLOW_STOP_SECONDS = 10.0  # a component still stopping after this is named in the log
 # Collect the young generation after this many more container objects than were freed (Python's
-# default: 700). Each page fetch and delivery allocates hundreds that die young, and the tracker's
-# fetches wait in memory up to 100 ms for their commit, so with the default a young collection ran
-# every ~200 page fetches and found nothing to free (see settle_heap).
+# default: 700): each page fetch and delivery allocates hundreds that die young, and fetches wait
+# in memory for their commit (see settle_heap and docs/performance.md).
 GC_YOUNG_THRESHOLD = 10_000
 
 
@@ -270,7 +269,6 @@ def run(config: Config, *, tracker_only: bool = False) -> int:
     """Entry point of `estampille serve`."""
     logs.setup(config.log, os.environ)
     # uvloop, not asyncio's default loop: the relay is mostly socket and event handling, where
-    # libuv's loop took less CPU (relay-core on bench/relay_bench.py, 3,000 deliveries, 3
-    # alternated runs: 3.8-4.3 s against 4.1-4.6 s).
+    # libuv's loop takes less CPU (docs/performance.md).
     uvloop.run(serve(config, tracker_only=tracker_only, notifier=Notifier.from_environ(os.environ)))
     return 0

@@ -28,7 +28,7 @@ from tracker import antiforgery
 from tracker.classify import classify_fetch
 from tracker.forwarded import client_address
 from tracker.i18n import format_time, negotiate
-from tracker.pages import TRACKER, Tracker, form_action_csp, render_planned
+from tracker.pages import TRACKER, Tracker, form_action_csp, render
 
 log = logging.getLogger("estampille.tracker")
 
@@ -115,7 +115,7 @@ async def show(request: web.Request) -> web.Response:
     )
     log.debug("delivery %d fetched (%s): likely %s, %s", link["delivery_id"], request.method, verdict.kind,
               verdict.reason)
-    response = render_planned(request, "ack.html", _details(request, link, tracker.config.tracker.timezone) | {
+    response = render(request, "ack.html", _details(request, link, tracker.config.tracker.timezone) | {
         "form_key": tracker.form_key.value(request.match_info["token"]),
     })
     if link["target_url"]:  # the page's CSP lets the form lead on there
@@ -142,7 +142,7 @@ async def acknowledge(request: web.Request) -> web.StreamResponse:
         return web.Response(status=303, headers={"Location": link["target_url"]})
     lang = negotiate(request.headers.get("Accept-Language"))
     when = format_time(ack.at, tracker.config.tracker.timezone, lang)
-    return render_planned(request, "done.html", _details(request, link, tracker.config.tracker.timezone) | {
+    return render(request, "done.html", _details(request, link, tracker.config.tracker.timezone) | {
         "first": ack.first, "acknowledged": when,
     })
 

@@ -30,7 +30,6 @@ from tracker import ack, admin, antiforgery
 from tracker.classify import parse_networks
 from tracker.lookup import LinkLookup
 from tracker.pages import TRACKER, Tracker, errors, security_headers
-from tracker.plans import Plans
 from tracker.recorder import Recorder
 from tracker.salts import Salts
 
@@ -48,7 +47,7 @@ def make_app(config: Config, store: Store, *, clock: Callable[[], float] = time.
     ``on_response`` sees every response before it is sent (the metrics count errors with it).
     """
     app = web.Application(middlewares=[errors], client_max_size=MAX_REQUEST_BODY)
-    env = aiohttp_jinja2.setup(
+    aiohttp_jinja2.setup(
         app,
         loader=jinja2.PackageLoader("tracker", "templates"),
         autoescape=True,  # every value is escaped; subjects and addresses are attacker-controlled
@@ -68,7 +67,6 @@ def make_app(config: Config, store: Store, *, clock: Callable[[], float] = time.
         trusted_proxies=parse_networks(tc.trusted_proxies),
         scanner_networks=parse_networks(tc.scanner_networks),
         base_path=urlsplit(tc.public_url).path.rstrip("/"),
-        plans=Plans(env),
     )
     app.on_response_prepare.append(security_headers)
     if on_response is not None:

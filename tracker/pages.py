@@ -28,7 +28,6 @@ from tracker.antiforgery import FormKey
 from tracker.classify import Network
 from tracker.i18n import TEXTS, negotiate
 from tracker.lookup import LinkLookup
-from tracker.plans import Plans
 from tracker.recorder import Recorder
 from tracker.salts import Salts
 
@@ -79,7 +78,6 @@ class Tracker:
     trusted_proxies: tuple[Network, ...]
     scanner_networks: tuple[Network, ...]
     base_path: str  # path part of tracker.public_url, without the trailing slash
-    plans: Plans  # of the application's templates, for render_planned
 
 
 TRACKER = web.AppKey("tracker", Tracker)
@@ -98,14 +96,6 @@ def render(
     env = config[aiohttp_jinja2.APP_KEY]
     page = env.get_template(template).render({**_base(config[TRACKER], lang), **context})
     return _response(page, status)
-
-
-def render_planned(request: web.Request, template: str, context: dict[str, Any]) -> web.Response:
-    """The page :func:`render` makes, from the template's plan (see tracker.plans): for the
-    acknowledgment pages, rendered on every fetch, whose templates keep to the plans' contract."""
-    lang = negotiate(request.headers.get("Accept-Language"))
-    tracker = request.app[TRACKER]
-    return _response(tracker.plans.render(template, lang, _base(tracker, lang), context), 200)
 
 
 def _base(tracker: Tracker, lang: str) -> dict[str, Any]:

@@ -28,9 +28,7 @@ log = logging.getLogger("estampille.tracker")
 
 MAX_BATCH = 512  # events per transaction; bounds one commit's latency
 # Longest a fetch waits in memory before its commit starts. Each fetch dirties about 4 random
-# index pages (digests, delivery ids), so larger commits share pages and fsyncs: at 3,500 fetches/s,
-# 50 ms instead of 10 took the write's CPU (rows and commit) from about 68 to 50 us a fetch, and
-# 100 ms (with FETCH_FLUSH_COUNT 512) instead of 50 (256) from about 43 to 20-26 us at 5,000/s.
+# index pages (digests, delivery ids), so larger commits share pages and fsyncs (docs/performance.md).
 FETCH_FLUSH_SECONDS = 0.1
 FETCH_FLUSH_COUNT = 512  # fetches waiting that start a commit at once (MAX_BATCH: one commit's worth)
 MAX_PENDING_FETCHES = 4096  # bounds memory if the disk stalls; more requests wait for room
