@@ -243,12 +243,9 @@ async def serve(config: Config, *, tracker_only: bool = False, notifier: Notifie
 
 
 def settle_heap() -> None:
-    """Leave the objects made at startup (modules, templates, configuration: about 55,000)
-    out of every later garbage collection, and collect young objects less often.
-
-    On bench/tracker_bench.py's load, collections took about 2.9 us of CPU a page fetch, 32,300
-    fetches: 135 young collections, 13 middle, one full (27 ms); after this, about 0.03 us (one
-    young collection). Memory held by young garbage cycles is bounded by GC_YOUNG_THRESHOLD objects.
+    """Leave the objects made at startup (modules, templates, configuration) out of every later
+    garbage collection, and collect young objects less often (docs/performance.md). Memory held
+    by young garbage cycles is bounded by GC_YOUNG_THRESHOLD objects.
     """
     gc.collect()
     gc.freeze()
