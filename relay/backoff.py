@@ -24,4 +24,4 @@ class Backoff:
 
     def delay(self, attempts: int, draw: float) -> float:
         """The wait after the ``attempts``-th failed attempt (1-based), ``draw`` in [0, 1)."""
-        return min(self.maximum, self.first * 2 ** max(0, attempts - 1)) * (1 - self.jitter * draw)
+        return min(self.maximum, self.first * 2.0 ** max(0, attempts - 1)) * (1 - self.jitter * draw)

@@ -1,14 +1,16 @@
 """The composition root: opens the store and starts the relay's components on one loop.
 
-Components start in order and stop in reverse order. Each is recorded with
-:meth:`Service._started` as it comes up, so a failure half-way stops exactly
-what was started. Other subsystems (tracker, anchoring, metrics) add their
-start in :meth:`Service.start` the same way.
+Components start in order and stop in reverse order: each pushes its stop on the
+service's :class:`contextlib.AsyncExitStack` (:meth:`Service._started`) as it comes up,
+so a failure half-way stops exactly what was started, and one stop that fails is logged
+without keeping the others from running. Other subsystems (tracker, anchoring, metrics)
+add their start in :meth:`Service.start` the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -45,9 +47,8 @@ STOP_GRACE_SECONDS = 5.0
 SMTP_DRAIN_SECONDS = 30.0
 SLOW_STOP_SECONDS = 10.0  # a component still stopping after this is named in the log
 # Collect the young generation after this many more container objects than were freed (Python's
-# default: 700). Each page fetch and delivery allocates hundreds that die young, and the tracker's
-# fetches wait in memory up to 100 ms for their commit, so with the default a young collection ran
-# every ~200 page fetches and found nothing to free (see settle_heap).
+# default: 700): each page fetch and delivery allocates hundreds that die young, and fetches wait
+# in memory for their commit (see settle_heap and docs/performance.md).
 GC_YOUNG_THRESHOLD = 10_000
 
 
@@ -71,10 +72,10 @@ class Service:
         self.metrics_port: int | None = None
         self.anchorer: Anchorer | None = None  # relay.anchor.worker workers, when anchor.enabled
         self.reminders: Reminders | None = None  # relay.ops.reminders, when reminders.enabled
-        self.components: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        self._stops = contextlib.AsyncExitStack()
 
     def _started(self, name: str, stop: Callable[[], Awaitable[None]]) -> None:
-        self.components.append((name, stop))
+        self._stops.push_async_callback(_stop_one, name, stop)
 
     async def start(self) -> None:
         try:
@@ -123,19 +124,7 @@ class Service:
         such interval: an operator sees what holds the stop up (and systemd's TimeoutStopSec,
         90 s, ends it in any case; what was not delivered resumes at the next start).
         """
-        while self.components:
-            name, stop = self.components.pop()
-            stopping = asyncio.ensure_future(stop())
-            started = time.monotonic()
-            try:
-                while not (await asyncio.wait([stopping], timeout=SLOW_STOP_SECONDS))[0]:
-                    log.warning("still stopping %s after %.0f s", name, time.monotonic() - started)
-                stopping.result()
-            except asyncio.CancelledError:
-                stopping.cancel()
-                raise
-            except Exception:
-                log.exception("stopping %s failed", name)
+        await self._stops.aclose()
 
     async def _stop_smtp(self) -> None:
         assert self.smtp_server is not None and self.intake is not None
@@ -215,6 +204,20 @@ class Service:
         return self.smtp_server.sockets[0].getsockname()[1]
 
 
+async def _stop_one(name: str, stop: Callable[[], Awaitable[None]]) -> None:
+    stopping = asyncio.ensure_future(stop())
+    started = time.monotonic()
+    try:
+        while not (await asyncio.wait([stopping], timeout=SLOW_STOP_SECONDS))[0]:
+            log.warning("still stopping %s after %.0f s", name, time.monotonic() - started)
+        stopping.result()
+    except asyncio.CancelledError:
+        stopping.cancel()
+        raise
+    except Exception:
+        log.exception("stopping %s failed", name)
+
+
 async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
@@ -252,12 +255,9 @@ async def serve(config: Config, *, tracker_only: bool = False, notifier: Notifie
 
 
 def settle_heap() -> None:
-    """Leave the objects made at startup (modules, templates, configuration: about 55,000)
-    out of every later garbage collection, and collect young objects less often.
-
-    On bench/tracker_bench.py's load, collections took about 2.9 us of CPU a page fetch, 32,300
-    fetches: 135 young collections, 13 middle, one full (27 ms); after this, about 0.03 us (one
-    young collection). Memory held by young garbage cycles is bounded by GC_YOUNG_THRESHOLD objects.
+    """Leave the objects made at startup (modules, templates, configuration) out of every later
+    garbage collection, and collect young objects less often (docs/performance.md). Memory held
+    by young garbage cycles is bounded by GC_YOUNG_THRESHOLD objects.
     """
     gc.collect()
     gc.freeze()
@@ -278,7 +278,6 @@ def run(config: Config, *, tracker_only: bool = False) -> int:
     """Entry point of `estampille serve`."""
     logs.setup(config.log, os.environ)
     # uvloop, not asyncio's default loop: the relay is mostly socket and event handling, where
-    # libuv's loop took less CPU (relay-core on bench/relay_bench.py, 3,000 deliveries, 3
-    # alternated runs: 3.8-4.3 s against 4.1-4.6 s).
+    # libuv's loop takes less CPU (docs/performance.md).
     uvloop.run(serve(config, tracker_only=tracker_only, notifier=Notifier.from_environ(os.environ)))
     return 0

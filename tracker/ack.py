@@ -30,8 +30,7 @@ from tracker import antiforgery
 from tracker.classify import classify_fetch
 from tracker.forwarded import client_address
 from tracker.i18n import format_time, negotiate
-from tracker.pages import TRACKER, Tracker, form_action_csp, render_planned
-from tracker.ratelimit import WINDOW_SECONDS as MISS_WINDOW_SECONDS
+from tracker.pages import TRACKER, Tracker, form_action_csp, render
 
 log = logging.getLogger("estampille.tracker")
 
@@ -79,13 +78,13 @@ async def _link(request: web.Request, visitor: Visitor, now: float) -> Link:
     """The token's link row; a miss (404), a blocked address (429) or a refused token (410) raises."""
     tracker = request.app[TRACKER]
     if tracker.misses.blocked(visitor.address, now):
-        raise web.HTTPTooManyRequests(headers={"Retry-After": str(int(MISS_WINDOW_SECONDS))})
+        raise web.HTTPTooManyRequests(headers={"Retry-After": str(int(tracker.misses.window))})
     token = request.match_info["token"]
     link = None
     if TOKEN.fullmatch(token):
         link = await tracker.links.find(hashlib.sha256(token.encode("ascii")).hexdigest())
     if link is None:
-        tracker.misses.miss(visitor.address, now)
+        tracker.misses.hit(visitor.address, now)
         raise web.HTTPNotFound()
     reason = refusal(link, tracker.config.tracker.token_ttl_days, now)
     if reason is not None:
@@ -142,7 +141,7 @@ async def show(request: web.Request) -> web.Response:
     )
     log.debug("delivery %d fetched (%s): likely %s, %s", link["delivery_id"], request.method, verdict.kind,
               verdict.reason)
-    response = render_planned(request, "ack.html", _details(request, link, tracker.config.tracker.timezone) | {
+    response = render(request, "ack.html", _details(request, link, tracker.config.tracker.timezone) | {
         "form_key": tracker.form_key.value(request.match_info["token"]),
     })
     if link["target_url"]:  # the page's CSP lets the form lead on there
@@ -169,7 +168,7 @@ async def acknowledge(request: web.Request) -> web.StreamResponse:
         return web.Response(status=303, headers={"Location": link["target_url"]})
     lang = negotiate(request.headers.get("Accept-Language"))
     when = format_time(ack.at, tracker.config.tracker.timezone, lang)
-    return render_planned(request, "done.html", _details(request, link, tracker.config.tracker.timezone) | {
+    return render(request, "done.html", _details(request, link, tracker.config.tracker.timezone) | {
         "first": ack.first, "acknowledged": when,
     })
 

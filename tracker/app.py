@@ -24,13 +24,12 @@ from aiohttp import web
 
 from relay.config import Config
 from relay.errors import EstampilleError
+from relay.ratelimit import RateLimiter
 from relay.store import Store
 from tracker import ack, admin, antiforgery
 from tracker.classify import parse_networks
 from tracker.lookup import LinkLookup
 from tracker.pages import TRACKER, Tracker, errors, security_headers
-from tracker.plans import Plans
-from tracker.ratelimit import MissLimiter
 from tracker.recorder import Recorder
 from tracker.salts import Salts
 
@@ -48,7 +47,7 @@ def make_app(config: Config, store: Store, *, clock: Callable[[], float] = time.
     ``on_response`` sees every response before it is sent (the metrics count errors with it).
     """
     app = web.Application(middlewares=[errors], client_max_size=MAX_REQUEST_BODY)
-    env = aiohttp_jinja2.setup(
+    aiohttp_jinja2.setup(
         app,
         loader=jinja2.PackageLoader("tracker", "templates"),
         autoescape=True,  # every value is escaped; subjects and addresses are attacker-controlled
@@ -64,11 +63,10 @@ def make_app(config: Config, store: Store, *, clock: Callable[[], float] = time.
         salts=Salts(),
         recorder=Recorder(store),
         links=LinkLookup(store),
-        misses=MissLimiter(tc.miss_limit_per_minute),
+        misses=RateLimiter(tc.miss_limit_per_minute),
         trusted_proxies=parse_networks(tc.trusted_proxies),
         scanner_networks=parse_networks(tc.scanner_networks),
         base_path=urlsplit(tc.public_url).path.rstrip("/"),
-        plans=Plans(env),
     )
     app.on_response_prepare.append(security_headers)
     if on_response is not None:

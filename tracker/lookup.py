@@ -1,4 +1,4 @@
-"""Group lookup of acknowledgment links: concurrent requests share one query.
+"""Group lookup of acknowledgment links: concurrent requests share one query (relay.batching).
 
 Each query is a round trip to the database thread; under load those round trips,
 not SQLite, dominate. Requests that ask while a query is in flight wait for the
@@ -7,10 +7,10 @@ next one, which asks for all of them at once.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+from relay.batching import Batcher
 from relay.store import Store
 
 MAX_BATCH = 500  # token hashes per query (well under SQLite's limit on parameters)
@@ -21,36 +21,13 @@ class LinkLookup:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._waiting: dict[str, list[asyncio.Future]] = {}
-        self._task: asyncio.Task | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None  # the running loop, while _task runs
+        self._batcher: Batcher[str, Mapping[str, Any] | None] = Batcher(
+            self._find_many, name="tracker-link-lookup", max_items=MAX_BATCH)
 
     async def find(self, token_sha256: str) -> Mapping[str, Any] | None:
         """The link of this token hash, or None when no token has it."""
-        if self._task is None:
-            # Asked once a batch: asyncio.get_running_loop() is a getpid() system call (Python 3.11).
-            self._loop = asyncio.get_running_loop()
-            self._task = self._loop.create_task(self._drain(), name="tracker-link-lookup")
-        future = self._loop.create_future()
-        self._waiting.setdefault(token_sha256, []).append(future)
-        return await future
+        return await self._batcher.submit(token_sha256)
 
-    async def _drain(self) -> None:
-        try:
-            while self._waiting:
-                hashes = list(self._waiting)[:MAX_BATCH]
-                batch = {h: self._waiting.pop(h) for h in hashes}
-                try:
-                    rows = await self._store.find_ack_links(hashes)
-                except Exception as exc:  # noqa: BLE001 - every waiting request must hear of it
-                    for futures in batch.values():
-                        for future in futures:
-                            if not future.done():
-                                future.set_exception(exc)
-                    continue
-                for token_sha256, futures in batch.items():
-                    for future in futures:
-                        if not future.done():  # the request may have been cancelled
-                            future.set_result(rows.get(token_sha256))
-        finally:
-            self._task = None
+    async def _find_many(self, hashes: list[str]) -> list[Mapping[str, Any] | None]:
+        rows = await self._store.find_ack_links(list(dict.fromkeys(hashes)))
+        return [rows.get(token_sha256) for token_sha256 in hashes]

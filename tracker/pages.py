@@ -22,13 +22,12 @@ from multidict import CIMultiDict
 
 from relay.config import Config
 from relay.errors import EstampilleError
+from relay.ratelimit import RateLimiter
 from relay.store import Store
 from tracker.antiforgery import FormKey
 from tracker.classify import Network
 from tracker.i18n import TEXTS, negotiate
 from tracker.lookup import LinkLookup
-from tracker.plans import Plans
-from tracker.ratelimit import MissLimiter
 from tracker.recorder import Recorder
 from tracker.salts import Salts
 
@@ -75,11 +74,10 @@ class Tracker:
     salts: Salts  # for the commitments of fetch and receipt records
     recorder: Recorder
     links: LinkLookup
-    misses: MissLimiter
+    misses: RateLimiter
     trusted_proxies: tuple[Network, ...]
     scanner_networks: tuple[Network, ...]
     base_path: str  # path part of tracker.public_url, without the trailing slash
-    plans: Plans  # of the application's templates, for render_planned
 
 
 TRACKER = web.AppKey("tracker", Tracker)
@@ -98,14 +96,6 @@ def render(
     env = config[aiohttp_jinja2.APP_KEY]
     page = env.get_template(template).render({**_base(config[TRACKER], lang), **context})
     return _response(page, status)
-
-
-def render_planned(request: web.Request, template: str, context: dict[str, Any]) -> web.Response:
-    """The page :func:`render` makes, from the template's plan (see tracker.plans): for the
-    acknowledgment pages, rendered on every fetch, whose templates keep to the plans' contract."""
-    lang = negotiate(request.headers.get("Accept-Language"))
-    tracker = request.app[TRACKER]
-    return _response(tracker.plans.render(template, lang, _base(tracker, lang), context), 200)
 
 
 def _base(tracker: Tracker, lang: str) -> dict[str, Any]:

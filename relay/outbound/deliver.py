@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from relay.backoff import Backoff
+from relay.batching import Batcher
 from relay.certify import acklink, dkim
 from relay.certify.certifier import Certified, Certifier, Prepared
 from relay.config import AckConfig, Config
@@ -110,67 +111,43 @@ def classify(code: int | None) -> str:
 
 
 class CertifyThread:
-    """The thread that certifies; steps queued while it is busy go to it together, next.
+    """The thread that certifies; steps queued while it is busy go to it together, next
+    (relay.batching).
 
     One hop to the thread and back serves many copies: a hop per copy cost about 10 % more
-    CPU per delivery (thread wake-ups, GIL hand-offs; alternated bench runs). One thread, one
-    step at a time: the large transient buffers of certifying stay in one malloc arena (a
-    2 MB message to 10 recipients: peak RSS 105-109 MB; two threads gave 122-124 MB).
+    CPU per delivery (docs/performance.md). One thread, one step at a time: the large
+    transient buffers of certifying stay in one malloc arena (docs/performance.md).
     """
 
     def __init__(self) -> None:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="estampille-certify")
-        self._queue: list[tuple[Callable[[], Any], int, asyncio.Future[Any]]] = []
-        self._runner: asyncio.Task[None] | None = None
+        self._batcher: Batcher[tuple[Callable[[], Any], int], Any] = Batcher(
+            self._run_steps, name="estampille-certify", max_items=CERTIFY_BATCH_MAX,
+            weight=lambda step: step[1], max_weight=CERTIFY_BATCH_OCTETS,
+        )
 
     async def run(self, step: Callable[[], T], octets: int) -> T:
         """``step()``'s result (or exception), computed in the certify thread; ``octets``: the size
         of the message it certifies."""
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append((step, octets, future))
-        if self._runner is None:
-            self._runner = asyncio.create_task(self._drain(), name="estampille-certify")
-        return await future
+        result: T = await self._batcher.submit((step, octets))
+        return result
 
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self._queue:
-                batch = self._next_batch()
-                outcomes = await loop.run_in_executor(self._executor, _run_steps, [step for step, _ in batch])
-                for (_, future), (result, error) in zip(batch, outcomes, strict=True):
-                    if future.done():  # its delivery was cancelled meanwhile (a stop)
-                        continue
-                    if error is not None:
-                        future.set_exception(error)
-                    else:
-                        future.set_result(result)
-        finally:
-            self._runner = None
-
-    def _next_batch(self) -> list[tuple[Callable[[], Any], asyncio.Future[Any]]]:
-        batch: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
-        octets = 0
-        while self._queue and len(batch) < CERTIFY_BATCH_MAX and (not batch or octets < CERTIFY_BATCH_OCTETS):
-            step, size, future = self._queue.pop(0)
-            if not future.done():  # else its delivery was cancelled (a stop)
-                batch.append((step, future))
-                octets += size
-        return batch
+    async def _run_steps(self, steps: list[tuple[Callable[[], Any], int]]) -> list[Any]:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, _run_steps, [s for s, _ in steps])
 
     def close(self) -> None:
-        if self._runner is not None:
-            self._runner.cancel()
+        self._batcher.close()
         self._executor.shutdown(wait=False)
 
 
-def _run_steps(steps: list[Callable[[], Any]]) -> list[tuple[Any, BaseException | None]]:
-    outcomes: list[tuple[Any, BaseException | None]] = []
+def _run_steps(steps: list[Callable[[], Any]]) -> list[Any]:
+    """Each step's result, or the exception it raised."""
+    outcomes: list[Any] = []
     for step in steps:
         try:
-            outcomes.append((step(), None))
+            outcomes.append(step())
         except Exception as exc:  # noqa: BLE001 - handed to that step's delivery alone
-            outcomes.append((None, exc))
+            outcomes.append(exc)
     return outcomes
 
 

@@ -1,4 +1,5 @@
-"""SMTP AUTH credentials: a file of ``user:hash`` lines, and a limiter of failed attempts.
+"""SMTP AUTH credentials: a file of ``user:hash`` lines (failed attempts are limited by
+:class:`relay.ratelimit.RateLimiter`).
 
 Hashes are scrypt with a per-user random salt, written as
 ``scrypt$N$r$p$salt_hex$hash_hex``; comparison is constant time. An unknown user
@@ -13,9 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import os
-from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,10 +26,6 @@ SCRYPT_P = 1
 SALT_BYTES = 16
 HASH_BYTES = 32
 SCHEME = "scrypt"
-# The AUTH failure limiter: an IPv6 client holds a whole /64 (it would use a fresh
-# address per guess), and the table is bounded so a flood of clients cannot fill memory.
-IPV6_CLIENT_PREFIX = 64
-MAX_TRACKED_CLIENTS = 100_000
 _DUMMY = f"{SCHEME}${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${'00' * SALT_BYTES}${'00' * HASH_BYTES}"
 
 
@@ -112,52 +107,3 @@ def write_password(path: Path, user: str, password: str, salt: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-
-
-@dataclass
-class FailureLimiter:
-    """Counts failed AUTH attempts per client (an IPv4 address, an IPv6 /64) over a sliding minute."""
-
-    per_minute: int
-    window: float = 60.0
-    _failures: OrderedDict[str, deque[float]] = field(default_factory=OrderedDict)
-
-    def blocked(self, address: str, now: float) -> bool:
-        recent = self._recent(client_key(address), now)
-        return recent is not None and len(recent) >= self.per_minute
-
-    def record_failure(self, address: str, now: float) -> None:
-        key = client_key(address)
-        recent = self._recent(key, now)
-        if recent is None:
-            recent = self._failures[key] = deque()
-        self._failures.move_to_end(key)
-        recent.append(now)
-        while len(self._failures) > MAX_TRACKED_CLIENTS:
-            self._failures.popitem(last=False)  # the client whose last failure is oldest
-
-    @property
-    def tracked(self) -> int:
-        return len(self._failures)
-
-    def _recent(self, key: str, now: float) -> deque[float] | None:
-        recent = self._failures.get(key)
-        if recent is None:
-            return None
-        while recent and recent[0] <= now - self.window:
-            recent.popleft()
-        if not recent:
-            del self._failures[key]
-            return None
-        return recent
-
-
-def client_key(address: str) -> str:
-    """What the limiter counts by: the address, or for IPv6 its /64."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address
-    if ip.version == 6 and ip.ipv4_mapped is None:
-        return str(ipaddress.ip_network(f"{ip}/{IPV6_CLIENT_PREFIX}", strict=False))
-    return str(ip)

@@ -40,7 +40,8 @@ from relay.certify.certifier import from_repair
 from relay.config import Config
 from relay.errors import ConfigError, DiskFullError, EstampilleError, FromFieldError, StoreError
 from relay.outbound.bounces import REPLY_ONE_REPORT, ReportIntake
-from relay.smtp.auth import Credentials, FailureLimiter, client_key, load_credentials
+from relay.ratelimit import RateLimiter, client_key
+from relay.smtp.auth import Credentials, load_credentials
 from relay.smtp.convocation import ConvocationCheck
 from relay.smtp.spool import Incoming, Spool
 
@@ -173,7 +174,7 @@ class IntakeHandler:
         # Read by each new connection, so a reload reaches new sessions and spares open ones.
         self.tls_context = tls_context(config)
         self.allowed = [ipaddress.ip_network(n, strict=False) for n in config.smtp.allowed_networks]
-        self.limiter = FailureLimiter(config.smtp.auth_failures_per_minute)
+        self.limiter = RateLimiter(config.smtp.auth_failures_per_minute)
         self.open_per_client: Counter[str] = Counter()
         self.min_free_bytes = config.smtp.min_free_disk_mb * 2**20
         self.reports = ReportIntake(config, spool) if config.dsn.bounce_domain else None
@@ -284,7 +285,7 @@ class IntakeHandler:
         if await asyncio.to_thread(self.credentials.check, user, password):
             log.info("AUTH from %s accepted for user %s", peer, user)
             return AuthResult(success=True, handled=False, auth_data=login)
-        self.limiter.record_failure(peer, now)
+        self.limiter.hit(peer, now)
         log.warning("AUTH from %s refused for user %s", peer, user)
         return AuthResult(success=False, handled=False)
 

@@ -45,3 +45,21 @@ async def test_a_component_slow_to_stop_is_named_in_the_log_until_it_stops(tmp_p
     assert stopped == ["slow", "quick"]  # in reverse order of starting, each waited for
     warnings = [r.getMessage() for r in caplog.records if r.name == "estampille.service"]
     assert len(warnings) >= 2 and all(w.startswith("still stopping slow after") for w in warnings)
+
+
+async def test_a_stop_that_fails_is_logged_and_the_others_still_stop(tmp_path, caplog):
+    service = Service(relay_config(tmp_path))
+    stopped = []
+
+    async def first() -> None:
+        stopped.append("first")
+
+    async def broken() -> None:
+        raise OSError("socket already gone")
+
+    service._started("first", first)
+    service._started("broken", broken)
+    with caplog.at_level(logging.ERROR, logger="estampille.service"):
+        await service.stop()
+    assert stopped == ["first"]
+    assert any(r.getMessage() == "stopping broken failed" for r in caplog.records)

@@ -25,7 +25,7 @@ EXPOSED = (
     "estampille_anchor_leaves_pending", "estampille_anchor_oldest_leaf_age_seconds",
     "estampille_anchor_batches_pending", "estampille_anchor_oldest_batch_age_seconds",
     "estampille_acknowledgments", "estampille_ack_page_fetches", "estampille_smtp_error_replies",
-    "estampille_http_error_responses",
+    "estampille_http_error_responses", "estampille_deliveries_held",
 )
 
 
@@ -103,6 +103,7 @@ async def test_metrics_move_as_the_relay_works(tmp_path):
             assert after["estampille_anchor_leaves_pending"] >= 5
             assert after["estampille_anchor_oldest_leaf_age_seconds"] > 0
             assert after["estampille_anchor_batches_pending"] == 0
+            assert after["estampille_deliveries_held"] == 0  # a deferral is not a hold
 
             token = await add_token(service.store, "elu@example.net")
             base = f"http://127.0.0.1:{service.tracker.port}"

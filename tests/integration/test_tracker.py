@@ -305,6 +305,22 @@ async def test_misses_are_rate_limited_per_client_address(tmp_path: Path) -> Non
         await env.store.close()
 
 
+async def test_misses_of_an_ipv6_slash64_count_as_one_client(tmp_path: Path) -> None:
+    """A client holding a /64 gets no fresh allowance by moving to another of its addresses."""
+    env = await start(tmp_path, miss_limit_per_minute=3)
+    try:
+        made = await make_delivery(env.store, now=T0)
+        env.clock.now = T0 + LATER
+        statuses = [(await env.client.get(f"/a/{'B' * 22}{n}", headers={
+            "X-Forwarded-For": f"2001:db8:5:6::{n + 1:x}", "User-Agent": BROWSER})).status for n in range(4)]
+        assert statuses == [404, 404, 404, 429]
+        next_door = {"X-Forwarded-For": "2001:db8:5:7::1", "User-Agent": BROWSER}
+        assert (await env.client.get(f"/a/{made.token}", headers=next_door)).status == 200
+    finally:
+        await env.client.close()
+        await env.store.close()
+
+
 async def test_forwarded_for_is_ignored_from_untrusted_peers(tmp_path: Path) -> None:
     env = await start(tmp_path, trusted_proxies=[], scanner_networks=["198.51.100.0/24"])
     try:

@@ -20,7 +20,8 @@ import aiosmtplib
 import pytest
 
 from relay.outbound.dsn import Failure, build_dsn
-from relay.smtp.auth import MAX_TRACKED_CLIENTS, FailureLimiter, write_password
+from relay.ratelimit import MAX_TRACKED_CLIENTS, RateLimiter
+from relay.smtp.auth import write_password
 from relay.store import BLOB_DIR
 from tests.support.polling import until
 from tests.support.relay import relay_config, running
@@ -323,13 +324,13 @@ async def test_a_full_run_logged_at_debug_shows_no_password_token_or_body(tmp_pa
 
 
 def test_auth_failure_limiter_counts_an_ipv6_slash64_as_one_client_and_stays_bounded():
-    limiter = FailureLimiter(per_minute=3)
+    limiter = RateLimiter(per_minute=3)
     for n in range(3):  # one attacker, three addresses of the /64 it holds
-        limiter.record_failure(f"2001:db8:1:2::{n + 1:x}", 1000.0)
+        limiter.hit(f"2001:db8:1:2::{n + 1:x}", 1000.0)
     assert limiter.blocked("2001:db8:1:2:ffff::9", 1001.0)
     assert not limiter.blocked("2001:db8:1:3::1", 1001.0) and not limiter.blocked("192.0.2.1", 1001.0)
     for n in range(MAX_TRACKED_CLIENTS + 1000):  # a flood of clients cannot grow the table without end
-        limiter.record_failure(f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}", 1002.0)
+        limiter.hit(f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}", 1002.0)
     assert limiter.tracked <= MAX_TRACKED_CLIENTS
     assert limiter.blocked("10.0.3.231", 1003.0) is False  # each of those failed once only
 

@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from relay.errors import ConfigError
+from relay.ratelimit import RateLimiter
 from relay.smtp.auth import (
     Credentials,
-    FailureLimiter,
     hash_password,
     load_credentials,
     verify_password,
@@ -59,10 +59,10 @@ def test_bad_files_and_names_are_configuration_errors(tmp_path):
 
 
 def test_limiter_blocks_after_the_limit_for_one_minute():
-    limiter = FailureLimiter(per_minute=2)
+    limiter = RateLimiter(per_minute=2)
     assert not limiter.blocked("192.0.2.1", 0.0)
-    limiter.record_failure("192.0.2.1", 0.0)
-    limiter.record_failure("192.0.2.1", 10.0)
+    limiter.hit("192.0.2.1", 0.0)
+    limiter.hit("192.0.2.1", 10.0)
     assert limiter.blocked("192.0.2.1", 20.0)
     assert not limiter.blocked("192.0.2.2", 20.0)
     assert not limiter.blocked("192.0.2.1", 60.5)

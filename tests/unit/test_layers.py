@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Lowest first; a unit is a package of relay/, a top-level module of relay/, or tracker.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("relay.errors",),
-    ("relay.config", "relay.backoff"),
+    ("relay.config", "relay.backoff", "relay.ratelimit", "relay.batching"),
     ("relay.logs",),
     ("relay.certify", "relay.evidence"),  # the pure cores
     ("relay.store",),

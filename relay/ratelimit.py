@@ -1,0 +1,67 @@
+"""One rate limiter: events per client over a sliding minute, an IPv6 client counted by its /64.
+
+The intake counts failed AUTH attempts with it, the tracker acknowledgment-link misses. An
+IPv6 client holds a whole /64 (it would use a fresh address per guess), so the /64 is the
+client; the table is bounded so a flood of clients cannot fill memory. Pure: the caller
+passes the time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+IPV6_CLIENT_PREFIX = 64
+MAX_TRACKED_CLIENTS = 100_000
+
+
+@dataclass
+class RateLimiter:
+    """Counts events per client (an IPv4 address, an IPv6 /64) over a sliding window."""
+
+    per_minute: int
+    window: float = 60.0
+    _events: OrderedDict[str, deque[float]] = field(default_factory=OrderedDict)
+
+    def blocked(self, address: str, now: float) -> bool:
+        """Whether the client of ``address`` has used up its events for the window."""
+        recent = self._recent(client_key(address), now)
+        return recent is not None and len(recent) >= self.per_minute
+
+    def hit(self, address: str, now: float) -> None:
+        """Count one event of the client of ``address``."""
+        key = client_key(address)
+        recent = self._recent(key, now)
+        if recent is None:
+            recent = self._events[key] = deque()
+        self._events.move_to_end(key)
+        recent.append(now)
+        while len(self._events) > MAX_TRACKED_CLIENTS:
+            self._events.popitem(last=False)  # the client whose last event is oldest
+
+    @property
+    def tracked(self) -> int:
+        return len(self._events)
+
+    def _recent(self, key: str, now: float) -> deque[float] | None:
+        recent = self._events.get(key)
+        if recent is None:
+            return None
+        while recent and recent[0] <= now - self.window:
+            recent.popleft()
+        if not recent:
+            del self._events[key]
+            return None
+        return recent
+
+
+def client_key(address: str) -> str:
+    """What the limiter counts by: the address, or for IPv6 its /64."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6 and ip.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{ip}/{IPV6_CLIENT_PREFIX}", strict=False))
+    return str(ip)
