@@ -65,8 +65,26 @@ def existing_data(args: argparse.Namespace) -> Config:
     return config
 
 
+def _file_problems(config: Config) -> int:
+    """Print each file of the configuration the relay could not load; EXIT_CONFIG if any."""
+    from relay.preflight import file_problems
+
+    problems = file_problems(config)
+    for problem in problems:
+        print(f"estampille: configuration error: {problem}", file=sys.stderr)
+    return EXIT_CONFIG if problems else EXIT_OK
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from relay.preflight import public_url_problem
+
     config = load_config(args)
+    failed = _file_problems(config)
+    if (problem := public_url_problem(config)) is not None:
+        print(f"estampille: configuration error: {problem}", file=sys.stderr)
+        failed = EXIT_CONFIG
+    if failed:
+        return failed
     print(f"configuration OK: {config_path(args) or '(embedded defaults)'}")
     print(f"data directory: {config.data_dir}")
     print(f"SMTP intake: {config.smtp.listen_host}:{config.smtp.listen_port}")
@@ -239,7 +257,9 @@ def cmd_dkim_keygen(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from relay.service import run
 
-    return run(load_config(args), tracker_only=args.tracker_only)
+    config = load_config(args)
+    # Before the data directory and the keys exist: a wrong path fails here, having changed nothing.
+    return _file_problems(config) or run(config, tracker_only=args.tracker_only)
 
 
 def cmd_queue(args: argparse.Namespace) -> int:

@@ -158,7 +158,10 @@ class TrackerConfig:
     enabled: bool = key(True, "Run the acknowledgment and admin web server in the relay process.")
     listen_host: str = key("127.0.0.1", "Address the tracker listens on.")
     listen_port: int = key(8025, "Port the tracker listens on.")
-    public_url: str = key("http://127.0.0.1:8025", "Base URL members reach; acknowledgment links start with it.")
+    public_url: str = key(
+        "http://127.0.0.1:8025",
+        "Base URL members reach; acknowledgment links start with it. Unset: http:// the listen address and port.",
+    )
     trusted_proxies: list[str] = key([], "Addresses whose X-Forwarded-For is trusted.")
     scanner_window: int = key(120, "Fetches within this many seconds of delivery are classified as likely scanner.")
     scanner_networks: list[str] = key([], "Networks whose fetches are classified as likely scanner.")
@@ -261,6 +264,12 @@ class Config:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"configuration is not valid TOML: {exc}") from exc
         config = _build(cls, raw, "")
+        if "public_url" not in raw.get("tracker", {}):
+            # Follows tracker.listen_port: a default fixed on 8025 would break every link once the port moves.
+            tracker = config.tracker
+            host = f"[{tracker.listen_host}]" if ":" in tracker.listen_host else tracker.listen_host
+            config = dataclasses.replace(
+                config, tracker=dataclasses.replace(tracker, public_url=f"http://{host}:{tracker.listen_port}"))
         if base_dir is not None:
             config = config.resolve_paths(base_dir)
         _check(config)
