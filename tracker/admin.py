@@ -316,7 +316,8 @@ def timeline(view: dict[str, Any], r: dict[str, Any], a: dict[str, str], tz: str
         what = a.get(f"ev_handoff_{str(h['code'])[:1]}", a["ev_handoff"])  # each answer: 2xx, 4xx or 5xx
         events.append({"at": h["handed_at"], "what": what, "detail": f"{h['code']} {h['text']}",
                        "anchor": _anchor_text(handoff, a)})
-    if not r["handoff"] and r["last_reply"]:
+    last_handoff = r["handoff"] and f"{r['handoff']['record']['code']} {r['handoff']['record']['text']}"
+    if r["last_reply"] and r["last_reply"] != last_handoff:  # an attempt that got no answer leaves no hand-off
         events.append({"at": r["updated_at"], "what": a["ev_attempt"], "detail": r["last_reply"], "anchor": ""})
     for f in r["fetches"]:
         events.append({"at": f["at"], "what": a[f"ev_fetch_{f['classification']}"], "detail": f["method"],
