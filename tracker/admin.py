@@ -265,7 +265,7 @@ async def message_page(request: web.Request) -> web.Response:
             "recipients": recipients,
             "missing": [r for r in recipients if not r["acknowledgment"]],
             "bundle_href": f"{href}/bundle",
-            "csv_href": f"{href}/unacknowledged.csv",
+            "csv_href": f"{href}/unacknowledged.csv" + ("?lang=en" if lang == "en" else ""),
         },
     )
 
@@ -335,17 +335,30 @@ def _precise_time(iso: str, tz: str, lang: str) -> str:
     return f"{moment:%d/%m/%Y %H:%M:%S}" if lang == "fr" else f"{moment:%Y-%m-%d %H:%M:%S}"
 
 
+# French Excel splits cells on ';' and shows the authority's local time; '?lang=en' gives the
+# English form (',' and UTC times, states as the API names them) for other programs.
+CSV_FORMS = {
+    "fr": (";", ["destinataire", "état", "dernière réponse", "remis le", "ouvertures du lien"]),
+    "en": (",", ["recipient", "state", "last_reply", "handed_at", "fetches"]),
+}
+
+
 async def unacknowledged_csv(request: web.Request) -> web.Response:
     """The recipients without an acknowledgment, with their delivery state."""
     ev = await _message(request)
     view = message_json(ev)
+    lang = "en" if request.query.get("lang") == "en" else "fr"
+    tz = request.config_dict[TRACKER].config.tracker.timezone
+    delimiter, header = CSV_FORMS[lang]
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(["recipient", "state", "last_reply", "handed_at", "fetches"])
+    writer = csv.writer(out, delimiter=delimiter, lineterminator="\r\n")
+    writer.writerow(header)
     for r in view["recipients"]:
         if not r["acknowledgment"]:
             handed = r["handoff"]["record"]["handed_at"] if r["handoff"] else ""
-            writer.writerow([_csv_safe(r["recipient"]), r["state"], _csv_safe(r["last_reply"] or ""), handed,
+            state = r["state"] if lang == "en" else TEXTS["fr"][f"state_{r['state']}"]
+            writer.writerow([_csv_safe(r["recipient"]), state, _csv_safe(r["last_reply"] or ""),
+                             handed if lang == "en" or not handed else _precise_time(handed, tz, "fr"),
                              len(r["fetches"])])
     name = api.bundle_filename(view["message_id"]).replace("proof-", "unacknowledged-").replace(".zip", ".csv")
     return web.Response(
