@@ -70,6 +70,9 @@ class SMTPConfig:
     min_free_disk_mb: int = key(100, "Below this much free space in the data directory, MAIL gets 452.")
     timeout: int = key(300, "Seconds of client inactivity before the connection is closed.")
     auth_failures_per_minute: int = key(5, "Failed AUTH attempts allowed per client address per minute.")
+    max_recipients: int = key(
+        1000, "Recipients one message may have; past it, RCPT gets 452 and the client sends the rest apart."
+    )
     max_sessions_per_client: int = key(
         50, "SMTP sessions one client (an IPv4 address, an IPv6 /64) may hold open at once; past it, 421 at once."
     )
@@ -413,6 +416,8 @@ def _check(config: Config) -> None:
             raise ConfigError(f"{dotted} = {port!r}: expected a port from 0 to 65535")
     if bool(config.smtp.tls_cert) != bool(config.smtp.tls_key):
         raise ConfigError("smtp.tls_cert and smtp.tls_key: expected both or neither")
+    if config.smtp.max_recipients < 1:
+        raise ConfigError(f"smtp.max_recipients = {config.smtp.max_recipients}: expected at least 1")
     if config.anchor.calendar_concurrency < 1:
         raise ConfigError(f"anchor.calendar_concurrency = {config.anchor.calendar_concurrency}: expected at least 1")
     if config.anchor.min_calendars > len(config.anchor.calendars):

@@ -126,6 +126,21 @@ class FailureLimiter:
         recent = self._recent(client_key(address), now)
         return recent is not None and len(recent) >= self.per_minute
 
+    def reserve(self, address: str, now: float) -> bool:
+        """Count an attempt as failed before its check, so parallel attempts cannot all pass
+        :meth:`blocked` first; False, and nothing counted, when the client is over its limit.
+        A success gives the slot back with :meth:`release`."""
+        if self.blocked(address, now):
+            return False
+        self.record_failure(address, now)
+        return True
+
+    def release(self, address: str, reserved_at: float) -> None:
+        """Forget the attempt :meth:`reserve` counted at ``reserved_at``: it succeeded."""
+        recent = self._failures.get(client_key(address))
+        if recent is not None and reserved_at in recent:
+            recent.remove(reserved_at)
+
     def record_failure(self, address: str, now: float) -> None:
         key = client_key(address)
         recent = self._recent(key, now)

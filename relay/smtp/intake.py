@@ -50,6 +50,15 @@ REPLY_DISK_FULL = "452 4.3.1 Insufficient system storage, please try again later
 REPLY_NOT_ALLOWED = "550 5.7.1 Relaying denied: authenticate first"
 REPLY_NO_DKIM_KEY = "550 5.7.1 This relay does not sign mail from that sender's domain"
 REPLY_AUTH_THROTTLED = "454 4.7.0 Too many failed authentication attempts, try again later"
+REPLY_BAD_USER_NAME = "501 5.5.4 User name with control characters refused"
+REPLY_BAD_SENDER = "553 5.1.7 Address with control characters refused"
+REPLY_BAD_RECIPIENT = "553 5.1.3 Address with control characters refused"
+REPLY_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients, send the rest in another message"
+# Longest command line read before DATA (RFC 5321 allows 512 octets; AUTH responses run longer).
+# Message lines may reach smtp.max_line_length; a client that has not even authenticated cannot
+# make the relay buffer that much per connection.
+COMMAND_LINE_LIMIT = 4096
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 REPLY_SHUTTING_DOWN = b"421 4.3.2 Service shutting down, please try again later\r\n"
 REPLY_TOO_MANY_SESSIONS = b"421 4.7.0 Too many connections from your address, please try again later\r\n"
 
@@ -62,6 +71,18 @@ class IntakeEnvelope(Envelope):
         self.rcpt_params: list[tuple[str, ...]] = []
 
 
+class IntakeSession(Session):
+    """aiosmtpd's session, without the warning its own AUTH code makes it log at every login."""
+
+    @property
+    def login_data(self) -> Any:
+        return self._login_data
+
+    @login_data.setter
+    def login_data(self, value: Any) -> None:
+        self._login_data = value
+
+
 class IntakeSMTP(SMTP):
     """aiosmtpd's protocol with the fixes Estampille needs (configured per instance)."""
 
@@ -72,8 +93,18 @@ class IntakeSMTP(SMTP):
         super().__init__(handler, **kwargs)
         self.intake = handler
 
+    def _create_session(self) -> IntakeSession:
+        return IntakeSession(self.loop)
+
     def _create_envelope(self) -> IntakeEnvelope:
         return IntakeEnvelope()
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self._reader._limit = self.line_length_limit  # type: ignore[attr-defined]
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self._reader._limit = COMMAND_LINE_LIMIT  # type: ignore[attr-defined]
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._client is not None:
@@ -105,6 +136,7 @@ class IntakeSMTP(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        self._reader._limit = COMMAND_LINE_LIMIT  # type: ignore[attr-defined]  # smtp_DATA lifts it
         if self._client is None:  # counted once: connection_made runs again after STARTTLS
             client = client_key(_ip_text(self.session.peer))
             if not self.intake.session_opened(client):
@@ -255,15 +287,19 @@ class IntakeHandler:
         now = self.clock()
         if self.credentials is None:
             return AuthResult(success=False, handled=False)
-        if self.limiter.blocked(peer, now):
+        # Counted before the check: fifty sessions in parallel get five checks, not fifty.
+        if not self.limiter.reserve(peer, now):
             log.warning("AUTH from %s refused: too many failures", peer)
             return AuthResult(success=False, handled=False, message=REPLY_AUTH_THROTTLED)
         user = login.login.decode("utf-8", "replace")
+        if _CONTROL.search(user):  # never a real name; in the log it would forge lines
+            log.warning("AUTH from %s refused: user name with control characters", peer)
+            return AuthResult(success=False, handled=False, message=REPLY_BAD_USER_NAME)
         password = login.password.decode("utf-8", "replace")
         if await asyncio.to_thread(self.credentials.check, user, password):
+            self.limiter.release(peer, now)
             log.info("AUTH from %s accepted for user %s", peer, user)
             return AuthResult(success=True, handled=False, auth_data=login)
-        self.limiter.record_failure(peer, now)
         log.warning("AUTH from %s refused for user %s", peer, user)
         return AuthResult(success=False, handled=False)
 
@@ -283,6 +319,9 @@ class IntakeHandler:
         except DiskFullError as exc:
             log.warning("MAIL from %s refused: %s", _peer_text(session), exc)
             return REPLY_DISK_FULL
+        if _CONTROL.search(address):  # no MTA would take it: refused now, not deferred for days
+            log.warning("MAIL from %s refused: address with control characters", _peer_text(session))
+            return REPLY_BAD_SENDER
         if dkim.refuses_sender(self.config.dkim, address):
             log.warning("MAIL from %s refused: no DKIM key signs for <%s>", _peer_text(session), address)
             return REPLY_NO_DKIM_KEY
@@ -295,6 +334,11 @@ class IntakeHandler:
         if not session.authenticated and not self.is_allowed(session.peer):
             log.warning("RCPT from %s refused: not in allowed networks and not authenticated", _peer_text(session))
             return REPLY_NOT_ALLOWED
+        if _CONTROL.search(address):
+            log.warning("RCPT from %s refused: address with control characters", _peer_text(session))
+            return REPLY_BAD_RECIPIENT
+        if len(envelope.rcpt_tos) >= self.config.smtp.max_recipients:  # RFC 5321 4.5.3.1.10
+            return REPLY_TOO_MANY_RECIPIENTS
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         envelope.rcpt_params.append(tuple(rcpt_options))
