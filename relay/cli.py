@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import os
 import sys
 import time
@@ -24,7 +25,7 @@ from relay.evidence.archive import MAX_RATIO
 from relay.evidence.ots_verify import Verification
 from relay.ops.backup import backup_data_dir, restore
 from relay.ops.retention import PurgeSummary, purge
-from relay.store import Store
+from relay.store import DB_NAME, Store
 
 EXIT_OK = 0
 EXIT_INVALID = 2
@@ -34,19 +35,60 @@ EXIT_RUNTIME = 4
 Handler = Callable[[argparse.Namespace], int]
 T = TypeVar("T")
 
+# Where the installation guide puts the configuration: every command reads it without --config.
+SYSTEM_CONFIG = Path("/etc/estampille/estampille.toml")
+CONFIG_HELP = f"configuration file (default: $ESTAMPILLE_CONFIG, else {SYSTEM_CONFIG} if it exists)"
+
+
+def config_path(args: argparse.Namespace) -> Path | None:
+    """The file named by --config, else $ESTAMPILLE_CONFIG, else the system one if it exists."""
+    named = getattr(args, "config", None) or os.environ.get("ESTAMPILLE_CONFIG")
+    if named:
+        return Path(named)
+    return SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None
+
 
 def load_config(args: argparse.Namespace) -> Config:
-    """The configuration named by --config, else $ESTAMPILLE_CONFIG, else the embedded defaults."""
-    path = getattr(args, "config", None) or os.environ.get("ESTAMPILLE_CONFIG")
-    if path:
-        return Config.from_file(Path(path))
-    return Config().resolve_paths(Path.cwd())
+    """The configuration of :func:`config_path`, else the embedded defaults, with a warning naming their data."""
+    path = config_path(args)
+    if path is not None:
+        return Config.from_file(path)
+    config = Config().resolve_paths(Path.cwd())
+    print(f"estampille: WARNING: no configuration file (--config, $ESTAMPILLE_CONFIG, {SYSTEM_CONFIG});"
+          f" embedded defaults, data directory {config.data_dir}", file=sys.stderr)
+    return config
+
+
+def existing_data(args: argparse.Namespace) -> Config:
+    """The configuration of a command that reads the relay's data: refused when there is none to read,
+    rather than an empty answer from a directory made on the spot."""
+    config = load_config(args)
+    if not (config.data_path / DB_NAME).is_file():
+        raise ConfigError(f"no relay data in {config.data_dir} (is this the relay's configuration?)")
+    return config
+
+
+def _file_problems(config: Config) -> int:
+    """Print each file of the configuration the relay could not load; EXIT_CONFIG if any."""
+    from relay.preflight import file_problems
+
+    problems = file_problems(config)
+    for problem in problems:
+        print(f"estampille: configuration error: {problem}", file=sys.stderr)
+    return EXIT_CONFIG if problems else EXIT_OK
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from relay.preflight import public_url_problem
+
     config = load_config(args)
-    source = getattr(args, "config", None) or os.environ.get("ESTAMPILLE_CONFIG") or "(embedded defaults)"
-    print(f"configuration OK: {source}")
+    failed = _file_problems(config)
+    if (problem := public_url_problem(config)) is not None:
+        print(f"estampille: configuration error: {problem}", file=sys.stderr)
+        failed = EXIT_CONFIG
+    if failed:
+        return failed
+    print(f"configuration OK: {config_path(args) or '(embedded defaults)'}")
     print(f"data directory: {config.data_dir}")
     print(f"SMTP intake: {config.smtp.listen_host}:{config.smtp.listen_port}")
     if config.upstream.kind == "smtp":
@@ -63,7 +105,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    config = load_config(args)
+    config = existing_data(args)
     summary = asyncio.run(backup_data_dir(config.data_path, Path(args.dest), now=time.time()))
     print(f"backup written to {summary.path}: {summary.files} files, {summary.size} octets")
     return EXIT_OK
@@ -77,7 +119,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    config = load_config(args)
+    config = existing_data(args)
     summary = asyncio.run(_purge(config))
     print(f"purged {summary.personal_rows} personal data rows and {summary.messages} messages")
     return EXIT_OK
@@ -116,12 +158,12 @@ def _write(path: str, data: bytes) -> int:
 
 
 def cmd_ots(args: argparse.Namespace) -> int:
-    data = asyncio.run(_on_store(load_config(args), lambda store: anchor.export_ots(store, args.digest)))
+    data = asyncio.run(_on_store(existing_data(args), lambda store: anchor.export_ots(store, args.digest)))
     return _write(args.output, data)
 
 
 def cmd_record(args: argparse.Namespace) -> int:
-    record = asyncio.run(_on_store(load_config(args), lambda store: store.get_record(args.digest)))
+    record = asyncio.run(_on_store(existing_data(args), lambda store: store.get_record(args.digest)))
     return _write(args.output, record.body)
 
 
@@ -160,7 +202,7 @@ def _anchor_delay(document: bytes, result: Verification, max_delay: float) -> st
 
 
 def cmd_anchor(args: argparse.Namespace) -> int:
-    config = load_config(args)
+    config = existing_data(args)
     if args.action == "status":
         lines = asyncio.run(_on_store(config, lambda s: anchor.anchor_status(s, config.anchor, time.time())))
     elif args.now:
@@ -181,7 +223,7 @@ def cmd_proof(args: argparse.Namespace) -> int:
     from relay.proof.gather import build_proof
     from tracker.api import bundle_filename
 
-    config = load_config(args)
+    config = existing_data(args)
     partial = Path(f"{args.output or 'proof'}.partial")  # renamed once complete: no half-written bundle
     try:
         with open(partial, "wb") as out:
@@ -248,13 +290,15 @@ def cmd_dkim_keygen(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from relay.service import run
 
-    return run(load_config(args), tracker_only=args.tracker_only)
+    config = load_config(args)
+    # Before the data directory and the keys exist: a wrong path fails here, having changed nothing.
+    return _file_problems(config) or run(config, tracker_only=args.tracker_only)
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
     from relay.outbound import queue
 
-    config = load_config(args)
+    config = existing_data(args)
     if args.action == "retry":
         if not args.all and not args.ids:
             print("estampille queue retry: give delivery IDs or --all", file=sys.stderr)
@@ -316,11 +360,16 @@ def max_anchor_delay_argument(p: argparse.ArgumentParser) -> None:
 
 def header_source_arguments(p: argparse.ArgumentParser) -> None:
     """The options naming where Bitcoin block headers come from (verify-ots, verify)."""
-    p.add_argument("--bitcoind", metavar="URL", help="bitcoind JSON-RPC URL, http://user:pass@host:8332")
-    p.add_argument("--esplora", metavar="URL", action="append",
-                   help="Esplora API base URL; give two independent explorers, which must agree")
-    p.add_argument("--headers", metavar="FILE", help="file of 'HEIGHT HEX-HEADER' lines")
-    p.add_argument("--regtest", action="store_true", help="accept regtest proof of work (tests only)")
+    group = p.add_argument_group(
+        "Bitcoin header source",
+        "Give one, to check the proofs that reach a Bitcoin block. Without one, proofs still pending verify"
+        " (exit 1) and a proof that reaches a block ends in exit 4 asking for a source.",
+    )
+    group.add_argument("--bitcoind", metavar="URL", help="bitcoind JSON-RPC URL, http://user:pass@host:8332")
+    group.add_argument("--esplora", metavar="URL", action="append",
+                       help="Esplora API base URL; give two independent explorers, which must agree")
+    group.add_argument("--headers", metavar="FILE", help="file of 'HEIGHT HEX-HEADER' lines")
+    group.add_argument("--regtest", action="store_true", help="accept regtest proof of work (tests only)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -328,16 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="estampille",
         description="Estampille: a certifying SMTP relay with anchored proofs of delivery and receipt.",
     )
+    parser.add_argument("--version", action="version", version=f"estampille {importlib.metadata.version('estampille')}")
+    parser.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, handler: Handler, help_text: str, *, config: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         if config:
-            p.add_argument(
-                "--config",
-                metavar="PATH",
-                help="configuration file (default: $ESTAMPILLE_CONFIG, else embedded defaults)",
-            )
+            # SUPPRESS: absent after the command, the --config given before it stays.
+            p.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=CONFIG_HELP)
         p.set_defaults(handler=handler)
         return p
 
@@ -357,11 +405,11 @@ def build_parser() -> argparse.ArgumentParser:
     r = queue_sub.add_parser("retry", help="make deliveries due now", description="Make deferred or failed deliveries due now.")
     r.add_argument("ids", metavar="ID", type=int, nargs="*", help="delivery IDs as listed by 'estampille queue'")
     r.add_argument("--all", action="store_true", help="every deferred and failed delivery")
-    r.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="configuration file")
+    r.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=CONFIG_HELP)
     r = queue_sub.add_parser("release", help="retry deliveries held after crashing the relay",
                              description="Make deliveries held after three crashes of the relay in a row due now.")
     r.add_argument("ids", metavar="ID", type=int, nargs="+", help="delivery IDs listed as 'held' by 'estampille queue'")
-    r.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="configuration file")
+    r.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=CONFIG_HELP)
     p = command(
         "passwd", cmd_passwd, "Set a user's SMTP AUTH password (read from stdin or a prompt, never the command line).",
         config=False,
@@ -393,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     header_source_arguments(p)
     max_anchor_delay_argument(p)
     p = command("anchor", cmd_anchor, "Anchoring: '--now' batches, submits and upgrades now; 'status' reports.")
-    p.add_argument("action", nargs="?", choices=["status"], help="report pending leaves and batches")
+    p.add_argument("action", nargs="?", choices=["status"], metavar="status", help="report pending leaves and batches")
     p.add_argument("--now", action="store_true", help="batch waiting leaves, submit and upgrade now")
 
     p = command("proof", cmd_proof, "Write the proof bundle (zip) of a message: copies, records, .ots, keys, attestation.")
@@ -440,6 +488,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_RUNTIME
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader left (`| head`): stop quietly, and keep the exit-time flush from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_RUNTIME
 
 
 if __name__ == "__main__":

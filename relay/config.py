@@ -72,6 +72,9 @@ class SMTPConfig:
     min_free_disk_mb: int = key(100, "Below this much free space in the data directory, MAIL gets 452.")
     timeout: int = key(300, "Seconds of client inactivity before the connection is closed.")
     auth_failures_per_minute: int = key(5, "Failed AUTH attempts allowed per client address per minute.")
+    max_recipients: int = key(
+        1000, "Recipients one message may have; past it, RCPT gets 452 and the client sends the rest apart."
+    )
     max_sessions_per_client: int = key(
         50, "SMTP sessions one client (an IPv4 address, an IPv6 /64) may hold open at once; past it, 421 at once."
     )
@@ -170,7 +173,10 @@ class TrackerConfig:
     enabled: bool = key(True, "Run the acknowledgment and admin web server in the relay process.")
     listen_host: str = key("127.0.0.1", "Address the tracker listens on.")
     listen_port: int = key(8025, "Port the tracker listens on.")
-    public_url: str = key("http://127.0.0.1:8025", "Base URL members reach; acknowledgment links start with it.")
+    public_url: str = key(
+        "http://127.0.0.1:8025",
+        "Base URL members reach; acknowledgment links start with it. Unset: http:// the listen address and port.",
+    )
     trusted_proxies: list[str] = key([], "Addresses whose X-Forwarded-For is trusted.")
     scanner_window: int = key(120, "Fetches within this many seconds of delivery are classified as likely scanner.")
     scanner_networks: list[str] = key([], "Networks whose fetches are classified as likely scanner.")
@@ -344,6 +350,12 @@ class Config:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"configuration is not valid TOML: {exc}") from exc
         config = _build(cls, raw, "")
+        if "public_url" not in raw.get("tracker", {}):
+            # Follows tracker.listen_port: a default fixed on 8025 would break every link once the port moves.
+            tracker = config.tracker
+            host = f"[{tracker.listen_host}]" if ":" in tracker.listen_host else tracker.listen_host
+            config = dataclasses.replace(
+                config, tracker=dataclasses.replace(tracker, public_url=f"http://{host}:{tracker.listen_port}"))
         if base_dir is not None:
             config = config.resolve_paths(base_dir)
         _check(config)
@@ -487,6 +499,8 @@ def _check(config: Config) -> None:
             raise ConfigError(f"{dotted} = {port!r}: expected a port from 0 to 65535")
     if bool(config.smtp.tls_cert) != bool(config.smtp.tls_key):
         raise ConfigError("smtp.tls_cert and smtp.tls_key: expected both or neither")
+    if config.smtp.max_recipients < 1:
+        raise ConfigError(f"smtp.max_recipients = {config.smtp.max_recipients}: expected at least 1")
     if config.anchor.calendar_concurrency < 1:
         raise ConfigError(f"anchor.calendar_concurrency = {config.anchor.calendar_concurrency}: expected at least 1")
     if config.anchor.min_calendars > len(config.anchor.calendars):

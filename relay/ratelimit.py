@@ -40,6 +40,21 @@ class RateLimiter:
         while len(self._events) > MAX_TRACKED_CLIENTS:
             self._events.popitem(last=False)  # the client whose last event is oldest
 
+    def reserve(self, address: str, now: float) -> bool:
+        """Count an event before the check it limits, so parallel attempts cannot all pass
+        :meth:`blocked` first; False, and nothing counted, when the client is over its limit.
+        An attempt that should not count gives its slot back with :meth:`release`."""
+        if self.blocked(address, now):
+            return False
+        self.hit(address, now)
+        return True
+
+    def release(self, address: str, reserved_at: float) -> None:
+        """Forget the event :meth:`reserve` counted at ``reserved_at``."""
+        recent = self._events.get(client_key(address))
+        if recent is not None and reserved_at in recent:
+            recent.remove(reserved_at)
+
     @property
     def tracked(self) -> int:
         return len(self._events)

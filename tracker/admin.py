@@ -316,7 +316,7 @@ async def message_page(request: web.Request) -> web.Response:
             "missing": [r for r in recipients if not r["acknowledgment"]],
             "others": others,
             "bundle_href": f"{page}/bundle?{urlencode(chosen)}",
-            "csv_href": f"{page}/unacknowledged.csv?{urlencode(chosen)}",
+            "csv_href": f"{page}/unacknowledged.csv?{urlencode({**chosen, **({'lang': 'en'} if lang == 'en' else {})})}",
         },
     )
 
@@ -386,7 +386,8 @@ def timeline(view: dict[str, Any], r: dict[str, Any], a: dict[str, str], tz: str
         what = a.get(f"ev_handoff_{str(h['code'])[:1]}", a["ev_handoff"])  # each answer: 2xx, 4xx or 5xx
         events.append({"at": h["handed_at"], "what": what, "detail": f"{h['code']} {h['text']}",
                        "anchor": _anchor_text(handoff, a)})
-    if not r["handoff"] and r["last_reply"]:
+    last_handoff = r["handoff"] and f"{r['handoff']['record']['code']} {r['handoff']['record']['text']}"
+    if r["last_reply"] and r["last_reply"] != last_handoff:  # an attempt that got no answer leaves no hand-off
         events.append({"at": r["updated_at"], "what": a["ev_attempt"], "detail": r["last_reply"], "anchor": ""})
     for report in r.get("reports", ()):
         detail = report["diagnostic"] or report["status"]
@@ -416,6 +417,14 @@ def _precise_time(iso: str, tz: str, lang: str) -> str:
     return f"{moment:%d/%m/%Y %H:%M:%S}" if lang == "fr" else f"{moment:%Y-%m-%d %H:%M:%S}"
 
 
+# French Excel splits cells on ';' and shows the authority's local time; '?lang=en' gives the
+# English form (',' and UTC times, states as the API names them) for other programs.
+CSV_FORMS = {
+    "fr": (";", ["destinataire", "état", "dernière réponse", "remis le", "ouvertures du lien"]),
+    "en": (",", ["recipient", "state", "last_reply", "handed_at", "fetches"]),
+}
+
+
 async def unacknowledged_csv(request: web.Request) -> web.Response:
     """The recipients without an acknowledgment, with their delivery state."""
     try:
@@ -423,13 +432,18 @@ async def unacknowledged_csv(request: web.Request) -> web.Response:
     except AmbiguousError as exc:
         return _choose(request, exc)
     view = message_json(ev)
+    lang = "en" if request.query.get("lang") == "en" else "fr"
+    tz = request.config_dict[TRACKER].config.tracker.timezone
+    delimiter, header = CSV_FORMS[lang]
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(["recipient", "state", "last_reply", "handed_at", "fetches"])
+    writer = csv.writer(out, delimiter=delimiter, lineterminator="\r\n")
+    writer.writerow(header)
     for r in view["recipients"]:
         if not r["acknowledgment"]:
             handed = r["handoff"]["record"]["handed_at"] if r["handoff"] else ""
-            writer.writerow([_csv_safe(r["recipient"]), r["state"], _csv_safe(r["last_reply"] or ""), handed,
+            state = r["state"] if lang == "en" else TEXTS["fr"][f"state_{r['state']}"]
+            writer.writerow([_csv_safe(r["recipient"]), state, _csv_safe(r["last_reply"] or ""),
+                             handed if lang == "en" or not handed else _precise_time(handed, tz, "fr"),
                              len(r["fetches"])])
     name = api.bundle_filename(view["message_id"]).replace("proof-", "unacknowledged-").replace(".zip", ".csv")
     return web.Response(

@@ -11,7 +11,8 @@ raises HeaderSourceError. Sources:
   header (two explorers), else HeaderSourceError (the same one twice is refused);
 - :class:`HeadersFile`: a text file, one header per line: ``HEIGHT HEX80``
   (decimal height, a space, the 160 hex digits of the raw header); blank lines
-  and lines starting with ``#`` are ignored.
+  and lines starting with ``#`` are ignored;
+- :class:`NoSource`: none given; enough while no proof reaches a Bitcoin block.
 
 HTTP sources check that the header they got hashes to the block hash they
 were given for that height. Use :func:`verify_with` for the whole flow.
@@ -226,11 +227,26 @@ async def verify_with(source: HeaderSource, document: bytes, ots_bytes: bytes, *
     return verify_ots(document, ots_bytes, headers, regtest=regtest)
 
 
+class NoSource:
+    """No header source given: proofs still pending verify without one; a Bitcoin attestation asks for one."""
+
+    async def header(self, height: int) -> bytes:
+        raise HeaderSourceError(
+            f"a proof reaches Bitcoin block {height}: give a header source to check it"
+            " (--bitcoind URL, --esplora URL twice, or --headers FILE)"
+        )
+
+    def describe(self) -> str:
+        return "no header source"
+
+
 def make_source(*, bitcoind: str | None = None, esplora: Iterable[str] = (), headers_file: Path | None = None) -> HeaderSource:
-    """The one source the options name: a bitcoind URL, two or more explorers that must agree, or a file."""
+    """The one source the options name: a bitcoind URL, two or more explorers that must agree, a file, or none."""
     esplora = list(esplora)
     given = sum((bitcoind is not None, bool(esplora), headers_file is not None))
-    if given != 1:
+    if given == 0:
+        return NoSource()
+    if given > 1:
         raise HeaderSourceError("give one header source: --bitcoind URL, --esplora URL twice, or --headers FILE")
     if bitcoind is not None:
         return BitcoindSource(bitcoind)

@@ -57,7 +57,7 @@ ANCHOR_STATES = ("queued", "pending", "attested", "confirmed")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._@+-]")
 _templates = jinja2.Environment(
     loader=jinja2.PackageLoader("relay.evidence", "templates"),
-    autoescape=True,
+    autoescape=jinja2.select_autoescape(("html",), default=False),  # VERIFY.md is Markdown: escaping garbles it
     undefined=jinja2.StrictUndefined,
     keep_trailing_newline=True,
 )

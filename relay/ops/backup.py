@@ -76,6 +76,7 @@ async def backup(store: Store, dest: Path, *, now: float) -> BackupSummary:
     db_file = dest / DB_NAME
     await store.backup_database(db_file)
     try:
+        db_file.chmod(0o600)  # SQLite creates it under the caller's umask
         files = {DB_NAME: await asyncio.to_thread(_digest_file, db_file)}
         copied, corrupt = await asyncio.to_thread(_copy_tree, store.data_dir, dest)
     except OSError as exc:
@@ -90,6 +91,7 @@ async def backup(store: Store, dest: Path, *, now: float) -> BackupSummary:
         "files": {rel: {"sha256": d, "size": s} for rel, (d, s) in sorted(files.items())},
     }
     await asyncio.to_thread(write_durably, dest / MANIFEST, json.dumps(manifest, indent=1).encode())
+    (dest / MANIFEST).chmod(0o600)
     if corrupt or missing:
         problems = [f"{rel} does not match its name" for rel in corrupt]
         problems += [f"message file {digest} is missing" for digest in missing]
@@ -192,6 +194,7 @@ def _prepare_empty(path: Path, *, force: bool, what: str, keep: frozenset[str] =
             else:
                 child.unlink()
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)  # an existing directory keeps its mode otherwise, often 0755: keys and secrets inside
 
 
 def _inside(root: Path, rel: str) -> Path:
@@ -245,10 +248,14 @@ def _fsync_dirs(root: Path, names: Iterable[str]) -> None:
 
 def _copy_file(source: Path, target: Path) -> tuple[str, int]:
     """Copy one file durably, returning the SHA-256 and size of what was copied."""
-    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for directory in reversed([target.parent, *target.parent.parents]):
+        if not directory.is_dir():  # one by one: mkdir(parents=True) makes the parents by the umask
+            directory.mkdir(exist_ok=True, mode=0o700)
     digest = hashlib.sha256()
     size = 0
-    with open(source, "rb") as src, open(target, "wb") as dst:
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # whatever the umask, and for a file that existed with another mode
+    with open(source, "rb") as src, open(fd, "wb") as dst:
         while chunk := src.read(CHUNK):
             digest.update(chunk)
             dst.write(chunk)

@@ -493,8 +493,8 @@ class Deliverer:
 
         dsn_id = await self.store.write(record_outcome, urgent=False)
         log.info(
-            "delivery %d of %s to <%s> message_id=%s: %s (%s %s)%s", job.delivery_id, job.submission_id,
-            job.recipient, job.message_id, outcome, reply.code, one_line(reply.text),
+            "delivery %d of %s to <%s> message_id=%s: %s (%s)%s", job.delivery_id, job.submission_id,
+            job.recipient, job.message_id, outcome, one_line(reply.line),
             f", retry in {delay:.0f}s" if outcome == "deferred" else "",
         )
         if dsn_blob is not None:

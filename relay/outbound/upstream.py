@@ -43,6 +43,11 @@ class Reply:
     tls: str | None = None
     queue_id: str | None = None
 
+    @property
+    def line(self) -> str:
+        """For logs: the code and text, or why no code came."""
+        return f"{self.code} {self.text}" if self.code is not None else f"no answer: {self.text}"
+
 
 def too_many_connections(reply: Reply) -> bool:
     """Whether ``reply`` may say the client has too many connections open: 421 (Postfix, Exim,

@@ -146,6 +146,13 @@ def _record_json(ev: MessageEvidence, digest: str | None) -> dict[str, Any] | No
     return {"digest": digest, "record": ev.records[digest].fields, "anchoring": anchoring_json(ev.anchoring[digest])}
 
 
+def _last_reply(delivery: Any) -> str | None:
+    """The upstream's last answer, or why none came (a refused connection has no code, but a reason)."""
+    if delivery["last_code"] is None:
+        return delivery["last_reply"] or None
+    return f"{delivery['last_code']} {delivery['last_reply'] or ''}".strip()
+
+
 def message_json(ev: MessageEvidence) -> dict[str, Any]:
     """What the API answers for one message (the OpenAPI document describes it)."""
     s = ev.submission
@@ -162,7 +169,7 @@ def message_json(ev: MessageEvidence) -> dict[str, Any]:
                 "recipient": d["recipient"],
                 "state": d["state"],
                 "attempts": d["attempts"],
-                "last_reply": None if d["last_code"] is None else f"{d['last_code']} {d['last_reply'] or ''}".strip(),
+                "last_reply": _last_reply(d),
                 "updated_at": iso_time(d["updated_at"]),
                 "delivery": delivery,
                 # Why the copy carries no acknowledgment link (it can never be acknowledged), or None.

@@ -69,6 +69,11 @@ REPLY_NO_FROM = ("550 5.6.0 The message has no From: field with a domain, and th
 REPLY_AUTH_THROTTLED = "454 4.7.0 Too many failed authentication attempts, try again later"
 REPLY_AUTH_NEEDS_TLS = "538 5.7.11 Encryption required for requested authentication mechanism"
 REPLY_MALFORMED_ADDRESS = "553 5.1.3 Error: malformed address"
+REPLY_BAD_USER_NAME = "501 5.5.4 User name with control characters refused"
+REPLY_BAD_SENDER = "553 5.1.7 Address with control characters refused"
+REPLY_BAD_RECIPIENT = "553 5.1.3 Address with control characters refused"
+REPLY_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients, send the rest in another message"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 REPLY_SHUTTING_DOWN = b"421 4.3.2 Service shutting down, please try again later\r\n"
 REPLY_TOO_MANY_SESSIONS = b"421 4.7.0 Too many connections from your address, please try again later\r\n"
 
@@ -277,15 +282,19 @@ class IntakeHandler:
         now = self.clock()
         if self.credentials is None:
             return AuthResult(success=False, handled=False)
-        if self.limiter.blocked(peer, now):
+        # Counted before the check: fifty sessions in parallel get five checks, not fifty.
+        if not self.limiter.reserve(peer, now):
             log.warning("AUTH from %s refused: too many failures", peer)
             return AuthResult(success=False, handled=False, message=REPLY_AUTH_THROTTLED)
         user = login.login.decode("utf-8", "replace")
+        if _CONTROL.search(user):  # never a real name; in the log it would forge lines
+            log.warning("AUTH from %s refused: user name with control characters", peer)
+            return AuthResult(success=False, handled=False, message=REPLY_BAD_USER_NAME)
         password = login.password.decode("utf-8", "replace")
         if await asyncio.to_thread(self.credentials.check, user, password):
+            self.limiter.release(peer, now)
             log.info("AUTH from %s accepted for user %s", peer, user)
             return AuthResult(success=True, handled=False, auth_data=login)
-        self.limiter.hit(peer, now)
         log.warning("AUTH from %s refused for user %s", peer, user)
         return AuthResult(success=False, handled=False)
 
@@ -306,6 +315,9 @@ class IntakeHandler:
         except DiskFullError as exc:
             log.warning("MAIL from %s refused: %s", _peer_text(session), exc)
             return REPLY_DISK_FULL
+        if _CONTROL.search(address):  # no MTA would take it: refused now, not deferred for days
+            log.warning("MAIL from %s refused: address with control characters", _peer_text(session))
+            return REPLY_BAD_SENDER
         if dkim.refuses_sender(self.config.dkim, address):
             log.warning("MAIL from %s refused: no DKIM key signs for <%s>", _peer_text(session), address)
             return REPLY_NO_DKIM_KEY
@@ -320,6 +332,11 @@ class IntakeHandler:
         if not session.authenticated and not self.is_allowed(session.peer):
             log.warning("RCPT from %s refused: not in allowed networks and not authenticated", _peer_text(session))
             return REPLY_NOT_ALLOWED
+        if _CONTROL.search(address):
+            log.warning("RCPT from %s refused: address with control characters", _peer_text(session))
+            return REPLY_BAD_RECIPIENT
+        if len(envelope.rcpt_tos) >= self.config.smtp.max_recipients:  # RFC 5321 4.5.3.1.10
+            return REPLY_TOO_MANY_RECIPIENTS
         envelope.rcpt_tos.append(address)
         # One entry per recipient (its parameters, space-separated), kept apart for its DSN.
         envelope.rcpt_options.append(" ".join(_given(server, rcpt_options)))

@@ -169,7 +169,8 @@ async def test_message_page_and_unacknowledged_csv(env):
     r = await c.get(f"/admin/messages/{quote(mid, safe='')}/unacknowledged.csv", headers=headers)
     assert r.status == 200 and r.content_type == "text/csv"
     lines = (await r.read()).decode("utf-8-sig").splitlines()
-    assert lines[0] == "recipient,state,last_reply,handed_at,fetches" and lines[1].startswith(RECIPIENT)
+    assert lines[0] == "destinataire;état;dernière réponse;remis le;ouvertures du lien"
+    assert lines[1].startswith(RECIPIENT)
 
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +22,7 @@ from relay.errors import BackupError
 from relay.evidence.records import iso_time, sha256_hex, submission_record
 from relay.ops.backup import MANIFEST, backup, backup_data_dir, check, restore
 from relay.ops.datalock import LOCK_FILE, DataDirLock
-from relay.store import Store
+from relay.store import DB_NAME, Store
 from tests.support.proved import ACKNOWLEDGER, MESSAGE_ID, RECIPIENTS, proved_message
 
 NOW = 1_790_000_000.0
@@ -243,3 +245,29 @@ async def test_a_damaged_message_file_is_reported_by_the_backup(tmp_path: Path):
     finally:
         await store.close()
     assert (tmp_path / "backup" / MANIFEST).is_file()  # written anyway: the rest is worth having
+
+
+async def test_a_backup_into_an_existing_folder_is_private_whatever_the_umask(tmp_path: Path):
+    """Before: with umask 022, keys, secret and database came out world-readable."""
+    live = tmp_path / "live"
+    store = await Store.open(live)
+    try:
+        await add_message(store, 1)
+    finally:
+        await store.close()
+    (live / "dkim").mkdir()
+    (live / "dkim" / "key.pem").write_bytes(b"-----BEGIN PRIVATE KEY-----\n")
+    (live / "dkim" / "key.pem").chmod(0o600)
+    dest = tmp_path / "backups"
+    dest.mkdir(mode=0o755)  # an empty folder made beforehand, as an operator would
+    dest.chmod(0o755)
+    saved = os.umask(0o022)
+    try:
+        await backup_data_dir(live, dest, now=NOW)
+        await restore(dest, tmp_path / "restored", force=False)
+    finally:
+        os.umask(saved)
+    for root in (dest, tmp_path / "restored"):
+        modes = {str(p.relative_to(root)): stat.S_IMODE(p.stat().st_mode) for p in [root, *root.rglob("*")]}
+        assert {name for name, mode in modes.items() if mode & 0o077} == set(), modes
+        assert modes["dkim/key.pem"] == 0o600 and modes[DB_NAME] == 0o600

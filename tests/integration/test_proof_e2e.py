@@ -124,9 +124,16 @@ async def test_message_to_three_recipients_proved_end_to_end(tmp_path):
         code, text = await asyncio.to_thread(verify_cli, str(alone / "unpacked"), *esplora, "--regtest")
         assert code == 0 and "VERIFIED" in text, text
 
-        # Pending anchors: exit 1.
+        # Pending anchors: exit 1, with or without a header source (nothing reaches a block yet).
         code, text = await asyncio.to_thread(verify_cli, str(out / "pending.zip"), *esplora, "--regtest")
         assert code == 1, text
+        code, text = await asyncio.to_thread(verify_cli, str(out / "pending.zip"))
+        assert code == 1, text
+        # Anchored, without a header source: exit 4, and the report says what to give.
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code, text = await asyncio.to_thread(verify_cli, str(alone / "bundle.zip"))
+        assert code == 4 and "give a header source" in err.getvalue(), (text, err.getvalue())
 
         # Any single changed byte of any file: exit 2, naming that file.
         with zipfile.ZipFile(alone / "bundle.zip") as zf:

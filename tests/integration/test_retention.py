@@ -154,6 +154,11 @@ async def test_an_interrupted_purge_deletes_its_files_next_time(store: Store):
 
 def test_cli_purge(tmp_path: Path, capsys):
     (tmp_path / "estampille.toml").write_text('data_dir = "data"\n[retention]\nmessages_days = 30\n')
+
+    async def create() -> None:  # the relay's data directory, still empty
+        await (await Store.open(tmp_path / "data")).close()
+
+    asyncio.run(create())
     assert main(["purge", "--config", str(tmp_path / "estampille.toml")]) == 0
     assert "0 messages" in capsys.readouterr().out
 
