@@ -430,6 +430,17 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
+class _NoLoginDataWarning(logging.Filter):
+    """aiosmtpd's own AUTH code sets the deprecated ``Session.login_data`` after every login and
+    warns about itself each time; we never read it, so the warning is noise in the operator's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Session.login_data is deprecated")
+
+
+_LOGIN_DATA_FILTER = _NoLoginDataWarning()
+
+
 async def start_intake(config: Config, spool: Spool, *, credentials: Credentials | None = None,
                        host: str | None = None, port: int | None = None,
                        handler: IntakeHandler | None = None) -> asyncio.Server:
@@ -438,6 +449,7 @@ async def start_intake(config: Config, spool: Spool, *, credentials: Credentials
         handler = (IntakeHandler(config, spool, credentials) if credentials is not None
                    else IntakeHandler.from_config(config, spool))
     loop = asyncio.get_running_loop()
+    logging.getLogger("mail.log").addFilter(_LOGIN_DATA_FILTER)  # once: a filter is added only once
 
     def factory() -> IntakeSMTP:
         return IntakeSMTP(

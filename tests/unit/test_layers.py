@@ -16,7 +16,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("relay.certify", "relay.evidence"),  # the pure cores
     ("relay.store",),
     ("relay.smtp", "relay.anchor", "relay.ops"),
-    ("relay.outbound", "relay.proof"),
+    ("relay.outbound", "relay.proof", "relay.preflight"),
     ("tracker",),
     ("relay.service",),
     ("relay.cli",),
