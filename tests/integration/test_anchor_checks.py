@@ -175,7 +175,7 @@ async def test_the_admin_page_says_not_verified_until_a_header_source_checks(tmp
             assert any("1 confirmed" in line for line in run_.lines), run_.lines
             async with session.get(page, headers={**cookie, "Accept-Language": "fr"}) as r:
                 html = await r.text()
-            assert f"ancré dans Bitcoin, bloc {height}" in html and "non vérifié" not in html
+            assert f"ancré dans Bitcoin, bloc {height}" in html and "annoncé par un calendrier" not in html
 
 
 async def test_upgrades_go_only_to_https_calendars_on_the_allowlist(store):
