@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from relay.smtp.auth import client_key
+
 WINDOW_SECONDS = 60.0
 MAX_TRACKED_ADDRESSES = 100_000
 
@@ -25,11 +27,12 @@ class MissLimiter:
         return count if now - start < WINDOW_SECONDS else 0
 
     def blocked(self, address: str, now: float) -> bool:
-        """Whether ``address`` has used up its misses for this window."""
-        return self._count(address, now) >= self.limit
+        """Whether ``address`` (for IPv6, its /64: one client holds a whole /64) has used up its misses."""
+        return self._count(client_key(address), now) >= self.limit
 
     def miss(self, address: str, now: float) -> None:
         """Count one miss from ``address``."""
+        address = client_key(address)
         start, count = self._windows.pop(address, (now, 0))
         if now - start >= WINDOW_SECONDS:
             start, count = now, 0
