@@ -170,6 +170,13 @@ class TrackerConfig:
     scanner_networks: list[str] = key([], "Networks whose fetches are classified as likely scanner.")
     token_ttl_days: int = key(0, "Days after which an acknowledgment link expires; 0: never.")
     timezone: str = key("Europe/Paris", "Time zone used to show times on pages.")
+    language: str = key(
+        "fr",
+        "Language of the pages: 'fr' or 'en', the authority's, whatever the browser says (a mail scanner or an"
+        " English-language browser would otherwise show a French authority's page in English); 'browser' follows"
+        " the browser's Accept-Language, French by default.",
+        choices=("fr", "en", "browser"),
+    )
     miss_limit_per_minute: int = key(30, "Unknown-token requests allowed per client address per minute (then 429).")
 
 

@@ -27,8 +27,8 @@ from relay.store import FetchWrite, PersonalData, ReceiptWrite
 from tracker import antiforgery
 from tracker.classify import classify_fetch
 from tracker.forwarded import client_address
-from tracker.i18n import format_time, negotiate
-from tracker.pages import TRACKER, Tracker, form_action_csp, render_planned
+from tracker.i18n import format_time
+from tracker.pages import TRACKER, Tracker, form_action_csp, page_language, render_planned
 from tracker.ratelimit import WINDOW_SECONDS as MISS_WINDOW_SECONDS
 
 log = logging.getLogger("estampille.tracker")
@@ -141,7 +141,7 @@ async def acknowledge(request: web.Request) -> web.StreamResponse:
     if link["target_url"]:
         # Set as is: the URL the sender wrote, '&', '#' and percent-escapes untouched.
         return web.Response(status=303, headers={"Location": link["target_url"]})
-    lang = negotiate(request.headers.get("Accept-Language"))
+    lang = page_language(request)
     when = format_time(ack.at, tracker.config.tracker.timezone, lang)
     return render_planned(request, "done.html", _details(request, link, tracker.config.tracker.timezone) | {
         "first": ack.first, "acknowledged": when,
@@ -150,7 +150,7 @@ async def acknowledge(request: web.Request) -> web.StreamResponse:
 
 def _details(request: web.Request, link: Link, tz: str) -> dict[str, Any]:
     """What the pages show about the message, in the visitor's language."""
-    lang = negotiate(request.headers.get("Accept-Language"))
+    lang = page_language(request)
     return {
         "sender": link["mail_from"],
         "subject": link["subject"],

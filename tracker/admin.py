@@ -34,8 +34,8 @@ from tracker.admin_auth import (
     set_session_cookie,
     token_ok,
 )
-from tracker.i18n import format_time, negotiate
-from tracker.pages import TRACKER, render
+from tracker.i18n import format_time
+from tracker.pages import TRACKER, page_language, render
 
 MAX_TOKEN_FIELD = 200  # characters accepted in the login form's token field
 
@@ -172,7 +172,7 @@ def setup(app: web.Application) -> None:
 
 
 def _page(request: web.Request, template: str, context: dict[str, Any], *, status: int = 200) -> web.Response:
-    lang = negotiate(request.headers.get("Accept-Language"))
+    lang = page_language(request)
     base = request.config_dict[TRACKER].base_path
     context = {"a": TEXTS[lang], "admin_css": f"{base}/static/admin.css", "admin_base": f"{base}{ADMIN_PREFIX}", **context}
     return render(request, template, context, status=status)
@@ -217,7 +217,7 @@ async def logout(request: web.Request) -> web.Response:
 
 async def messages(request: web.Request) -> web.Response:
     tracker = request.config_dict[TRACKER]
-    lang = negotiate(request.headers.get("Accept-Language"))
+    lang = page_language(request)
     tz = tracker.config.tracker.timezone
     since, until = request.query.get("since", ""), request.query.get("until", "")
     try:
@@ -248,7 +248,7 @@ async def message_page(request: web.Request) -> web.Response:
     tracker = request.config_dict[TRACKER]
     ev = await _message(request)
     view = message_json(ev)
-    lang = negotiate(request.headers.get("Accept-Language"))
+    lang = page_language(request)
     a = TEXTS[lang]
     tz = tracker.config.tracker.timezone
     recipients = [

@@ -93,7 +93,7 @@ def render(
     Rendered with the environment aiohttp_jinja2.setup made, but not through its
     render_template, which parses the content type it has just set, twice, on every page.
     """
-    lang = negotiate(request.headers.get("Accept-Language"))
+    lang = page_language(request)
     config = request.config_dict  # the admin pages and the API are sub-applications
     env = config[aiohttp_jinja2.APP_KEY]
     page = env.get_template(template).render({**_base(config[TRACKER], lang), **context})
@@ -103,9 +103,15 @@ def render(
 def render_planned(request: web.Request, template: str, context: dict[str, Any]) -> web.Response:
     """The page :func:`render` makes, from the template's plan (see tracker.plans): for the
     acknowledgment pages, rendered on every fetch, whose templates keep to the plans' contract."""
-    lang = negotiate(request.headers.get("Accept-Language"))
+    lang = page_language(request)
     tracker = request.app[TRACKER]
     return _response(tracker.plans.render(template, lang, _base(tracker, lang), context), 200)
+
+
+def page_language(request: web.Request) -> str:
+    """tracker.language, or with 'browser' the language the visitor's browser prefers."""
+    configured = request.config_dict[TRACKER].config.tracker.language
+    return negotiate(request.headers.get("Accept-Language")) if configured == "browser" else configured
 
 
 def _base(tracker: Tracker, lang: str) -> dict[str, Any]:

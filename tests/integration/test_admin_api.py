@@ -23,7 +23,7 @@ RECIPIENT = "conseillere@example.net"
 
 def admin_config(data_dir: Path, token_hash: str) -> Config:
     return Config.from_toml(
-        f'data_dir = "{data_dir}"\n[tracker]\npublic_url = "https://accuse.commune.example"\n'
+        f'data_dir = "{data_dir}"\n[tracker]\npublic_url = "https://accuse.commune.example"\nlanguage = "browser"\n'
         f'[admin]\ntoken_hashes = ["{token_hash}"]\n'
     )
 

@@ -291,7 +291,32 @@ async def test_a_subject_with_markup_is_shown_as_text(env: Env) -> None:
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;&lt;b&gt;Ordre&lt;/b&gt;" in body
 
 
-async def test_french_by_default_english_by_accept_language(env: Env) -> None:
+async def test_the_authoritys_language_whatever_the_browser_says(env: Env) -> None:
+    """Before: an English-language browser, or a scanner's headless one, got English from a French authority."""
+    made = await make_delivery(env.store, now=T0)
+    for header in ("en", "en-GB,en;q=0.9", None):
+        response = await env.client.get(f"/a/{made.token}", headers={"Accept-Language": header} if header else {})
+        assert '<html lang="fr">' in await response.text(), header
+    english = await start(env.config.data_path.parent / "en", language="en")
+    try:
+        made = await make_delivery(english.store, now=T0)
+        response = await english.client.get(f"/a/{made.token}", headers={"Accept-Language": "fr-FR"})
+        assert '<html lang="en">' in await response.text()
+    finally:
+        await english.client.close()
+        await english.store.close()
+
+
+async def test_french_by_default_english_by_accept_language_when_configured(tmp_path: Path) -> None:
+    env = await start(tmp_path, language="browser")
+    try:
+        await _french_by_default_english_by_accept_language(env)
+    finally:
+        await env.client.close()
+        await env.store.close()
+
+
+async def _french_by_default_english_by_accept_language(env: Env) -> None:
     made = await make_delivery(env.store, now=T0)
     french = await env.client.get(f"/a/{made.token}", headers={"User-Agent": BROWSER})
     body = await french.text()
