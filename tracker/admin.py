@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Set as AbstractSet
 from datetime import date, datetime, time, timedelta
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -20,6 +21,7 @@ from aiohttp import web
 
 from relay.errors import NotFoundError
 from relay.evidence.gather import MessageEvidence, load_message, message_json
+from relay.store.openings import own_openings
 from tracker import api
 from tracker.admin_auth import (
     ADMIN_PREFIX,
@@ -79,6 +81,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "ev_handoff_5": "Refusé définitivement par le serveur de messagerie",
         "ev_fetch_person": "Lien ouvert (probablement une personne)",
         "ev_fetch_scanner": "Lien ouvert (probablement un filtre de sécurité)",
+        "ev_fetch_own": "Lien ouvert par le destinataire (le même navigateur a ensuite accusé réception)",
         "ev_ack": "Accusé de réception",
         "anchor_confirmed": "ancré dans Bitcoin, bloc {height}",
         "anchor_pending": "horodatage en attente de confirmation",
@@ -131,6 +134,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "ev_handoff_5": "Refused for good by the mail server",
         "ev_fetch_person": "Link opened (likely a person)",
         "ev_fetch_scanner": "Link opened (likely a security scanner)",
+        "ev_fetch_own": "Link opened by the recipient (the same browser then acknowledged receipt)",
         "ev_ack": "Acknowledgment of receipt",
         "anchor_confirmed": "anchored in Bitcoin, block {height}",
         "anchor_pending": "timestamp waiting for confirmation",
@@ -251,8 +255,9 @@ async def message_page(request: web.Request) -> web.Response:
     lang = page_language(request)
     a = TEXTS[lang]
     tz = tracker.config.tracker.timezone
+    own = await own_openings(tracker.store, view["submission_id"], tracker.config.tracker.scanner_window)
     recipients = [
-        {**r, "timeline": timeline(view, r, a, tz, lang), "ack_time": _time(_ack_at(r), tz, lang)}
+        {**r, "timeline": timeline(view, r, a, tz, lang, own), "ack_time": _time(_ack_at(r), tz, lang)}
         for r in view["recipients"]
     ]
     href = message_href(request, view["message_id"])
@@ -305,8 +310,10 @@ def _anchor_text(record: dict[str, Any] | None, a: dict[str, str]) -> str:
     return a[f"anchor_{anchoring['state']}"]
 
 
-def timeline(view: dict[str, Any], r: dict[str, Any], a: dict[str, str], tz: str, lang: str) -> list[dict[str, str]]:
-    """One recipient's events, oldest first: received, certified, handed over, fetches, acknowledged."""
+def timeline(view: dict[str, Any], r: dict[str, Any], a: dict[str, str], tz: str, lang: str,
+             own: AbstractSet[str] = frozenset()) -> list[dict[str, str]]:
+    """One recipient's events, oldest first: received, certified, handed over, fetches (those in
+    ``own``, by record digest, shown as the recipient's own opening), acknowledged."""
     events = [{"at": view["received_at"], "what": a["ev_received"], "detail": "", "anchor": _anchor_text(view["submission"], a)}]
     if r["delivery"]:
         events.append({"at": r["delivery"]["record"]["certified_at"], "what": a["ev_certified"],
@@ -320,7 +327,9 @@ def timeline(view: dict[str, Any], r: dict[str, Any], a: dict[str, str], tz: str
     if r["last_reply"] and r["last_reply"] != last_handoff:  # an attempt that got no answer leaves no hand-off
         events.append({"at": r["updated_at"], "what": a["ev_attempt"], "detail": r["last_reply"], "anchor": ""})
     for f in r["fetches"]:
-        events.append({"at": f["at"], "what": a[f"ev_fetch_{f['classification']}"], "detail": f["method"],
+        mine = f["record"] is not None and f["record"]["digest"] in own
+        events.append({"at": f["at"], "what": a["ev_fetch_own" if mine else f"ev_fetch_{f['classification']}"],
+                       "detail": f["method"],
                        "anchor": _anchor_text(f["record"], a)})
     if r["acknowledgment"]:
         events.append({"at": r["acknowledgment"]["at"], "what": a["ev_ack"], "detail": "",
