@@ -184,6 +184,13 @@ class TrackerConfig:
         60, "Days after delivery after which an acknowledgment link is refused (a page says it expired); 0: never."
     )
     timezone: str = key("Europe/Paris", "Time zone used to show times on pages.")
+    language: str = key(
+        "fr",
+        "Language of the pages: 'fr' or 'en', the authority's, whatever the browser says (a mail scanner or an"
+        " English-language browser would otherwise show a French authority's page in English); 'browser' follows"
+        " the browser's Accept-Language, French by default.",
+        choices=("fr", "en", "browser"),
+    )
     miss_limit_per_minute: int = key(30, "Unknown-token requests allowed per client address per minute (then 429).")
 
 

@@ -29,8 +29,8 @@ from relay.store import FetchWrite, PersonalData, ReceiptWrite, tokens
 from tracker import antiforgery
 from tracker.classify import classify_fetch
 from tracker.forwarded import client_address
-from tracker.i18n import format_time, negotiate
-from tracker.pages import TRACKER, Tracker, form_action_csp, render
+from tracker.i18n import format_time
+from tracker.pages import TRACKER, Tracker, form_action_csp, page_language, render
 
 log = logging.getLogger("estampille.tracker")
 
@@ -166,7 +166,7 @@ async def acknowledge(request: web.Request) -> web.StreamResponse:
     if link["target_url"]:
         # Set as is: the URL the sender wrote, '&', '#' and percent-escapes untouched.
         return web.Response(status=303, headers={"Location": link["target_url"]})
-    lang = negotiate(request.headers.get("Accept-Language"))
+    lang = page_language(request)
     when = format_time(ack.at, tracker.config.tracker.timezone, lang)
     return render(request, "done.html", _details(request, link, tracker.config.tracker.timezone) | {
         "first": ack.first, "acknowledged": when,
@@ -175,7 +175,7 @@ async def acknowledge(request: web.Request) -> web.StreamResponse:
 
 def _details(request: web.Request, link: Link, tz: str) -> dict[str, Any]:
     """What the pages show about the message, in the visitor's language."""
-    lang = negotiate(request.headers.get("Accept-Language"))
+    lang = page_language(request)
     return {
         "sender": link["mail_from"],
         "subject": link["subject"],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Set as AbstractSet
 from datetime import date, datetime, time, timedelta
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -20,6 +21,7 @@ from aiohttp import web
 
 from relay.errors import AmbiguousError, NotFoundError
 from relay.proof.gather import MessageEvidence, load_message, message_json
+from relay.store.openings import own_openings
 from tracker import api, law
 from tracker.admin_auth import (
     ADMIN_PREFIX,
@@ -34,8 +36,8 @@ from tracker.admin_auth import (
     set_session_cookie,
     token_ok,
 )
-from tracker.i18n import format_time, negotiate
-from tracker.pages import TRACKER, render
+from tracker.i18n import format_time
+from tracker.pages import TRACKER, page_language, render
 
 MAX_TOKEN_FIELD = 200  # characters accepted in the login form's token field
 
@@ -95,6 +97,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "ev_report_failed": "Rejeté par le serveur du destinataire",
         "ev_fetch_person": "Lien ouvert (probablement une personne)",
         "ev_fetch_scanner": "Lien ouvert (probablement un filtre de sécurité)",
+        "ev_fetch_own": "Lien ouvert par le destinataire (le même navigateur a ensuite accusé réception)",
         "ev_ack": "Accusé de réception",
         "anchor_confirmed": "ancré dans Bitcoin, bloc {height}",
         "anchor_pending": "horodatage en attente de confirmation",
@@ -164,6 +167,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "ev_report_failed": "Refused by the recipient's server",
         "ev_fetch_person": "Link opened (likely a person)",
         "ev_fetch_scanner": "Link opened (likely a security scanner)",
+        "ev_fetch_own": "Link opened by the recipient (the same browser then acknowledged receipt)",
         "ev_ack": "Acknowledgment of receipt",
         "anchor_confirmed": "anchored in Bitcoin, block {height}",
         "anchor_pending": "timestamp waiting for confirmation",
@@ -209,7 +213,7 @@ def setup(app: web.Application) -> None:
 
 
 def _page(request: web.Request, template: str, context: dict[str, Any], *, status: int = 200) -> web.Response:
-    lang = negotiate(request.headers.get("Accept-Language"))
+    lang = page_language(request)
     base = request.config_dict[TRACKER].base_path
     context = {"a": TEXTS[lang], "admin_css": f"{base}/static/admin.css", "admin_base": f"{base}{ADMIN_PREFIX}", **context}
     return render(request, template, context, status=status)
@@ -256,7 +260,7 @@ async def logout(request: web.Request) -> web.Response:
 
 async def messages(request: web.Request) -> web.Response:
     tracker = request.config_dict[TRACKER]
-    lang = negotiate(request.headers.get("Accept-Language"))
+    lang = page_language(request)
     tz = tracker.config.tracker.timezone
     since, until = request.query.get("since", ""), request.query.get("until", "")
     try:
@@ -290,14 +294,15 @@ async def message_page(request: web.Request) -> web.Response:
     except AmbiguousError as exc:
         return _choose(request, exc)
     view = message_json(ev)
-    lang = negotiate(request.headers.get("Accept-Language"))
+    lang = page_language(request)
     a = TEXTS[lang]
     tz = tracker.config.tracker.timezone
     page = message_href(request, view["message_id"])
     chosen = {"submission": view["submission_id"]}
     law_view = await law.message_view(tracker, ev, view)
+    own = await own_openings(tracker.store, view["submission_id"], tracker.config.tracker.scanner_window)
     recipients = [
-        {**r, "timeline": timeline(view, r, a, tz, lang, law.reminder_events(law_view, r["recipient"], lang)),
+        {**r, "timeline": timeline(view, r, a, tz, lang, law.reminder_events(law_view, r["recipient"], lang), own),
          "ack_time": _time(_ack_at(r), tz, lang),
          "bundle_href": f"{page}/bundle?{urlencode({**chosen, 'recipient': r['recipient']})}"}
         for r in view["recipients"]
@@ -337,7 +342,7 @@ async def _message(request: web.Request) -> MessageEvidence:
 
 def _choose(request: web.Request, exc: AmbiguousError) -> web.Response:
     """The messages that share a Message-ID, each with its sender and time, to pick one (300)."""
-    lang = negotiate(request.headers.get("Accept-Language"))
+    lang = page_language(request)
     tz = request.config_dict[TRACKER].config.tracker.timezone
     choices = [{**c, "href": message_href(request, c["message_id"], c["submission_id"]),
                 "sent": _time(c["received_at"], tz, lang)} for c in exc.choices]
@@ -374,9 +379,10 @@ def _anchor_text(record: dict[str, Any] | None, a: dict[str, str]) -> str:
 
 
 def timeline(view: dict[str, Any], r: dict[str, Any], a: dict[str, str], tz: str, lang: str,
-             extra: list[dict[str, str]] | None = None) -> list[dict[str, str]]:
-    """One recipient's events, oldest first: received, certified, handed over, fetches, acknowledged,
-    link disabled by a bundle, link refused, and ``extra`` ones (the reminders, tracker.law.reminder_events)."""
+             extra: list[dict[str, str]] | None = None, own: AbstractSet[str] = frozenset()) -> list[dict[str, str]]:
+    """One recipient's events, oldest first: received, certified, handed over, fetches (those in
+    ``own``, by record digest, shown as the recipient's own opening), acknowledged, link disabled by
+    a bundle, link refused, and ``extra`` ones (the reminders, tracker.law.reminder_events)."""
     events = [{"at": view["received_at"], "what": a["ev_received"], "detail": "", "anchor": _anchor_text(view["submission"], a)}]
     if r["delivery"]:
         events.append({"at": r["delivery"]["record"]["certified_at"], "what": a["ev_certified"],
@@ -396,7 +402,9 @@ def timeline(view: dict[str, Any], r: dict[str, Any], a: dict[str, str], tz: str
         events.append({"at": report["received_at"], "what": a[f"ev_report_{report['action']}"], "detail": detail,
                        "anchor": _anchor_text(report["record"], a)})
     for f in r["fetches"]:
-        events.append({"at": f["at"], "what": a[f"ev_fetch_{f['classification']}"], "detail": f["method"],
+        mine = f["record"] is not None and f["record"]["digest"] in own
+        events.append({"at": f["at"], "what": a["ev_fetch_own" if mine else f"ev_fetch_{f['classification']}"],
+                       "detail": f["method"],
                        "anchor": _anchor_text(f["record"], a)})
     if r["acknowledgment"]:
         events.append({"at": r["acknowledgment"]["at"], "what": a["ev_ack"], "detail": "",

@@ -76,7 +76,9 @@ class FormKey:
 
     def is_valid(self, token: str, value: str | None) -> bool:
         """Whether a posted value is the one the page for ``token`` carried (constant-time)."""
-        return value is not None and hmac.compare_digest(self.value(token), value)
+        # compare_digest raises on non-ASCII text: such a value is simply not the page's.
+        return value is not None and value.isascii() and token.isascii() and hmac.compare_digest(
+            self.value(token), value)
 
 
 def form_value(secret: bytes, token: str) -> str:

@@ -91,11 +91,17 @@ def render(
     Rendered with the environment aiohttp_jinja2.setup made, but not through its
     render_template, which parses the content type it has just set, twice, on every page.
     """
-    lang = negotiate(request.headers.get("Accept-Language"))
+    lang = page_language(request)
     config = request.config_dict  # the admin pages and the API are sub-applications
     env = config[aiohttp_jinja2.APP_KEY]
     page = env.get_template(template).render({**_base(config[TRACKER], lang), **context})
     return _response(page, status)
+
+
+def page_language(request: web.Request) -> str:
+    """tracker.language, or with 'browser' the language the visitor's browser prefers."""
+    configured = request.config_dict[TRACKER].config.tracker.language
+    return negotiate(request.headers.get("Accept-Language")) if configured == "browser" else configured
 
 
 def _base(tracker: Tracker, lang: str) -> dict[str, Any]:

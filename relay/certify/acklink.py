@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from relay.config import AckConfig
 from relay.errors import CertifyError, ConfigError
@@ -154,7 +155,15 @@ class LinkMaker:
 
 
 def matches(url: str, patterns: tuple[str, ...]) -> bool:
-    return any(url.startswith(p) for p in patterns)
+    return any(_under(url, p) for p in patterns)
+
+
+def _under(url: str, pattern: str) -> bool:
+    """Whether ``url`` starts with ``pattern`` on the same host: a pattern that ends with its host
+    (no path) must not take in https://portal.example.org.evil.example as https://portal.example.org."""
+    if not url.startswith(pattern):
+        return False
+    return bool(urlsplit(pattern).path) or url[len(pattern):len(pattern) + 1] in ("", "/", "?", "#")
 
 
 def rewrite_text(text: str, patterns: tuple[str, ...], maker: LinkMaker) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from http.cookies import SimpleCookie
 from pathlib import Path
 from urllib.parse import quote
@@ -23,7 +24,7 @@ RECIPIENT = "conseillere@example.net"
 
 def admin_config(data_dir: Path, token_hash: str) -> Config:
     return Config.from_toml(
-        f'data_dir = "{data_dir}"\n[tracker]\npublic_url = "https://accuse.commune.example"\n'
+        f'data_dir = "{data_dir}"\n[tracker]\npublic_url = "https://accuse.commune.example"\nlanguage = "browser"\n'
         f'[admin]\ntoken_hashes = ["{token_hash}"]\n'
     )
 
@@ -222,3 +223,19 @@ def test_timeline_says_whether_the_mail_server_took_or_refused_the_copy():
     r["earlier_handoffs"] = [handoff(451, "busy")]
     events = timeline(view, r, TEXTS["en"], "Europe/Paris", "en")
     assert [e["what"] for e in events[-2:]] == ["Refused for now by the mail server", "Refused for good by the mail server"]
+
+
+async def test_a_member_opening_then_acknowledging_within_the_scanner_window_is_shown_as_theirs(env):
+    """Before: 'Lien ouvert (probablement un filtre de sécurité)' just above the member's own acknowledgment."""
+    c, made = env["client"], env["made"]
+    browser = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0"}
+    await c.get(f"/a/{made.token}", headers={"User-Agent": "Mozilla/5.0 (Macintosh) Safari/605.1"})  # another client
+    page = await (await c.get(f"/a/{made.token}", headers=browser)).text()  # 60 s after delivery: within 120 s
+    form_key = re.search(r'name="form_key" value="([0-9a-f]+)"', page).group(1)
+    r = await c.post(f"/a/{made.token}", data={"form_key": form_key}, headers=browser)
+    assert r.status == 200
+    sid, _ = await login(c, env["token"])
+    r = await c.get(f"/admin/messages/{quote(env['message_id'], safe='')}", headers={"Cookie": f"{COOKIE}={sid}"})
+    page = await r.text()
+    assert page.count("Lien ouvert par le destinataire") == 1, page
+    assert page.count("Lien ouvert (probablement un filtre de sécurité)") == 1  # the other client's fetch

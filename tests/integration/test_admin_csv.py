@@ -29,6 +29,7 @@ async def test_the_unacknowledged_csv_in_french_and_in_english(tmp_path):
     async with Sink() as sink:
         sink.script(DEFERRED, ["451 4.2.0 boîte pleine; réessayez"])
         config = relay_config(tmp_path / "data", sink.port, admin={"token_hashes": [digest]},
+                              tracker={"language": "browser"},
                               delivery={"retry_first": 3600.0, "retry_max": 3600.0})
         async with running(config) as service:
             await aiosmtplib.send(message(), sender="mairie@example.org", recipients=[DELIVERED, DEFERRED],

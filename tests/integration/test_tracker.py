@@ -146,7 +146,8 @@ async def test_scanner_like_fetches_are_classified_and_never_acknowledge(
     assert record.fields["kind"] == "fetched" and record.fields["delivery"] == made.delivery_digest
 
 
-@pytest.mark.parametrize("form", [{}, {"form_key": "0" * 64}, {"form_key": ""}])
+# A non-ASCII value gave a 500 with a traceback (hmac.compare_digest refuses non-ASCII text).
+@pytest.mark.parametrize("form", [{}, {"form_key": "0" * 64}, {"form_key": ""}, {"form_key": "é" * 64}])
 async def test_post_without_the_right_anti_forgery_value_is_refused_and_records_nothing(
     env: Env, form: dict[str, str]
 ) -> None:
@@ -154,9 +155,10 @@ async def test_post_without_the_right_anti_forgery_value_is_refused_and_records_
     other = await make_delivery(env.store, now=T0, recipient="autre@example.net")
     env.clock.now = T0 + LATER
     await env.form_key(made.token)
-    if form.get("form_key") == "0" * 64:
+    another = form.get("form_key") == "0" * 64
+    if another:
         form = {"form_key": await env.form_key(other.token)}  # a real value, for another token
-    await env.fetches_recorded(2 if form.get("form_key") else 1)
+    await env.fetches_recorded(2 if another else 1)
     before = [await env.count(t) for t in ("records", "anchor_leaves", "personal", "receipts")]
     response = await env.client.post(f"/a/{made.token}", data=form, headers={"User-Agent": BROWSER})
     assert response.status == 403
@@ -345,7 +347,32 @@ async def test_a_subject_with_markup_is_shown_as_text(env: Env) -> None:
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;&lt;b&gt;Ordre&lt;/b&gt;" in body
 
 
-async def test_french_by_default_english_by_accept_language(env: Env) -> None:
+async def test_the_authoritys_language_whatever_the_browser_says(env: Env) -> None:
+    """Before: an English-language browser, or a scanner's headless one, got English from a French authority."""
+    made = await make_delivery(env.store, now=T0)
+    for header in ("en", "en-GB,en;q=0.9", None):
+        response = await env.client.get(f"/a/{made.token}", headers={"Accept-Language": header} if header else {})
+        assert '<html lang="fr">' in await response.text(), header
+    english = await start(env.config.data_path.parent / "en", language="en")
+    try:
+        made = await make_delivery(english.store, now=T0)
+        response = await english.client.get(f"/a/{made.token}", headers={"Accept-Language": "fr-FR"})
+        assert '<html lang="en">' in await response.text()
+    finally:
+        await english.client.close()
+        await english.store.close()
+
+
+async def test_french_by_default_english_by_accept_language_when_configured(tmp_path: Path) -> None:
+    env = await start(tmp_path, language="browser")
+    try:
+        await _french_by_default_english_by_accept_language(env)
+    finally:
+        await env.client.close()
+        await env.store.close()
+
+
+async def _french_by_default_english_by_accept_language(env: Env) -> None:
     made = await make_delivery(env.store, now=T0)
     french = await env.client.get(f"/a/{made.token}", headers={"User-Agent": BROWSER})
     body = await french.text()

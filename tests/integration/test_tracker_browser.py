@@ -71,7 +71,8 @@ async def test_member_acknowledges_in_a_real_browser(tmp_path, artifacts_dir) ->
         async with Sink() as sink:
             config = relay_config(
                 tmp_path / "data", sink.port,
-                tracker={"enabled": True, "listen_host": "127.0.0.1", "listen_port": 0, "public_url": PUBLIC},
+                tracker={"enabled": True, "listen_host": "127.0.0.1", "listen_port": 0, "public_url": PUBLIC,
+                         "language": "browser"},
                 ack={"rewrite_patterns": [f"http://127.0.0.1:{doc_port}/docs/"]},
             )
             async with running(config) as service:

@@ -16,6 +16,7 @@ from relay.certify.acklink import (
     AckTemplates,
     LinkMaker,
     insert_html,
+    matches,
     rewrite_html,
     rewrite_text,
 )
@@ -124,3 +125,16 @@ def test_templates_french_by_default_english_on_request_and_from_files(tmp_path:
         AckTemplates.from_config(AckConfig(text_template=str(text)))
     with pytest.raises(ConfigError, match="cannot read"):
         AckTemplates.from_config(AckConfig(html_template=str(tmp_path / "missing.html")))
+
+
+def test_a_pattern_without_a_path_stops_at_its_host() -> None:
+    """Before: https://portal.example.org took in https://portal.example.org.evil.example, and the
+    acknowledgment link then led on to that host."""
+    patterns = ("https://portal.example.org",)
+    for url in ("https://portal.example.org", "https://portal.example.org/seance", "https://portal.example.org?x=1",
+                "https://portal.example.org#ordre"):
+        assert matches(url, patterns), url
+    for url in ("https://portal.example.org.evil.example/", "https://portal.example.orgx/",
+                "https://portal.example.org@evil.example/"):
+        assert not matches(url, patterns), url
+    assert matches("https://portal.example.org/docs-2026/x", ("https://portal.example.org/docs",))  # same host

@@ -108,6 +108,15 @@ def test_miss_limiter_counts_per_address_and_per_minute() -> None:
     assert not limiter.blocked("a", 161.0)
 
 
+def test_miss_limiter_counts_an_ipv6_slash64_as_one_client() -> None:
+    """Before: each address of a /64 the client holds got its own 30 misses a minute."""
+    limiter = RateLimiter(2)  # the tracker's miss limiter (tracker.app)
+    limiter.hit("2001:db8:1:2::1", 100.0)
+    limiter.hit("2001:db8:1:2::2", 100.0)
+    assert limiter.blocked("2001:db8:1:2:ffff::9", 101.0)
+    assert not limiter.blocked("2001:db8:1:3::1", 101.0)
+
+
 def test_form_action_allows_only_the_target_origin() -> None:
     assert form_action_csp(None) == CSP
     assert form_action_csp("https://docs.example.org:8443/a?b=1#c").endswith(
