@@ -36,8 +36,7 @@ from relay.smtp.spool import Spool
 from relay.store import Store
 from relay.store import law as law_store
 from tracker.admin_auth import ADMIN_PREFIX
-from tracker.i18n import negotiate
-from tracker.pages import TRACKER, Tracker
+from tracker.pages import TRACKER, Tracker, page_language
 
 log = logging.getLogger("estampille.law")
 
@@ -495,7 +494,7 @@ async def meetings_context(request: web.Request) -> dict[str, Any]:
     """The upcoming meetings page's context: each convocation of the next UPCOMING_DAYS days, its
     status, its acknowledgments and the members who have not acknowledged (at risk)."""
     tracker = request.config_dict[TRACKER]
-    lang = negotiate(request.headers.get("Accept-Language"))
+    lang = page_language(request)
     now = _now(tracker)
     today = paris_date(now)
     rows = []
