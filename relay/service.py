@@ -29,10 +29,11 @@ from relay.errors import ConfigError, DKIMKeyError
 from relay.ops.datalock import DataDirLock
 from relay.ops.metrics import Metrics, start_metrics_server
 from relay.ops.notify import Notifier
-from relay.ops.reminders import Reminders
 from relay.ops.retention import purge_periodically
 from relay.ops.webhooks import WebhookWorker
+from relay.outbound.bounces import ReportIntake
 from relay.outbound.deliver import Deliverer
+from relay.outbound.reminders import Reminders
 from relay.outbound.upstream import Upstream
 from relay.smtp.intake import IntakeHandler, start_intake
 from relay.store import Store
@@ -71,7 +72,7 @@ class Service:
         self.metrics = Metrics()
         self.metrics_port: int | None = None
         self.anchorer: Anchorer | None = None  # relay.anchor.worker workers, when anchor.enabled
-        self.reminders: Reminders | None = None  # relay.ops.reminders, when reminders.enabled
+        self.reminders: Reminders | None = None  # relay.outbound.reminders, when reminders.enabled
         self._stops = contextlib.AsyncExitStack()
 
     def _started(self, name: str, stop: Callable[[], Awaitable[None]]) -> None:
@@ -98,8 +99,10 @@ class Service:
             if not self.tracker_only:
                 await self._start_operations()
                 # Mail is taken last, once everything it needs runs; so it is the first to stop.
+                reports = ReportIntake(self.config, self.deliverer.spool) if self.config.dsn.bounce_domain else None
                 self.intake = IntakeHandler.from_config(
-                    self.config, self.deliverer.spool, clock=self.clock, on_reply=self.metrics.smtp_reply
+                    self.config, self.deliverer.spool, clock=self.clock, on_reply=self.metrics.smtp_reply,
+                    reports=reports,
                 )
                 self.deliverer.receiving = self.intake.receiving
                 self.smtp_server = await start_intake(self.config, self.deliverer.spool, handler=self.intake)

@@ -25,12 +25,13 @@ from aiohttp import web
 
 from relay.errors import NotFoundError
 from relay.evidence.records import iso_time
+from relay.french import french_time
 from relay.law import register, verdict
 from relay.law.dates import MeetingDate
 from relay.law.deadline import paris_date
 from relay.law.evidence import MAX_NAME, meeting_record
 from relay.law.meeting import Convocation, assembly_for, header_date
-from relay.ops.reminders import Reminders
+from relay.outbound.reminders import Reminders
 from relay.proof.gather import MessageEvidence, load_message, message_json
 from relay.smtp.spool import Spool
 from relay.store import Store
@@ -433,7 +434,7 @@ def _meeting_text(meeting: dict[str, Any] | None, lang: str) -> str:
     text = register.french_date(day) if lang == "fr" else day.strftime("%A %d %B %Y")
     if meeting["time"]:
         text += (
-            f" à {register.french_time(dt.time.fromisoformat(meeting['time']))}"
+            f" à {french_time(dt.time.fromisoformat(meeting['time']))}"
             if lang == "fr"
             else f" {meeting['time']}"
         )

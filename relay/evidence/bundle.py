@@ -39,7 +39,7 @@ import jinja2
 
 from relay.evidence.archive import BundleProblem, check_name, load_json
 from relay.evidence.records import Record, canonical_json, sha256_hex
-from relay.law.register import french_date
+from relay.french import french_date
 
 FORMAT = "estampille-proof"
 # 2: facts name the bundle's scope (one recipient's copy, or all) and the disclosure record

@@ -14,5 +14,5 @@ time a convocation was sent and what they know of the meeting; the modules answe
 - ``reminders``: when a reminder is due, and the reminder message.
 
 Their edges: ``relay.smtp.convocation`` (intake), ``relay.store.law`` (rows),
-``relay.ops.reminders`` (the reminder worker), ``tracker.law`` (API and admin pages).
+``relay.outbound.reminders`` (the reminder worker), ``tracker.law`` (API and admin pages).
 """

@@ -10,14 +10,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from relay.french import french_date, french_time
 from relay.law.deadline import PARIS, Assembly, Deadline, paris_date
 from relay.law.meeting import Convocation
 
-MONTHS_FR = (
-    "janvier", "février", "mars", "avril", "mai", "juin",
-    "juillet", "août", "septembre", "octobre", "novembre", "décembre",
-)  # fmt: skip
-WEEKDAYS_FR = ("lundi", "mardi", "mercredi", "jeudi", "vendredi", "samedi", "dimanche")
 ARTICLES = {
     Assembly.COMMUNE_UNDER_3500: "L. 2121-11",
     Assembly.COMMUNE: "L. 2121-12",
@@ -37,17 +33,6 @@ class Member:
     delivered_at: dt.datetime | None
     acknowledged_at: dt.datetime | None
     reminded_at: tuple[dt.datetime, ...] = ()  # reminders queued to the member, oldest first
-
-
-def french_date(day: dt.date) -> str:
-    """'mardi 15 décembre 2026', 'lundi 1er mars 2027'."""
-    number = "1er" if day.day == 1 else str(day.day)
-    return f"{WEEKDAYS_FR[day.weekday()]} {number} {MONTHS_FR[day.month - 1]} {day.year}"
-
-
-def french_time(time: dt.time) -> str:
-    """'18 h 30', '9 h'."""
-    return f"{time.hour} h {time.minute:02d}" if time.minute else f"{time.hour} h"
 
 
 def french_moment(instant: dt.datetime) -> str:

@@ -14,10 +14,11 @@ from email import policy, utils
 from email.message import EmailMessage
 
 from relay.config import RemindersConfig
+from relay.french import french_date, french_time
 from relay.law.dates import MeetingDate
 from relay.law.deadline import PARIS
 from relay.law.meeting import header, message_text, parse
-from relay.law.register import french_date, french_moment, french_time
+from relay.law.register import french_moment
 
 SUBJECT_PREFIX = "Rappel : "
 

@@ -28,6 +28,7 @@ from relay.evidence import records
 from relay.outbound import verp
 from relay.outbound.notice import Bounced, stage_notice
 from relay.outbound.reports import RecipientStatus, Report, ReportError, parse_report
+from relay.smtp.intake import REPLY_ONE_REPORT
 from relay.smtp.spool import Spool
 from relay.store import reports as report_store
 
@@ -35,7 +36,6 @@ log = logging.getLogger("estampille.reports")
 
 REPLY_RECORDED = "250 2.0.0 Ok: report recorded"
 REPLY_UNKNOWN = "550 5.1.1 No such return path"
-REPLY_ONE_REPORT = "452 4.5.3 One report per transaction, please"
 REPLY_NOT_A_REPORT = "550 5.6.0 Not a delivery status report"
 REPLY_NOT_OURS = "550 5.7.1 This report is not about the message sent with this return path"
 REPLY_TOO_EARLY = "451 4.3.0 Report arrived before its message was recorded, please try again later"

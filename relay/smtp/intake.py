@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, AnyStr, cast
+from typing import Any, AnyStr, Protocol, cast
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
@@ -39,7 +39,6 @@ from relay.certify import dkim
 from relay.certify.certifier import from_repair
 from relay.config import Config
 from relay.errors import ConfigError, DiskFullError, EstampilleError, FromFieldError, StoreError
-from relay.outbound.bounces import REPLY_ONE_REPORT, ReportIntake
 from relay.ratelimit import RateLimiter, client_key
 from relay.smtp.auth import Credentials, load_credentials
 from relay.smtp.convocation import ConvocationCheck
@@ -74,6 +73,7 @@ REPLY_BAD_SENDER = "553 5.1.7 Address with control characters refused"
 REPLY_BAD_RECIPIENT = "553 5.1.3 Address with control characters refused"
 REPLY_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients, send the rest in another message"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+REPLY_ONE_REPORT = "452 4.5.3 One report per transaction, please"
 REPLY_SHUTTING_DOWN = b"421 4.3.2 Service shutting down, please try again later\r\n"
 REPLY_TOO_MANY_SESSIONS = b"421 4.7.0 Too many connections from your address, please try again later\r\n"
 
@@ -155,6 +155,17 @@ class IntakeSMTP(SMTP):
         return REPLY_OUR_FAILURE
 
 
+class ReportTaker(Protocol):
+    """Takes delivery status reports at the bounce domain (relay.outbound.bounces, given by the
+    service: the intake sits below delivery and does not import it)."""
+
+    def is_report_address(self, address: str) -> bool: ...
+
+    async def check_recipient(self, address: str, recipients: list[str]) -> str: ...
+
+    async def take(self, data: bytes, address: str, client_address: str, now: float) -> str: ...
+
+
 class IntakeHandler:
     """Policy: who may relay, AUTH, free space, and spooling in DATA."""
 
@@ -165,6 +176,7 @@ class IntakeHandler:
         credentials: Credentials | None = None,
         clock: Callable[[], float] = time.time,
         on_reply: Callable[[str], None] | None = None,
+        reports: ReportTaker | None = None,
     ) -> None:
         self.config = config
         self.spool = spool
@@ -182,15 +194,15 @@ class IntakeHandler:
         self.limiter = RateLimiter(config.smtp.auth_failures_per_minute)
         self.open_per_client: Counter[str] = Counter()
         self.min_free_bytes = config.smtp.min_free_disk_mb * 2**20
-        self.reports = ReportIntake(config, spool) if config.dsn.bounce_domain else None
+        self.reports = reports  # None: no bounce domain, every address is refused or relayed as before
         self.law = ConvocationCheck(config.law, spool.store)
 
     @classmethod
     def from_config(cls, config: Config, spool: Spool, *, clock: Callable[[], float] = time.time,
-                    on_reply: Callable[[str], None] | None = None) -> IntakeHandler:
+                    on_reply: Callable[[str], None] | None = None, reports: ReportTaker | None = None) -> IntakeHandler:
         """A handler with the credentials file the configuration names, if any."""
         path = config.smtp.credentials_file
-        return cls(config, spool, load_credentials(Path(path)) if path else None, clock, on_reply)
+        return cls(config, spool, load_credentials(Path(path)) if path else None, clock, on_reply, reports)
 
     def reload(self) -> None:
         """Reread the TLS certificate and key and the credentials file (SIGHUP).

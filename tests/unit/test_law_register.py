@@ -6,10 +6,11 @@ import datetime as dt
 
 import pytest
 
+from relay.french import french_date, french_time
 from relay.law.dates import MeetingDate
 from relay.law.deadline import PARIS, Assembly
 from relay.law.meeting import Convocation
-from relay.law.register import Member, french_date, french_time, members_of, status, view, wording
+from relay.law.register import Member, members_of, status, view, wording
 
 MEETING = MeetingDate(dt.date(2026, 12, 15), dt.time(18, 30), "subject")
 SENT = dt.datetime(2026, 12, 9, 10, 2, tzinfo=PARIS)  # the last lawful day for 5 jours francs

@@ -11,9 +11,11 @@ ROOT = Path(__file__).resolve().parents[2]
 # Lowest first; a unit is a package of relay/, a top-level module of relay/, or tracker.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("relay.errors",),
-    ("relay.config", "relay.backoff", "relay.ratelimit", "relay.batching"),
+    ("relay.config", "relay.backoff", "relay.ratelimit", "relay.batching", "relay.french"),
     ("relay.logs",),
-    ("relay.certify", "relay.evidence"),  # the pure cores
+    ("relay.certify",),  # the pure cores: the copy
+    ("relay.evidence",),  # and the proof (it reads a message's facts with certify)
+    ("relay.law",),  # pure too: deadlines, meeting dates, the register (its records are evidence)
     ("relay.store",),
     ("relay.smtp", "relay.anchor", "relay.ops"),
     ("relay.outbound", "relay.proof", "relay.preflight"),
@@ -80,5 +82,5 @@ def test_upward_sideways_and_tracker_imports_are_caught(tmp_path: Path) -> None:
     assert wrong_way("relay.store.probe", imports(probe)) == [
         "relay.store.probe imports relay.anchor.worker", "relay.store.probe imports tracker.app"]
     assert wrong_way("relay.evidence.probe", imports(probe)) == [
-        "relay.evidence.probe imports relay.anchor.worker", "relay.evidence.probe imports relay.certify.dkim",
+        "relay.evidence.probe imports relay.anchor.worker",
         "relay.evidence.probe imports relay.store.held", "relay.evidence.probe imports tracker.app"]
