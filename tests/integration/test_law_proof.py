@@ -21,10 +21,13 @@ async def test_the_attestation_states_the_deadline_per_member_and_the_wording(tm
         # Two days ahead of today in Paris: a commune owes 5 jours francs, so the convocation is late.
         meeting = paris_date(dt.datetime.now(dt.UTC)) + dt.timedelta(days=2)
         url = f"{p.base}/api/v1/messages/{quote(MESSAGE_ID, safe='')}/convocation"
-        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {p.token}"}) as session:
-            async with session.put(url, json={"meeting": meeting.isoformat(), "set_by": "DGS"}) as r:
-                law = await r.json()
-                assert r.status == 200, law
+        headers = {"Authorization": f"Bearer {p.token}"}
+        async with (
+            aiohttp.ClientSession(headers=headers) as session,
+            session.put(url, json={"meeting": meeting.isoformat(), "set_by": "DGS"}) as r,
+        ):
+            law = await r.json()
+            assert r.status == 200, law
         assert law["status"] == "late"
         assert {m["recipient"]: m["delivered_in_time"] for m in law["members"]} == dict.fromkeys(RECIPIENTS, False)
         out = io.BytesIO()
