@@ -359,6 +359,7 @@ MIGRATIONS: tuple[str, ...] = (
         meeting_source TEXT,  -- header, rule, subject, text or admin
         assembly       TEXT,  -- NULL: no assembly configured for the sender
         urgent         INTEGER NOT NULL DEFAULT 0,
+        installation   INTEGER NOT NULL DEFAULT 0,  -- the first meeting after a general election (L2121-7)
         updated_at     REAL NOT NULL
     );
     CREATE INDEX convocations_meeting_date ON convocations(meeting_date) WHERE meeting_date IS NOT NULL;
@@ -373,11 +374,6 @@ MIGRATIONS: tuple[str, ...] = (
         UNIQUE (delivery_id, number)
     );
     CREATE INDEX reminders_submission ON reminders(submission_id);
-    """,
-    # law, second step (the first is merged): the first meeting after a general election (L2121-7),
-    # owed 3 jours francs in every commune, as the sending tool or an admin says.
-    """
-    ALTER TABLE convocations ADD COLUMN installation INTEGER NOT NULL DEFAULT 0;
     """,
 )
 
