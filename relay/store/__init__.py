@@ -18,268 +18,21 @@ import hashlib
 import logging
 import shutil
 import sqlite3
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aiosqlite
-
 from relay.errors import ConflictError, DiskFullError, NotFoundError, StoreError
 from relay.evidence.records import Record, canonical_json, iso_time
 from relay.store.durable import fsync_directory, write_durably
+from relay.store.engine import AsyncConnection, Database
+from relay.store.schema import MIGRATIONS as MIGRATIONS
+from relay.store.schema import SCHEMA_VERSION as SCHEMA_VERSION
 
 T = TypeVar("T")
 log = logging.getLogger("estampille.store")
 
-# Each entry moves the schema one version forward; never edit a released entry.
-MIGRATIONS: tuple[str, ...] = (
-    # 1: submissions, deliveries, attempts, evidence, anchoring, tracker, webhooks.
-    """
-    CREATE TABLE submissions (
-        id             TEXT PRIMARY KEY,
-        kind           TEXT NOT NULL DEFAULT 'mail' CHECK (kind IN ('mail', 'dsn')),
-        received_at    REAL NOT NULL,
-        mail_from      TEXT NOT NULL,
-        mail_options   TEXT NOT NULL DEFAULT '[]',
-        client_address TEXT NOT NULL,
-        auth_user      TEXT,
-        tls            TEXT,
-        message_id     TEXT,
-        subject        TEXT,
-        size           INTEGER NOT NULL,
-        data_sha256    TEXT NOT NULL,
-        record_digest  TEXT REFERENCES records(digest)
-    );
-    CREATE INDEX submissions_message_id ON submissions(message_id);
-    CREATE INDEX submissions_received_at ON submissions(received_at);
-
-    CREATE TABLE deliveries (
-        id              INTEGER PRIMARY KEY,
-        submission_id   TEXT NOT NULL REFERENCES submissions(id),
-        recipient       TEXT NOT NULL,
-        rcpt_options    TEXT NOT NULL DEFAULT '[]',
-        state           TEXT NOT NULL DEFAULT 'queued'
-                        CHECK (state IN ('queued', 'sending', 'deferred', 'delivered', 'failed')),
-        attempts        INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at REAL NOT NULL,
-        last_code       INTEGER,
-        last_reply      TEXT,
-        copy_sha256     TEXT,
-        record_digest   TEXT REFERENCES records(digest),
-        handoff_digest  TEXT REFERENCES records(digest),
-        updated_at      REAL NOT NULL
-    );
-    CREATE INDEX deliveries_due ON deliveries(state, next_attempt_at);
-    CREATE INDEX deliveries_submission ON deliveries(submission_id);
-
-    CREATE TABLE attempts (
-        id            INTEGER PRIMARY KEY,
-        delivery_id   INTEGER NOT NULL REFERENCES deliveries(id),
-        started_at    REAL NOT NULL,
-        finished_at   REAL NOT NULL,
-        outcome       TEXT NOT NULL CHECK (outcome IN ('delivered', 'deferred', 'failed')),
-        code          INTEGER,
-        reply         TEXT NOT NULL,
-        queue_id      TEXT,
-        upstream_host TEXT,
-        tls           TEXT
-    );
-    CREATE INDEX attempts_delivery ON attempts(delivery_id);
-
-    CREATE TABLE records (
-        digest        TEXT PRIMARY KEY,
-        type          TEXT NOT NULL,
-        body          BLOB NOT NULL,
-        submission_id TEXT,
-        delivery_id   INTEGER,
-        created_at    REAL NOT NULL
-    );
-    CREATE INDEX records_submission ON records(submission_id);
-    CREATE INDEX records_delivery ON records(delivery_id);
-
-    -- Acknowledgment tokens are stored hashed; target_url is set for rewritten links.
-    CREATE TABLE ack_tokens (
-        token_sha256 TEXT PRIMARY KEY,
-        delivery_id  INTEGER NOT NULL REFERENCES deliveries(id),
-        target_url   TEXT,
-        created_at   REAL NOT NULL
-    );
-    CREATE INDEX ack_tokens_delivery ON ack_tokens(delivery_id);
-
-    -- Raw personal data, deleted at the end of its retention; records keep only commitments.
-    CREATE TABLE personal (
-        id         INTEGER PRIMARY KEY,
-        salt       BLOB NOT NULL,
-        ip         TEXT,
-        user_agent TEXT,
-        created_at REAL NOT NULL
-    );
-
-    CREATE TABLE fetches (
-        id             INTEGER PRIMARY KEY,
-        delivery_id    INTEGER NOT NULL REFERENCES deliveries(id),
-        at             REAL NOT NULL,
-        method         TEXT NOT NULL,
-        classification TEXT NOT NULL CHECK (classification IN ('scanner', 'person')),
-        reason         TEXT NOT NULL,
-        personal_id    INTEGER REFERENCES personal(id) ON DELETE SET NULL,
-        record_digest  TEXT REFERENCES records(digest)
-    );
-    CREATE INDEX fetches_delivery ON fetches(delivery_id);
-
-    CREATE TABLE receipts (
-        delivery_id   INTEGER PRIMARY KEY REFERENCES deliveries(id),
-        at            REAL NOT NULL,
-        personal_id   INTEGER REFERENCES personal(id) ON DELETE SET NULL,
-        record_digest TEXT NOT NULL REFERENCES records(digest)
-    );
-
-    CREATE TABLE anchor_batches (
-        id              INTEGER PRIMARY KEY,
-        root            BLOB NOT NULL,
-        created_at      REAL NOT NULL,
-        leaves          INTEGER NOT NULL,
-        state           TEXT NOT NULL CHECK (state IN ('submitting', 'pending', 'confirmed')),
-        attempts        INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at REAL NOT NULL,
-        timestamp       BLOB,
-        bitcoin_height  INTEGER,
-        block_time      INTEGER,
-        confirmed_at    REAL,
-        resubmitted_at  REAL
-    );
-    CREATE INDEX anchor_batches_state ON anchor_batches(state, next_attempt_at);
-
-    CREATE TABLE anchor_leaves (
-        digest    TEXT PRIMARY KEY REFERENCES records(digest),
-        queued_at REAL NOT NULL,
-        batch_id  INTEGER REFERENCES anchor_batches(id),
-        nonce     BLOB,
-        path      BLOB
-    );
-    CREATE INDEX anchor_leaves_unbatched ON anchor_leaves(queued_at) WHERE batch_id IS NULL;
-    CREATE INDEX anchor_leaves_batch ON anchor_leaves(batch_id);
-
-    CREATE TABLE webhook_events (
-        id              INTEGER PRIMARY KEY,
-        url             TEXT NOT NULL,
-        event           TEXT NOT NULL,
-        payload         BLOB NOT NULL,
-        created_at      REAL NOT NULL,
-        state           TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sent', 'failed')),
-        attempts        INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at REAL NOT NULL,
-        last_error      TEXT
-    );
-    CREATE INDEX webhook_events_due ON webhook_events(state, next_attempt_at);
-    """,
-    # 2: the privacy purge finds old personal rows, and the fetches and receipts naming them, by index.
-    """
-    CREATE INDEX personal_created_at ON personal(created_at);
-    CREATE INDEX fetches_personal ON fetches(personal_id);
-    CREATE INDEX receipts_personal ON receipts(personal_id);
-    """,
-    # 3: message files deleted at the end of retention.messages_days; records keep their digests.
-    """
-    CREATE TABLE purged_messages (
-        sha256    TEXT PRIMARY KEY,
-        purged_at REAL NOT NULL
-    );
-    """,
-    # 4: anchoring keeps each batch's Merkle tree in chunks and each leaf's position in it
-    # (a leaf's path is read from the tree: 64 bytes a leaf instead of 32 per level), and
-    # the calendars' replies. anchor_leaves.path stays unused.
-    """
-    ALTER TABLE anchor_leaves ADD COLUMN position INTEGER;
-    CREATE TABLE anchor_nodes (
-        batch_id INTEGER NOT NULL REFERENCES anchor_batches(id),
-        level    INTEGER NOT NULL,
-        chunk    INTEGER NOT NULL,
-        hashes   BLOB NOT NULL,
-        PRIMARY KEY (batch_id, level, chunk)
-    );
-    CREATE TABLE anchor_replies (
-        batch_id INTEGER NOT NULL REFERENCES anchor_batches(id),
-        calendar TEXT NOT NULL,
-        at       REAL NOT NULL,
-        reply    BLOB NOT NULL,
-        PRIMARY KEY (batch_id, calendar)
-    );
-    """,
-    # 5: certified copies up to INLINE_MAX octets live here (received messages too, since), written
-    # in the transaction of their delivery record, rather than as files: the group commit's one
-    # WAL fsync then covers them, where a file cost two fsyncs of its own before each sending.
-    """
-    CREATE TABLE message_bytes (
-        sha256 TEXT PRIMARY KEY,
-        data   BLOB NOT NULL
-    );
-    """,
-    # 6: records are looked up by delivery only for hand-offs (message_digests, message_evidence),
-    # and never by submission; yet every record, each page fetch's included, went into both indexes.
-    """
-    DROP INDEX records_submission;
-    DROP INDEX records_delivery;
-    CREATE INDEX records_handoff ON records(delivery_id) WHERE type = 'handoff';
-    """,
-    # 7: every page fetch looks its token up by hash; keyed by the hash alone (WITHOUT ROWID),
-    # that is one B-tree search instead of the key's index then the table (8.1 to 6.8 us a
-    # token, measured on the tracker bench's lookup with fetches committed in between).
-    """
-    CREATE TABLE ack_tokens_by_hash (
-        token_sha256 TEXT PRIMARY KEY,
-        delivery_id  INTEGER NOT NULL REFERENCES deliveries(id),
-        target_url   TEXT,
-        created_at   REAL NOT NULL
-    ) WITHOUT ROWID;
-    INSERT INTO ack_tokens_by_hash SELECT token_sha256, delivery_id, target_url, created_at FROM ack_tokens;
-    DROP TABLE ack_tokens;
-    ALTER TABLE ack_tokens_by_hash RENAME TO ack_tokens;
-    CREATE INDEX ack_tokens_delivery ON ack_tokens(delivery_id);
-    """,
-    # 8: every record, each page fetch's included, was queued for anchoring in a table keyed by
-    # its random digest: about one more page written a fetch (16 of the 39 us of CPU a fetch
-    # took in the database thread). Leaves are keyed by their record's id instead, which grows
-    # in order; records get that id as an explicit key so that VACUUM cannot renumber it.
-    """
-    CREATE TABLE records_by_id (
-        id            INTEGER PRIMARY KEY,
-        digest        TEXT NOT NULL UNIQUE,
-        type          TEXT NOT NULL,
-        body          BLOB NOT NULL,
-        submission_id TEXT,
-        delivery_id   INTEGER,
-        created_at    REAL NOT NULL
-    );
-    INSERT INTO records_by_id SELECT rowid, digest, type, body, submission_id, delivery_id, created_at FROM records;
-    CREATE TABLE anchor_leaves_by_record (
-        record_id INTEGER PRIMARY KEY REFERENCES records(id),
-        digest    TEXT NOT NULL,  -- the record's: a batch is formed from this table alone
-        queued_at REAL NOT NULL,
-        batch_id  INTEGER REFERENCES anchor_batches(id),
-        nonce     BLOB,
-        position  INTEGER
-    );
-    INSERT INTO anchor_leaves_by_record
-        SELECT r.rowid, l.digest, l.queued_at, l.batch_id, l.nonce, l.position
-        FROM anchor_leaves l JOIN records r ON r.digest = l.digest;
-    -- Every row dropped lives on in the copies: no need to overwrite the freed pages, which
-    -- kept their old content in memory until the end of the statement (600 MB for 10^6 records).
-    PRAGMA secure_delete=OFF;
-    DROP TABLE anchor_leaves;
-    DROP TABLE records;
-    PRAGMA secure_delete=ON;
-    ALTER TABLE records_by_id RENAME TO records;
-    ALTER TABLE anchor_leaves_by_record RENAME TO anchor_leaves;
-    CREATE INDEX records_handoff ON records(delivery_id) WHERE type = 'handoff';
-    CREATE INDEX anchor_leaves_unbatched ON anchor_leaves(queued_at) WHERE batch_id IS NULL;
-    CREATE INDEX anchor_leaves_batch ON anchor_leaves(batch_id);
-    """,
-)
-
-SCHEMA_VERSION = len(MIGRATIONS)
 BLOB_DIR = "messages"
 # Received messages and certified copies up to this size live in the database (message_bytes),
 # written in the transaction of the rows that name them: that commit's one WAL fsync covers
@@ -287,20 +40,10 @@ BLOB_DIR = "messages"
 # files in BLOB_DIR: bounded so the write-ahead log stays small and a copy is bound once.
 INLINE_MAX = 256 * 1024
 DB_NAME = "estampille.sqlite3"
-PAGE_CACHE_KIB = 32 * 1024  # the writer connection's page cache (see Store.open)
 PURGE_BATCH = 1000  # personal rows deleted per transaction by the privacy purge
 # Rows per INSERT statement of the tracker's writes (Store._insert_rows), largest first:
 # a few statement shapes per table, so they stay in the connection's statement cache.
 TRACKER_ROWS_PER_INSERT = (64, 8, 1)
-# A batch of writers none of whom is urgent (deliveries recording what they did) waits this long
-# for company unless it already has GROUP_TARGET writers: fewer, larger commits, one fsync each.
-# Each commit rewrites every B-tree page it touches, so fewer, fuller commits write less: on the
-# relay bench, 10 ms and 16 (with upstream.concurrency 32, now 64, to cover the wait) gave 10.5
-# writers a commit instead of 6.0, 15 % fewer octets written and more deliveries per second
-# than 3 ms and 8. Urgent writers (a client waiting for its 250, the default) never wait.
-GROUP_TARGET = 16
-GROUP_LINGER = 0.010
-
 _INSERT_RECORD_SQL = (
     "INSERT OR IGNORE INTO records (digest, type, body, submission_id, delivery_id, created_at)"
     " VALUES (?, ?, ?, ?, ?, ?)"
@@ -386,9 +129,6 @@ _SQL_CHUNK = 500  # digests per IN (...) query, well under SQLite's variable lim
 WEBHOOK_EVENTS = ("accepted", "delivered", "deferred", "failed", "fetched", "acknowledged", "anchored", "confirmed")
 
 
-_Statement = tuple[bool, str, Any]  # (executemany?, SQL, parameters)
-
-
 async def _insert_row(db: Any, table: str, row: dict[str, Any]) -> None:
     """INSERT one row given as {column: value}; the column names are ours, never input."""
     columns = ", ".join(row)
@@ -396,268 +136,42 @@ async def _insert_row(db: Any, table: str, row: dict[str, Any]) -> None:
     await db.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", tuple(row.values()))
 
 
-class _NoResult:
-    """What a recorded statement returns: nothing can be read from it."""
-
-    def __getattr__(self, name: str) -> Any:
-        raise StoreError("a batched write cannot read a statement's result; use Store.write(..., reads=True)")
-
-
-class _Recorder:
-    """The connection a batched writer sees: statements are collected, to run later in one go."""
-
-    def __init__(self) -> None:
-        self.statements: list[_Statement] = []
-
-    async def execute(self, sql: str, parameters: Iterable[Any] = ()) -> _NoResult:
-        self.statements.append((False, sql, parameters if isinstance(parameters, dict) else tuple(parameters)))
-        return _NoResult()
-
-    async def executemany(self, sql: str, seq_of_parameters: Iterable[Iterable[Any]]) -> _NoResult:
-        self.statements.append((True, sql, [p if isinstance(p, dict) else tuple(p) for p in seq_of_parameters]))
-        return _NoResult()
-
-
-def _apply_statements(conn: sqlite3.Connection, writers: list[list[_Statement]], begin: bool) -> list[BaseException | None]:
-    """In the database thread: each writer's statements in its own SAVEPOINT, then COMMIT.
-
-    Returns each writer's error (None when it succeeded); a failed COMMIT raises.
-    """
-    if begin:
-        conn.execute("BEGIN IMMEDIATE")
-    errors: list[BaseException | None] = []
-    for statements in writers:
-        conn.execute("SAVEPOINT writer")
-        try:
-            for many, sql, parameters in statements:
-                (conn.executemany if many else conn.execute)(sql, parameters).close()
-        except sqlite3.Error as exc:
-            conn.execute("ROLLBACK TO writer")
-            errors.append(exc)
-        else:
-            errors.append(None)
-        conn.execute("RELEASE writer")
-    conn.execute("COMMIT")
-    return errors
-
-
 class Store:
     """The database and the message directory under one data directory."""
 
-    def __init__(self, data_dir: Path, db: aiosqlite.Connection) -> None:
+    def __init__(self, data_dir: Path, db: Database) -> None:
         self.data_dir = data_dir
         self.blob_dir = data_dir / BLOB_DIR
-        self._db = db
-        self._reader: aiosqlite.Connection | None = None  # fetchall's own connection, see open
-        self._write_lock = asyncio.Lock()
-        self._pending_writes: list[tuple[Any, bool, asyncio.Future[Any]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self._urgent = asyncio.Event()
-        self._point_reader: sqlite3.Connection | None = None  # see _read_now
+        self.db = db
         # Set by the service from webhooks.urls; enqueue_event queues one row per URL.
         self.webhook_urls: tuple[str, ...] = ()
 
     # -- lifecycle -------------------------------------------------------
 
     @classmethod
-    async def open(cls, data_dir: Path) -> "Store":
+    async def open(cls, data_dir: Path) -> Store:
         """Open (creating if needed) the store under ``data_dir`` and migrate it."""
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         (data_dir / BLOB_DIR).mkdir(exist_ok=True, mode=0o700)
-        db = None
-        try:
-            db = await aiosqlite.connect(data_dir / DB_NAME, isolation_level=None)
-            db.row_factory = aiosqlite.Row
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=FULL")
-            await db.execute("PRAGMA foreign_keys=ON")
-            await db.execute("PRAGMA busy_timeout=5000")
-            # Temporary data (statement journals, which foreign keys make SQLite keep for each
-            # statement) stays in memory rather than temporary files: for the 10^6 UPDATEs of an
-            # anchoring batch, system CPU went from 8.5 s to 1.4 s.
-            await db.execute("PRAGMA temp_store=MEMORY")
-            # The tracker inserts each page fetch into indexes keyed by random digests: with
-            # SQLite's default 2 MB page cache those inserts and the link lookups kept reading
-            # pages back from the OS. An upper bound, used only as the database grows.
-            await db.execute(f"PRAGMA cache_size=-{PAGE_CACHE_KIB}")
-            # Deleted rows are overwritten, not just unlinked: purged IP addresses and user
-            # agents must not linger in free pages (privacy.retention_days).
-            await db.execute("PRAGMA secure_delete=ON")
-            store = cls(data_dir, db)
-            await store._migrate()
-            # Reads (fetchall) have a read-only connection of their own: on the writer's, a read
-            # between the statements of an open transaction() saw its uncommitted rows, and
-            # waited behind every write in the database thread.
-            store._reader = await aiosqlite.connect(
-                (data_dir / DB_NAME).resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None
-            )
-            store._reader.row_factory = aiosqlite.Row
-        except (sqlite3.Error, StoreError) as exc:  # a migration refused, or the database unusable
-            if db is not None:
-                await db.close()
-            if isinstance(exc, StoreError):
-                raise
-            raise StoreError(f"cannot open database in {data_dir}: {exc}") from exc
-        return store
+        return cls(data_dir, await Database.open(data_dir / DB_NAME))
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            await asyncio.gather(self._flusher, return_exceptions=True)  # let queued writers commit
-        if self._point_reader is not None:
-            self._point_reader.close()
-        if self._reader is not None:
-            await self._reader.close()
-        await self._db.close()
+        await self.db.close()
 
-    async def _migrate(self) -> None:
-        (version,) = await (await self._db.execute("PRAGMA user_version")).fetchone()
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"database schema version {version} is newer than this Estampille ({SCHEMA_VERSION}); upgrade it"
-            )
-        if version == SCHEMA_VERSION:
-            return
-        # SQLite's way to rebuild a table others refer to: foreign keys off (it is a no-op inside
-        # a transaction), then checked before each migration commits.
-        await self._db.execute("PRAGMA foreign_keys=OFF")
-        for number in range(version, SCHEMA_VERSION):
-            if version:  # not a new database
-                log.info("migrating the database in %s from schema version %d to %d", self.data_dir, number,
-                         number + 1)
-            started = time.monotonic()
-            # executescript commits first, so the transaction begins in the script and stays open.
-            await self._db.executescript(
-                "BEGIN IMMEDIATE;\n" + MIGRATIONS[number] + f"\nPRAGMA user_version={number + 1};"
-            )
-            broken = await self._db.execute_fetchall("PRAGMA foreign_key_check")
-            if broken:
-                await self._db.rollback()
-                table, rowid, parent, _ = broken[0]
-                raise StoreError(
-                    f"migration to schema version {number + 1} left {len(broken)} broken references"
-                    f" (the first: {table} row {rowid} names a missing {parent} row), so it was rolled back and"
-                    f" the database stays at version {number}: restore a backup, or report this with the database"
-                )
-            await self._db.commit()
-            if version:
-                log.info("migrated to schema version %d in %.1f s", number + 1, time.monotonic() - started)
-        await self._db.execute("PRAGMA foreign_keys=ON")
-
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
         """One write transaction; committed when the block exits without error."""
-        async with self._write_lock:
-            try:
-                await self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot begin a transaction: {exc}") from exc
-            try:
-                yield self._db
-            except BaseException:
-                await self._db.rollback()
-                raise
-            try:
-                await self._db.commit()
-            except sqlite3.Error as exc:
-                await self._db.rollback()
-                raise StoreError(f"commit failed: {exc}") from exc
+        return self.db.transaction()
 
     async def write(self, work: Callable[[Any], Awaitable[T]], *, reads: bool = False, urgent: bool = True) -> T:
-        """Run ``work(db)`` atomically and return its result once it is committed (group commit).
+        """Run ``work(db)`` atomically, in the group commit (see :meth:`Database.write`)."""
+        return await self.db.write(work, reads=reads, urgent=urgent)
 
-        Writers that arrive while a commit is in progress share the next transaction, each in
-        its own SAVEPOINT: one writer's failure rolls back only its own statements, and every
-        writer gets its answer only after the shared COMMIT (one fsync for all of them).
-        A writer cancelled while waiting may still be committed.
+    async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        return await self.db.fetchall(sql, params)
 
-        Unless ``reads`` is true, ``db`` only records ``execute``/``executemany`` calls, and the
-        whole batch runs in one trip to the database thread: such a writer cannot use a
-        statement's result (a cursor, a rowcount); a writer that must, passes ``reads=True``.
-
-        A writer that is not ``urgent`` may wait up to GROUP_LINGER for others to share its commit.
-        """
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending_writes.append((work, reads, future))
-        if urgent:
-            self._urgent.set()
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_writes())
-        return await future
-
-    async def _flush_writes(self) -> None:
-        while self._pending_writes:
-            if not self._urgent.is_set() and len(self._pending_writes) < GROUP_TARGET:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(GROUP_LINGER):
-                        await self._urgent.wait()
-            async with self._write_lock:
-                self._urgent.clear()
-                batch, self._pending_writes = self._pending_writes, []
-                outcomes = await self._run_batch(batch)
-            for (_, _, future), (result, error) in zip(batch, outcomes):
-                if future.done():
-                    continue
-                if error is not None:
-                    future.set_exception(error)
-                else:
-                    future.set_result(result)
-
-    async def _run_batch(self, batch: list[tuple[Any, bool, asyncio.Future[Any]]]) -> list[tuple[Any, BaseException | None]]:
-        outcomes: list[tuple[Any, BaseException | None]] = [(None, None)] * len(batch)
-        recorded: list[tuple[int, list[_Statement], Any]] = []
-        readers: list[int] = []
-        for number, (work, reads, _) in enumerate(batch):
-            if reads:
-                readers.append(number)
-                continue
-            recorder = _Recorder()
-            try:
-                result = await work(recorder)  # no I/O: statements are only collected
-            except Exception as exc:  # noqa: BLE001 - handed to that writer alone
-                outcomes[number] = (None, exc)
-            else:
-                recorded.append((number, recorder.statements, result))
-        try:
-            if readers:
-                await self._db.execute("BEGIN IMMEDIATE")
-                for number in readers:
-                    outcomes[number] = await self._run_reader(batch[number][0])
-            errors = await self._db._execute(  # aiosqlite's own thread, one trip for all
-                _apply_statements, self._db._conn, [statements for _, statements, _ in recorded], not readers
-            )
-        except (sqlite3.Error, asyncio.CancelledError) as exc:
-            if self._db.in_transaction:
-                await self._db.rollback()
-            error = StoreError(f"transaction failed: {exc}")
-            return [(None, error) for _ in batch]
-        for (number, _, result), error in zip(recorded, errors):
-            outcomes[number] = (None, error) if error is not None else (result, None)
-        return outcomes
-
-    async def _run_reader(self, work: Callable[[Any], Awaitable[Any]]) -> tuple[Any, BaseException | None]:
-        await self._db.execute("SAVEPOINT writer")
-        try:
-            result = await work(self._db)
-        except Exception as exc:  # noqa: BLE001 - handed to that writer alone
-            await self._db.execute("ROLLBACK TO writer")
-            await self._db.execute("RELEASE writer")
-            return None, exc
-        await self._db.execute("RELEASE writer")
-        return result, None
-
-    async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
-        # One trip to the reader's thread, and the statement is reset at once: cursors left
-        # open by many concurrent readers kept cached statements busy, so each query was
-        # prepared again (about 4 ms per lookup at 2,000 in flight, against 0.15 ms).
-        try:
-            return list(await self._reader.execute_fetchall(sql, tuple(params)))
-        except sqlite3.Error as exc:
-            raise StoreError(f"query failed: {exc}") from exc
-
-    async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Row | None:
+    async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
         """The first row, or None (for queries that select at most a few rows)."""
-        rows = await self.fetchall(sql, params)
-        return rows[0] if rows else None
+        return await self.db.fetchone(sql, params)
 
     # -- message bytes ---------------------------------------------------
 
@@ -691,7 +205,7 @@ class Store:
             raise NotFoundError(f"message file {sha256} is missing") from exc
 
     @staticmethod
-    async def insert_bytes(db: aiosqlite.Connection, sha256: str, data: bytes) -> None:
+    async def insert_bytes(db: AsyncConnection, sha256: str, data: bytes) -> None:
         """Store a message or a copy of at most INLINE_MAX octets in the caller's transaction."""
         await db.execute("INSERT OR IGNORE INTO message_bytes (sha256, data) VALUES (?, ?)", (sha256, data))
 
@@ -716,7 +230,7 @@ class Store:
 
     @staticmethod
     async def insert_record(
-        db: aiosqlite.Connection,
+        db: AsyncConnection,
         record: Record,
         *,
         submission_id: str | None = None,
@@ -730,7 +244,7 @@ class Store:
         await db.execute(_QUEUE_LEAF_SQL, (now, record.digest))
 
     @staticmethod
-    async def insert_records(db: aiosqlite.Connection, records: Sequence[Record], *, now: float) -> None:
+    async def insert_records(db: AsyncConnection, records: Sequence[Record], *, now: float) -> None:
         """:meth:`insert_record` for many records at once (no submission or delivery link)."""
         await db.executemany(_INSERT_RECORD_SQL, [(r.digest, r.type, r.body, None, None, now) for r in records])
         await db.executemany(_QUEUE_LEAF_SQL, [(now, r.digest) for r in records])
@@ -750,27 +264,7 @@ class Store:
         read transaction that (in WAL mode) does not block the writers.
         """
 
-        def target() -> sqlite3.Connection:
-            return sqlite3.connect(dest, check_same_thread=False)
-
-        def self_contained() -> None:
-            # One file, no -wal beside it. The cursor is closed before the connection:
-            # a statement left open makes close() lazy, and the file would still
-            # change after the caller has fingerprinted it.
-            cursor = conn.execute("PRAGMA journal_mode=DELETE")
-            cursor.fetchall()
-            cursor.close()
-
-        conn = await asyncio.to_thread(target)
-        try:
-            # The lock keeps an open transaction of this process out of the copy.
-            async with self._write_lock:
-                await self._db.backup(conn, pages=-1)
-            await asyncio.to_thread(self_contained)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot back up the database to {dest}: {exc}") from exc
-        finally:
-            await asyncio.to_thread(conn.close)
+        await self.db.backup(dest)
 
     async def integrity_check(self) -> list[str]:
         """SQLite's integrity check: an empty list when the database is sound."""
@@ -897,7 +391,7 @@ class Store:
     # -- relay core: submissions, deliveries, attempts (intake, deliver, queue) --
 
     @staticmethod
-    async def insert_submission(db: aiosqlite.Connection, sub: dict[str, Any], recipients: list[tuple[str, str]]) -> None:
+    async def insert_submission(db: AsyncConnection, sub: dict[str, Any], recipients: list[tuple[str, str]]) -> None:
         """One submission row and one queued delivery per (recipient, rcpt_options JSON), in the caller's transaction.
 
         ``sub`` holds the submissions columns; its evidence record must already be inserted.
@@ -917,10 +411,10 @@ class Store:
             )
             return cursor.rowcount
 
-    async def claim_due(self, now: float, limit: int) -> list[aiosqlite.Row]:
+    async def claim_due(self, now: float, limit: int) -> list[sqlite3.Row]:
         """Mark up to ``limit`` due deliveries 'sending' and return them joined with their submission."""
 
-        async def claim(db: aiosqlite.Connection) -> list[aiosqlite.Row]:
+        async def claim(db: AsyncConnection) -> list[sqlite3.Row]:
             rows = list(
                 await (
                     await db.execute(
@@ -952,7 +446,7 @@ class Store:
 
     @staticmethod
     async def set_delivery_copy(
-        db: aiosqlite.Connection, delivery_id: int, copy_sha256: str, record_digest: str, now: float
+        db: AsyncConnection, delivery_id: int, copy_sha256: str, record_digest: str, now: float
     ) -> None:
         await db.execute(
             "UPDATE deliveries SET copy_sha256 = ?, record_digest = ?, updated_at = ? WHERE id = ?",
@@ -960,7 +454,7 @@ class Store:
         )
 
     @staticmethod
-    async def finish_attempt(db: aiosqlite.Connection, attempt: dict[str, Any], *, state: str,
+    async def finish_attempt(db: AsyncConnection, attempt: dict[str, Any], *, state: str,
                              next_attempt_at: float, handoff_digest: str | None) -> None:
         """Record one attempt (the attempts columns in ``attempt``) and move its delivery to ``state``."""
         await _insert_row(db, "attempts", attempt)
@@ -971,7 +465,7 @@ class Store:
              attempt["finished_at"], attempt["delivery_id"]),
         )
 
-    async def pending_deliveries(self) -> list[aiosqlite.Row]:
+    async def pending_deliveries(self) -> list[sqlite3.Row]:
         """Deferred and failed deliveries with their last reply, oldest first (for `estampille queue`)."""
         return await self.fetchall(
             "SELECT d.id, d.submission_id, d.recipient, d.state, d.attempts, d.next_attempt_at, d.last_code,"
@@ -989,7 +483,7 @@ class Store:
         async with self.transaction() as db:
             return (await db.execute(sql, params)).rowcount
 
-    async def delivery_states(self, submission_id: str) -> list[aiosqlite.Row]:
+    async def delivery_states(self, submission_id: str) -> list[sqlite3.Row]:
         """Each recipient of a submission with its state and last reply."""
         return await self.fetchall(
             "SELECT id, recipient, state, attempts, last_code, last_reply, copy_sha256, record_digest, handoff_digest"
@@ -1000,7 +494,7 @@ class Store:
     # -- certify: what a certified copy adds to its submission ----------------
 
     @staticmethod
-    async def set_generated_message_id(db: aiosqlite.Connection, submission_id: str, message_id: str) -> None:
+    async def set_generated_message_id(db: AsyncConnection, submission_id: str, message_id: str) -> None:
         """Record the Message-ID certify added to a message that had none (proofs are found by it)."""
         await db.execute(
             "UPDATE submissions SET message_id = ? WHERE id = ? AND message_id IS NULL", (message_id, submission_id)
@@ -1008,7 +502,7 @@ class Store:
 
     # -- proofs: messages by Message-ID, search, evidence of one message ----
 
-    async def find_submission(self, message_id: str) -> aiosqlite.Row | None:
+    async def find_submission(self, message_id: str) -> sqlite3.Row | None:
         """The latest submission carrying ``message_id``, given with or without angle brackets."""
         bare = message_id.strip().removeprefix("<").removesuffix(">")
         return await self.fetchone(
@@ -1019,7 +513,7 @@ class Store:
 
     async def search_submissions(
         self, *, query: str = "", since: float | None = None, until: float | None = None, limit: int, offset: int
-    ) -> tuple[list[aiosqlite.Row], int]:
+    ) -> tuple[list[sqlite3.Row], int]:
         """Submissions matching ``query`` (Message-ID, subject, sender or a recipient), newest first.
 
         Returns one page of rows, each with its counts (recipients, delivered,
@@ -1053,7 +547,7 @@ class Store:
         )
         return rows, total
 
-    async def message_digests(self, submission_ids: list[str]) -> list[aiosqlite.Row]:
+    async def message_digests(self, submission_ids: list[str]) -> list[sqlite3.Row]:
         """Every evidence digest of these submissions: (submission_id, digest, batch_state) rows,
         batch_state being NULL while the record waits for a batch."""
         marks = ", ".join("?" for _ in submission_ids)
@@ -1073,7 +567,7 @@ class Store:
             submission_ids * 5,
         )
 
-    async def message_evidence(self, submission_id: str) -> dict[str, list[aiosqlite.Row]]:
+    async def message_evidence(self, submission_id: str) -> dict[str, list[sqlite3.Row]]:
         """The rows of one submission: deliveries, attempts, fetches, receipts, hand-off records."""
         sid = (submission_id,)
         return {
@@ -1100,9 +594,9 @@ class Store:
             ),
         }
 
-    async def records_anchoring(self, digests: list[str]) -> dict[str, aiosqlite.Row]:
+    async def records_anchoring(self, digests: list[str]) -> dict[str, sqlite3.Row]:
         """Per digest: its record body and type, and its anchoring leaf and batch (NULL when not batched)."""
-        out: dict[str, aiosqlite.Row] = {}
+        out: dict[str, sqlite3.Row] = {}
         for start in range(0, len(digests), _SQL_CHUNK):
             chunk = digests[start : start + _SQL_CHUNK]
             marks = ", ".join("?" for _ in chunk)
@@ -1119,7 +613,7 @@ class Store:
 
     # -- webhooks: durable outgoing events ------------------------------------
 
-    async def enqueue_event(self, db: aiosqlite.Connection, event: str, payload: dict[str, Any], now: float) -> None:
+    async def enqueue_event(self, db: AsyncConnection, event: str, payload: dict[str, Any], now: float) -> None:
         """Queue ``event`` for every configured webhook URL, inside the caller's transaction.
 
         Call it in the transaction that makes the change the event reports, so an
@@ -1135,7 +629,7 @@ class Store:
             [(url, event, body, now, now) for url in self.webhook_urls],
         )
 
-    async def _event_subjects(self, db: aiosqlite.Connection, delivery_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    async def _event_subjects(self, db: AsyncConnection, delivery_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
         """What every delivery event names: the message, the recipient, the delivery."""
         ids = sorted(set(delivery_ids))
         marks = ", ".join("?" for _ in ids)
@@ -1150,7 +644,7 @@ class Store:
         }
 
     async def _tracker_webhooks(
-        self, db: aiosqlite.Connection, fetches: Sequence[FetchWrite], receipts: Sequence[ReceiptWrite]
+        self, db: AsyncConnection, fetches: Sequence[FetchWrite], receipts: Sequence[ReceiptWrite]
     ) -> None:
         """Events 'fetched' and 'acknowledged' for what write_tracker_events just recorded."""
         if not self.webhook_urls:
@@ -1164,7 +658,7 @@ class Store:
             payload = {**subjects[r.delivery_id], "at": iso_time(r.at), "record": r.record.digest}
             await self.enqueue_event(db, "acknowledged", payload, r.at)
 
-    async def due_webhook_events(self, now: float) -> list[aiosqlite.Row]:
+    async def due_webhook_events(self, now: float) -> list[sqlite3.Row]:
         """For each URL, its oldest pending event when due: events to one URL go out in order."""
         return await self.fetchall(
             "SELECT e.* FROM webhook_events e JOIN"
@@ -1200,7 +694,7 @@ class Store:
 
     @staticmethod
     async def insert_ack_token(
-        db: aiosqlite.Connection, *, token_sha256: str, delivery_id: int, target_url: str | None, now: float
+        db: AsyncConnection, *, token_sha256: str, delivery_id: int, target_url: str | None, now: float
     ) -> None:
         """One acknowledgment token (stored hashed), in the caller's transaction with its delivery record."""
         await db.execute(
@@ -1208,13 +702,13 @@ class Store:
             (token_sha256, delivery_id, target_url, now),
         )
 
-    async def find_ack_links(self, token_sha256s: Sequence[str]) -> dict[str, aiosqlite.Row]:
+    async def find_ack_links(self, token_sha256s: Sequence[str]) -> dict[str, sqlite3.Row]:
         """What an acknowledgment page shows and needs, for each known token hash.
 
         ``delivered_at`` is the upstream's acceptance when there is one, else the token's
         creation; ``acknowledged_at`` is NULL until the delivery's first acknowledgment.
 
-        It is read at once on the calling thread (see _read_now), so it never waits for a thread
+        It is read at once on the calling thread (see Database.read_now), so it never waits for a thread
         hand-over, and sees only committed transactions; through fetchall only if that fails.
         """
         marks = ", ".join("?" for _ in token_sha256s)
@@ -1230,33 +724,10 @@ class Store:
             " LEFT JOIN receipts r ON r.delivery_id = d.id"
             f" WHERE t.token_sha256 IN ({marks})"
         )
-        rows = self._read_now(sql, token_sha256s)
+        rows = self.db.read_now(sql, token_sha256s)
         if rows is None:
             rows = await self.fetchall(sql, token_sha256s)
         return {row["token_sha256"]: row for row in rows}
-
-    def _read_now(self, sql: str, params: Sequence[Any]) -> list[sqlite3.Row] | None:
-        """Rows read on the calling (event loop) thread through a read-only connection of its
-        own; None if that fails (the caller then uses fetchall).
-
-        In WAL mode a reader never waits for the writer; with timeout=0 it never sleeps on a
-        lock either (SQLITE_BUSY, as in a WAL recovery, gives None). An indexed read costs about
-        12 us. This connection's page cache is emptied by every commit, where the writer's own
-        stays warm, but a read in the database thread cost two thread hand-overs and took
-        that thread from the writes: on the tracker bench (fetches committed every 100 ms),
-        reading every lookup here, rather than only those asked while a writer holds the
-        database, took the server CPU from a median of 257 to 217 us a page (6 runs each;
-        with 50 ms commits it had cost more).
-        """
-        try:
-            if self._point_reader is None:
-                uri = (self.data_dir / DB_NAME).resolve().as_uri() + "?mode=ro"
-                reader = sqlite3.connect(uri, uri=True, timeout=0, isolation_level=None)
-                reader.row_factory = sqlite3.Row
-                self._point_reader = reader
-            return self._point_reader.execute(sql, tuple(params)).fetchall()
-        except sqlite3.Error:
-            return None
 
     async def write_tracker_events(
         self, fetches: Sequence[FetchWrite], receipts: Sequence[ReceiptWrite]
@@ -1270,17 +741,14 @@ class Store:
         webhook events are queued too): each trip costs a thread hand-over and a wake-up of
         the event loop, which made up half of a small group's cost.
         """
-        async with self._write_lock:
+        async with self.db.write_lock:
             try:
-                results, new = await self._db._execute(
-                    self._write_tracker_rows, self._db._conn, fetches, receipts, not self.webhook_urls
-                )
+                results, new = await self.db.call(self._write_tracker_rows, fetches, receipts, not self.webhook_urls)
                 if self.webhook_urls:
-                    await self._tracker_webhooks(self._db, fetches, new)
-                    await self._db.commit()
+                    await self._tracker_webhooks(AsyncConnection(self.db), fetches, new)
+                    await self.db.call(lambda conn: conn.execute("COMMIT"))
             except (sqlite3.Error, asyncio.CancelledError) as exc:
-                if self._db.in_transaction:
-                    await self._db.rollback()
+                await self.db.rollback()
                 raise StoreError(f"recording tracker events failed: {exc}") from exc
         return results
 
@@ -1388,7 +856,7 @@ class Store:
                 break
         if total:
             # The write-ahead log still holds the pages as they were before the delete.
-            await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            await self.db.call(lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
         return total
 
     # -- anchoring: leaves, batches, Merkle trees, calendar replies (relay.anchor.worker) --
@@ -1441,14 +909,14 @@ class Store:
 
     @staticmethod
     async def _insert_anchor_replies(
-        db: aiosqlite.Connection, batch_id: int, replies: Iterable[tuple[str, bytes]], now: float
+        db: AsyncConnection, batch_id: int, replies: Iterable[tuple[str, bytes]], now: float
     ) -> None:
         await db.executemany(
             "INSERT OR REPLACE INTO anchor_replies (batch_id, calendar, at, reply) VALUES (?, ?, ?, ?)",
             [(batch_id, calendar, now, reply) for calendar, reply in replies],
         )
 
-    async def _anchor_event(self, db: aiosqlite.Connection, event: str, batch_id: int, now: float) -> None:
+    async def _anchor_event(self, db: AsyncConnection, event: str, batch_id: int, now: float) -> None:
         row = await (
             await db.execute("SELECT root, leaves, bitcoin_height FROM anchor_batches WHERE id = ?", (batch_id,))
         ).fetchone()
@@ -1457,7 +925,7 @@ class Store:
             payload["bitcoin_height"] = row[2]
         await self.enqueue_event(db, event, payload, now)
 
-    async def anchor_batches(self, states: Iterable[str], due_before: float | None = None) -> list[aiosqlite.Row]:
+    async def anchor_batches(self, states: Iterable[str], due_before: float | None = None) -> list[sqlite3.Row]:
         """Batches in ``states`` (optionally only those due before a time), oldest first."""
         states = tuple(states)
         marks = ", ".join("?" for _ in states)
@@ -1510,7 +978,7 @@ class Store:
             if row is not None and row[0] != state and state in ("pending", "confirmed"):
                 await self._anchor_event(db, "anchored" if state == "pending" else "confirmed", batch_id, now)
 
-    async def anchor_leaf(self, digest: str) -> aiosqlite.Row:
+    async def anchor_leaf(self, digest: str) -> sqlite3.Row:
         """One leaf joined with its batch: what exporting its proof needs (NotFoundError if unknown)."""
         row = await self.fetchone(
             "SELECT l.digest, l.batch_id, l.nonce, l.position, b.root, b.leaves, b.state, b.timestamp"

@@ -70,11 +70,11 @@ async def test_readers_and_recorded_writers_in_one_batch(tmp_path):
 async def _commits_of(store: Store, monkeypatch, writes) -> int:
     """How many transactions the store commits for ``writes``: (urgent, ...) started one loop
     turn apart, as deliveries finishing one after another do."""
-    from relay import store as store_module
+    from relay.store import engine
 
     commits = []
-    apply = store_module._apply_statements
-    monkeypatch.setattr(store_module, "_apply_statements", lambda *a: commits.append(1) or apply(*a))
+    apply = engine._apply_writers
+    monkeypatch.setattr(engine, "_apply_writers", lambda *a: commits.append(1) or apply(*a))
 
     async def insert(db, n: int) -> None:
         await db.execute("INSERT INTO personal (salt, ip, created_at) VALUES (?, ?, ?)", (b"s", f"ip{n}", 0.0))
@@ -99,7 +99,7 @@ async def test_writers_that_are_not_urgent_wait_a_moment_to_share_one_commit(tmp
 
 async def test_an_urgent_writer_commits_at_once_with_those_waiting(tmp_path, monkeypatch):
     """A client waits for its 250: the linger ends when it arrives (here the linger is a minute)."""
-    monkeypatch.setattr("relay.store.GROUP_LINGER", 60.0)
+    monkeypatch.setattr("relay.store.engine.GROUP_LINGER", 60.0)
     store = await Store.open(tmp_path)
     try:
         assert await _commits_of(store, monkeypatch, [False, True]) == 1
