@@ -58,7 +58,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.support.calendar provides the fake calendars
 
-from relay import merkle  # noqa: E402
+from relay.anchor import merkle  # noqa: E402
 from relay.anchor.ots_verify import verify_ots  # noqa: E402
 from relay.anchor.worker import Anchorer, export_ots  # noqa: E402
 from relay.config import AnchorConfig  # noqa: E402

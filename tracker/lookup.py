@@ -8,10 +8,9 @@ next one, which asks for all of them at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from typing import Any
 
 from relay.store import Store
+from relay.store.tracker import AckLink
 
 MAX_BATCH = 500  # token hashes per query (well under SQLite's limit on parameters)
 
@@ -25,7 +24,7 @@ class LinkLookup:
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the running loop, while _task runs
 
-    async def find(self, token_sha256: str) -> Mapping[str, Any] | None:
+    async def find(self, token_sha256: str) -> AckLink | None:
         """The link of this token hash, or None when no token has it."""
         if self._task is None:
             # Asked once a batch: asyncio.get_running_loop() is a getpid() system call (Python 3.11).

@@ -54,6 +54,7 @@ from relay.anchor.ots_verify import check_attestation
 from relay.config import AnchorConfig
 from relay.errors import AnchorError, ConflictError, HeaderSourceError
 from relay.store import NewAnchorBatch, Store
+from relay.store.states import BatchState
 
 log = logging.getLogger("estampille.anchor")
 
@@ -361,28 +362,28 @@ class Anchorer:
                 replies[url] = merkle.serialize_timestamp(result)
         return replies
 
-    def _after_submission(self, accepted: int, *, attempts: int, now: float) -> tuple[str, float]:
+    def _after_submission(self, accepted: int, *, attempts: int, now: float) -> tuple[BatchState, float]:
         if accepted >= self.config.min_calendars:
-            return "pending", now + self.config.upgrade_interval
+            return BatchState.PENDING, now + self.config.upgrade_interval
         delay = min(self.config.retry_first * 2 ** (attempts - 1), self.config.retry_max)
-        return "submitting", now + delay
+        return BatchState.SUBMITTING, now + delay
 
     async def retry_submissions(self) -> list[BatchOutcome]:
         """Submit again every due batch that fewer than ``min_calendars`` calendars accepted, several at once."""
         async with self._timestamp_rounds:
-            rows = await self.store.anchor_batches(["submitting"], due_before=self._clock())
+            rows = await self.store.anchor_batches([BatchState.SUBMITTING], due_before=self._clock())
             return await _each(rows, self._retry_submission, self.config.calendar_concurrency)
 
     async def _retry_submission(self, row) -> BatchOutcome:
-        accepted = await self.store.anchor_reply_calendars(row["id"])
+        accepted = await self.store.anchor_reply_calendars(row.id)
         targets = [url for url in self.config.calendars if url not in accepted]
         root = self._root_timestamp(row)
         replies = await self._submit(root, targets)
         now = self._clock()
         total = accepted | set(replies)
-        state, next_at = self._after_submission(len(total), attempts=row["attempts"] + 1, now=now)
+        state, next_at = self._after_submission(len(total), attempts=row.attempts + 1, now=now)
         await self.store.update_anchor_batch(
-            row["id"],
+            row.id,
             now=now,
             timestamp=merkle.serialize_timestamp(root) if total else None,
             state=state,
@@ -390,14 +391,14 @@ class Anchorer:
             replies=replies.items(),
             attempted=True,
         )
-        log.info("batch %d: retry %d, accepted by %d calendar(s), %s", row["id"], row["attempts"], len(total), state)
-        return BatchOutcome(row["id"], row["leaves"], tuple(sorted(total)), state)
+        log.info("batch %d: retry %d, accepted by %d calendar(s), %s", row.id, row.attempts, len(total), state)
+        return BatchOutcome(row.id, row.leaves, tuple(sorted(total)), state)
 
     @staticmethod
     def _root_timestamp(row) -> Timestamp:
-        if row["timestamp"] is None:
-            return Timestamp(row["root"])
-        return merkle.deserialize_timestamp(row["timestamp"], row["root"])
+        if row.timestamp is None:
+            return Timestamp(row.root)
+        return merkle.deserialize_timestamp(row.timestamp, row.root)
 
     # -- upgrading ---------------------------------------------------------
 
@@ -405,16 +406,16 @@ class Anchorer:
         """One upgrade round over every unconfirmed batch that some calendar holds, several at once."""
         async with self._timestamp_rounds:
             now = self._clock()
-            rows = [r for r in await self.store.anchor_batches(["submitting", "pending"]) if r["timestamp"] is not None]
+            rows = [r for r in await self.store.anchor_batches([BatchState.SUBMITTING, BatchState.PENDING]) if r.timestamp is not None]
             headers: dict[int, asyncio.Task[bytes]] = {}  # fetched once per round, however many batches a block confirms
             try:
                 done = await _each(rows, lambda row: self._upgrade_batch(row, now, headers),
                                    self.config.calendar_concurrency)
             finally:
                 await _cancel(headers.values())
-        confirmed = [row["id"] for row, d in zip(rows, done) if d.confirmed]
-        stale = [row["id"] for row, d in zip(rows, done) if d.stale]
-        resubmitted = [row["id"] for row, d in zip(rows, done) if d.resubmitted]
+        confirmed = [row.id for row, d in zip(rows, done) if d.confirmed]
+        stale = [row.id for row, d in zip(rows, done) if d.stale]
+        resubmitted = [row.id for row, d in zip(rows, done) if d.resubmitted]
         self.stale_batches = len(stale)
         if stale:
             log.warning("%d batch(es) pending for more than %d s: %s", len(stale), self.config.stale_after,
@@ -427,17 +428,17 @@ class Anchorer:
         changed = await self._upgrade_timestamp(root)
         heights = merkle.bitcoin_heights(root)
         if changed:
-            state = "confirmed" if heights else row["state"]
+            state = BatchState.CONFIRMED if heights else row.state
             await self.store.update_anchor_batch(
-                row["id"], now=now, timestamp=merkle.serialize_timestamp(root), state=state,
-                next_attempt_at=row["next_attempt_at"], bitcoin_height=heights[0] if heights else None,
-                block_time=await self._block_time(row["id"], root, heights[0], headers) if heights else None,
+                row.id, now=now, timestamp=merkle.serialize_timestamp(root), state=state,
+                next_attempt_at=row.next_attempt_at, bitcoin_height=heights[0] if heights else None,
+                block_time=await self._block_time(row.id, root, heights[0], headers) if heights else None,
             )
             if heights:
-                log.info("batch %d confirmed in Bitcoin block %d", row["id"], heights[0])
+                log.info("batch %d confirmed in Bitcoin block %d", row.id, heights[0])
                 return _Upgraded(confirmed=True)
-        age = now - row["created_at"]
-        resubmit = age > self.config.resubmit_after and row["resubmitted_at"] is None
+        age = now - row.created_at
+        resubmit = age > self.config.resubmit_after and row.resubmitted_at is None
         if resubmit:
             await self._resubmit(row, root)
         return _Upgraded(stale=age > self.config.stale_after, resubmitted=resubmit)
@@ -492,14 +493,14 @@ class Anchorer:
 
     async def _resubmit(self, row, root: Timestamp) -> None:
         """Send a long-pending root to the configured calendars that do not hold it (all, if every one does)."""
-        accepted = await self.store.anchor_reply_calendars(row["id"])
+        accepted = await self.store.anchor_reply_calendars(row.id)
         targets = [url for url in self.config.calendars if url not in accepted] or list(self.config.calendars)
         replies = await self._submit(root, targets)
         await self.store.update_anchor_batch(
-            row["id"], now=self._clock(), timestamp=merkle.serialize_timestamp(root), state=row["state"],
-            next_attempt_at=row["next_attempt_at"], replies=replies.items(), resubmitted=True,
+            row.id, now=self._clock(), timestamp=merkle.serialize_timestamp(root), state=row.state,
+            next_attempt_at=row.next_attempt_at, replies=replies.items(), resubmitted=True,
         )
-        log.warning("batch %d resubmitted to %s; accepted by %d", row["id"], ", ".join(targets), len(replies))
+        log.warning("batch %d resubmitted to %s; accepted by %d", row.id, ", ".join(targets), len(replies))
 
     # -- workers -----------------------------------------------------------
 
@@ -509,7 +510,7 @@ class Anchorer:
         while True:
             try:
                 now = self._clock()
-                waiting = (await self.store.anchor_summary())["unbatched"]
+                waiting = (await self.store.anchor_summary()).unbatched
                 if waiting >= self.config.max_batch or (waiting and now - last >= self.config.interval):
                     await self.batch_all()
                     last = now
@@ -545,18 +546,18 @@ async def export_ots(store: Store, digest: str) -> bytes:
     record is not yet batched or no calendar holds its batch.
     """
     row = await store.anchor_leaf(digest)
-    if row["batch_id"] is None:
+    if row.batch_id is None:
         raise AnchorError(f"record {digest} is not batched yet (run 'estampille anchor --now')")
-    if row["timestamp"] is None:
-        raise AnchorError(f"record {digest} is in batch {row['batch_id']}, which no calendar has accepted yet")
-    root = merkle.deserialize_timestamp(row["timestamp"], row["root"])
-    if row["state"] == "confirmed":
+    if row.timestamp is None:
+        raise AnchorError(f"record {digest} is in batch {row.batch_id}, which no calendar has accepted yet")
+    root = merkle.deserialize_timestamp(row.timestamp, row.root)
+    if row.state == BatchState.CONFIRMED:
         root = merkle.bitcoin_branch(root) or root
-    positions = merkle.sibling_positions(row["leaves"], row["position"])
-    nodes = await store.anchor_nodes(row["batch_id"], [(level, index) for level, index, _ in positions])
+    positions = merkle.sibling_positions(row.leaves, row.position)
+    nodes = await store.anchor_nodes(row.batch_id, [(level, index) for level, index, _ in positions])
     path = [merkle.Step(append, nodes[(level, index)]) for level, index, append in positions]
     try:
-        return merkle.leaf_ots(bytes.fromhex(digest), row["nonce"], path, root)
+        return merkle.leaf_ots(bytes.fromhex(digest), row.nonce, path, root)
     except ValueError as exc:
         raise AnchorError(f"stored path of record {digest} does not reach its batch root") from exc
 
@@ -580,20 +581,20 @@ async def anchor_now(store: Store, config: AnchorConfig) -> list[str]:
 async def anchor_status(store: Store, config: AnchorConfig, now: float) -> list[str]:
     """Pending leaves, unconfirmed batches with their age, confirmed batches: lines for people."""
     summary = await store.anchor_summary()
-    oldest = summary["oldest_queued_at"]
-    lines = [f"pending leaves: {summary['unbatched']}"
+    oldest = summary.oldest_queued_at
+    lines = [f"pending leaves: {summary.unbatched}"
              + (f" (oldest queued {_age(now - oldest)} ago)" if oldest is not None else "")]
-    for row in await store.anchor_batches(["submitting", "pending"]):
-        accepted = len(await store.anchor_reply_calendars(row["id"]))
-        line = (f"batch {row['id']}: {row['state']}, {row['leaves']} leaves, {_age(now - row['created_at'])} old,"
+    for row in await store.anchor_batches([BatchState.SUBMITTING, BatchState.PENDING]):
+        accepted = len(await store.anchor_reply_calendars(row.id))
+        line = (f"batch {row.id}: {row.state}, {row.leaves} leaves, {_age(now - row.created_at)} old,"
                 f" accepted by {accepted} calendar(s)")
-        if row["state"] == "submitting":
-            line += f", next try in {_age(max(0.0, row['next_attempt_at'] - now))}"
-        if now - row["created_at"] > config.stale_after:
+        if row.state == BatchState.SUBMITTING:
+            line += f", next try in {_age(max(0.0, row.next_attempt_at - now))}"
+        if now - row.created_at > config.stale_after:
             line += ", STALE"
         lines.append(line)
-    lines.append(f"confirmed batches: {summary['confirmed_batches']} ({summary['confirmed_leaves']} leaves)"
-                 + (f", last at Bitcoin height {summary['last_height']}" if summary["last_height"] is not None else ""))
+    lines.append(f"confirmed batches: {summary.confirmed_batches} ({summary.confirmed_leaves} leaves)"
+                 + (f", last at Bitcoin height {summary.last_height}" if summary.last_height is not None else ""))
     return lines
 
 

@@ -9,6 +9,7 @@ The API, the admin pages and ``estampille proof`` all start from
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ from relay.evidence.bundle import (
 from relay.evidence.bundle_check import BundleReport, verify_files
 from relay.evidence.records import Record, iso_time
 from relay.store import Store
+from relay.store.evidence import RecordAnchoring
+from relay.store.states import BatchState
 
 
 @dataclass(frozen=True)
@@ -52,41 +55,44 @@ class MessageEvidence:
 
 async def load_message(store: Store, message_id: str) -> MessageEvidence:
     """Everything about the latest submission with ``message_id``; NotFoundError if none."""
-    row = await store.find_submission(message_id)
-    if row is None:
+    found_submission = await store.find_submission(message_id)
+    if found_submission is None:
         raise NotFoundError(f"no message with Message-ID {message_id}")
-    submission = dict(row)
-    rows = await store.message_evidence(submission["id"])
-    digests = [r["digest"] for r in await store.message_digests([submission["id"]]) if r["digest"]]
+    submission = dataclasses.asdict(found_submission)
+    rows = await store.message_evidence(found_submission.id)
+    digests = [d.digest for d in await store.message_digests([found_submission.id]) if d.digest]
     found = await store.records_anchoring(digests)
 
-    def by_delivery(items: list[Any]) -> dict[int, tuple[dict[str, Any], ...]]:
+    def by_delivery(items: tuple[Any, ...]) -> dict[int, tuple[dict[str, Any], ...]]:
         out: dict[int, list[dict[str, Any]]] = {}
         for item in items:
-            out.setdefault(item["delivery_id"], []).append(dict(item))
+            out.setdefault(item.delivery_id, []).append(dataclasses.asdict(item))
         return {k: tuple(v) for k, v in out.items()}
 
+    handoffs: dict[int, list[str]] = {}
+    for delivery_id, digest in rows.handoffs:
+        handoffs.setdefault(delivery_id, []).append(digest)
     return MessageEvidence(
         submission=submission,
-        deliveries=tuple(dict(d) for d in rows["deliveries"]),
-        attempts=by_delivery(rows["attempts"]),
-        fetches=by_delivery(rows["fetches"]),
-        receipts={r["delivery_id"]: dict(r) for r in rows["receipts"]},
-        handoffs={k: tuple(h["digest"] for h in v) for k, v in by_delivery(rows["handoffs"]).items()},
-        records={d: Record.from_bytes(found[d]["body"]) for d in digests if d in found},
+        deliveries=tuple(dataclasses.asdict(d) for d in rows.deliveries),
+        attempts=by_delivery(rows.attempts),
+        fetches=by_delivery(rows.fetches),
+        receipts={r.delivery_id: dataclasses.asdict(r) for r in rows.receipts},
+        handoffs={k: tuple(v) for k, v in handoffs.items()},
+        records={d: Record.from_bytes(found[d].body) for d in digests if d in found},
         anchoring={d: anchoring_of(found[d]) for d in digests if d in found},
     )
 
 
-def anchoring_of(row: Any) -> Anchoring:
-    """A record's anchoring state from its leaf and batch columns."""
-    if row["batch_id"] is None:
+def anchoring_of(row: RecordAnchoring) -> Anchoring:
+    """A record's anchoring state from its leaf and batch."""
+    if row.batch_id is None:
         return Anchoring("queued")
-    if row["batch_state"] == "confirmed":
-        return Anchoring("confirmed", (), row["bitcoin_height"], row["block_time"])
+    if row.batch_state == BatchState.CONFIRMED:
+        return Anchoring("confirmed", (), row.bitcoin_height, row.block_time)
     calendars: tuple[str, ...] = ()
-    if row["batch_timestamp"] is not None:
-        root = merkle.deserialize_timestamp(row["batch_timestamp"], row["root"])
+    if row.batch_timestamp is not None and row.root is not None:
+        root = merkle.deserialize_timestamp(row.batch_timestamp, row.root)
         calendars = tuple(sorted({uri for _, uri in merkle.pending_calendars(root)}))
     return Anchoring("pending", calendars)
 

@@ -17,14 +17,12 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
 import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -38,6 +36,8 @@ from relay.outbound.budget import Budget
 from relay.outbound.upstream import Reply, Upstream, make_upstream, one_line
 from relay.smtp.spool import Incoming, Spool
 from relay.store import INLINE_MAX, Store
+from relay.store.deliveries import DueDelivery
+from relay.store.states import DeliveryState
 
 log = logging.getLogger("estampille.deliver")
 T = TypeVar("T")
@@ -61,38 +61,6 @@ INTAKE_CHECK_SECONDS = 0.05  # a delivery held back for intake looks again this 
 # not the sending (that would send the copy twice), from this wait doubling up to the max.
 RECORD_RETRY_FIRST = 0.5
 RECORD_RETRY_MAX = 30.0
-
-
-@dataclass(frozen=True)
-class Job:
-    """One claimed delivery with what its sending needs from its submission."""
-
-    delivery_id: int
-    submission_id: str
-    recipient: str
-    attempts: int
-    copy_sha256: str | None
-    record_digest: str | None
-    kind: str
-    mail_from: str
-    mail_options: tuple[str, ...]
-    rcpt_options: tuple[str, ...]
-    data_sha256: str
-    received_at: float
-    message_id: str | None
-    submission_digest: str
-    size: int  # octets of the message as received
-
-    @classmethod
-    def from_row(cls, row: Any) -> "Job":
-        return cls(
-            delivery_id=row["id"], submission_id=row["submission_id"], recipient=row["recipient"],
-            attempts=row["attempts"], copy_sha256=row["copy_sha256"], record_digest=row["record_digest"],
-            kind=row["kind"], mail_from=row["mail_from"], mail_options=tuple(json.loads(row["mail_options"])),
-            rcpt_options=tuple(json.loads(row["rcpt_options"])), data_sha256=row["data_sha256"],
-            received_at=row["received_at"], message_id=row["message_id"],
-            submission_digest=row["submission_digest"], size=row["size"],
-        )
 
 
 def classify(code: int | None) -> str:
@@ -202,7 +170,7 @@ class Deliverer:
         self._wakeup = asyncio.Event()
         self._limit = max(1, config.upstream.concurrency)
         # Claimed jobs wait here for a worker; claiming in batches keeps one transaction for many.
-        self._jobs: asyncio.Queue[Job] = asyncio.Queue()
+        self._jobs: asyncio.Queue[DueDelivery] = asyncio.Queue()
         self._busy = 0
         self._octets = Budget(OCTETS_IN_PROGRESS)
         self._all_idle = asyncio.Event()
@@ -270,7 +238,7 @@ class Deliverer:
                 except Exception:  # noqa: BLE001 - the worker must survive a store hiccup
                     log.exception("cannot claim deliveries; retrying")
             for row in rows:
-                self._jobs.put_nowait(Job.from_row(row))
+                self._jobs.put_nowait(row)
             if not rows or self._jobs.qsize() >= self._limit:
                 await self._idle()
 
@@ -314,7 +282,7 @@ class Deliverer:
                 async with asyncio.timeout(INTAKE_CHECK_SECONDS):
                     await self._job_done.wait()
 
-    async def _deliver(self, job: Job) -> None:
+    async def _deliver(self, job: DueDelivery) -> None:
         started = self.clock()
         try:
             data = await self._prepare(job)
@@ -338,7 +306,7 @@ class Deliverer:
 
     # -- preparing the copy (the certify step plugs in here) ----------------
 
-    async def _prepare(self, job: Job) -> bytes:
+    async def _prepare(self, job: DueDelivery) -> bytes:
         """The exact bytes to send to ``job.recipient``, stored with their delivery record before sending.
 
         The certified copy (unless it is large: then as a file, before), its delivery record and
@@ -379,7 +347,7 @@ class Deliverer:
         self._record_digests[job.delivery_id] = record.digest
         return copy.data
 
-    async def _certified(self, job: Job, certifier: Certifier, now: float) -> Certified:
+    async def _certified(self, job: DueDelivery, certifier: Certifier, now: float) -> Certified:
         """The certify step for ``job``, in the certify thread.
 
         The first recipient of a message prepares it (with its copy); the others, meanwhile,
@@ -405,7 +373,7 @@ class Deliverer:
             self._preparing.pop(job.submission_id).set_result(None)
 
     @staticmethod
-    def _certify(job: Job, certifier: Certifier, prepared: Prepared | None, original: bytes | None, *,
+    def _certify(job: DueDelivery, certifier: Certifier, prepared: Prepared | None, original: bytes | None, *,
                  now: float, eight_bit_mime: bool) -> tuple[Certified, Prepared]:
         """The certify step for one recipient (in the certify thread: signing and MIME work are CPU-bound).
 
@@ -432,7 +400,7 @@ class Deliverer:
                or sum(len(p.data) for _, p in self._prepared.values()) > PREPARED_CACHE_OCTETS):
             self._prepared.popitem(last=False)
 
-    async def _with_record(self, job: Job) -> Job:
+    async def _with_record(self, job: DueDelivery) -> DueDelivery:
         """The job with the digest of its delivery record, which _prepare may just have written."""
         digest = self._record_digests.pop(job.delivery_id, None)
         if job.record_digest or digest is None:
@@ -441,7 +409,7 @@ class Deliverer:
 
     # -- recording the outcome ------------------------------------------------
 
-    async def _finish(self, job: Job, reply: Reply, started: float) -> None:
+    async def _finish(self, job: DueDelivery, reply: Reply, started: float) -> None:
         now = self.clock()
         outcome = classify(reply.code)
         expired = outcome == "deferred" and now - job.received_at >= self.config.delivery.give_up_after
@@ -466,7 +434,7 @@ class Deliverer:
             if handoff is not None:
                 await Store.insert_record(db, handoff, submission_id=job.submission_id,
                                           delivery_id=job.delivery_id, now=now)
-            await Store.finish_attempt(db, attempt, state=outcome, next_attempt_at=next_at,
+            await Store.finish_attempt(db, attempt, state=DeliveryState(outcome), next_attempt_at=next_at,
                                        handoff_digest=handoff.digest if handoff else None)
             if job.kind == "mail":  # webhook event 'delivered', 'deferred' or 'failed'
                 await self.store.enqueue_event(db, outcome, {
@@ -487,7 +455,7 @@ class Deliverer:
             log.info("DSN %s queued to <%s> for %s", dsn_id, job.mail_from, job.submission_id)
             self.wake()
 
-    async def _dsn_for(self, job: Job, reply: Reply, expired: bool, now: float) -> tuple[Any, ...] | None:
+    async def _dsn_for(self, job: DueDelivery, reply: Reply, expired: bool, now: float) -> tuple[Any, ...] | None:
         """The DSN's (incoming, facts, sha256), its bytes already stored; None when none is owed."""
         if job.kind != "mail" or not job.mail_from:
             return None  # never bounce a bounce, never to <>
@@ -510,7 +478,7 @@ class Deliverer:
         return incoming, facts, sha
 
 
-def _forwarded_options(job: Job, data: bytes, eight_bit_mime: bool) -> list[str]:
+def _forwarded_options(job: DueDelivery, data: bytes, eight_bit_mime: bool) -> list[str]:
     """MAIL parameters the upstream needs to take the bytes as they are (8-bit body, UTF-8 addresses).
 
     An 8-bit copy is declared BODY=8BITMIME to an upstream that announced it, even when the

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 
 from relay.config import Config
 from relay.store import Store
+from relay.store.states import DeliveryState
 
 
 async def describe(config: Config) -> list[str]:
@@ -18,11 +19,11 @@ async def describe(config: Config) -> list[str]:
         await store.close()
     lines = []
     for row in rows:
-        when = "" if row["state"] == "failed" else f" next {_time(row['next_attempt_at'])}"
-        reply = " ".join((row["last_reply"] or "").split())[:160]
+        when = "" if row.state == DeliveryState.FAILED else f" next {_time(row.next_attempt_at)}"
+        reply = " ".join((row.last_reply or "").split())[:160]
         lines.append(
-            f"{row['id']:>6} {row['state']:<8} {row['submission_id']} <{row['mail_from']}> -> <{row['recipient']}>"
-            f" attempts={row['attempts']}{when} last: {row['last_code'] or '-'} {reply}"
+            f"{row.id:>6} {row.state:<8} {row.submission_id} <{row.mail_from}> -> <{row.recipient}>"
+            f" attempts={row.attempts}{when} last: {row.last_code or '-'} {reply}"
         )
     return lines
 

@@ -83,7 +83,7 @@ def anchor_config(cals, **kw) -> AnchorConfig:
 
 
 async def batch_states(store: Store) -> list[str]:
-    return [row["state"] for row in await store.anchor_batches(["submitting", "pending", "confirmed"])]
+    return [row.state for row in await store.anchor_batches(["submitting", "pending", "confirmed"])]
 
 
 async def run(*argv: str) -> tuple[int, str]:
@@ -118,7 +118,7 @@ async def test_thousand_leaves_one_batch_one_request_each_then_every_proof_verif
         report = await anchorer.upgrade()
     assert report.confirmed == (outcomes[0].batch_id,)
     batch = (await store.anchor_batches(["confirmed"]))[0]
-    assert batch["bitcoin_height"] == min(heights)
+    assert batch.bitcoin_height == min(heights)
 
     async with BitcoindFake(chain) as node:
         headers = await fetch_headers(BitcoindSource(node.url), range(chain.height + 1))
@@ -280,12 +280,12 @@ async def test_an_upgrade_and_a_retry_of_one_batch_at_once_lose_nothing(store, c
         clock.now += 11
         await asyncio.gather(anchorer.upgrade(), anchorer.retry_submissions())
     [row] = await store.anchor_batches(["submitting", "pending", "confirmed"])
-    assert row["state"] == "confirmed"  # not put back to 'pending' by a retry that read it before
+    assert row.state == "confirmed"  # not put back to 'pending' by a retry that read it before
     ots = await export_ots(store, records(1)[0].digest)
     headers = {h: raw for h, raw in enumerate(chain.headers)}
     assert verify_ots(records(1)[0].body, ots, headers, regtest=True).ok
-    timestamp = row["timestamp"]
-    for url in await store.anchor_reply_calendars(row["id"]):  # every calendar that accepted is in the proof
+    timestamp = row.timestamp
+    for url in await store.anchor_reply_calendars(row.id):  # every calendar that accepted is in the proof
         assert url.encode() in timestamp
 
 
@@ -334,11 +334,11 @@ async def test_a_batch_confirmed_by_another_process_keeps_its_attestation(tmp_pa
                 assert len((await cli.upgrade()).confirmed) == 1
             [row] = stale_rows
             await relay_store.update_anchor_batch(  # the relay's round, from its stale read
-                row["id"], now=time.time(), timestamp=row["timestamp"], state="pending",
-                next_attempt_at=row["next_attempt_at"],
+                row.id, now=time.time(), timestamp=row.timestamp, state="pending",
+                next_attempt_at=row.next_attempt_at,
             )
         [row] = await relay_store.anchor_batches(["submitting", "pending", "confirmed"])
-        assert row["state"] == "confirmed" and row["bitcoin_height"] is not None
+        assert row.state == "confirmed" and row.bitcoin_height is not None
         ots = await export_ots(relay_store, records(1)[0].digest)
         headers = {h: raw for h, raw in enumerate(chain.headers)}
         assert verify_ots(records(1)[0].body, ots, headers, regtest=True).ok
@@ -387,7 +387,7 @@ async def test_allowed_calendar_is_asked_by_the_commitment_not_the_root(store, c
     async with Anchorer(store, anchor_config(calendars)) as anchorer:
         [outcome] = await anchorer.batch_all()
         await anchorer.upgrade()
-    root = (await store.anchor_batches(["pending"]))[0]["root"].hex()
+    root = (await store.anchor_batches(["pending"]))[0].root.hex()
     for cal in calendars:
         [(method, path)] = cal.requests[1:]
         commitment = path.removeprefix("/timestamp/")
@@ -478,14 +478,14 @@ async def test_the_batching_worker_makes_a_whole_backlog_in_its_first_round(stor
         worker = asyncio.create_task(anchorer.run_batches())
         try:
             deadline = time.monotonic() + 30
-            while (await store.anchor_summary())["unbatched"]:
+            while (await store.anchor_summary()).unbatched:
                 assert time.monotonic() < deadline, "the backlog was not batched in the worker's first round"
                 await asyncio.sleep(0.05)
         finally:
             worker.cancel()
             await asyncio.gather(worker, return_exceptions=True)
     batches = await store.anchor_batches(["pending"])
-    assert sorted(b["leaves"] for b in batches) == [3] + [5] * BATCHES
+    assert sorted(b.leaves for b in batches) == [3] + [5] * BATCHES
 
 
 async def test_the_limit_per_calendar_holds_across_submission_and_upgrade_at_once(store, calendars):
@@ -544,8 +544,8 @@ async def test_confirmed_batch_records_its_block_time_from_the_header_sources(st
                  "bitcoind and an explorer": {"esplora": [one.url], "bitcoind": node.url}}[sources]
         batch = await confirmed_batch(store, calendars, anchor_config(calendars, regtest=True, **given))
         asked = [server.requests for server in (one, two, node)]
-    height = batch["bitcoin_height"]
-    assert batch["block_time"] == int.from_bytes(chain.headers[height][68:72], "little") == 1_700_000_000 + 600 * height
+    height = batch.bitcoin_height
+    assert batch.block_time == int.from_bytes(chain.headers[height][68:72], "little") == 1_700_000_000 + 600 * height
     expected = {"one explorer": [2, 0, 0], "two explorers": [2, 2, 0], "bitcoind and an explorer": [2, 0, 2]}
     assert [len(r) for r in asked] == expected[sources]  # block hash, then header, at each source
 
@@ -562,13 +562,13 @@ async def test_batches_confirmed_in_one_block_ask_the_explorer_for_its_header_on
         asked = list(explorer.requests)
     assert len(report.confirmed) == 6
     batches = await store.anchor_batches(["confirmed"])
-    assert {(b["bitcoin_height"], b["block_time"]) for b in batches} == {(1, 1_700_000_600)}
+    assert {(b.bitcoin_height, b.block_time) for b in batches} == {(1, 1_700_000_600)}
     assert asked == [("GET", "/block-height/1"), ("GET", f"/block/{chain.block_hash(1)}/header")]
 
 
 async def test_no_header_source_leaves_the_block_time_unknown(store, calendars):
     batch = await confirmed_batch(store, calendars, anchor_config(calendars))
-    assert batch["bitcoin_height"] is not None and batch["block_time"] is None
+    assert batch.bitcoin_height is not None and batch.block_time is None
 
 
 @pytest.mark.parametrize("fault", ["other merkle root", "explorer down", "mainnet proof of work"])
@@ -582,7 +582,7 @@ async def test_a_header_that_does_not_check_out_records_no_block_time(store, cal
             await explorer.stop()
         config = anchor_config(calendars, esplora=[url], regtest=fault != "mainnet proof of work")
         batch = await confirmed_batch(store, calendars, config)
-    assert batch["bitcoin_height"] is not None and batch["block_time"] is None  # confirmed all the same
+    assert batch.bitcoin_height is not None and batch.block_time is None  # confirmed all the same
     assert "no block time for height" in caplog.text
 
 
