@@ -75,6 +75,10 @@ class Store(
         """Run ``work(db)`` atomically, in the group commit (see :meth:`Database.write`)."""
         return await self.db.write(work, reads=reads, urgent=urgent)
 
+    async def write_fn(self, fn: Callable[[sqlite3.Connection], T], *, urgent: bool = True) -> T:
+        """Run the plain function ``fn(connection)`` on the write thread, in the group commit."""
+        return await self.db.write_fn(fn, urgent=urgent)
+
     async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         """Rows of a read-only query (health checks, tests, benches); subsystems return records."""
         return await self.db.fetchall(sql, params)

@@ -168,7 +168,8 @@ class _Recorder:
         return writer
 
 
-_Pending = tuple[Any, bool, "asyncio.Future[Any]"]  # (work, reads, future)
+# (work, reads, future); reads is None for a plain function (write_fn)
+_Pending = tuple[Any, bool | None, "asyncio.Future[Any]"]
 
 
 class Database:

@@ -124,3 +124,27 @@ async def test_reads_see_only_committed_rows_and_do_not_wait_for_an_open_transac
         assert [r["ip"] for r in await store.fetchall("SELECT ip FROM personal")] == ["pending"]
     finally:
         await store.close()
+
+
+async def test_plain_function_writers_run_on_the_write_thread_and_fail_alone(tmp_path):
+    import threading
+
+    store = await Store.open(tmp_path)
+    try:
+        threads = set()
+
+        def insert(conn, n: int) -> int:
+            threads.add(threading.current_thread().name)
+            conn.execute("INSERT INTO personal (salt, ip, created_at) VALUES (?, ?, ?)", (b"s", f"ip{n}", 0.0))
+            if n == 1:
+                conn.execute("INSERT INTO no_such_table VALUES (1)")
+            return conn.execute("SELECT COUNT(*) FROM personal").fetchone()[0]
+
+        results = await asyncio.gather(*(store.write_fn(lambda conn, n=n: insert(conn, n)) for n in range(3)),
+                                       return_exceptions=True)
+        assert results[0] == 1 and "no_such_table" in str(results[1]) and results[2] == 2
+        assert threads == {next(iter(threads))} and threading.current_thread().name not in threads
+        rows = await store.fetchall("SELECT ip FROM personal ORDER BY id")
+        assert [r["ip"] for r in rows] == ["ip0", "ip2"]
+    finally:
+        await store.close()
