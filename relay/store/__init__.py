@@ -24,18 +24,23 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from relay.store.anchoring import ANCHOR_CHUNK_BYTES, ANCHOR_NONCE_BYTES, NewAnchorBatch, SqliteAnchoring
-from relay.store.blobs import BLOB_DIR, INLINE_MAX, MessageFiles
-from relay.store.deliveries import SqliteDeliveries
+from relay.store.anchoring import ANCHOR_CHUNK_BYTES, ANCHOR_NONCE_BYTES, AnchorStore, NewAnchorBatch, SqliteAnchoring
+from relay.store.blobs import BLOB_DIR, INLINE_MAX, MessageBytes, MessageFiles
+from relay.store.deliveries import DeliveryQueue, SqliteDeliveries
 from relay.store.engine import DB_NAME, AsyncConnection, Database
-from relay.store.evidence import SqliteEvidence
-from relay.store.metrics import OperationsFigures, SqliteMetrics
-from relay.store.retention import SqliteRetention
+from relay.store.evidence import EvidenceStore, SqliteEvidence
+from relay.store.metrics import MetricsSource, OperationsFigures, SqliteMetrics
+from relay.store.retention import Retention, SqliteRetention
 from relay.store.schema import MIGRATIONS, SCHEMA_VERSION
-from relay.store.tracker import FetchWrite, PersonalData, ReceiptWrite, SqliteTracker
-from relay.store.webhooks import WEBHOOK_EVENTS, SqliteWebhooks
+from relay.store.tracker import FetchWrite, PersonalData, ReceiptWrite, SqliteTracker, TrackerStore
+from relay.store.webhooks import WEBHOOK_EVENTS, SqliteWebhooks, WebhookQueue
+
+# What a backend provides, one Protocol per subsystem (tests/unit/test_store_interfaces.py).
+INTERFACES = (MessageBytes, DeliveryQueue, EvidenceStore, AnchorStore, TrackerStore, WebhookQueue, Retention,
+              MetricsSource)
 
 __all__ = [
+    "INTERFACES",
     "ANCHOR_CHUNK_BYTES", "ANCHOR_NONCE_BYTES", "BLOB_DIR", "DB_NAME", "INLINE_MAX", "MIGRATIONS", "SCHEMA_VERSION",
     "WEBHOOK_EVENTS", "FetchWrite", "NewAnchorBatch", "OperationsFigures", "PersonalData", "ReceiptWrite", "Store",
 ]

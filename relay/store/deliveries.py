@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from relay.store.engine import Database, Executor
-from relay.store.states import DUE_STATES, DeliveryState, sql_list
+from relay.store.states import DUE_STATES, RETRYABLE_STATES, DeliveryState, sql_list
 
 
 async def insert_row(db: Executor, table: str, row: dict[str, Any]) -> None:
@@ -114,8 +114,9 @@ class SqliteDeliveries:
         await insert_row(db, "submissions", sub)
         await db.executemany(
             "INSERT INTO deliveries (submission_id, recipient, rcpt_options, state, next_attempt_at, updated_at)"
-            " VALUES (?, ?, ?, 'queued', ?, ?)",
-            [(sub["id"], rcpt, options, sub["received_at"], sub["received_at"]) for rcpt, options in recipients],
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(sub["id"], rcpt, options, DeliveryState.QUEUED, sub["received_at"], sub["received_at"])
+             for rcpt, options in recipients],
         )
 
     async def requeue_interrupted(self, now: float) -> int:
@@ -151,7 +152,7 @@ class SqliteDeliveries:
     async def next_due_at(self) -> float | None:
         """When the earliest queued or deferred delivery is due, or None when there is none."""
         row = await self.db.fetchone(
-            "SELECT MIN(next_attempt_at) AS at FROM deliveries WHERE state IN ('queued', 'deferred')"
+            f"SELECT MIN(next_attempt_at) AS at FROM deliveries WHERE state IN ({sql_list(DUE_STATES)})"
         )
         return None if row is None else row["at"]
 
@@ -181,14 +182,17 @@ class SqliteDeliveries:
         rows = await self.db.fetchall(
             "SELECT d.id, d.submission_id, d.recipient, d.state, d.attempts, d.next_attempt_at, d.last_code,"
             " d.last_reply, s.mail_from, s.message_id FROM deliveries d JOIN submissions s ON s.id = d.submission_id"
-            " WHERE d.state IN ('deferred', 'failed') ORDER BY d.id"
+            f" WHERE d.state IN ({sql_list(RETRYABLE_STATES)}) ORDER BY d.id"
         )
         return [PendingDelivery(*row[:3], DeliveryState(row[3]), *row[4:]) for row in rows]
 
     async def retry_deliveries(self, ids: list[int] | None, now: float) -> int:
         """Make deferred or failed deliveries due now: those in ``ids``, or all when ``ids`` is None."""
-        sql = "UPDATE deliveries SET state = 'queued', next_attempt_at = ?, updated_at = ? WHERE state IN ('deferred', 'failed')"
-        params: list[Any] = [now, now]
+        sql = (
+            "UPDATE deliveries SET state = ?, next_attempt_at = ?, updated_at = ?"
+            f" WHERE state IN ({sql_list(RETRYABLE_STATES)})"
+        )
+        params: list[Any] = [DeliveryState.QUEUED, now, now]
         if ids is not None:
             sql += f" AND id IN ({', '.join('?' for _ in ids)})"
             params.extend(ids)

@@ -79,7 +79,9 @@ def _connect_writer(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _apply_writers(conn: sqlite3.Connection, writers: list[Writer], begin: bool) -> list[tuple[Any, BaseException | None]]:
+def _apply_writers(
+    conn: sqlite3.Connection, writers: list[Writer], begin: bool
+) -> list[tuple[Any, BaseException | None]]:
     """On the write thread: each writer in its own SAVEPOINT, then COMMIT.
 
     Returns each writer's (result, error); a failed COMMIT raises.

@@ -101,7 +101,9 @@ class SqliteRetention:
 
         def purge(conn: sqlite3.Connection) -> int:
             digests = [row[0] for row in conn.execute(_PURGEABLE_SQL, (received_before,)).fetchall()]
-            conn.executemany("INSERT INTO purged_messages (sha256, purged_at) VALUES (?, ?)", [(d, now) for d in digests])
+            conn.executemany(
+                "INSERT INTO purged_messages (sha256, purged_at) VALUES (?, ?)", [(d, now) for d in digests]
+            )
             return conn.executemany("DELETE FROM message_bytes WHERE sha256 = ?", [(d,) for d in digests]).rowcount
 
         return await self.db.write_fn(purge)

@@ -21,6 +21,8 @@ class DeliveryState(StrEnum):
 FINAL_STATES = (DeliveryState.DELIVERED, DeliveryState.FAILED)
 # Deliveries the queue will (re)try when due.
 DUE_STATES = (DeliveryState.QUEUED, DeliveryState.DEFERRED)
+# Deliveries `estampille queue` lists, and `estampille queue retry` makes due now.
+RETRYABLE_STATES = (DeliveryState.DEFERRED, DeliveryState.FAILED)
 
 
 class BatchState(StrEnum):

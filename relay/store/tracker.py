@@ -110,7 +110,7 @@ class SqliteTracker:
     db: Database
     webhook_urls: tuple[str, ...]
 
-    tracker_webhooks: Callable[..., Awaitable[None]]  # webhooks.SqliteWebhooks's
+    _tracker_webhooks: Callable[..., Awaitable[None]]  # webhooks.SqliteWebhooks's
 
     @staticmethod
     async def insert_ack_token(
@@ -162,7 +162,7 @@ class SqliteTracker:
             try:
                 results, new = await self.db.call(self._write_tracker_rows, fetches, receipts, not self.webhook_urls)
                 if self.webhook_urls:
-                    await self.tracker_webhooks(AsyncConnection(self.db), fetches, new)
+                    await self._tracker_webhooks(AsyncConnection(self.db), fetches, new)
                     await self.db.call(lambda conn: conn.execute("COMMIT"))
             except (sqlite3.Error, asyncio.CancelledError) as exc:
                 await self.db.rollback()

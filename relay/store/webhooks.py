@@ -79,7 +79,7 @@ class SqliteWebhooks:
             for row in await cursor.fetchall()
         }
 
-    async def tracker_webhooks(
+    async def _tracker_webhooks(
         self, db: Executor, fetches: Sequence[FetchWrite], receipts: Sequence[ReceiptWrite]
     ) -> None:
         """Events 'fetched' and 'acknowledged' for what write_tracker_events just recorded."""
