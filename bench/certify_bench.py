@@ -136,7 +136,7 @@ async def stage_costs(
             stack.enter_context(_timed(deliverer.upstream, "send", totals, "send"))
             while rows := await store.claim_due(time.time(), recipients):
                 for row in rows:
-                    await deliverer._deliver(deliver.Job.from_row(row))
+                    await deliverer._deliver(row)
                     count += 1
     finally:
         await deliverer.upstream.close()

@@ -117,13 +117,13 @@ async def make_tokens(data_dir: Path, count: int) -> list[str]:
     async with store.transaction() as db:
         for row, token in zip(rows, tokens, strict=True):
             record = delivery_record(
-                submission_digest=sub.digest, recipient=row["recipient"], copy_sha256="1" * 64, dkim=[],
+                submission_digest=sub.digest, recipient=row.recipient, copy_sha256="1" * 64, dkim=[],
                 ack_link_inserted=True, ack_link_reason=None, certified_at=iso_time(now),
             )
-            await Store.insert_record(db, record, delivery_id=row["id"], now=now)
-            await Store.set_delivery_copy(db, row["id"], "1" * 64, record.digest, now)
+            await Store.insert_record(db, record, delivery_id=row.id, now=now)
+            await Store.set_delivery_copy(db, row.id, "1" * 64, record.digest, now)
             await Store.insert_ack_token(db, token_sha256=hashlib.sha256(token.encode()).hexdigest(),
-                                         delivery_id=row["id"], target_url=None, now=now)
+                                         delivery_id=row.id, target_url=None, now=now)
     await store.close()
     return tokens
 

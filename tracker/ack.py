@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +25,7 @@ from aiohttp import web
 from relay.errors import StoreError
 from relay.evidence.records import Record, commitment, iso_time, receipt_record
 from relay.store import FetchWrite, PersonalData, ReceiptWrite, tokens
+from relay.store.tracker import AckLink
 from tracker import antiforgery
 from tracker.classify import classify_fetch
 from tracker.forwarded import client_address
@@ -39,7 +39,7 @@ TOKEN = re.compile(r"[A-Za-z0-9_-]{22,128}")
 MAX_USER_AGENT = 512  # longer user agents are cut before they are stored and committed to
 DAY = 86400
 
-Link = Mapping[str, Any]  # a row of Store.find_ack_links
+Link = AckLink
 
 
 def add_routes(app: web.Application) -> None:
@@ -88,13 +88,13 @@ async def _link(request: web.Request, visitor: Visitor, now: float) -> Link:
         raise web.HTTPNotFound()
     reason = refusal(link, tracker.config.tracker.token_ttl_days, now)
     if reason is not None:
-        tracker.misses.miss(visitor.address, now)  # each refusal is a write: rate-limited like a miss
-        await tokens.record_refusal(tracker.store, delivery_id=link["delivery_id"], at=now, method=request.method,
+        tracker.misses.hit(visitor.address, now)  # each refusal is a write: rate-limited like a miss
+        await tokens.record_refusal(tracker.store, delivery_id=link.delivery_id, at=now, method=request.method,
                                     reason=reason)
-        log.warning("delivery %d: %s acknowledgment token refused (%s)", link["delivery_id"], reason, request.method)
+        log.warning("delivery %d: %s acknowledgment token refused (%s)", link.delivery_id, reason, request.method)
         raise TokenRefused(reason)
-    if link["delivery_digest"] is None:
-        raise StoreError(f"delivery {link['delivery_id']} has a token but no delivery record")
+    if link.delivery_digest is None:
+        raise StoreError(f"delivery {link.delivery_id} has a token but no delivery record")
     return link
 
 
@@ -103,9 +103,9 @@ def refusal(link: Link, ttl_days: int, now: float) -> str | None:
 
     A disclosed token was given out in a proof bundle's copy: whoever holds the bundle holds
     it. Expiry counts from the delivery (the upstream's acceptance), not from certification."""
-    if link["disclosed_by"] is not None:
+    if link.disclosed_by is not None:
         return "disclosed"
-    if ttl_days and now >= link["delivered_at"] + ttl_days * DAY:
+    if ttl_days and now >= link.delivered_at + ttl_days * DAY:
         return "expired"
     return None
 
@@ -115,7 +115,7 @@ def _evidence(tracker: Tracker, link: Link, visitor: Visitor, kind: str, now: fl
     holds only their salted commitments."""
     salt = tracker.salts.take()
     record = receipt_record(
-        delivery_digest=link["delivery_digest"], kind=kind, at=iso_time(now),
+        delivery_digest=link.delivery_digest, kind=kind, at=iso_time(now),
         ip_commitment=commitment(salt, visitor.address), user_agent_commitment=commitment(salt, visitor.user_agent),
     )
     return PersonalData(salt=salt, ip=visitor.address, user_agent=visitor.user_agent), record
@@ -131,21 +131,21 @@ async def show(request: web.Request) -> web.Response:
         method=request.method,
         user_agent=visitor.user_agent,
         client_address=visitor.address,
-        seconds_since_delivery=now - link["delivered_at"],
+        seconds_since_delivery=now - link.delivered_at,
         scanner_window=tracker.config.tracker.scanner_window,
         scanner_networks=tracker.scanner_networks,
     )
     personal, record = _evidence(tracker, link, visitor, "fetched", now)
     await tracker.recorder.record_fetch(
-        FetchWrite(link["delivery_id"], now, request.method, verdict.kind, verdict.reason, personal, record)
+        FetchWrite(link.delivery_id, now, request.method, verdict.kind, verdict.reason, personal, record)
     )
-    log.debug("delivery %d fetched (%s): likely %s, %s", link["delivery_id"], request.method, verdict.kind,
+    log.debug("delivery %d fetched (%s): likely %s, %s", link.delivery_id, request.method, verdict.kind,
               verdict.reason)
     response = render(request, "ack.html", _details(request, link, tracker.config.tracker.timezone) | {
         "form_key": tracker.form_key.value(request.match_info["token"]),
     })
-    if link["target_url"]:  # the page's CSP lets the form lead on there
-        response.headers["Content-Security-Policy"] = form_action_csp(link["target_url"])
+    if link.target_url:  # the page's CSP lets the form lead on there
+        response.headers["Content-Security-Policy"] = form_action_csp(link.target_url)
     return response
 
 
@@ -160,12 +160,12 @@ async def acknowledge(request: web.Request) -> web.StreamResponse:
     if not tracker.form_key.is_valid(request.match_info["token"], value if isinstance(value, str) else None):
         raise web.HTTPForbidden()
     personal, record = _evidence(tracker, link, visitor, "acknowledged", now)
-    ack = await tracker.recorder.record_receipt(ReceiptWrite(link["delivery_id"], now, personal, record))
+    ack = await tracker.recorder.record_receipt(ReceiptWrite(link.delivery_id, now, personal, record))
     if ack.first:
-        log.info("delivery %d acknowledged (receipt %s)", link["delivery_id"], record.digest)
-    if link["target_url"]:
+        log.info("delivery %d acknowledged (receipt %s)", link.delivery_id, record.digest)
+    if link.target_url:
         # Set as is: the URL the sender wrote, '&', '#' and percent-escapes untouched.
-        return web.Response(status=303, headers={"Location": link["target_url"]})
+        return web.Response(status=303, headers={"Location": link.target_url})
     lang = page_language(request)
     when = format_time(ack.at, tracker.config.tracker.timezone, lang)
     return render(request, "done.html", _details(request, link, tracker.config.tracker.timezone) | {
@@ -177,12 +177,12 @@ def _details(request: web.Request, link: Link, tz: str) -> dict[str, Any]:
     """What the pages show about the message, in the visitor's language."""
     lang = page_language(request)
     return {
-        "sender": link["mail_from"],
-        "subject": link["subject"],
-        "sent": format_time(link["received_at"], tz, lang),
-        "recipient": link["recipient"],
-        "target": bool(link["target_url"]),
+        "sender": link.mail_from,
+        "subject": link.subject,
+        "sent": format_time(link.received_at, tz, lang),
+        "recipient": link.recipient,
+        "target": bool(link.target_url),
         "acknowledged": (
-            format_time(link["acknowledged_at"], tz, lang) if link["acknowledged_at"] is not None else None
+            format_time(link.acknowledged_at, tz, lang) if link.acknowledged_at is not None else None
         ),
     }

@@ -117,24 +117,24 @@ async def search(request: web.Request, q: Mapping[str, str]) -> dict[str, Any]:
     )
     anchoring: dict[str, list[str | None]] = {}
     if rows:
-        for d in await store.message_digests([row["id"] for row in rows]):
-            anchoring.setdefault(d["submission_id"], []).append(d["batch_state"])
+        for d in await store.message_digests([row.id for row in rows]):
+            anchoring.setdefault(d.submission_id, []).append(d.batch_state)
     messages = []
     for row in rows:
-        states = anchoring.get(row["id"], [])
+        states = anchoring.get(row.id, [])
         messages.append(
             {
-                "message_id": row["message_id"],
-                "subject": row["subject"],
-                "sender": row["mail_from"],
-                "received_at": iso_time(row["received_at"]),
-                "recipients": row["recipients"],
-                "delivered": row["delivered"],
-                "acknowledged": row["acknowledged"],
+                "message_id": row.message_id,
+                "subject": row.subject,
+                "sender": row.mail_from,
+                "received_at": iso_time(row.received_at),
+                "recipients": row.recipients,
+                "delivered": row.delivered,
+                "acknowledged": row.acknowledged,
                 "records": len(states),
                 "anchored": states.count("confirmed"),
-                "submission_id": row["id"],  # picks this one among messages sharing its Message-ID
-                "href": f"{API_PREFIX}/messages/{quote(row['message_id'] or '', safe='')}?submission={row['id']}",
+                "submission_id": row.id,  # picks this one among messages sharing its Message-ID
+                "href": f"{API_PREFIX}/messages/{quote(row.message_id or '', safe='')}?submission={row.id}",
             }
         )
     return {"messages": messages, "page": page, "per_page": per_page, "total": total, "q": query}

@@ -64,6 +64,7 @@ from relay.config import AnchorConfig, header_sources_problem
 from relay.errors import AnchorError, ConfigError, ConflictError, HeaderSourceError
 from relay.evidence.ots_verify import check_attestation
 from relay.store import NewAnchorBatch, Store
+from relay.store.states import BatchState
 
 log = logging.getLogger("estampille.anchor")
 
@@ -410,28 +411,28 @@ class Anchorer:
                 replies[url] = merkle.serialize_timestamp(result)
         return replies
 
-    def _after_submission(self, accepted: int, *, attempts: int, now: float) -> tuple[str, float]:
+    def _after_submission(self, accepted: int, *, attempts: int, now: float) -> tuple[BatchState, float]:
         if accepted >= self.config.min_calendars:
-            return "pending", now + self.config.upgrade_interval
+            return BatchState.PENDING, now + self.config.upgrade_interval
         delay = Backoff(self.config.retry_first, self.config.retry_max).delay(attempts, random.random())
-        return "submitting", now + delay
+        return BatchState.SUBMITTING, now + delay
 
     async def retry_submissions(self) -> list[BatchOutcome]:
         """Submit again every due batch that fewer than ``min_calendars`` calendars accepted, several at once."""
         async with self._timestamp_rounds:
-            rows = await self.store.anchor_batches(["submitting"], due_before=self._clock())
+            rows = await self.store.anchor_batches([BatchState.SUBMITTING], due_before=self._clock())
             return await _each(rows, self._retry_submission, self.config.calendar_concurrency)
 
     async def _retry_submission(self, row) -> BatchOutcome:
-        accepted = await self.store.anchor_reply_calendars(row["id"])
+        accepted = await self.store.anchor_reply_calendars(row.id)
         targets = [url for url in self.config.calendars if url not in accepted]
         root = self._root_timestamp(row)
         replies = await self._submit(root, targets)
         now = self._clock()
         total = accepted | set(replies)
-        state, next_at = self._after_submission(len(total), attempts=row["attempts"] + 1, now=now)
+        state, next_at = self._after_submission(len(total), attempts=row.attempts + 1, now=now)
         await self.store.update_anchor_batch(
-            row["id"],
+            row.id,
             now=now,
             timestamp=merkle.serialize_timestamp(root) if total else None,
             state=state,
@@ -439,14 +440,14 @@ class Anchorer:
             replies=replies.items(),
             attempted=True,
         )
-        log.info("batch %d: retry %d, accepted by %d calendar(s), %s", row["id"], row["attempts"], len(total), state)
-        return BatchOutcome(row["id"], row["leaves"], tuple(sorted(total)), state)
+        log.info("batch %d: retry %d, accepted by %d calendar(s), %s", row.id, row.attempts, len(total), state)
+        return BatchOutcome(row.id, row.leaves, tuple(sorted(total)), state)
 
     @staticmethod
     def _root_timestamp(row) -> Timestamp:
-        if row["timestamp"] is None:
-            return Timestamp(row["root"])
-        return merkle.deserialize_timestamp(row["timestamp"], row["root"])
+        if row.timestamp is None:
+            return Timestamp(row.root)
+        return merkle.deserialize_timestamp(row.timestamp, row.root)
 
     # -- upgrading ---------------------------------------------------------
 
@@ -454,18 +455,18 @@ class Anchorer:
         """One upgrade round over every unconfirmed batch that some calendar holds, several at once."""
         async with self._timestamp_rounds:
             now = self._clock()
-            rows = [r for r in await self.store.anchor_batches(["submitting", "pending", "attested"])
-                    if r["timestamp"] is not None]
+            rows = [r for r in await self.store.anchor_batches([BatchState.SUBMITTING, BatchState.PENDING, BatchState.ATTESTED])
+                    if r.timestamp is not None]
             headers: dict[int, asyncio.Task[bytes]] = {}  # fetched once per round, however many batches a block confirms
             try:
                 done = await _each(rows, lambda row: self._upgrade_batch(row, now, headers),
                                    self.config.calendar_concurrency)
             finally:
                 await _cancel(headers.values())
-        confirmed = [row["id"] for row, d in zip(rows, done, strict=True) if d.confirmed]
-        stale = [row["id"] for row, d in zip(rows, done, strict=True) if d.stale]
-        resubmitted = [row["id"] for row, d in zip(rows, done, strict=True) if d.resubmitted]
-        attested = [row["id"] for row, d in zip(rows, done, strict=True) if d.attested]
+        confirmed = [row.id for row, d in zip(rows, done, strict=True) if d.confirmed]
+        stale = [row.id for row, d in zip(rows, done, strict=True) if d.stale]
+        resubmitted = [row.id for row, d in zip(rows, done, strict=True) if d.resubmitted]
+        attested = [row.id for row, d in zip(rows, done, strict=True) if d.attested]
         self.stale_batches = len(stale)
         if stale:
             log.warning("%d batch(es) pending for more than %d s: %s", len(stale), self.config.stale_after,
@@ -476,36 +477,36 @@ class Anchorer:
         """Upgrade one batch and check its attestations; count it stale, or resubmit it, while none checks."""
         root = self._root_timestamp(row)
         changed = await self._upgrade_timestamp(root)
-        checked = await self._check(row["id"], merkle.bitcoin_claims(root), headers)
+        checked = await self._check(row.id, merkle.bitcoin_claims(root), headers)
         if checked.verified:
             # Every attestation of a confirmed batch checks: its proofs carry them all.
             for claim in checked.unchecked:
                 log.warning("batch %d: attestation at height %d from %s could not be checked; dropped, the batch"
-                            " being confirmed by another", row["id"], claim.height, claim.calendar or "?")
+                            " being confirmed by another", row.id, claim.height, claim.calendar or "?")
             drop = (*checked.rejected, *checked.unchecked)
             (first, block_time) = checked.verified[0]
-            state, height = "confirmed", first.height
+            state, height = BatchState.CONFIRMED, first.height
         else:
             drop, block_time = checked.rejected, None
-            state = "attested" if checked.unchecked else ("pending" if row["state"] == "attested" else row["state"])
+            state = BatchState.ATTESTED if checked.unchecked else (BatchState.PENDING if row.state == BatchState.ATTESTED else row.state)
             height = checked.unchecked[0].height if checked.unchecked else None
         for claim in drop:
             merkle.discard(root, claim)
-        if changed or drop or state != row["state"]:
+        if changed or drop or state != row.state:
             await self.store.update_anchor_batch(
-                row["id"], now=now, timestamp=merkle.serialize_timestamp(root), state=state,
-                next_attempt_at=row["next_attempt_at"], bitcoin_height=height, block_time=block_time,
+                row.id, now=now, timestamp=merkle.serialize_timestamp(root), state=state,
+                next_attempt_at=row.next_attempt_at, bitcoin_height=height, block_time=block_time,
             )
-        if state == "confirmed":
-            log.info("batch %d confirmed in Bitcoin block %d (checked against its header)", row["id"], height)
+        if state == BatchState.CONFIRMED:
+            log.info("batch %d confirmed in Bitcoin block %d (checked against its header)", row.id, height)
             return _Upgraded(confirmed=True)
-        if state == "attested":
-            if row["state"] != "attested":
-                log.info("batch %d attested in Bitcoin block %d by a calendar; not verified (%s)", row["id"], height,
+        if state == BatchState.ATTESTED:
+            if row.state != BatchState.ATTESTED:
+                log.info("batch %d attested in Bitcoin block %d by a calendar; not verified (%s)", row.id, height,
                          "no header source" if self._headers is None else "its header could not be read")
             return _Upgraded(attested=True)
-        age = now - row["created_at"]
-        resubmit = age > self.config.resubmit_after and row["resubmitted_at"] is None
+        age = now - row.created_at
+        resubmit = age > self.config.resubmit_after and row.resubmitted_at is None
         if resubmit:
             await self._resubmit(row, root)
         return _Upgraded(stale=age > self.config.stale_after, resubmitted=resubmit)
@@ -566,14 +567,14 @@ class Anchorer:
 
     async def _resubmit(self, row, root: Timestamp) -> None:
         """Send a long-pending root to the configured calendars that do not hold it (all, if every one does)."""
-        accepted = await self.store.anchor_reply_calendars(row["id"])
+        accepted = await self.store.anchor_reply_calendars(row.id)
         targets = [url for url in self.config.calendars if url not in accepted] or list(self.config.calendars)
         replies = await self._submit(root, targets)
         await self.store.update_anchor_batch(
-            row["id"], now=self._clock(), timestamp=merkle.serialize_timestamp(root), state=row["state"],
-            next_attempt_at=row["next_attempt_at"], replies=replies.items(), resubmitted=True,
+            row.id, now=self._clock(), timestamp=merkle.serialize_timestamp(root), state=row.state,
+            next_attempt_at=row.next_attempt_at, replies=replies.items(), resubmitted=True,
         )
-        log.warning("batch %d resubmitted to %s; accepted by %d", row["id"], ", ".join(targets), len(replies))
+        log.warning("batch %d resubmitted to %s; accepted by %d", row.id, ", ".join(targets), len(replies))
 
     # -- workers -----------------------------------------------------------
 
@@ -583,7 +584,7 @@ class Anchorer:
         while True:
             try:
                 now = self._clock()
-                waiting = (await self.store.anchor_summary())["unbatched"]
+                waiting = (await self.store.anchor_summary()).unbatched
                 if waiting >= self.config.max_batch or (waiting and now - last >= self.config.interval):
                     await self.batch_all()
                     last = now
@@ -620,18 +621,18 @@ async def export_ots(store: Store, digest: str) -> bytes:
     record is not yet batched or no calendar holds its batch.
     """
     row = await store.anchor_leaf(digest)
-    if row["batch_id"] is None:
+    if row.batch_id is None:
         raise AnchorError(f"record {digest} is not batched yet (run 'estampille anchor --now')")
-    if row["timestamp"] is None:
-        raise AnchorError(f"record {digest} is in batch {row['batch_id']}, which no calendar has accepted yet")
-    root = merkle.deserialize_timestamp(row["timestamp"], row["root"])
-    if row["state"] == "confirmed":
+    if row.timestamp is None:
+        raise AnchorError(f"record {digest} is in batch {row.batch_id}, which no calendar has accepted yet")
+    root = merkle.deserialize_timestamp(row.timestamp, row.root)
+    if row.state == BatchState.CONFIRMED:
         root = merkle.bitcoin_branches(root) or root
-    positions = merkle.sibling_positions(row["leaves"], row["position"])
-    nodes = await store.anchor_nodes(row["batch_id"], [(level, index) for level, index, _ in positions])
+    positions = merkle.sibling_positions(row.leaves, row.position)
+    nodes = await store.anchor_nodes(row.batch_id, [(level, index) for level, index, _ in positions])
     path = [merkle.Step(append, nodes[(level, index)]) for level, index, append in positions]
     try:
-        return merkle.leaf_ots(bytes.fromhex(digest), row["nonce"], path, root)
+        return merkle.leaf_ots(bytes.fromhex(digest), row.nonce, path, root)
     except ValueError as exc:
         raise AnchorError(f"stored path of record {digest} does not reach its batch root") from exc
 
@@ -667,22 +668,22 @@ async def anchor_now(store: Store, config: AnchorConfig) -> AnchorRun:
 async def anchor_status(store: Store, config: AnchorConfig, now: float) -> list[str]:
     """Pending leaves, unconfirmed batches with their age, confirmed batches: lines for people."""
     summary = await store.anchor_summary()
-    oldest = summary["oldest_queued_at"]
-    lines = [f"pending leaves: {summary['unbatched']}"
+    oldest = summary.oldest_queued_at
+    lines = [f"pending leaves: {summary.unbatched}"
              + (f" (oldest queued {_age(now - oldest)} ago)" if oldest is not None else "")]
-    for row in await store.anchor_batches(["submitting", "pending", "attested"]):
-        accepted = len(await store.anchor_reply_calendars(row["id"]))
-        line = (f"batch {row['id']}: {row['state']}, {row['leaves']} leaves, {_age(now - row['created_at'])} old,"
+    for row in await store.anchor_batches([BatchState.SUBMITTING, BatchState.PENDING, BatchState.ATTESTED]):
+        accepted = len(await store.anchor_reply_calendars(row.id))
+        line = (f"batch {row.id}: {row.state}, {row.leaves} leaves, {_age(now - row.created_at)} old,"
                 f" accepted by {accepted} calendar(s)")
-        if row["state"] == "attested":
-            line += f", Bitcoin block {row['bitcoin_height']} NOT VERIFIED (no header source could check it)"
-        if row["state"] == "submitting":
-            line += f", next try in {_age(max(0.0, row['next_attempt_at'] - now))}"
-        if now - row["created_at"] > config.stale_after:
+        if row.state == BatchState.ATTESTED:
+            line += f", Bitcoin block {row.bitcoin_height} NOT VERIFIED (no header source could check it)"
+        if row.state == BatchState.SUBMITTING:
+            line += f", next try in {_age(max(0.0, row.next_attempt_at - now))}"
+        if now - row.created_at > config.stale_after:
             line += ", STALE"
         lines.append(line)
-    lines.append(f"confirmed batches: {summary['confirmed_batches']} ({summary['confirmed_leaves']} leaves)"
-                 + (f", last at Bitcoin height {summary['last_height']}" if summary["last_height"] is not None else ""))
+    lines.append(f"confirmed batches: {summary.confirmed_batches} ({summary.confirmed_leaves} leaves)"
+                 + (f", last at Bitcoin height {summary.last_height}" if summary.last_height is not None else ""))
     return lines
 
 

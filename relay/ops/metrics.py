@@ -43,10 +43,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from relay.config import Config
 from relay.errors import EstampilleError, StoreError
 from relay.store import OperationsFigures, Store, held
+from relay.store.states import DeliveryState
 
 log = logging.getLogger("estampille.metrics")
 
-DELIVERY_STATES = ("queued", "sending", "deferred", "delivered", "failed")
+DELIVERY_STATES = tuple(DeliveryState)
 ATTEMPT_OUTCOMES = ("delivered", "deferred", "failed")
 FETCH_CLASSES = ("scanner", "person")
 PREFIX = "estampille_"

@@ -31,6 +31,7 @@ from relay.config import WebhooksConfig
 from relay.errors import StoreError
 from relay.evidence.records import canonical_json, iso_time
 from relay.store import Store
+from relay.store.webhooks import WebhookEvent
 
 log = logging.getLogger("estampille.webhooks")
 
@@ -106,37 +107,37 @@ class WebhookWorker:
         """Send every URL's oldest due event, repeatedly while they succeed; the number sent."""
         sent = 0
         while True:
-            rows = await self.store.due_webhook_events(self.clock())
-            if not rows:
+            events = await self.store.due_webhook_events(self.clock())
+            if not events:
                 return sent
-            results = await asyncio.gather(*(self._send_one(session, row) for row in rows))
+            results = await asyncio.gather(*(self._send_one(session, event) for event in events))
             sent += sum(results)
             if not any(results):
                 return sent
 
-    async def _send_one(self, session: aiohttp.ClientSession, row) -> bool:
-        body = event_body(row["id"], row["event"], row["created_at"], row["payload"])
+    async def _send_one(self, session: aiohttp.ClientSession, event: WebhookEvent) -> bool:
+        body = event_body(event.id, event.event, event.created_at, event.payload)
         headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(self.config.secret, body)}
         error = None
         try:
-            async with session.post(row["url"], data=body, headers=headers) as response:
+            async with session.post(event.url, data=body, headers=headers) as response:
                 if 200 <= response.status < 300:
-                    await self.store.finish_webhook_event(row["id"], state="sent", next_attempt_at=self.clock(), error=None)
+                    await self.store.finish_webhook_event(event.id, state="sent", next_attempt_at=self.clock(), error=None)
                     return True
                 error = f"HTTP {response.status}"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_TEXT]
         now = self.clock()
-        attempts = row["attempts"] + 1
-        if now - row["created_at"] >= self.config.retry_for:
-            log.warning("webhook event %s to %s given up after %d attempts: %s", row["id"], _site(row["url"]), attempts,
+        attempts = event.attempts + 1
+        if now - event.created_at >= self.config.retry_for:
+            log.warning("webhook event %s to %s given up after %d attempts: %s", event.id, _site(event.url), attempts,
                         error)
-            await self.store.finish_webhook_event(row["id"], state="failed", next_attempt_at=now, error=error)
+            await self.store.finish_webhook_event(event.id, state="failed", next_attempt_at=now, error=error)
             return True  # the next event to this URL may go now
         await self.store.finish_webhook_event(
-            row["id"], state="pending", next_attempt_at=now + self.backoff.delay(attempts, random.random()), error=error
+            event.id, state="pending", next_attempt_at=now + self.backoff.delay(attempts, random.random()), error=error
         )
-        log.info("webhook event %s to %s failed (%s); attempt %d", row["id"], _site(row["url"]), error, attempts)
+        log.info("webhook event %s to %s failed (%s); attempt %d", event.id, _site(event.url), error, attempts)
         return False
 
 

@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import functools
 import itertools
-import json
 import logging
 import random
 import secrets
@@ -26,7 +25,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from relay.backoff import Backoff
@@ -42,6 +40,8 @@ from relay.outbound.upstream import Reply, Upstream, make_upstream, one_line
 from relay.smtp.spool import Spool
 from relay.store import INLINE_MAX, Store, held
 from relay.store import reports as report_store
+from relay.store.deliveries import DueDelivery
+from relay.store.states import DeliveryState
 
 log = logging.getLogger("estampille.deliver")
 T = TypeVar("T")
@@ -64,38 +64,6 @@ INTAKE_CHECK_SECONDS = 0.05  # a delivery held back for intake looks again this 
 # An outcome the store could not take (locked, full) is known: recording it is retried,
 # not the sending (that would send the copy twice), from this wait doubling up to the max.
 RECORD_RETRY = Backoff(first=0.5, maximum=30.0)
-
-
-@dataclass(frozen=True)
-class Job:
-    """One claimed delivery with what its sending needs from its submission."""
-
-    delivery_id: int
-    submission_id: str
-    recipient: str
-    attempts: int
-    copy_sha256: str | None
-    record_digest: str | None
-    kind: str
-    mail_from: str
-    mail_options: tuple[str, ...]
-    rcpt_options: tuple[str, ...]
-    data_sha256: str
-    received_at: float
-    message_id: str | None
-    submission_digest: str
-    size: int  # octets of the message as received
-
-    @classmethod
-    def from_row(cls, row: Any) -> Job:
-        return cls(
-            delivery_id=row["id"], submission_id=row["submission_id"], recipient=row["recipient"],
-            attempts=row["attempts"], copy_sha256=row["copy_sha256"], record_digest=row["record_digest"],
-            kind=row["kind"], mail_from=row["mail_from"], mail_options=tuple(json.loads(row["mail_options"])),
-            rcpt_options=tuple(json.loads(row["rcpt_options"])), data_sha256=row["data_sha256"],
-            received_at=row["received_at"], message_id=row["message_id"],
-            submission_digest=row["submission_digest"], size=row["size"],
-        )
 
 
 def classify(code: int | None) -> str:
@@ -179,7 +147,7 @@ class Deliverer:
         self._wakeup = asyncio.Event()
         self._limit = max(1, config.upstream.concurrency)
         # Claimed jobs wait here for a worker; claiming in batches keeps one transaction for many.
-        self._jobs: asyncio.Queue[Job] = asyncio.Queue()
+        self._jobs: asyncio.Queue[DueDelivery] = asyncio.Queue()
         self._busy = 0
         self._octets = Budget(OCTETS_IN_PROGRESS)
         self._all_idle = asyncio.Event()
@@ -250,7 +218,7 @@ class Deliverer:
                 except Exception:
                     log.exception("cannot claim deliveries; retrying")
             for row in rows:
-                self._jobs.put_nowait(Job.from_row(row))
+                self._jobs.put_nowait(row)
             if not rows or self._jobs.qsize() >= self._limit:
                 await self._idle()
 
@@ -294,7 +262,7 @@ class Deliverer:
                 async with asyncio.timeout(INTAKE_CHECK_SECONDS):
                     await self._job_done.wait()
 
-    async def _deliver(self, job: Job) -> None:
+    async def _deliver(self, job: DueDelivery) -> None:
         started = self.clock()
         try:
             data = await self._prepare(job)
@@ -318,7 +286,7 @@ class Deliverer:
 
     # -- preparing the copy (the certify step plugs in here) ----------------
 
-    async def _prepare(self, job: Job) -> bytes:
+    async def _prepare(self, job: DueDelivery) -> bytes:
         """The exact bytes to send to ``job.recipient``, stored with their delivery record before sending.
 
         The certified copy (unless it is large: then as a file, before), its delivery record and
@@ -376,7 +344,7 @@ class Deliverer:
                 self.on_unlinked(unlinked)
         return copy.data
 
-    async def _certified(self, job: Job, certifier: Certifier, now: float) -> Certified:
+    async def _certified(self, job: DueDelivery, certifier: Certifier, now: float) -> Certified:
         """The certify step for ``job``, in the certify thread.
 
         The first recipient of a message prepares it (with its copy); the others, meanwhile,
@@ -402,7 +370,7 @@ class Deliverer:
             self._preparing.pop(job.submission_id).set_result(None)
 
     @staticmethod
-    def _certify(job: Job, certifier: Certifier, prepared: Prepared | None, original: bytes | None, *,
+    def _certify(job: DueDelivery, certifier: Certifier, prepared: Prepared | None, original: bytes | None, *,
                  now: float, eight_bit_mime: bool) -> tuple[Certified, Prepared]:
         """The certify step for one recipient (in the certify thread: signing and MIME work are CPU-bound).
 
@@ -429,11 +397,11 @@ class Deliverer:
                or sum(len(p.data) for _, p in self._prepared.values()) > PREPARED_CACHE_OCTETS):
             self._prepared.popitem(last=False)
 
-    def _asks_status(self, job: Job) -> bool:
+    def _asks_status(self, job: DueDelivery) -> bool:
         """Whether ``job``'s copy goes with a return path of its own (our DSNs keep the null sender)."""
         return bool(self.config.dsn.bounce_domain) and job.kind == "mail"
 
-    async def _return_path(self, job: Job) -> tuple[str, verp.StatusRequest | None]:
+    async def _return_path(self, job: DueDelivery) -> tuple[str, verp.StatusRequest | None]:
         """The envelope sender of ``job``'s copy, and the delivery status it asks for."""
         if not self._asks_status(job):
             return job.mail_from, None
@@ -445,7 +413,7 @@ class Deliverer:
         status = verp.StatusRequest(token=token, recipient=job.recipient, orcpt=verp.orcpt_of(job.rcpt_options))
         return verp.return_path(token, self.config.dsn.bounce_domain), status
 
-    async def _with_record(self, job: Job) -> Job:
+    async def _with_record(self, job: DueDelivery) -> DueDelivery:
         """The job with the digest of its delivery record, which _prepare may just have written."""
         digest = self._record_digests.pop(job.delivery_id, None)
         if job.record_digest or digest is None:
@@ -454,7 +422,7 @@ class Deliverer:
 
     # -- recording the outcome ------------------------------------------------
 
-    async def _finish(self, job: Job, reply: Reply, started: float) -> None:
+    async def _finish(self, job: DueDelivery, reply: Reply, started: float) -> None:
         now = self.clock()
         outcome = classify(reply.code)
         expired = outcome == "deferred" and now - job.received_at >= self.config.delivery.give_up_after
@@ -480,7 +448,7 @@ class Deliverer:
             if handoff is not None:
                 await Store.insert_record(db, handoff, submission_id=job.submission_id,
                                           delivery_id=job.delivery_id, now=now)
-            await Store.finish_attempt(db, attempt, state=outcome, next_attempt_at=next_at,
+            await Store.finish_attempt(db, attempt, state=DeliveryState(outcome), next_attempt_at=next_at,
                                        handoff_digest=handoff.digest if handoff else None)
             if job.kind == "mail":  # webhook event 'delivered', 'deferred' or 'failed'
                 await self.store.enqueue_event(db, outcome, {
@@ -501,7 +469,7 @@ class Deliverer:
             log.info("DSN %s queued to <%s> for %s", dsn_id, job.mail_from, job.submission_id)
             self.wake()
 
-    async def _dsn_for(self, job: Job, reply: Reply, expired: bool, now: float) -> tuple[Any, ...] | None:
+    async def _dsn_for(self, job: DueDelivery, reply: Reply, expired: bool, now: float) -> tuple[Any, ...] | None:
         """The DSN's (incoming, facts, sha256), its bytes already stored; None when none is owed."""
         if job.kind != "mail" or not job.mail_from:
             return None  # never bounce a bounce, never to <>
@@ -514,7 +482,7 @@ class Deliverer:
         )
 
 
-def _forwarded_options(job: Job, data: bytes, eight_bit_mime: bool) -> list[str]:
+def _forwarded_options(job: DueDelivery, data: bytes, eight_bit_mime: bool) -> list[str]:
     """MAIL parameters the upstream needs to take the bytes as they are (8-bit body, UTF-8 addresses).
 
     An 8-bit copy is declared BODY=8BITMIME to an upstream that announced it, even when the

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 from relay.config import Config
 from relay.store import Store, held
+from relay.store.states import DeliveryState
 
 
 async def describe(config: Config) -> list[str]:
@@ -18,13 +19,13 @@ async def describe(config: Config) -> list[str]:
         await store.close()
     lines = []
     for row in rows:
-        is_held = row["next_attempt_at"] >= held.HELD_UNTIL
-        state = "held" if is_held else row["state"]
-        when = "" if row["state"] == "failed" or is_held else f" next {_time(row['next_attempt_at'])}"
-        reply = " ".join((row["last_reply"] or "").split())[:160]
+        is_held = row.next_attempt_at >= held.HELD_UNTIL
+        state = "held" if is_held else row.state
+        when = "" if row.state == DeliveryState.FAILED or is_held else f" next {_time(row.next_attempt_at)}"
+        reply = " ".join((row.last_reply or "").split())[:160]
         lines.append(
-            f"{row['id']:>6} {state:<8} {row['submission_id']} <{row['mail_from']}> -> <{row['recipient']}>"
-            f" attempts={row['attempts']}{when} last: {row['last_code'] or '-'} {reply}"
+            f"{row.id:>6} {state:<8} {row.submission_id} <{row.mail_from}> -> <{row.recipient}>"
+            f" attempts={row.attempts}{when} last: {row.last_code or '-'} {reply}"
         )
     return lines
 

@@ -9,7 +9,8 @@ The API, the admin pages and ``estampille proof`` all start from
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Mapping
+import dataclasses
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +34,8 @@ from relay.law import register
 from relay.store import Store, proofs, tokens
 from relay.store import law as law_store
 from relay.store import reports as report_store
+from relay.store.evidence import RecordAnchoring
+from relay.store.states import BatchState
 
 
 @dataclass(frozen=True)
@@ -77,25 +80,30 @@ async def load_message(store: Store, message_id: str, submission_id: str | None 
     submission = dict(chosen[0])
     rows = await store.message_evidence(submission["id"])
     reports = await report_store.reports_of(store, submission["id"])
-    digests = [r["digest"] for r in await store.message_digests([submission["id"]]) if r["digest"]]
+    digests = [d.digest for d in await store.message_digests([submission["id"]]) if d.digest]
     found = await store.records_anchoring(digests)
     given = await tokens.message_tokens(store, submission["id"])
 
-    def by_delivery(items: list[Any]) -> dict[int, tuple[dict[str, Any], ...]]:
+    def by_delivery(items: Iterable[Any]) -> dict[int, tuple[dict[str, Any], ...]]:
+        """Store records (dataclasses) or rows of the subsystems' own queries, by delivery id."""
         out: dict[int, list[dict[str, Any]]] = {}
         for item in items:
-            out.setdefault(item["delivery_id"], []).append(dict(item))
+            fields = dataclasses.asdict(item) if dataclasses.is_dataclass(item) else dict(item)
+            out.setdefault(fields["delivery_id"], []).append(fields)
         return {k: tuple(v) for k, v in out.items()}
 
+    handoffs: dict[int, list[str]] = {}
+    for delivery_id, digest in rows.handoffs:
+        handoffs.setdefault(delivery_id, []).append(digest)
     return MessageEvidence(
         submission=submission,
-        deliveries=tuple(dict(d) for d in rows["deliveries"]),
-        attempts=by_delivery(rows["attempts"]),
-        fetches=by_delivery(rows["fetches"]),
-        receipts={r["delivery_id"]: dict(r) for r in rows["receipts"]},
-        handoffs={k: tuple(h["digest"] for h in v) for k, v in by_delivery(rows["handoffs"]).items()},
+        deliveries=tuple(dataclasses.asdict(d) for d in rows.deliveries),
+        attempts=by_delivery(rows.attempts),
+        fetches=by_delivery(rows.fetches),
+        receipts={r.delivery_id: dataclasses.asdict(r) for r in rows.receipts},
+        handoffs={k: tuple(v) for k, v in handoffs.items()},
         reports=by_delivery(reports),
-        records={d: Record.from_bytes(found[d]["body"]) for d in digests if d in found},
+        records={d: Record.from_bytes(found[d].body) for d in digests if d in found},
         anchoring={d: anchoring_of(found[d]) for d in digests if d in found},
         same_message_id=tuple(choice(r) for r in matches),
         disclosures=tuple(Record.from_bytes(r["body"]) for r in given["disclosures"]),
@@ -103,18 +111,18 @@ async def load_message(store: Store, message_id: str, submission_id: str | None 
     )
 
 
-def anchoring_of(row: Any) -> Anchoring:
-    """A record's anchoring state from its leaf and batch columns."""
-    if row["batch_id"] is None:
+def anchoring_of(row: RecordAnchoring) -> Anchoring:
+    """A record's anchoring state from its leaf and batch."""
+    if row.batch_id is None:
         return Anchoring("queued")
-    if row["batch_state"] == "confirmed":
-        return Anchoring("confirmed", (), row["bitcoin_height"], row["block_time"])
+    if row.batch_state == BatchState.CONFIRMED:
+        return Anchoring("confirmed", (), row.bitcoin_height, row.block_time)
     calendars: tuple[str, ...] = ()
-    if row["batch_timestamp"] is not None:
-        root = merkle.deserialize_timestamp(row["batch_timestamp"], row["root"])
+    if row.batch_timestamp is not None and row.root is not None:
+        root = merkle.deserialize_timestamp(row.batch_timestamp, row.root)
         calendars = tuple(sorted({uri for _, uri in merkle.pending_calendars(root)}))
-    if row["batch_state"] == "attested":  # a calendar's claim of a block, no header checked yet
-        return Anchoring("attested", calendars, row["bitcoin_height"])
+    if row.batch_state == BatchState.ATTESTED:  # a calendar's claim of a block, no header checked yet
+        return Anchoring("attested", calendars, row.bitcoin_height)
     return Anchoring("pending", calendars)
 
 

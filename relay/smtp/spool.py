@@ -17,11 +17,10 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import aiosqlite
-
 from relay.certify.message import MessageFacts, read_facts
 from relay.evidence import records
 from relay.store import INLINE_MAX, Store
+from relay.store.engine import AsyncConnection, Executor
 
 SUBMISSION_RANDOM_BYTES = 6
 SUBJECT_MAX_CHARS = 500  # the subject column is for listings; the record holds the digest of everything
@@ -69,13 +68,13 @@ class Spool:
         self,
         incoming: Incoming,
         now: float,
-        also: Callable[[aiosqlite.Connection, Queued], Awaitable[None]] | None = None,
+        also: Callable[[AsyncConnection, Queued], Awaitable[None]] | None = None,
     ) -> Queued:
         """Store the bytes and the rows (see the module docstring); return only once committed.
         ``also`` writes more rows about the submission in the same transaction (relay.smtp.convocation)."""
         facts, data_sha256 = await self.stage(self.store, incoming.data)
 
-        async def rows(db: aiosqlite.Connection) -> Queued:
+        async def rows(db: Executor) -> Queued:
             queued = await self.insert(db, incoming, facts, data_sha256, now)
             if incoming.kind == "mail":  # a DSN is the relay's own doing, not an event of the sender's
                 payload = {
@@ -104,7 +103,7 @@ class Spool:
 
     @staticmethod
     async def insert(
-        db: aiosqlite.Connection, incoming: Incoming, facts: MessageFacts, data_sha256: str, now: float
+        db: Executor, incoming: Incoming, facts: MessageFacts, data_sha256: str, now: float
     ) -> Queued:
         """The rows of one submission, and its bytes when at most INLINE_MAX octets, inside the
         caller's transaction (larger bytes are already stored: Store.put_blob)."""

@@ -93,7 +93,7 @@ def anchor_config(cals, **kw) -> AnchorConfig:
 
 
 async def batch_states(store: Store) -> list[str]:
-    return [row["state"] for row in await store.anchor_batches(["submitting", "pending", "attested", "confirmed"])]
+    return [row.state for row in await store.anchor_batches(["submitting", "pending", "attested", "confirmed"])]
 
 
 async def run(*argv: str) -> tuple[int, str]:
@@ -128,7 +128,7 @@ async def test_thousand_leaves_one_batch_one_request_each_then_every_proof_verif
         report = await anchorer.upgrade()
     assert report.confirmed == (outcomes[0].batch_id,)
     batch = (await store.anchor_batches(["confirmed"]))[0]
-    assert batch["bitcoin_height"] == min(heights)
+    assert batch.bitcoin_height == min(heights)
 
     async with BitcoindFake(chain) as node:
         headers = await fetch_headers(BitcoindSource(node.url), range(chain.height + 1))
@@ -295,12 +295,12 @@ async def test_an_upgrade_and_a_retry_of_one_batch_at_once_lose_nothing(store, c
         clock.now += 11
         await asyncio.gather(anchorer.upgrade(), anchorer.retry_submissions())
     [row] = await store.anchor_batches(["submitting", "pending", "confirmed"])
-    assert row["state"] == "confirmed"  # not put back to 'pending' by a retry that read it before
+    assert row.state == "confirmed"  # not put back to 'pending' by a retry that read it before
     ots = await export_ots(store, records(1)[0].digest)
     headers = {h: raw for h, raw in enumerate(chain.headers)}
     assert verify_ots(records(1)[0].body, ots, headers, regtest=True).ok
-    timestamp = row["timestamp"]
-    for url in await store.anchor_reply_calendars(row["id"]):  # every calendar that accepted is in the proof
+    timestamp = row.timestamp
+    for url in await store.anchor_reply_calendars(row.id):  # every calendar that accepted is in the proof
         assert url.encode() in timestamp
 
 
@@ -349,11 +349,11 @@ async def test_a_batch_confirmed_by_another_process_keeps_its_attestation(tmp_pa
                 assert len((await cli.upgrade()).confirmed) == 1
             [row] = stale_rows
             await relay_store.update_anchor_batch(  # the relay's round, from its stale read
-                row["id"], now=time.time(), timestamp=row["timestamp"], state="pending",
-                next_attempt_at=row["next_attempt_at"],
+                row.id, now=time.time(), timestamp=row.timestamp, state="pending",
+                next_attempt_at=row.next_attempt_at,
             )
         [row] = await relay_store.anchor_batches(["submitting", "pending", "confirmed"])
-        assert row["state"] == "confirmed" and row["bitcoin_height"] is not None
+        assert row.state == "confirmed" and row.bitcoin_height is not None
         ots = await export_ots(relay_store, records(1)[0].digest)
         headers = {h: raw for h, raw in enumerate(chain.headers)}
         assert verify_ots(records(1)[0].body, ots, headers, regtest=True).ok
@@ -402,7 +402,7 @@ async def test_allowed_calendar_is_asked_by_the_commitment_not_the_root(store, c
     async with Anchorer(store, anchor_config(calendars)) as anchorer:
         [outcome] = await anchorer.batch_all()
         await anchorer.upgrade()
-    root = (await store.anchor_batches(["pending"]))[0]["root"].hex()
+    root = (await store.anchor_batches(["pending"]))[0].root.hex()
     for cal in calendars:
         [(method, path)] = cal.requests[1:]
         commitment = path.removeprefix("/timestamp/")
@@ -493,14 +493,14 @@ async def test_the_batching_worker_makes_a_whole_backlog_in_its_first_round(stor
         worker = asyncio.create_task(anchorer.run_batches())
         try:
             deadline = time.monotonic() + 30
-            while (await store.anchor_summary())["unbatched"]:
+            while (await store.anchor_summary()).unbatched:
                 assert time.monotonic() < deadline, "the backlog was not batched in the worker's first round"
                 await asyncio.sleep(0.05)
         finally:
             worker.cancel()
             await asyncio.gather(worker, return_exceptions=True)
     batches = await store.anchor_batches(["pending"])
-    assert sorted(b["leaves"] for b in batches) == [3] + [5] * BATCHES
+    assert sorted(b.leaves for b in batches) == [3] + [5] * BATCHES
 
 
 async def test_the_limit_per_calendar_holds_across_submission_and_upgrade_at_once(store, calendars):
@@ -563,8 +563,8 @@ async def test_confirmed_batch_records_its_block_time_from_the_header_sources(st
                  "bitcoind and an explorer": {"esplora": [one.url], "bitcoind": node.url}}[sources]
         batch = await confirmed_batch(store, calendars, anchor_config(calendars, regtest=True, **given))
         asked = [server.requests for server in (one, two, node)]
-    height = batch["bitcoin_height"]
-    assert batch["block_time"] == int.from_bytes(chain.headers[height][68:72], "little") == 1_700_000_000 + 600 * height
+    height = batch.bitcoin_height
+    assert batch.block_time == int.from_bytes(chain.headers[height][68:72], "little") == 1_700_000_000 + 600 * height
     # Block hash, then header, at each source, for each of the three calendars' blocks (1, 2, 3).
     expected = {"two explorers": [6, 6, 0], "bitcoind and an explorer": [6, 0, 6]}
     assert [len(r) for r in asked] == expected[sources]
@@ -591,7 +591,7 @@ async def test_batches_confirmed_in_one_block_ask_the_explorer_for_its_header_on
         asked = list(explorer.requests)
     assert len(report.confirmed) == 6
     batches = await store.anchor_batches(["confirmed"])
-    assert {(b["bitcoin_height"], b["block_time"]) for b in batches} == {(1, 1_700_000_600)}
+    assert {(b.bitcoin_height, b.block_time) for b in batches} == {(1, 1_700_000_600)}
     assert asked == [("GET", "/block-height/1"), ("GET", f"/block/{chain.block_hash(1)}/header")]
 
 
@@ -610,12 +610,12 @@ async def test_a_header_that_does_not_check_out_confirms_nothing(store, calendar
     assert report.confirmed == ()
     [batch] = await store.anchor_batches(["pending", "attested"])
     if fault == "explorer down":  # nothing known against the claims: kept, unverified
-        assert (batch["state"], report.attested) == ("attested", (batch["id"],))
+        assert (batch.state, report.attested) == ("attested", (batch.id,))
         assert "cannot check the attestation at height 1" in caplog.text
     else:  # each claim checked and refused: discarded, the calendars asked again next round
-        assert batch["state"] == "pending" and batch["block_time"] is None
+        assert batch.state == "pending" and batch.block_time is None
         assert caplog.text.count("that does not check") == 3
-        root = merkle.deserialize_timestamp(batch["timestamp"], batch["root"])
+        root = merkle.deserialize_timestamp(batch.timestamp, batch.root)
         assert merkle.bitcoin_claims(root) == [] and len(merkle.pending_calendars(root)) == 3
 
 

@@ -88,13 +88,13 @@ async def test_a_forged_attestation_is_discarded_and_the_honest_ones_confirm(sto
             liar.forge(FORGED_HEIGHT)  # it answers before any honest calendar has a block
             report = await anchorer.upgrade()
             assert report.confirmed == () and report.attested == ()
-            assert [b["state"] for b in await store.anchor_batches(["pending"])] == ["pending"]
+            assert [b.state for b in await store.anchor_batches(["pending"])] == ["pending"]
             heights = [honest.confirm(), other.confirm()]
             report = await anchorer.upgrade()
         assert report.confirmed == (outcome.batch_id,)
         [batch] = await store.anchor_batches(["confirmed"])
-        assert batch["bitcoin_height"] == min(heights) == 2
-        assert batch["block_time"] == int.from_bytes(chain.headers[2][68:72], "little")
+        assert batch.bitcoin_height == min(heights) == 2
+        assert batch.block_time == int.from_bytes(chain.headers[2][68:72], "little")
         refused = f"calendar {liar.url} sent a Bitcoin attestation at height {FORGED_HEIGHT} that does not check"
         assert caplog.text.count(refused) == 2  # once a round: the liar is asked again, and lies again
         assert rejected(metrics, liar.url) == 2 and rejected(metrics, honest.url) == 0
@@ -131,8 +131,8 @@ async def test_without_a_header_source_the_batch_stays_attested_until_one_checks
         # Each calendar has answered with a block: none is asked again.
         assert [len(cal.requests) for cal in (liar, honest, other)] == asked
     [batch] = await store.anchor_batches(["attested"])
-    assert batch["bitcoin_height"] == FORGED_HEIGHT and batch["block_time"] is None
-    root = merkle.deserialize_timestamp(batch["timestamp"], batch["root"])
+    assert batch.bitcoin_height == FORGED_HEIGHT and batch.block_time is None
+    root = merkle.deserialize_timestamp(batch.timestamp, batch.root)
     # Nothing pruned: every calendar's pending attestation and every claim, the false one included.
     assert {calendar for _, calendar in merkle.pending_calendars(root)} == {liar.url, honest.url, other.url}
     assert [(c.calendar, c.height) for c in merkle.bitcoin_claims(root)] == [
@@ -149,7 +149,7 @@ async def test_without_a_header_source_the_batch_stays_attested_until_one_checks
             report = await anchorer.upgrade()
         assert report.confirmed == (outcome.batch_id,)
         [batch] = await store.anchor_batches(["confirmed"])
-        assert batch["bitcoin_height"] == 2
+        assert batch.bitcoin_height == 2
         headers = dict(enumerate(chain.headers))
         for rec in RECS:
             proof = await export_ots(store, rec.digest)

@@ -56,7 +56,7 @@ async def add_message(store: Store, n: int) -> tuple[str, str]:
     copy = b"DKIM-Signature: v=1\r\n" + data
     async with store.transaction() as db:
         await Store.insert_bytes(db, sha256_hex(copy), copy)
-        await Store.set_delivery_copy(db, delivery["id"], sha256_hex(copy), record.digest, NOW + n)
+        await Store.set_delivery_copy(db, delivery.id, sha256_hex(copy), record.digest, NOW + n)
     return data_sha, record.digest
 
 

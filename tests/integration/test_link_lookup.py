@@ -26,10 +26,10 @@ async def test_a_lookup_during_a_write_answers_with_committed_rows_only(tmp_path
                 (made.delivery_id, T0 + 60, made.delivery_digest),
             )
             links = await asyncio.wait_for(store.find_ack_links([token_sha256]), 5)
-            assert links[token_sha256]["delivery_id"] == made.delivery_id
-            assert links[token_sha256]["acknowledged_at"] is None  # not committed yet
+            assert links[token_sha256].delivery_id == made.delivery_id
+            assert links[token_sha256].acknowledged_at is None  # not committed yet
         links = await store.find_ack_links([token_sha256])
-        assert links[token_sha256]["acknowledged_at"] == T0 + 60
+        assert links[token_sha256].acknowledged_at == T0 + 60
         assert await store.find_ack_links(["0" * 64]) == {}
     finally:
         await store.close()

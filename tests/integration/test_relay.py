@@ -48,9 +48,9 @@ async def wait_states(service, *states: str, submission_kind: str = "mail") -> l
     while True:
         sub = await service.store.fetchone("SELECT id FROM submissions WHERE kind = ? ORDER BY id", (submission_kind,))
         rows = await service.store.delivery_states(sub["id"]) if sub else []
-        if rows and all(row["state"] in states for row in rows):
+        if rows and all(row.state in states for row in rows):
             return rows
-        assert time.monotonic() < deadline, [dict(r) for r in rows]
+        assert time.monotonic() < deadline, rows
         await asyncio.sleep(0.02)
 
 
@@ -92,7 +92,7 @@ async def test_451_then_250_is_delivered_on_retry(tmp_path):
             states = await wait_states(service, "delivered")
     assert [a.reply[:3] for a in sink.attempts] == ["451", "250"]
     assert got[0].rcpt_tos == ("b@example.net",)
-    assert states[0]["attempts"] == 2
+    assert states[0].attempts == 2
 
 
 async def test_upstream_down_then_up_is_delivered(tmp_path):
@@ -101,7 +101,7 @@ async def test_upstream_down_then_up_is_delivered(tmp_path):
         await aiosmtplib.send(message(), sender="a@example.org", recipients=["b@example.net"],
                               hostname="127.0.0.1", port=service.smtp_port)
         deferred = await wait_states(service, "deferred")
-        assert deferred[0]["last_code"] is None and deferred[0]["last_reply"]
+        assert deferred[0].last_code is None and deferred[0].last_reply
         async with Sink(port=port) as sink:
             got = await sink.wait_for(1)
             await wait_states(service, "delivered")
@@ -117,7 +117,7 @@ async def test_550_fails_and_sender_gets_a_multipart_report(tmp_path):
                                   hostname="127.0.0.1", port=service.smtp_port)
             got = await sink.wait_for(1)
             states = await wait_states(service, "failed")
-    assert states[0]["last_code"] == 550
+    assert states[0].last_code == 550
     dsn = got[0]
     assert dsn.mail_from == "" and dsn.rcpt_tos == ("a@example.org",)
     report = BytesParser(policy=policy.default).parsebytes(dsn.data)
@@ -141,7 +141,7 @@ async def test_a_recipient_refused_at_rcpt_fails_and_the_connection_goes_on(tmp_
             assert code == 250
             states = await wait_states(service, "delivered", "failed")
             got = await sink.wait_for(3)  # two copies and the DSN for the refused one
-    by_recipient = {row["recipient"]: (row["state"], row["last_code"]) for row in states}
+    by_recipient = {row.recipient: (row.state, row.last_code) for row in states}
     assert by_recipient == {"b1@example.net": ("delivered", 250), "b2@example.net": ("delivered", 250),
                             "nobody@example.net": ("failed", 550)}
     assert sorted(m.rcpt_tos for m in got) == [("a@example.org",), ("b1@example.net",), ("b2@example.net",)]
@@ -186,7 +186,7 @@ async def test_a_connection_limit_reply_with_no_other_connection_open_defers_as_
             code, _ = await asyncio.to_thread(smtplib_send, service.smtp_port, "a@example.org", rcpts, message())
             assert code == 250
             rows = await wait_states(service, "deferred")
-    assert [row["last_code"] for row in rows] == [432, 432]
+    assert [row.last_code for row in rows] == [432, 432]
     assert sink.connections == 1 and "keeping to" not in caplog.text
 
 
@@ -239,9 +239,9 @@ async def test_every_step_leaves_an_evidence_record(tmp_path):
                                   hostname="127.0.0.1", port=service.smtp_port)
             await sink.wait_for(1)
             (row,) = await wait_states(service, "delivered")
-            delivery = await service.store.get_record(row["record_digest"])
-            handoff = await service.store.get_record(row["handoff_digest"])
-            copy = await service.store.get_blob(row["copy_sha256"])
+            delivery = await service.store.get_record(row.record_digest)
+            handoff = await service.store.get_record(row.handoff_digest)
+            copy = await service.store.get_blob(row.copy_sha256)
     assert delivery.fields["recipient"] == "b@example.net"
     assert handoff.fields["delivery"] == delivery.digest
     assert handoff.fields["code"] == 250 and handoff.fields["queue_id"] == "SINK1"
@@ -267,7 +267,7 @@ async def test_upstream_certificate_is_verified_by_default(tmp_path):
             await aiosmtplib.send(message(), sender="a@example.org", recipients=["b@example.net"],
                                   hostname="127.0.0.1", port=service.smtp_port)
             (row,) = await wait_states(service, "deferred")
-    assert "certificate" in row["last_reply"].lower() and sink.messages == []
+    assert "certificate" in row.last_reply.lower() and sink.messages == []
 
 
 async def test_upstream_starttls_and_auth(tmp_path):
@@ -290,7 +290,7 @@ async def test_upstream_refusing_our_password_defers_and_never_bounces(tmp_path)
             await aiosmtplib.send(message(), sender="a@example.org", recipients=["b@example.net"],
                                   hostname="127.0.0.1", port=service.smtp_port)
             (row,) = await wait_states(service, "deferred")
-    assert row["last_code"] is None and row["last_reply"] and sink.attempts == []
+    assert row.last_code is None and row.last_reply and sink.attempts == []
 
 
 async def test_utf8_addresses_and_8bit_body_go_through(tmp_path):

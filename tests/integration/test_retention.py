@@ -60,11 +60,11 @@ async def submit(store: Store, name: str, *, age_days: float, state: str, body: 
     async with store.transaction() as db:
         if copy_in_database:
             await Store.insert_bytes(db, copy_sha, copy)
-        await Store.set_delivery_copy(db, delivery["id"], copy_sha, record.digest, received)
-        attempt = {"delivery_id": delivery["id"], "started_at": received, "finished_at": received,
+        await Store.set_delivery_copy(db, delivery.id, copy_sha, record.digest, received)
+        attempt = {"delivery_id": delivery.id, "started_at": received, "finished_at": received,
                    "outcome": "delivered" if state == "delivered" else "deferred", "code": 250, "reply": "ok"}
         await Store.finish_attempt(db, attempt, state=state, next_attempt_at=received + 300, handoff_digest=None)
-    return {"data": data_sha, "copy": copy_sha, "delivery": delivery["id"], "digest": record.digest}
+    return {"data": data_sha, "copy": copy_sha, "delivery": delivery.id, "digest": record.digest}
 
 
 async def acknowledge(store: Store, message: dict, *, age_days: float) -> None:

@@ -96,8 +96,8 @@ async def test_acknowledgment_tokens_keep_their_links_through_migration_7(tmp_pa
         links = await store.find_ack_links([token_sha256, "f" * 64])
         assert list(links) == [token_sha256]
         link = links[token_sha256]
-        assert (link["delivery_id"], link["recipient"], link["subject"]) == (1, "elu@commune.example", "Conseil")
-        assert (link["target_url"], link["token_created_at"]) == ("https://example.org/a?b=1&c=2#d", 2.0)
+        assert (link.delivery_id, link.recipient, link.subject) == (1, "elu@commune.example", "Conseil")
+        assert (link.target_url, link.token_created_at) == ("https://example.org/a?b=1&c=2#d", 2.0)
         table = await store.fetchone("SELECT sql FROM sqlite_master WHERE name = 'ack_tokens'")
         assert "WITHOUT ROWID" in table["sql"]
         indexes = [row["name"] for row in await store.fetchall("PRAGMA index_list(ack_tokens)")]
@@ -122,7 +122,7 @@ async def test_anchoring_leaves_keep_their_batches_through_migration_8(tmp_path)
     try:
         for digest, nonce, position in (("0" * 64, b"\x01\x02", 1), ("1" * 64, b"\x03\x04", 0)):
             leaf = await store.anchor_leaf(digest)
-            assert (leaf["digest"], leaf["batch_id"], leaf["nonce"], leaf["position"]) == (digest, 1, nonce, position)
+            assert (leaf.digest, leaf.batch_id, leaf.nonce, leaf.position) == (digest, 1, nonce, position)
         assert await store.unbatched_leaves(10) == [(3, "2" * 64)]
 
         # A record stored since is queued under its own, next id.
@@ -134,7 +134,7 @@ async def test_anchoring_leaves_keep_their_batches_through_migration_8(tmp_path)
             await Store.insert_record(db, record, delivery_id=1, now=4.0)
         assert await store.unbatched_leaves(10) == [(3, "2" * 64), (4, record.digest)]
         anchoring = await store.records_anchoring(["0" * 64, "2" * 64, record.digest])
-        assert [anchoring[d]["batch_id"] for d in ("0" * 64, "2" * 64, record.digest)] == [1, None, None]
+        assert [anchoring[d].batch_id for d in ("0" * 64, "2" * 64, record.digest)] == [1, None, None]
         # References are enforced again once the migrations are done.
         with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
             async with store.transaction() as db:

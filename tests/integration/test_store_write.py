@@ -70,11 +70,11 @@ async def test_readers_and_recorded_writers_in_one_batch(tmp_path):
 async def _commits_of(store: Store, monkeypatch, writes) -> int:
     """How many transactions the store commits for ``writes``: (urgent, ...) started one loop
     turn apart, as deliveries finishing one after another do."""
-    from relay import store as store_module
+    from relay.store import engine
 
     commits = []
-    apply = store_module._apply_statements
-    monkeypatch.setattr(store_module, "_apply_statements", lambda *a: commits.append(1) or apply(*a))
+    apply = engine._apply_writers
+    monkeypatch.setattr(engine, "_apply_writers", lambda *a: commits.append(1) or apply(*a))
 
     async def insert(db, n: int) -> None:
         await db.execute("INSERT INTO personal (salt, ip, created_at) VALUES (?, ?, ?)", (b"s", f"ip{n}", 0.0))
@@ -99,7 +99,7 @@ async def test_writers_that_are_not_urgent_wait_a_moment_to_share_one_commit(tmp
 
 async def test_an_urgent_writer_commits_at_once_with_those_waiting(tmp_path, monkeypatch):
     """A client waits for its 250: the linger ends when it arrives (here the linger is a minute)."""
-    monkeypatch.setattr("relay.store.GROUP_LINGER", 60.0)
+    monkeypatch.setattr("relay.store.engine.GROUP_LINGER", 60.0)
     store = await Store.open(tmp_path)
     try:
         assert await _commits_of(store, monkeypatch, [False, True]) == 1
@@ -122,5 +122,29 @@ async def test_reads_see_only_committed_rows_and_do_not_wait_for_an_open_transac
                 assert len(await store.fetchall("SELECT ip FROM personal")) == 1
                 raise RuntimeError("the transaction fails")
         assert [r["ip"] for r in await store.fetchall("SELECT ip FROM personal")] == ["pending"]
+    finally:
+        await store.close()
+
+
+async def test_plain_function_writers_run_on_the_write_thread_and_fail_alone(tmp_path):
+    import threading
+
+    store = await Store.open(tmp_path)
+    try:
+        threads = set()
+
+        def insert(conn, n: int) -> int:
+            threads.add(threading.current_thread().name)
+            conn.execute("INSERT INTO personal (salt, ip, created_at) VALUES (?, ?, ?)", (b"s", f"ip{n}", 0.0))
+            if n == 1:
+                conn.execute("INSERT INTO no_such_table VALUES (1)")
+            return conn.execute("SELECT COUNT(*) FROM personal").fetchone()[0]
+
+        results = await asyncio.gather(*(store.write_fn(lambda conn, n=n: insert(conn, n)) for n in range(3)),
+                                       return_exceptions=True)
+        assert results[0] == 1 and "no_such_table" in str(results[1]) and results[2] == 2
+        assert threads == {next(iter(threads))} and threading.current_thread().name not in threads
+        rows = await store.fetchall("SELECT ip FROM personal ORDER BY id")
+        assert [r["ip"] for r in rows] == ["ip0", "ip2"]
     finally:
         await store.close()

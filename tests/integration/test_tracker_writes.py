@@ -10,13 +10,8 @@ from __future__ import annotations
 import pytest
 
 from relay.evidence.records import commitment, iso_time, receipt_record
-from relay.store import (
-    TRACKER_ROWS_PER_INSERT,
-    FetchWrite,
-    PersonalData,
-    ReceiptWrite,
-    Store,
-)
+from relay.store import FetchWrite, PersonalData, ReceiptWrite, Store
+from relay.store.tracker import TRACKER_ROWS_PER_INSERT
 from tests.support.deliveries import make_delivery
 
 T0 = 1_764_400_000.0

@@ -59,10 +59,10 @@ async def make_delivery(
     )
     token = secrets.token_urlsafe(16)
     async with store.transaction() as db:
-        await Store.insert_record(db, record, delivery_id=row["id"], now=now)
-        await Store.set_delivery_copy(db, row["id"], copy_sha256, record.digest, now)
+        await Store.insert_record(db, record, delivery_id=row.id, now=now)
+        await Store.set_delivery_copy(db, row.id, copy_sha256, record.digest, now)
         await Store.insert_ack_token(
-            db, token_sha256=hashlib.sha256(token.encode("ascii")).hexdigest(), delivery_id=row["id"],
+            db, token_sha256=hashlib.sha256(token.encode("ascii")).hexdigest(), delivery_id=row.id,
             target_url=target_url, now=now,
         )
-    return MadeDelivery(token=token, delivery_id=row["id"], delivery_digest=record.digest)
+    return MadeDelivery(token=token, delivery_id=row.id, delivery_digest=record.digest)
