@@ -15,21 +15,27 @@ import asyncio
 import base64
 import dataclasses
 import hashlib
+import html
 import re
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import aiohttp
 import aiosmtplib
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from relay.certify import dkim
 from relay.certify.certifier import _with_trailing_blank
 from relay.certify.message import read_facts, to_crlf
 from relay.config import DKIMConfig
+from relay.evidence.bundle import read_zip
 from tests.support.dkimcheck import dkimpy_results, mail_dkim_results, opendkim_results, tokens_in
 from tests.support.relay import relay_config, running
 from tests.support.sink import Sink
+from tracker.admin_auth import new_token
+from tracker.app import make_app
 
 CORPUS_DIR = Path(__file__).resolve().parent.parent / "corpus"
 CORPUS = sorted(CORPUS_DIR.glob("*.eml"))
@@ -252,8 +258,9 @@ async def test_a_message_without_a_from_domain_is_refused_at_data_unless_the_env
     tmp_path: Path,
 ) -> None:
     original = (CORPUS_DIR / "41-from-without-domain.eml").read_bytes()
+    token, digest = new_token()
     async with Sink() as sink:
-        config, keyring = certifying_config(tmp_path, sink.port)
+        config, keyring = certifying_config(tmp_path, sink.port, admin={"token_hashes": [digest]})
         async with running(config) as service:
             async with aiosmtplib.SMTP(hostname="127.0.0.1", port=service.smtp_port, timeout=30) as client:
                 with pytest.raises(aiosmtplib.SMTPDataError) as refused:
@@ -264,6 +271,13 @@ async def test_a_message_without_a_from_domain_is_refused_at_data_unless_the_env
             await wait_delivered(service, 2)
             (sub,) = await service.store.fetchall("SELECT record_digest FROM submissions")
             assert (await service.store.get_record(sub["record_digest"])).fields["from_added"] == SENDER
+            # The repair, shown in the proof bundle's attestation.
+            async with TestClient(TestServer(make_app(config, service.store), host="127.0.0.1")) as web:
+                mid = quote(read_facts(original).message_id, safe="")
+                bundle = await web.get(f"/api/v1/messages/{mid}/bundle", headers={"Authorization": f"Bearer {token}"})
+                assert bundle.status == 200
+                attestation = html.unescape(read_zip(await bundle.read())["attestation.html"].decode())
+            assert "<th>En-tête From ajouté</th>" in attestation and f"<code>From: {SENDER}</code>" in attestation
     assert len(sink.messages) == 2
     for got in sink.messages:
         assert re.findall(rb"(?im)^from:[^\r]*", got.data.split(b"\r\n\r\n", 1)[0]) == [f"From: {SENDER}".encode()]
