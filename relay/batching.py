@@ -12,6 +12,8 @@ and the tracker's writes (tracker) use it; the store's group commit has its own 
 - The batch function returns one outcome per item, a result or an exception: each caller
   gets its own. If it raises, every caller of that batch gets the exception.
 - A caller that gives up (its future cancelled) is skipped, not computed.
+- An item :meth:`Batcher.put` queues has no future (nobody waits for it): its outcome is
+  the batch function's business (the tracker's page fetches).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class Batcher(Generic[I, R]):
         self._max_weight = max_weight
         self._linger = linger
         self._flush_count = flush_count or max_items
-        self._queue: deque[tuple[I, asyncio.Future[R], bool]] = deque()  # item, its future, urgent
+        self._queue: deque[tuple[I, asyncio.Future[R] | None, bool]] = deque()  # item, its future, urgent
         self._urgent = 0  # urgent items queued
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
@@ -65,13 +67,23 @@ class Batcher(Generic[I, R]):
             # Asked once a busy spell: asyncio.get_running_loop() is a getpid() system call (Python 3.11).
             self._loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = self._loop.create_future()
+        self._queue_item(item, future, urgent)
+        return future
+
+    def put(self, item: I, *, urgent: bool = False) -> None:
+        """Queue ``item`` with no future: nobody waits for its outcome."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        self._queue_item(item, None, urgent)
+
+    def _queue_item(self, item: I, future: asyncio.Future[R] | None, urgent: bool) -> None:
+        assert self._loop is not None
         self._queue.append((item, future, urgent))
         self._urgent += urgent
         if urgent or len(self._queue) >= self._flush_count or not self._linger:
             self._start()
         elif self._timer is None and self._task is None:
             self._timer = self._loop.call_later(self._linger, self._start)
-        return future
 
     async def batch_done(self) -> None:
         """Return once the next batch has run (or at once when nothing is queued)."""
@@ -125,25 +137,25 @@ class Batcher(Generic[I, R]):
             if self._queue and self._timer is None and self._loop is not None:
                 self._timer = self._loop.call_later(self._linger, self._start)
 
-    def _take(self) -> list[tuple[I, asyncio.Future[R]]]:
-        batch: list[tuple[I, asyncio.Future[R]]] = []
+    def _take(self) -> list[tuple[I, asyncio.Future[R] | None]]:
+        batch: list[tuple[I, asyncio.Future[R] | None]] = []
         weight = 0
         while self._queue and len(batch) < self.max_items and (not batch or weight < self._max_weight or
                                                                 self._weight is None):
             item, future, urgent = self._queue.popleft()
             self._urgent -= urgent
-            if not future.done():  # else its caller gave up
+            if future is None or not future.done():  # else its caller gave up
                 batch.append((item, future))
                 weight += self._weight(item) if self._weight is not None else 0
         return batch
 
-    async def _run_one(self, batch: list[tuple[I, asyncio.Future[R]]]) -> None:
+    async def _run_one(self, batch: list[tuple[I, asyncio.Future[R] | None]]) -> None:
         try:
             outcomes: Sequence[R | BaseException] = await self._run([item for item, _ in batch])
         except Exception as exc:  # noqa: BLE001 - every caller of the batch hears of it
             outcomes = [exc] * len(batch)
         for (_, future), outcome in zip(batch, outcomes, strict=True):
-            if future.done():  # its caller gave up meanwhile
+            if future is None or future.done():  # nobody waits, or its caller gave up meanwhile
                 continue
             if isinstance(outcome, BaseException):
                 future.set_exception(outcome)

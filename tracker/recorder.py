@@ -81,7 +81,7 @@ class Recorder:
             if self._failed is not None:
                 raise self._failed  # the store is in trouble
             self._check_running()
-        self._batcher.submit(_Fetch(fetch, retry=False), urgent=False)
+        self._batcher.put(_Fetch(fetch, retry=False))
 
     async def record_receipt(self, receipt: ReceiptWrite) -> Acknowledgment:
         """Record a receipt; returns once it is committed (durable)."""
@@ -109,7 +109,7 @@ class Recorder:
                 log.error("%d page fetches not recorded (their second attempt failed)", dropped)
             for fetch in fetches:
                 if not fetch.retry:
-                    self._batcher.submit(_Fetch(fetch.write, retry=True), urgent=False)
+                    self._batcher.put(_Fetch(fetch.write, retry=True))
             return [None if isinstance(e, _Fetch) else exc for e in events]
         self._failed = None
         return [None if isinstance(e, _Fetch) else Acknowledgment(*next(acks)) for e in events]

@@ -75,3 +75,13 @@ async def test_lingering_items_wait_for_company_until_an_urgent_one_or_a_flush()
     late = batcher.submit(4, urgent=False)
     await batcher.flush()
     assert late.result() == 40 and run.batches[-1] == [4]
+
+
+async def test_an_item_put_without_a_future_is_run_with_the_others() -> None:
+    run = Recording()
+    run.release.set()
+    batcher: Batcher[int, int] = Batcher(run, name="test", max_items=10, linger=3600.0)
+    batcher.put(1)
+    assert run.batches == [] and batcher.pending == 1
+    assert await batcher.submit(2) == 20
+    assert run.batches == [[1, 2]]
