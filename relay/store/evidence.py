@@ -1,5 +1,5 @@
 """Evidence records, and what the proofs of one message gather: its submission, deliveries,
-attempts, fetches, receipts, and each record's anchoring (relay.evidence.gather, the API)."""
+attempts, fetches, receipts, and each record's anchoring (relay.proof.gather, the API)."""
 
 from __future__ import annotations
 

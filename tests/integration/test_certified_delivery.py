@@ -30,7 +30,7 @@ from relay.certify import dkim
 from relay.certify.certifier import _with_trailing_blank
 from relay.certify.message import read_facts, to_crlf
 from relay.config import DKIMConfig
-from relay.evidence.bundle import read_zip
+from relay.evidence.archive import read_zip
 from tests.support.dkimcheck import dkimpy_results, mail_dkim_results, opendkim_results, tokens_in
 from tests.support.relay import relay_config, running
 from tests.support.sink import Sink
