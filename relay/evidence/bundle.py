@@ -361,7 +361,7 @@ class Bundle:
 
     @property
     def version(self) -> int:
-        return self.manifest["version"]
+        return int(self.manifest["version"])
 
 
 def parse_manifest(files: dict[str, bytes]) -> Bundle:

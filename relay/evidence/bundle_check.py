@@ -187,17 +187,17 @@ class BundleReport:
         confirmed = [r.anchor for r in self.records if r.anchor.state == "confirmed"]
         anchors = f"Anchors: {len(confirmed)} of {len(self.records)} records confirmed in Bitcoin"
         if confirmed:
-            heights = ", ".join(str(h) for h in sorted({a.bitcoin_height for a in confirmed}))
+            heights = ", ".join(str(h) for h in sorted({a.bitcoin_height for a in confirmed if a.bitcoin_height is not None}))
             first = min(a.block_time for a in confirmed if a.block_time is not None)
             anchors += f" (block {heights}, the earliest {_utc(first)})"
         lines.append(anchors)
         lines.append("Each record: the time it claims; the time its anchor proves it existed by")
-        for r in self.records:
-            lines.append(f"  {r.type:<10} {r.path}: claims {r.claimed_at or '?'}; existed by {r.proven_text}")
-        for r in self.records:
-            if r.anchor.state != "confirmed":
-                where = ", ".join(r.anchor.calendars) or "not yet submitted"
-                lines.append(f"  pending: {r.path} ({where})")
+        for rec in self.records:
+            lines.append(f"  {rec.type:<10} {rec.path}: claims {rec.claimed_at or '?'}; existed by {rec.proven_text}")
+        for rec in self.records:
+            if rec.anchor.state != "confirmed":
+                where = ", ".join(rec.anchor.calendars) or "not yet submitted"
+                lines.append(f"  pending: {rec.path} ({where})")
         for f in self.informative:
             lines.append(f"Informative only, not evidence: {f.path} ({f.checked})")
         lines.append({"verified": "VERIFIED", "pending": "VALID, ANCHORS PENDING: verify again later"}[self.status])
