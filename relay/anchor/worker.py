@@ -59,11 +59,13 @@ from opentimestamps.core.timestamp import Timestamp
 from relay.anchor import merkle
 from relay.anchor.fetch import ReplyTooLarge, read_bounded
 from relay.anchor.headers import AgreeingSources, BitcoindSource, EsploraSource, HeaderSource
+from relay.anchor.tsa import TSAClient, TSAError
 from relay.backoff import Backoff
-from relay.config import AnchorConfig, header_sources_problem
+from relay.config import AnchorConfig, TSAConfig, header_sources_problem
 from relay.errors import AnchorError, ConfigError, ConflictError, HeaderSourceError
 from relay.evidence.ots_verify import check_attestation
 from relay.store import NewAnchorBatch, Store
+from relay.store import tsa as tsa_store
 
 log = logging.getLogger("estampille.anchor")
 
@@ -210,6 +212,7 @@ class _FormedBatch:
     rowids: list[int]
     nonces: bytes
     tree: merkle.Tree
+    preimage: bytes  # the bytes whose SHA-256 is the root: what a TSA is asked to stamp
 
 
 @dataclass(frozen=True)
@@ -253,9 +256,12 @@ class Anchorer:
         clock: Callable[[], float] = time.time,
         randbytes: Callable[[int], bytes] = os.urandom,
         on_rejected: Callable[[str], None] = lambda calendar: None,
+        tsa: TSAConfig | None = None,
     ) -> None:
         self.store = store
         self.config = config
+        self.tsa_config = tsa if tsa is not None and tsa.authorities else None
+        self._tsa: TSAClient | None = None
         self._clock = clock
         self._randbytes = randbytes
         self._on_rejected = on_rejected  # called with the calendar of each attestation that fails its check
@@ -274,12 +280,14 @@ class Anchorer:
         self._session = aiohttp.ClientSession()
         # One client for both workers: its per-host limit holds across batches and rounds.
         self._calendars = CalendarClient(self._session, self.config.timeout, self.config.calendar_concurrency)
+        if self.tsa_config is not None:
+            self._tsa = TSAClient(self._session, self.tsa_config)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._session is not None:
             await self._session.close()
-            self._session = self._calendars = None
+            self._session = self._calendars = self._tsa = None
 
     @property
     def _client(self) -> CalendarClient:
@@ -296,6 +304,11 @@ class Anchorer:
         schemes = ("https", "http") if self.config.http_for_tests else ("https",)
         host = (parts.hostname or "").lower()
         return parts.scheme in schemes and bool(host) and any(fnmatch.fnmatchcase(host, p) for p in self._allowed)
+
+    @property
+    def tsa_requests(self) -> int:
+        """Requests made to TSAs by this Anchorer."""
+        return 0 if self._tsa is None else self._tsa.requests
 
     @property
     def calendars_answered(self) -> tuple[int, int]:
@@ -366,13 +379,21 @@ class Anchorer:
         del leaves  # a million rows weigh a few hundred megabytes
         nonces = self._randbytes(merkle.NONCE_BYTES * len(rowids))
         tree = await asyncio.to_thread(merkle.Tree.build, digests, nonces)
-        return _FormedBatch(rowids, nonces, tree)
+        preimage = tree.levels[-2] if tree.size > 1 else digests[0] + nonces  # see merkle.Tree: sha256 of it is the root
+        return _FormedBatch(rowids, nonces, tree, preimage)
 
     async def _submit_batch(self, formed: _FormedBatch) -> BatchOutcome:
         """Submit a formed batch's root to every calendar; store the batch, its tree and the replies."""
         tree = formed.tree
         root = Timestamp(tree.root)
-        replies = await self._submit(root, self.config.calendars)
+        # Asked first and at once beside the calendars: the token exists within seconds of the records,
+        # and a slow or failing TSA delays no calendar (it is awaited once the batch is stored).
+        token = None if self._tsa is None else asyncio.create_task(self._tsa.stamp(formed.preimage, self._clock()))
+        try:
+            replies = await self._submit(root, self.config.calendars)
+        except BaseException:
+            await _cancel([token] if token is not None else [])
+            raise
         now = self._clock()
         state, next_at = self._after_submission(len(replies), attempts=1, now=now)
         batch_id = await self.store.save_anchor_batch(
@@ -388,6 +409,8 @@ class Anchorer:
                 replies=tuple(replies.items()),
             )
         )
+        if token is not None:
+            await self._store_token(batch_id, formed.preimage, token, attempts=1)
         leaves = len(formed.rowids)
         log.info("batch %d: %d leaves, root %s, accepted by %d calendar(s), %s",
                  batch_id, leaves, tree.root.hex(), len(replies), state)
@@ -415,6 +438,32 @@ class Anchorer:
             return "pending", now + self.config.upgrade_interval
         delay = Backoff(self.config.retry_first, self.config.retry_max).delay(attempts, random.random())
         return "submitting", now + delay
+
+    async def _store_token(self, batch_id: int, preimage: bytes, stamping: Awaitable[tsa_store.Stamp],
+                           *, attempts: int) -> bool:
+        """Store the batch's token once ``stamping`` gives it, or its failure with the time to ask again."""
+        assert self.tsa_config is not None
+        try:
+            stamp = await stamping
+        except TSAError as exc:
+            delay = Backoff(self.tsa_config.retry_first, self.tsa_config.retry_max).delay(attempts, random.random())
+            await tsa_store.save_waiting(self.store, batch_id, preimage, attempts=attempts,
+                                         next_attempt_at=self._clock() + delay, error=str(exc))
+            log.warning("batch %d: no RFC 3161 token (attempt %d), asking again in %.0f s", batch_id, attempts, delay)
+            return False
+        await tsa_store.save_stamped(self.store, batch_id, preimage, stamp, attempts=attempts)
+        log.info("batch %d: RFC 3161 token from %s", batch_id, stamp.authority)
+        return True
+
+    async def retry_tokens(self) -> int:
+        """Ask again for the due tokens of batches that have none; how many were stamped."""
+        if self._tsa is None:
+            return 0
+        stamped = 0
+        for row in await tsa_store.due_tokens(self.store, self._clock()):
+            stamping = self._tsa.stamp(row["preimage"], self._clock())
+            stamped += await self._store_token(row["batch_id"], row["preimage"], stamping, attempts=row["attempts"] + 1)
+        return stamped
 
     async def retry_submissions(self) -> list[BatchOutcome]:
         """Submit again every due batch that fewer than ``min_calendars`` calendars accepted, several at once."""
@@ -589,6 +638,7 @@ class Anchorer:
                 elif not waiting and now - last >= self.config.interval:
                     last = now
                 await self.retry_submissions()
+                await self.retry_tokens()
             except ConflictError as exc:  # `estampille anchor --now` beside the relay, say
                 log.warning("anchoring round stopped: %s; the leaves left wait for the next round", exc)
             except Exception:
