@@ -64,6 +64,7 @@ from relay.backoff import Backoff
 from relay.config import AnchorConfig, TSAConfig, header_sources_problem
 from relay.errors import AnchorError, ConfigError, ConflictError, HeaderSourceError
 from relay.evidence.ots_verify import check_attestation
+from relay.evidence.tsa_proof import TokenProof
 from relay.store import NewAnchorBatch, Store
 from relay.store import tsa as tsa_store
 
@@ -676,14 +677,33 @@ async def export_ots(store: Store, digest: str) -> bytes:
     root = merkle.deserialize_timestamp(row["timestamp"], row["root"])
     if row["state"] == "confirmed":
         root = merkle.bitcoin_branches(root) or root
-    positions = merkle.sibling_positions(row["leaves"], row["position"])
-    nodes = await store.anchor_nodes(row["batch_id"], [(level, index) for level, index, _ in positions])
-    path = [merkle.Step(append, nodes[(level, index)]) for level, index, append in positions]
+    path = await _leaf_path(store, row)
     try:
         return merkle.leaf_ots(bytes.fromhex(digest), row["nonce"], path, root)
     except ValueError as exc:
         raise AnchorError(f"stored path of record {digest} does not reach its batch root") from exc
 
+
+async def _leaf_path(store: Store, row) -> list[merkle.Step]:
+    """A batched leaf's steps to its batch root (``row``: Store.anchor_leaf's)."""
+    positions = merkle.sibling_positions(row["leaves"], row["position"])
+    nodes = await store.anchor_nodes(row["batch_id"], [(level, index) for level, index, _ in positions])
+    return [merkle.Step(append, nodes[(level, index)]) for level, index, append in positions]
+
+
+async def export_tsa(store: Store, digest: str) -> TokenProof | None:
+    """The record's way to its batch's RFC 3161 token, for a bundle; None while its batch has none."""
+    row = await store.anchor_leaf(digest)
+    if row["batch_id"] is None:
+        return None
+    token = await tsa_store.token_of_batch(store, row["batch_id"])
+    if token is None:
+        return None
+    path = tuple(("append" if step.append else "prepend", step.sibling)
+                 for step in await _leaf_path(store, row))
+    stamp = token.stamp
+    return TokenProof(digest, row["nonce"], path, token.root, stamp.authority, stamp.qualified, stamp.trust_list,
+                      stamp.tsr, stamp.chain_pem)
 
 
 # -- commands (called by relay.cli) -------------------------------------------
@@ -697,10 +717,11 @@ class AnchorRun:
     unanswered: bool
 
 
-async def anchor_now(store: Store, config: AnchorConfig) -> AnchorRun:
-    """Batch every waiting leaf, retry due submissions and run one upgrade round now."""
-    async with Anchorer(store, config) as anchorer:
+async def anchor_now(store: Store, config: AnchorConfig, tsa: TSAConfig | None = None) -> AnchorRun:
+    """Batch every waiting leaf (with its RFC 3161 token), retry due submissions and tokens, run one upgrade round now."""
+    async with Anchorer(store, config, tsa=tsa) as anchorer:
         outcomes = await anchorer.batch_all() + await anchorer.retry_submissions()
+        await anchorer.retry_tokens()
         report = await anchorer.upgrade()
         asked, answered = anchorer.calendars_answered
     lines = [f"batch {o.batch_id}: {o.leaves} leaves, accepted by {len(o.accepted)} calendar(s), {o.state}"

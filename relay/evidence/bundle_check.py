@@ -57,11 +57,15 @@ from relay.evidence.bundle import (
 )
 from relay.evidence.ots_verify import verify_ots
 from relay.evidence.records import Record, sha256_hex
+from relay.evidence.tsa_proof import TSAOutcome, check_record_token
 
 EXIT_VERIFIED = 0
 EXIT_PENDING = 1
 EXIT_INVALID = 2
 DEFAULT_MAX_ANCHOR_DELAY = 48 * 3600  # seconds; see the module docstring
+# A token is asked when the record's batch forms (anchor.interval, 10 min by default) and retried
+# while its TSA is down: as lenient as the Bitcoin bound by default; tighten it with --max-tsa-delay.
+DEFAULT_MAX_TSA_DELAY = 48 * 3600
 CLAIMED_TIME = {"submission": "received_at", "delivery": "certified_at", "handoff": "handed_at", "receipt": "at"}
 
 
@@ -86,13 +90,19 @@ class RecordCheck:
     digest: str
     anchor: AnchorOutcome
     claimed_at: str | None = None  # the record's own time, as it says
+    tsa: TSAOutcome | None = None  # its batch's RFC 3161 token, checked
 
     @property
     def proven_text(self) -> str:
-        """When the anchor proves the record existed by, for people."""
-        if self.anchor.proven_at is None:
-            return "not yet proven (anchor pending)"
-        return f"{_utc(self.anchor.proven_at)} (Bitcoin block {self.anchor.bitcoin_height})"
+        """When the anchors prove the record existed by, for people: the token's time first, when there is one."""
+        bitcoin = None
+        if self.anchor.proven_at is not None:
+            bitcoin = f"{_utc(self.anchor.proven_at)} (Bitcoin block {self.anchor.bitcoin_height})"
+        if self.tsa is not None:
+            qualified = f"declared qualified, {self.tsa.trust_list}" if self.tsa.qualified else "not declared qualified"
+            stamped = f"{_utc(self.tsa.unix)} (RFC 3161 token of {self.tsa.tsa}, {qualified})"
+            return stamped + (f"; {bitcoin}" if bitcoin else "; Bitcoin anchor pending")
+        return bitcoin or "not yet proven (anchor pending)"
 
 
 @dataclass(frozen=True)
@@ -192,6 +202,11 @@ class BundleReport:
             first = min(a.proven_at for a in confirmed if a.proven_at is not None)
             anchors += f" (block {heights}, the earliest {_utc(first)})"
         lines.append(anchors)
+        stamped = [r.tsa for r in self.records if r.tsa is not None]
+        if stamped:
+            names = ", ".join(sorted({t.tsa for t in stamped}))
+            lines.append(f"RFC 3161 tokens: {len(stamped)} of {len(self.records)} records, by {names}"
+                         f" (CA SHA-256 {', '.join(sorted({t.ca_sha256 for t in stamped}))})")
         lines.append("Each record: the time it claims; the time its anchor proves it existed by")
         for r in self.records:
             lines.append(f"  {r.type:<10} {r.path}: claims {r.claimed_at or '?'}; existed by {r.proven_text}")
@@ -207,16 +222,17 @@ class BundleReport:
 
 def verify_files(
     files: dict[str, bytes], headers: Headers, *, regtest: bool = False,
-    max_anchor_delay: float = DEFAULT_MAX_ANCHOR_DELAY,
+    max_anchor_delay: float = DEFAULT_MAX_ANCHOR_DELAY, max_tsa_delay: float = DEFAULT_MAX_TSA_DELAY,
 ) -> BundleReport:
     """Verify a bundle given as its files (path -> bytes), from a zip or an unpacked directory.
 
     A record whose anchor proves it existed only more than ``max_anchor_delay`` seconds after the
-    time it claims is invalid (see the module docstring).
+    time it claims is invalid (see the module docstring), and so is one whose RFC 3161 token is
+    more than ``max_tsa_delay`` seconds after it.
     """
     try:
         bundle = parse_manifest(files)
-        return _verify(bundle, headers, regtest, max_anchor_delay)
+        return _verify(bundle, headers, regtest, (max_anchor_delay, max_tsa_delay))
     except BundleProblem as problem:
         return cannot_verify(problem)
     except (KeyError, TypeError, ValueError, AttributeError, jinja2.TemplateError) as exc:
@@ -233,7 +249,7 @@ def cannot_verify(problem: BundleProblem) -> BundleReport:
     return BundleReport(None, None, None, (), (), problem)
 
 
-def _verify(bundle: Bundle, headers: Headers, regtest: bool, max_anchor_delay: float) -> BundleReport:
+def _verify(bundle: Bundle, headers: Headers, regtest: bool, max_delays: tuple[float, float]) -> BundleReport:
     facts = bundle.facts
     submission = _record(bundle, facts["submission"], "submission")
     fields = submission.fields
@@ -253,8 +269,12 @@ def _verify(bundle: Bundle, headers: Headers, regtest: bool, max_anchor_delay: f
         summary, used = _verify_recipient(bundle, entry, submission, facts.get("scope"))
         recipients.append(summary)
         paths += used
-    records = tuple(_bounded(_anchor(bundle, path, headers, regtest), max_anchor_delay) for path in paths)
+    tokens: dict = {}  # each batch's token, checked once for all its records
+    records = tuple(_bounded(_anchor(bundle, path, headers, regtest, tokens), *max_delays) for path in paths)
     _check_claimed_anchoring(facts, records)
+    if bundle.version >= 3 and facts["tsa"] != {r.path: r.tsa.facts() for r in sorted(records, key=lambda r: r.path)
+                                                if r.tsa is not None}:
+        raise BundleProblem(MANIFEST, "tsa", "its RFC 3161 facts are not what the records' tokens show")
     return BundleReport(
         message_id=facts["message_id"],
         subject=read_header_facts(bundle.files[facts["original"]]).subject,  # the message's, not the manifest's
@@ -435,8 +455,8 @@ def _verify_dkim(path: str, copy: bytes, keys: dict[str, bytes]) -> tuple[str, .
     return tuple(results)
 
 
-def _anchor(bundle: Bundle, path: str, headers: Headers, regtest: bool) -> RecordCheck:
-    """The record's proof, checked down to its block header; no proof yet counts as pending."""
+def _anchor(bundle: Bundle, path: str, headers: Headers, regtest: bool, tokens: dict) -> RecordCheck:
+    """The record's proofs: its .ots down to its block header (none yet counts as pending), its RFC 3161 token."""
     record = Record.from_bytes(bundle.files[path])
     ots = bundle.files.get(path + ".ots")
     outcome = AnchorOutcome(state="pending")
@@ -447,14 +467,16 @@ def _anchor(bundle: Bundle, path: str, headers: Headers, regtest: bool) -> Recor
         state = "confirmed" if result.status == "verified" else "pending"
         outcome = AnchorOutcome(state, result.height, result.block_time, result.pending_calendars, result.proven_at)
     claimed = record.fields.get(CLAIMED_TIME.get(record.type, ""))
+    tsa = check_record_token(bundle.files, path, record.digest, tokens) if bundle.version >= 3 else None
     return RecordCheck(path=path, type=record.type, digest=record.digest, anchor=outcome,
-                       claimed_at=claimed if isinstance(claimed, str) else None)
+                       claimed_at=claimed if isinstance(claimed, str) else None, tsa=tsa)
 
 
-def _bounded(check: RecordCheck, max_delay: float) -> RecordCheck:
-    """The check, unless its anchor proves the record only more than ``max_delay`` seconds after its claim."""
+def _bounded(check: RecordCheck, max_delay: float, max_tsa_delay: float) -> RecordCheck:
+    """The check, unless its anchor proves the record only more than ``max_delay`` seconds after its claim,
+    or its RFC 3161 token more than ``max_tsa_delay`` seconds after it."""
     proven = check.anchor.proven_at
-    if proven is None:
+    if proven is None and check.tsa is None:
         return check
     if check.claimed_at is None:
         raise BundleProblem(check.path, "anchor delay", f"a {check.type} record that claims no time")
@@ -462,7 +484,14 @@ def _bounded(check: RecordCheck, max_delay: float) -> RecordCheck:
         claimed = datetime.fromisoformat(check.claimed_at.replace("Z", "+00:00")).timestamp()
     except ValueError:
         raise BundleProblem(check.path, "anchor delay", f"claims an unreadable time {check.claimed_at!r}") from None
-    if proven - claimed > max_delay:
+    if check.tsa is not None and check.tsa.unix - claimed > max_tsa_delay:
+        raise BundleProblem(
+            check.path, "RFC 3161 delay",
+            f"claims {check.claimed_at}, but its RFC 3161 token ({check.tsa.token}) proves it existed only by"
+            f" {check.tsa.time}, {(check.tsa.unix - claimed) / 60:.1f} min later, more than the"
+            f" {max_tsa_delay / 60:g} min allowed (--max-tsa-delay)",
+        )
+    if proven is not None and proven - claimed > max_delay:
         raise BundleProblem(
             check.path, "anchor delay",
             f"claims {check.claimed_at}, but its anchor proves it existed only by {check.proven_text},"

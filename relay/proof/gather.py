@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 
 from relay.anchor import merkle
 from relay.anchor.headers import HeaderSource
-from relay.anchor.worker import export_ots
+from relay.anchor.worker import export_ots, export_tsa
 from relay.errors import AmbiguousError, AnchorError, NotFoundError
 from relay.evidence.archive import MAX_RATIO, BundleProblem, read_directory, read_zip
 from relay.evidence.bundle import (
@@ -27,8 +27,15 @@ from relay.evidence.bundle import (
     RecipientEvidence,
     build_bundle,
 )
-from relay.evidence.bundle_check import DEFAULT_MAX_ANCHOR_DELAY, BundleReport, cannot_verify, verify_files
+from relay.evidence.bundle_check import (
+    DEFAULT_MAX_ANCHOR_DELAY,
+    DEFAULT_MAX_TSA_DELAY,
+    BundleReport,
+    cannot_verify,
+    verify_files,
+)
 from relay.evidence.records import Record, disclosure_record, iso_time
+from relay.evidence.tsa_proof import TokenProof
 from relay.law import register
 from relay.store import Store, proofs, tokens
 from relay.store import law as law_store
@@ -229,16 +236,19 @@ def message_json(ev: MessageEvidence) -> dict[str, Any]:
 async def proof_input(store: Store, ev: MessageEvidence, *, now: float, timezone: str) -> ProofInput:
     """The bundle's content: message files and each record's .ots, read from the store."""
     proofs: dict[str, bytes | None] = {}
+    stamps: dict[str, TokenProof | None] = {}
     for digest in ev.records:
+        batched = ev.anchoring[digest].state != "queued"
+        stamps[digest] = await export_tsa(store, digest) if batched else None
         try:
-            proofs[digest] = await export_ots(store, digest) if ev.anchoring[digest].state != "queued" else None
+            proofs[digest] = await export_ots(store, digest) if batched else None
         except AnchorError:
             proofs[digest] = None  # batched, but no calendar has answered yet: counts as pending
 
     def evidence(digest: str | None) -> Evidence | None:
         if digest is None or digest not in ev.records:
             return None
-        return Evidence(ev.records[digest], proofs[digest], ev.anchoring[digest])
+        return Evidence(ev.records[digest], proofs[digest], ev.anchoring[digest], stamps[digest])
 
     recipients = []
     for d in ev.deliveries:
@@ -370,6 +380,7 @@ class _HeadersOnDemand(Mapping[int, bytes]):
 
 async def verify_bundle(
     path: Path, source: HeaderSource, *, regtest: bool = False, max_anchor_delay: float = DEFAULT_MAX_ANCHOR_DELAY,
+    max_tsa_delay: float = DEFAULT_MAX_TSA_DELAY,
     max_ratio: int = MAX_RATIO,
 ) -> BundleReport:
     """Verify the bundle at ``path`` with headers from ``source`` (HeaderSourceError if it fails)."""
@@ -378,4 +389,5 @@ async def verify_bundle(
     except BundleProblem as problem:
         return cannot_verify(problem)
     headers = _HeadersOnDemand(source, asyncio.get_running_loop())
-    return await asyncio.to_thread(verify_files, files, headers, regtest=regtest, max_anchor_delay=max_anchor_delay)
+    return await asyncio.to_thread(verify_files, files, headers, regtest=regtest, max_anchor_delay=max_anchor_delay,
+                                   max_tsa_delay=max_tsa_delay)
