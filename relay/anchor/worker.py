@@ -672,12 +672,15 @@ async def export_ots(store: Store, digest: str) -> bytes:
     row = await store.anchor_leaf(digest)
     if row["batch_id"] is None:
         raise AnchorError(f"record {digest} is not batched yet (run 'estampille anchor --now')")
+    return _leaf_ots(digest, row, await _leaf_path(store, row))
+
+
+def _leaf_ots(digest: str, row, path: list[merkle.Step]) -> bytes:
     if row["timestamp"] is None:
         raise AnchorError(f"record {digest} is in batch {row['batch_id']}, which no calendar has accepted yet")
     root = merkle.deserialize_timestamp(row["timestamp"], row["root"])
     if row["state"] == "confirmed":
         root = merkle.bitcoin_branches(root) or root
-    path = await _leaf_path(store, row)
     try:
         return merkle.leaf_ots(bytes.fromhex(digest), row["nonce"], path, root)
     except ValueError as exc:
@@ -691,19 +694,27 @@ async def _leaf_path(store: Store, row) -> list[merkle.Step]:
     return [merkle.Step(append, nodes[(level, index)]) for level, index, append in positions]
 
 
-async def export_tsa(store: Store, digest: str) -> TokenProof | None:
-    """The record's way to its batch's RFC 3161 token, for a bundle; None while its batch has none."""
+async def export_leaf(
+    store: Store, digest: str, tokens: dict[int, tsa_store.StoredToken | None]
+) -> tuple[bytes | None, TokenProof | None]:
+    """A batched record's ``.ots`` (None while no calendar holds its batch) and its way to its batch's
+    RFC 3161 token (None while the batch has none), its leaf and path read once, for a bundle.
+
+    ``tokens`` keeps each batch's token across the records of one bundle."""
     row = await store.anchor_leaf(digest)
     if row["batch_id"] is None:
-        return None
-    token = await tsa_store.token_of_batch(store, row["batch_id"])
+        return None, None
+    path = await _leaf_path(store, row)
+    ots = _leaf_ots(digest, row, path) if row["timestamp"] is not None else None
+    if row["batch_id"] not in tokens:
+        tokens[row["batch_id"]] = await tsa_store.token_of_batch(store, row["batch_id"])
+    token = tokens[row["batch_id"]]
     if token is None:
-        return None
-    path = tuple(("append" if step.append else "prepend", step.sibling)
-                 for step in await _leaf_path(store, row))
+        return ots, None
+    steps = tuple(("append" if step.append else "prepend", step.sibling) for step in path)
     stamp = token.stamp
-    return TokenProof(digest, row["nonce"], path, token.root, stamp.authority, stamp.qualified, stamp.trust_list,
-                      stamp.tsr, stamp.chain_pem)
+    return ots, TokenProof(digest, row["nonce"], steps, token.root, stamp.authority, stamp.qualified,
+                           stamp.trust_list, stamp.tsr, stamp.chain_pem)
 
 
 # -- commands (called by relay.cli) -------------------------------------------

@@ -17,8 +17,8 @@ from typing import Any, BinaryIO
 
 from relay.anchor import merkle
 from relay.anchor.headers import HeaderSource
-from relay.anchor.worker import export_ots, export_tsa
-from relay.errors import AmbiguousError, AnchorError, NotFoundError
+from relay.anchor.worker import export_leaf
+from relay.errors import AmbiguousError, NotFoundError
 from relay.evidence.archive import MAX_RATIO, BundleProblem, read_directory, read_zip
 from relay.evidence.bundle import (
     Anchoring,
@@ -235,20 +235,18 @@ def message_json(ev: MessageEvidence) -> dict[str, Any]:
 
 async def proof_input(store: Store, ev: MessageEvidence, *, now: float, timezone: str) -> ProofInput:
     """The bundle's content: message files and each record's .ots, read from the store."""
-    proofs: dict[str, bytes | None] = {}
-    stamps: dict[str, TokenProof | None] = {}
+    proofs: dict[str, tuple[bytes | None, TokenProof | None]] = {}
+    batch_tokens: dict = {}
     for digest in ev.records:
-        batched = ev.anchoring[digest].state != "queued"
-        stamps[digest] = await export_tsa(store, digest) if batched else None
-        try:
-            proofs[digest] = await export_ots(store, digest) if batched else None
-        except AnchorError:
-            proofs[digest] = None  # batched, but no calendar has answered yet: counts as pending
+        # No .ots while no calendar has answered: counts as pending.
+        queued = ev.anchoring[digest].state == "queued"
+        proofs[digest] = (None, None) if queued else await export_leaf(store, digest, batch_tokens)
 
     def evidence(digest: str | None) -> Evidence | None:
         if digest is None or digest not in ev.records:
             return None
-        return Evidence(ev.records[digest], proofs[digest], ev.anchoring[digest], stamps[digest])
+        ots, token = proofs[digest]
+        return Evidence(ev.records[digest], ots, ev.anchoring[digest], token)
 
     recipients = []
     for d in ev.deliveries:
