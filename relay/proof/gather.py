@@ -40,6 +40,7 @@ from relay.law import register
 from relay.store import Store, proofs, tokens
 from relay.store import law as law_store
 from relay.store import reports as report_store
+from relay.store import tsa as tsa_store
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class MessageEvidence:
     same_message_id: tuple[dict[str, Any], ...] = ()  # every submission with this Message-ID (choices)
     disclosures: tuple[Record, ...] = ()  # the tokens each bundle made so far disclosed, oldest first
     refusals: dict[int, tuple[dict[str, Any], ...]] = field(default_factory=dict)  # by delivery id
+    stamps: dict[str, dict[str, Any]] = field(default_factory=dict)  # by digest: its batch's RFC 3161 token
 
     @property
     def digests(self) -> list[str]:
@@ -86,6 +88,8 @@ async def load_message(store: Store, message_id: str, submission_id: str | None 
     reports = await report_store.reports_of(store, submission["id"])
     digests = [r["digest"] for r in await store.message_digests([submission["id"]]) if r["digest"]]
     found = await store.records_anchoring(digests)
+    tokens_by_batch = await tsa_store.token_summaries(
+        store, [row["batch_id"] for row in found.values() if row["batch_id"] is not None])
     given = await tokens.message_tokens(store, submission["id"])
 
     def by_delivery(items: list[Any]) -> dict[int, tuple[dict[str, Any], ...]]:
@@ -107,6 +111,7 @@ async def load_message(store: Store, message_id: str, submission_id: str | None 
         same_message_id=tuple(choice(r) for r in matches),
         disclosures=tuple(Record.from_bytes(r["body"]) for r in given["disclosures"]),
         refusals=by_delivery(given["refusals"]),
+        stamps={d: stamp_json(tokens_by_batch.get(found[d]["batch_id"])) for d in digests if d in found},
     )
 
 
@@ -123,6 +128,16 @@ def anchoring_of(row: Any) -> Anchoring:
     if row["batch_state"] == "attested":  # a calendar's claim of a block, no header checked yet
         return Anchoring("attested", calendars, row["bitcoin_height"])
     return Anchoring("pending", calendars)
+
+
+def stamp_json(row: Any) -> dict[str, Any]:
+    """A record's RFC 3161 token from its batch's token row (None: the batch has none, or no batch yet)."""
+    if row is None:
+        return {"state": "none"}
+    if row["state"] != "stamped":
+        return {"state": "waiting"}
+    return {"state": "stamped", "tsa": row["authority"], "time": iso_time(row["token_time"]),
+            "qualified": bool(row["qualified"])}
 
 
 def _earlier(ev: MessageEvidence, delivery: dict[str, Any]) -> list[str]:
@@ -150,7 +165,8 @@ def anchoring_json(a: Anchoring) -> dict[str, Any]:
 def _record_json(ev: MessageEvidence, digest: str | None) -> dict[str, Any] | None:
     if digest is None or digest not in ev.records:
         return None
-    return {"digest": digest, "record": ev.records[digest].fields, "anchoring": anchoring_json(ev.anchoring[digest])}
+    return {"digest": digest, "record": ev.records[digest].fields, "anchoring": anchoring_json(ev.anchoring[digest]),
+            "tsa": ev.stamps.get(digest, {"state": "none"})}
 
 
 def message_json(ev: MessageEvidence) -> dict[str, Any]:

@@ -93,10 +93,13 @@ async def token_of_batch(store: Store, batch_id: int) -> StoredToken | None:
     return StoredToken(row["batch_id"], row["root"], stamp)
 
 
-async def token_states(store: Store, batch_ids: list[int]) -> dict[int, str]:
-    """Batch id -> 'stamped' or 'waiting', for the batches that have a token row."""
-    if not batch_ids:
+async def token_summaries(store: Store, batch_ids: list[int]) -> dict[int, Any]:
+    """Batch id -> its token row's state, authority, qualified and token time, for the batches that have one."""
+    ids = sorted(set(batch_ids))
+    if not ids:
         return {}
-    marks = ", ".join("?" for _ in batch_ids)
-    rows = await store.fetchall(f"SELECT batch_id, state FROM tsa_tokens WHERE batch_id IN ({marks})", batch_ids)
-    return {row["batch_id"]: row["state"] for row in rows}
+    marks = ", ".join("?" for _ in ids)
+    rows = await store.fetchall(
+        f"SELECT batch_id, state, authority, qualified, token_time FROM tsa_tokens WHERE batch_id IN ({marks})", ids
+    )
+    return {row["batch_id"]: row for row in rows}

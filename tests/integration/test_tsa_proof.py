@@ -13,6 +13,7 @@ import subprocess
 import time
 import zipfile
 from pathlib import Path
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -27,8 +28,10 @@ from relay.evidence.tsa_proof import root_of
 from relay.evidence.tsa_verify import TokenRequest
 from relay.proof.gather import build_proof
 from tests.conftest import require_tool
+from tests.support.openapi import assert_matches
 from tests.support.proved import MESSAGE_ID, proved_message
 from tests.support.tsa import LocalTSA, TSAPki
+from tracker.admin_auth import COOKIE
 
 pytestmark = pytest.mark.external  # openssl answers and checks every token
 
@@ -175,3 +178,40 @@ async def test_a_record_stamped_ten_minutes_after_its_claim_fails_a_five_minute_
     assert re.search(r"INVALID: records/submission-[0-9a-f]{64}\.json: RFC 3161 delay", out), out
     assert loose[0] == 0, loose[1]
 
+
+
+async def test_the_admin_page_and_the_api_show_each_records_token_and_bitcoin_anchor(tmp_path):
+    require_tool("openssl")
+    pki = TSAPki.make(tmp_path / "pki")
+    async with LocalTSA(pki) as tsa, proved_message(
+        tmp_path, tsa={"authorities": [authority(tsa, pki)], "retry_first": 0.0},
+    ) as p, aiohttp.ClientSession() as session:
+        api = f"{p.base}/api/v1/messages/{quote(MESSAGE_ID, safe='')}"
+        page = p.base + "/admin/messages/" + quote(MESSAGE_ID, safe="")
+        async with session.post(p.base + "/admin/login", data={"token": p.token}, allow_redirects=False) as r:
+            cookie = {"Cookie": f"{COOKIE}={r.cookies[COOKIE].value}"}
+
+        async def shown() -> tuple[list[dict], str]:
+            async with session.get(api, headers={"Authorization": f"Bearer {p.token}"}) as r:
+                view = await r.json()
+            assert_matches("Message", view)
+            records = [view["submission"]] + [x for r in view["recipients"]
+                                              for x in (r["delivery"], r["handoff"], r["acknowledgment"]) if x]
+            async with session.get(page, headers={**cookie, "Accept-Language": "fr"}) as r:
+                return records, await r.text()
+
+        tsa.down = True
+        await p.anchor()
+        records, html = await shown()
+        assert {x["tsa"]["state"] for x in records} == {"waiting"}
+        assert {x["anchoring"]["state"] for x in records} == {"pending"}
+        assert "jeton RFC 3161 demandé, en attente · horodatage en attente de confirmation" in html
+        tsa.down = False
+        height = await p.confirm()  # the token's retry is due at once (retry_first 0), then the block
+        records, html = await shown()
+    assert all(x["tsa"]["state"] == "stamped" and x["tsa"]["tsa"] == "Local TSA" and x["tsa"]["qualified"]
+               for x in records), records
+    assert {x["anchoring"]["state"] for x in records} == {"confirmed"}
+    assert re.search(rf"horodatage qualifié \(déclaré\) de Local TSA le [^<]+ · ancré dans Bitcoin, bloc {height}",
+                     html), html
+    assert "jeton RFC 3161 demandé" not in html
