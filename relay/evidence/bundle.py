@@ -42,6 +42,7 @@ import jinja2
 from relay.evidence.archive import BundleProblem, check_name, load_json
 from relay.evidence.records import Record, canonical_json, sha256_hex
 from relay.evidence.tsa_proof import TokenProof, check_record_token
+from relay.evidence.tsa_verify import Token
 from relay.law.register import french_date
 
 FORMAT = "estampille-proof"
@@ -258,7 +259,7 @@ def _evidences(proof: ProofInput) -> list[Evidence]:
 
 def tsa_facts(files: dict[str, bytes], evidences: list[Evidence]) -> dict[str, dict[str, Any]]:
     """Each token's facts, keyed by its record's path, as the verifier finds them in ``files``."""
-    checked: dict = {}
+    checked: dict[str, tuple[Token, str]] = {}
     out = {}
     for ev in evidences:
         path = record_path(ev.record)

@@ -58,6 +58,7 @@ from relay.evidence.bundle import (
 from relay.evidence.ots_verify import verify_ots
 from relay.evidence.records import Record, sha256_hex
 from relay.evidence.tsa_proof import TSAOutcome, check_record_token
+from relay.evidence.tsa_verify import Token
 
 EXIT_VERIFIED = 0
 EXIT_PENDING = 1
@@ -269,7 +270,7 @@ def _verify(bundle: Bundle, headers: Headers, regtest: bool, max_delays: tuple[f
         summary, used = _verify_recipient(bundle, entry, submission, facts.get("scope"))
         recipients.append(summary)
         paths += used
-    tokens: dict = {}  # each batch's token, checked once for all its records
+    tokens: dict[str, tuple[Token, str]] = {}  # each batch's token, checked once for all its records
     records = tuple(_bounded(_anchor(bundle, path, headers, regtest, tokens), *max_delays) for path in paths)
     _check_claimed_anchoring(facts, records)
     if bundle.version >= 3 and facts["tsa"] != {r.path: r.tsa.facts() for r in sorted(records, key=lambda r: r.path)
@@ -455,7 +456,9 @@ def _verify_dkim(path: str, copy: bytes, keys: dict[str, bytes]) -> tuple[str, .
     return tuple(results)
 
 
-def _anchor(bundle: Bundle, path: str, headers: Headers, regtest: bool, tokens: dict) -> RecordCheck:
+def _anchor(
+    bundle: Bundle, path: str, headers: Headers, regtest: bool, tokens: dict[str, tuple[Token, str]]
+) -> RecordCheck:
     """The record's proofs: its .ots down to its block header (none yet counts as pending), its RFC 3161 token."""
     record = Record.from_bytes(bundle.files[path])
     ots = bundle.files.get(path + ".ots")
@@ -501,7 +504,7 @@ def _bounded(check: RecordCheck, max_delay: float, max_tsa_delay: float) -> Reco
     return check
 
 
-def _utc(unix: int) -> str:
+def _utc(unix: float) -> str:
     return f"{datetime.fromtimestamp(unix, UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 

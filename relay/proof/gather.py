@@ -252,7 +252,7 @@ def message_json(ev: MessageEvidence) -> dict[str, Any]:
 async def proof_input(store: Store, ev: MessageEvidence, *, now: float, timezone: str) -> ProofInput:
     """The bundle's content: message files and each record's .ots, read from the store."""
     proofs: dict[str, tuple[bytes | None, TokenProof | None]] = {}
-    batch_tokens: dict = {}
+    batch_tokens: dict[int, tsa_store.StoredToken | None] = {}
     for digest in ev.records:
         # No .ots while no calendar has answered: counts as pending.
         queued = ev.anchoring[digest].state == "queued"
