@@ -148,6 +148,8 @@ def check_record_token(
 
 
 def _path(raw: Any) -> list[tuple[str, bytes]]:
+    if not isinstance(raw, list) or not all(isinstance(s, list) and len(s) == 2 for s in raw):
+        raise ValueError("its path is not a list of [step, sibling] pairs")
     steps = []
     for step, sibling in raw:
         if step not in STEPS or not isinstance(sibling, str) or not _HEX64.fullmatch(sibling):
