@@ -79,11 +79,16 @@ class TSAClient:
         """A checked token over ``sha256(preimage)`` from the first TSA that gives one; TSAError otherwise."""
         failures = []
         for authority in self._authorities:
+            name = authority.config.name
             try:
                 token = await self._ask(authority, preimage, now)
-            except (TokenError, AnchorError, ValueError) as exc:  # ValueError: the library refused a request or reply
-                log.warning("TSA %s: %s", authority.config.name, exc)
-                failures.append(f"{authority.config.name}: {exc}")
+            except (TokenError, AnchorError) as exc:
+                log.warning("TSA %s: %s", name, exc)
+                failures.append(f"{name}: {exc}")
+                continue
+            except Exception as exc:  # a hostile answer may break the library: a retry, never a lost token
+                log.exception("TSA %s: unexpected failure", name)
+                failures.append(f"{name}: {type(exc).__name__}: {exc}")
                 continue
             c = authority.config
             return Stamp(c.name, c.qualified, c.trust_list, token.tsr, token.chain_pem, token.unix_time, token.policy)

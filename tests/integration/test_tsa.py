@@ -133,3 +133,18 @@ async def test_without_a_tsa_configured_no_token_is_asked(store, calendars):
         (outcome,) = await anchorer.batch_all()
         assert anchorer.tsa_requests == 0
     assert await store.fetchone("SELECT * FROM tsa_tokens") is None
+
+
+async def test_an_answer_that_breaks_the_parser_is_a_failure_to_retry_not_a_lost_token(store, calendars, pki,
+                                                                                        monkeypatch):
+    await queue(store, records(2))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the library failed in a way it does not document")
+
+    monkeypatch.setattr("relay.anchor.tsa.check_token", broken)
+    async with LocalTSA(pki) as tsa, Anchorer(store, anchor_config(calendars), tsa=tsa_config(tsa, pki)) as anchorer:
+        (outcome,) = await anchorer.batch_all()
+    assert outcome.state == "pending"
+    row = await stored_token(store, outcome.batch_id)
+    assert row["state"] == "waiting" and "RuntimeError: the library failed" in row["last_error"]
