@@ -762,6 +762,9 @@ async def anchor_status(store: Store, config: AnchorConfig, now: float) -> list[
         if now - row["created_at"] > config.stale_after:
             line += ", STALE"
         lines.append(line)
+    for row in await tsa_store.waiting_tokens(store):
+        lines.append(f"batch {row['batch_id']}: no RFC 3161 token yet after {row['attempts']} attempt(s), next in"
+                     f" {_age(max(0.0, row['next_attempt_at'] - now))}: {row['last_error']}")
     lines.append(f"confirmed batches: {summary['confirmed_batches']} ({summary['confirmed_leaves']} leaves)"
                  + (f", last at Bitcoin height {summary['last_height']}" if summary["last_height"] is not None else ""))
     return lines

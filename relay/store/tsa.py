@@ -70,6 +70,14 @@ async def save_waiting(
     )
 
 
+async def waiting_tokens(store: Store) -> list[Any]:
+    """Every batch still waiting for its token: (batch_id, attempts, next_attempt_at, last_error)."""
+    return await store.fetchall(
+        "SELECT batch_id, attempts, next_attempt_at, last_error FROM tsa_tokens WHERE state = 'waiting'"
+        " ORDER BY batch_id"
+    )
+
+
 async def due_tokens(store: Store, now: float) -> list[Any]:
     """Rows (batch_id, preimage, attempts) of batches waiting for a token whose retry is due."""
     return await store.fetchall(

@@ -7,7 +7,7 @@ import hashlib
 
 import pytest
 
-from relay.anchor.worker import Anchorer
+from relay.anchor.worker import Anchorer, anchor_status
 from relay.config import TSAAuthority, TSAConfig
 from relay.evidence.tsa_verify import check_token, load_certificates
 from relay.store import tsa as tsa_store
@@ -97,6 +97,9 @@ async def test_a_tsa_that_is_down_delays_nothing_and_the_token_arrives_on_retry(
         assert (row["state"], row["attempts"]) == ("waiting", 1) and "HTTP 503" in row["last_error"]
         assert row["next_attempt_at"] >= clock.now + 30.0 * 0.8
         assert await anchorer.retry_tokens() == 0  # not due yet
+        status = await anchor_status(store, anchor_config(calendars), clock.now)
+        assert any(line.startswith(f"batch {outcome.batch_id}: no RFC 3161 token yet after 1 attempt(s)")
+                   and "HTTP 503" in line for line in status), status
         assert tsa.requests == 1
         clock.now += 30.0
         assert await anchorer.retry_tokens() == 0  # due, still down: the wait doubles
