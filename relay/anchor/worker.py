@@ -411,6 +411,10 @@ class Anchorer:
             )
         )
         if token is not None:
+            # Recorded before the answer is awaited: a relay stopped meanwhile asks again after a restart.
+            assert self.tsa_config is not None
+            await tsa_store.save_waiting(self.store, batch_id, formed.preimage, attempts=0,
+                                         next_attempt_at=now + self.tsa_config.retry_first, error="asked, no answer yet")
             await self._store_token(batch_id, formed.preimage, token, attempts=1)
         leaves = len(formed.rowids)
         log.info("batch %d: %d leaves, root %s, accepted by %d calendar(s), %s",

@@ -14,6 +14,7 @@ from relay.store import tsa as tsa_store
 from tests.conftest import require_tool
 from tests.integration import test_anchor
 from tests.integration.test_anchor import Clock, anchor_config, batch_states, queue, records
+from tests.support.polling import until
 from tests.support.tsa import LocalTSA, TSAPki
 
 pytestmark = pytest.mark.external  # openssl ts answers every token
@@ -151,3 +152,23 @@ async def test_an_answer_that_breaks_the_parser_is_a_failure_to_retry_not_a_lost
     assert outcome.state == "pending"
     row = await stored_token(store, outcome.batch_id)
     assert row["state"] == "waiting" and "RuntimeError: the library failed" in row["last_error"]
+
+
+async def test_a_relay_stopped_while_the_tsa_answers_asks_again_after_a_restart(store, calendars, pki):
+    await queue(store, records(3))
+    clock = Clock()
+    async with LocalTSA(pki) as tsa:
+        tsa.delay = 30.0  # longer than the test waits: the relay stops first
+        async with Anchorer(store, anchor_config(calendars), clock=clock, tsa=tsa_config(tsa, pki, timeout=60.0)) as a:
+            round_ = asyncio.create_task(a.batch_all())
+            row = await until(lambda: store.fetchone("SELECT * FROM tsa_tokens"), "the token's row")
+            round_.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await round_
+        assert (row["state"], row["attempts"]) == ("waiting", 0)
+        assert await batch_states(store) == ["pending"]  # the batch went to the calendars regardless
+        tsa.delay = 0.0
+        clock.now += 30.0
+        async with Anchorer(store, anchor_config(calendars), clock=clock, tsa=tsa_config(tsa, pki)) as a:
+            assert await a.retry_tokens() == 1
+    assert await tsa_store.token_of_batch(store, row["batch_id"]) is not None

@@ -4,6 +4,7 @@
     async with LocalTSA(pki) as tsa:            # tsa.url; POST application/timestamp-query
         ...
     tsa.down = True                             # answers 503
+    tsa.delay = 5.0                             # answers after 5 s
     tsa.fault = "imprint"                       # imprint, nonce, signature: a token wrong in that way
     rogue = TSAPki.make(tmp_path / "rogue")     # LocalTSA(rogue) signs under a CA the relay does not trust
 
@@ -15,6 +16,7 @@ or the answer after (signature). ``requests`` counts the queries received.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +98,8 @@ class LocalTSA:
         self.pki = pki
         self.down = False
         self.fault = ""
+        self.delay = 0.0  # seconds before answering (cut short when the server stops)
+        self._stopping = asyncio.Event()
         self.requests = 0
         self.url = ""
         self._runner: web.AppRunner | None = None
@@ -113,11 +117,14 @@ class LocalTSA:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._stopping.set()
         if self._runner is not None:
             await self._runner.cleanup()
 
     async def _answer(self, request: web.Request) -> web.Response:
         self.requests += 1
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), self.delay)
         if self.down:
             return web.Response(status=503, text="down")
         if request.content_type != "application/timestamp-query":
