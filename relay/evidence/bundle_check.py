@@ -23,6 +23,10 @@ anchor proves it only more than ``max_anchor_delay`` seconds after its claim
 (default 48 h: calendars take hours to reach a block, days when fees are high)
 fails, since nothing then bounds when it was really written.
 
+A record of a format-3 bundle whose batch has an RFC 3161 token (``relay.evidence.tsa_proof``)
+is checked against it too (path to the root, imprint, signature, chain at the token's time);
+the token's time is its proven time first, bounded by ``max_tsa_delay`` the same way.
+
 Outcome: ``verified`` (everything checks and every record is anchored in
 Bitcoin), ``pending`` (valid, but some anchors still wait for a block) or
 ``invalid`` (the first failed check, naming the file and the check).
