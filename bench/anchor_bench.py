@@ -35,10 +35,15 @@ of them refusing the first submission: the time of one submission round
 a round takes one batch at a time, and the most requests each calendar had in
 flight at once (``anchor.calendar_concurrency`` at most).
 
+RFC 3161 tokens, in their own child: 1,000 records at the default ``anchor.max_batch`` (8 batches),
+one calendar, and a local TSA (``openssl ts -reply``, tests/support/tsa.py): the requests the TSA
+received per batch (goal: 1, one token per batch root) and the submission round's time, against
+the same round without a TSA measured in the same child (the baseline).
+
 The last line is: RESULT batch_1e6_s=… batch_1e6_rss_mb=… ots_bytes=… requests_per_calendar=…
-ots_bytes_1e6=… burst_round_s=…, where batch_1e6_* and ots_bytes_1e6 are those of the largest
-size (10^6 by default), ots_bytes that of a full batch at the default anchor.max_batch, and
-burst_round_s the slowest of the burst's three rounds.
+ots_bytes_1e6=… burst_round_s=… tsa_requests_per_batch=…, where batch_1e6_* and ots_bytes_1e6 are
+those of the largest size (10^6 by default), ots_bytes that of a full batch at the default
+anchor.max_batch, and burst_round_s the slowest of the burst's three rounds.
 """
 
 from __future__ import annotations
@@ -62,16 +67,18 @@ sys.path.insert(0, str(ROOT))  # tests.support.calendar provides the fake calend
 
 from relay.anchor import merkle  # noqa: E402
 from relay.anchor.worker import Anchorer, export_ots  # noqa: E402
-from relay.config import AnchorConfig  # noqa: E402
+from relay.config import AnchorConfig, TSAAuthority, TSAConfig  # noqa: E402
 from relay.evidence.ots_verify import verify_ots  # noqa: E402
 from relay.evidence.records import Record  # noqa: E402
 from relay.store import Store  # noqa: E402
 from tests.support.calendar import MAINNET_LIKE, BitcoindFake, FakeCalendar, FakeChain  # noqa: E402
+from tests.support.tsa import LocalTSA, TSAPki  # noqa: E402
 
 INSERT_CHUNK = 50_000
 EXPORTS = 20
 BURST = 10_000  # records of the burst, batched at the default anchor.max_batch
 BURST_DELAY = 0.25  # seconds each calendar takes to answer during the burst
+TSA_RECORDS = 1_000  # records of the token measure, batched at the default anchor.max_batch
 
 
 def cpu_s() -> float:
@@ -204,6 +211,29 @@ async def burst() -> dict:
     }
 
 
+async def tokens() -> dict:
+    """One submission round of TSA_RECORDS records without a TSA (baseline), then with one."""
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        pki = TSAPki.make(Path(tmp) / "pki")
+        async with FakeCalendar(FakeChain()) as cal, LocalTSA(pki) as tsa:
+            config = AnchorConfig(calendars=[cal.url], min_calendars=1, allowlist=[], http_for_tests=True)
+            authority = TSAAuthority(name="local", url=tsa.url, ca_files=[str(pki.ca_pem)])
+            for name, tsa_config in (("baseline", None), ("tsa", TSAConfig(authorities=[authority]))):
+                store = await Store.open(Path(tmp) / name)
+                try:
+                    await insert_leaves(store, TSA_RECORDS)
+                    async with Anchorer(store, config, tsa=tsa_config) as anchorer:
+                        t0 = time.perf_counter()
+                        batches = len(await anchorer.batch_all())
+                        out[f"{name}_s"] = time.perf_counter() - t0
+                        stamped = await store.fetchone("SELECT COUNT(*) FROM tsa_tokens WHERE state = 'stamped'")
+                finally:
+                    await store.close()
+            out.update(batches=batches, requests=tsa.requests, stamped=stamped[0])
+    return out
+
+
 def child(*args: str) -> dict:
     out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -214,7 +244,11 @@ def main() -> int:
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child modes
     parser.add_argument("--burst", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--tokens", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.tokens:
+        print(json.dumps(asyncio.run(tokens())))
+        return 0
     if args.one:
         print(json.dumps(asyncio.run(one_size(args.one))))
         return 0
@@ -244,6 +278,13 @@ def main() -> int:
         f" at most {b['peak_in_flight']} request(s) in flight to one calendar (anchor.calendar_concurrency {b['cap']})",
         flush=True,
     )
+    t = child("--tokens")
+    print(
+        f"RFC 3161 tokens: {TSA_RECORDS} records in {t['batches']} batches, {t['requests']} request(s) to the TSA,"
+        f" {t['stamped']} token(s) stored; submission round {t['tsa_s']:.2f} s with the TSA, {t['baseline_s']:.2f} s"
+        f" without (x{t['tsa_s'] / t['baseline_s']:.2f})",
+        flush=True,
+    )
     top = results[max(results)]
     print(
         f"RESULT batch_1e6_s={top['batch_s']:.2f} batch_1e6_rss_mb={top['rss_mb']:.0f}"
@@ -251,6 +292,7 @@ def main() -> int:
         f" requests_per_calendar={max(r['requests_per_calendar'] for r in results.values())}"
         f" ots_bytes_1e6={top['ots_bytes']}"
         f" burst_round_s={max(b['submit_s'], b['retry_s'], b['upgrade_s']):.2f}"
+        f" tsa_requests_per_batch={t['requests'] / t['batches']:.2f}"
     )
     return 0
 

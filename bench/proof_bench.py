@@ -5,14 +5,16 @@
 The message goes through the real relay (SMTP intake, certify with both DKIM
 signatures, delivery to a local sink, tracker); ``--acks`` recipients
 acknowledge through the page's POST; every record is anchored on a local
-calendar, then confirmed by a block of a fake chain. Then, each timed
+calendar, then confirmed by a block of a fake chain, and stamped with an RFC 3161 token by a
+local TSA (``openssl ts -reply``, tests/support/tsa.py). Then, each timed
 ``--runs`` times (median reported):
 
 - build: ``relay.proof.gather.build_proof``: every row and record read from the
-  store, each record's .ots exported, the bundle assembled and zipped;
+  store, each record's .ots and token path exported, the bundle assembled and zipped;
 - verify: ``relay.proof.gather.verify_bundle``: the zip read, the manifest, the
   record chain, every copy's digest and its two DKIM signatures, every .ots
-  replayed to a block header fetched from two agreeing Esplora fakes.
+  replayed to a block header fetched from two agreeing Esplora fakes, every record's path
+  to its batch's token and the token's signature and chain.
 
 Baselines, measured in the same run on the same bytes: zipping the bundle's
 files as they are (no store, no checks), and unzipping them with a SHA-256 of
@@ -37,9 +39,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support: relay, sink, calendar
 
 from relay.anchor.headers import AgreeingSources, EsploraSource
+from relay.config import TSAAuthority
 from relay.evidence.archive import read_zip
 from relay.proof.gather import build_proof, verify_bundle
 from tests.support.proved import MESSAGE_ID, proved_message
+from tests.support.tsa import LocalTSA, TSAPki
 
 
 def baseline_zip(files: dict[str, bytes]) -> bytes:
@@ -69,7 +73,11 @@ async def bench(recipients: int, acks: int, runs: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         setup = time.perf_counter()
-        async with proved_message(tmp_path, recipients=rcpts, acknowledgers=tuple(rcpts[:acks])) as p:
+        pki = TSAPki.make(tmp_path / "pki")
+        async with LocalTSA(pki) as tsa, proved_message(
+            tmp_path, recipients=rcpts, acknowledgers=tuple(rcpts[:acks]),
+            tsa={"authorities": [TSAAuthority(name="local", url=tsa.url, ca_files=[str(pki.ca_pem)])]},
+        ) as p:
             await p.anchor()
             height = await p.confirm()
             print(f"setup: {recipients} recipients delivered, {acks} acknowledged, anchored at block {height} "
@@ -89,6 +97,7 @@ async def bench(recipients: int, acks: int, runs: int) -> None:
             source = AgreeingSources(EsploraSource(url) for url in p.explorers)
             verify_s, report = await timed(runs, lambda: verify_bundle(path, source, regtest=True))
             assert report.status == "verified", report.summary()
+            assert all(r.tsa is not None for r in report.records), "a record without its token"
             files = read_zip(bundle)
             build_base = (await timed(runs, lambda: asyncio.to_thread(baseline_zip, files)))[0]
             verify_base = (await timed(runs, lambda: asyncio.to_thread(baseline_unzip, bundle)))[0]

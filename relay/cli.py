@@ -206,7 +206,7 @@ def cmd_anchor(args: argparse.Namespace) -> int:
     if args.action == "status":
         lines = asyncio.run(_on_store(config, lambda s: anchor.anchor_status(s, config.anchor, time.time())))
     elif args.now:
-        run = asyncio.run(_on_store(config, lambda s: anchor.anchor_now(s, config.anchor)))
+        run = asyncio.run(_on_store(config, lambda s: anchor.anchor_now(s, config.anchor, config.tsa)))
         print("\n".join(run.lines))
         return EXIT_RUNTIME if run.unanswered else EXIT_OK
     else:
@@ -255,7 +255,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         bitcoind=args.bitcoind, esplora=args.esplora or (), headers_file=Path(args.headers) if args.headers else None
     )
     report = asyncio.run(verify_bundle(Path(args.bundle), source, regtest=args.regtest,
-                                       max_anchor_delay=args.max_anchor_delay, max_ratio=args.max_ratio))
+                                       max_anchor_delay=args.max_anchor_delay, max_tsa_delay=args.max_tsa_delay,
+                                       max_ratio=args.max_ratio))
     print(report_text(report, as_json=args.json))
     return report.exit_code
 
@@ -461,6 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     header_source_arguments(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     max_anchor_delay_argument(p)
+    p.add_argument("--max-tsa-delay", metavar="DURATION", type=duration, default="48h",
+                   help="fail a record whose RFC 3161 token is longer than this after the time it claims"
+                        " (e.g. 15m; default 48h)")
     p.add_argument("--max-ratio", type=int, default=MAX_RATIO, metavar="N",
                    help=f"refuse a zip entry over 1 MiB that expands more than N times (zip bombs; default {MAX_RATIO})")
     command("admin-token", cmd_admin_token, "Generate an admin token; print it and the hash for admin.token_hashes.",

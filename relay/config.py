@@ -234,6 +234,37 @@ class AnchorConfig:
     http_for_tests: bool = key(False, "Let the upgrade worker ask calendars over plain http (tests only).")
 
 
+@dataclass(frozen=True)
+class TSAAuthority:
+    name: str = key("", "Name the bundles and the attestation give this time-stamping authority.")
+    url: str = key("", "RFC 3161 URL the batch roots are posted to (application/timestamp-query).")
+    username: str = key("", "HTTP basic user, for a TSA that needs an account; empty: none.")
+    password: str = key("", "HTTP basic password.")
+    client_cert: str = key("", "PEM client certificate for a TSA that authenticates by certificate; empty: none.")
+    client_key: str = key("", "PEM key of client_cert.")
+    ca_files: list[str] = key(
+        [], "PEM files of the CA certificates its chain must lead to (roots, then any intermediates)."
+    )
+    qualified: bool = key(
+        False, "Whether the operator declares this TSA qualified under eIDAS (shown as declared, never as proven)."
+    )
+    trust_list: str = key("", "The trust list the operator found it on, e.g. 'EU Trusted List, FR'.")
+    policy: str = key("", "Policy OID its tokens must carry (the TSA applies its account's policy); empty: any.")
+
+
+@dataclass(frozen=True)
+class TSAConfig:
+    authorities: list[TSAAuthority] = key(
+        [],
+        "RFC 3161 time-stamping authorities, [[tsa.authorities]], tried in order for each batch root: one token"
+        " per batch, from the first that answers with a valid one. Empty (the default): no tokens (docs/timestamps.md).",
+    )
+    timeout: float = key(10.0, "Seconds to wait for a TSA.")
+    max_skew: float = key(60.0, "Largest difference in seconds between a token's time and ours for it to be kept.")
+    retry_first: float = key(30.0, "Seconds before a batch whose token failed asks again.")
+    retry_max: float = key(3600.0, "Longest wait between token retries, in seconds (the wait doubles up to this).")
+
+
 def header_sources_problem(anchor: AnchorConfig) -> str | None:
     """Why ``anchor.esplora`` and ``anchor.bitcoind`` cannot check an attestation, or None.
 
@@ -341,6 +372,7 @@ class Config:
     ack: AckConfig = field(default_factory=AckConfig)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     anchor: AnchorConfig = field(default_factory=AnchorConfig)
+    tsa: TSAConfig = field(default_factory=TSAConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
@@ -395,12 +427,22 @@ class Config:
         ack = dataclasses.replace(
             self.ack, text_template=absolute(self.ack.text_template), html_template=absolute(self.ack.html_template)
         )
+        authorities = [
+            dataclasses.replace(
+                a,
+                client_cert=absolute(a.client_cert),
+                client_key=absolute(a.client_key),
+                ca_files=[absolute(f) for f in a.ca_files],
+            )
+            for a in self.tsa.authorities
+        ]
         return dataclasses.replace(
             self,
             data_dir=absolute(self.data_dir),
             smtp=smtp,
             dkim=dataclasses.replace(self.dkim, domains=domains),
             ack=ack,
+            tsa=dataclasses.replace(self.tsa, authorities=authorities),
         )
 
     @property
@@ -508,6 +550,16 @@ def _check(config: Config) -> None:
         raise ConfigError("smtp.tls_cert and smtp.tls_key: expected both or neither")
     if config.smtp.max_recipients < 1:
         raise ConfigError(f"smtp.max_recipients = {config.smtp.max_recipients}: expected at least 1")
+    for pos, tsa in enumerate(config.tsa.authorities):
+        where = f"tsa.authorities[{pos}]"
+        if not tsa.name or not tsa.url.startswith(("http://", "https://")):
+            raise ConfigError(f"{where}: expected a name and an http(s) url")
+        if not tsa.ca_files:
+            raise ConfigError(f"{where}.ca_files: expected the CA certificates its chain leads to")
+        if bool(tsa.client_cert) != bool(tsa.client_key):
+            raise ConfigError(f"{where}.client_cert and client_key: expected both or neither")
+        if tsa.policy and not re.fullmatch(r"[0-2](\.[0-9]+)+", tsa.policy):
+            raise ConfigError(f"{where}.policy = {tsa.policy!r}: expected an OID such as '1.2.3.4'")
     if config.anchor.calendar_concurrency < 1:
         raise ConfigError(f"anchor.calendar_concurrency = {config.anchor.calendar_concurrency}: expected at least 1")
     if config.anchor.min_calendars > len(config.anchor.calendars):

@@ -161,7 +161,7 @@ class Service:
         """The batching and upgrade workers of relay.anchor.worker (anchor.enabled)."""
         assert self.store is not None
         anchorer = self.anchorer = Anchorer(self.store, self.config.anchor, clock=self.clock,
-                                            on_rejected=self.metrics.rejected_attestation)
+                                            on_rejected=self.metrics.rejected_attestation, tsa=self.config.tsa)
         await anchorer.__aenter__()
         workers = asyncio.create_task(anchorer.run(), name="estampille-anchor")
 

@@ -103,6 +103,9 @@ TEXTS: dict[str, dict[str, str]] = {
         "anchor_pending": "horodatage en attente de confirmation",
         "anchor_attested": "bloc {height} annoncé par un calendrier, non vérifié",
         "anchor_queued": "en attente d'horodatage",
+        "tsa_stamped": "horodatage RFC 3161 de {tsa} le {time}",
+        "tsa_qualified": "horodatage qualifié (déclaré) de {tsa} le {time}",
+        "tsa_waiting": "jeton RFC 3161 demandé, en attente",
         "state_queued": "en attente",
         "state_sending": "en cours d'envoi",
         "state_deferred": "différé",
@@ -173,6 +176,9 @@ TEXTS: dict[str, dict[str, str]] = {
         "anchor_pending": "timestamp waiting for confirmation",
         "anchor_attested": "block {height} claimed by a calendar, not verified",
         "anchor_queued": "waiting to be timestamped",
+        "tsa_stamped": "RFC 3161 timestamp by {tsa} at {time}",
+        "tsa_qualified": "qualified timestamp (declared) by {tsa} at {time}",
+        "tsa_waiting": "RFC 3161 token asked for, waiting",
         "state_queued": "queued",
         "state_sending": "sending",
         "state_deferred": "deferred",
@@ -369,13 +375,23 @@ def _time(iso: str | None, tz: str, lang: str) -> str:
     return format_time(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp(), tz, lang)
 
 
-def _anchor_text(record: dict[str, Any] | None, a: dict[str, str]) -> str:
+def _anchor_text(record: dict[str, Any] | None, a: dict[str, str], tz: str, lang: str) -> str:
+    """The record's RFC 3161 token, if its batch has one or asked for one, then its Bitcoin anchoring."""
     if record is None:
         return ""
     anchoring = record["anchoring"]
     if anchoring["state"] in ("confirmed", "attested"):
-        return a[f"anchor_{anchoring['state']}"].format(height=anchoring["bitcoin_height"])
-    return a[f"anchor_{anchoring['state']}"]
+        bitcoin = a[f"anchor_{anchoring['state']}"].format(height=anchoring["bitcoin_height"])
+    else:
+        bitcoin = a[f"anchor_{anchoring['state']}"]
+    token = record.get("tsa", {"state": "none"})
+    if token["state"] == "waiting":
+        return f"{a['tsa_waiting']} · {bitcoin}"
+    if token["state"] == "stamped":
+        text = a["tsa_qualified" if token["qualified"] else "tsa_stamped"].format(
+            tsa=token["tsa"], time=_time(token["time"], tz, lang))
+        return f"{text} · {bitcoin}"
+    return bitcoin
 
 
 def timeline(view: dict[str, Any], r: dict[str, Any], a: dict[str, str], tz: str, lang: str,
@@ -383,15 +399,15 @@ def timeline(view: dict[str, Any], r: dict[str, Any], a: dict[str, str], tz: str
     """One recipient's events, oldest first: received, certified, handed over, fetches (those in
     ``own``, by record digest, shown as the recipient's own opening), acknowledged, link disabled by
     a bundle, link refused, and ``extra`` ones (the reminders, tracker.law.reminder_events)."""
-    events = [{"at": view["received_at"], "what": a["ev_received"], "detail": "", "anchor": _anchor_text(view["submission"], a)}]
+    events = [{"at": view["received_at"], "what": a["ev_received"], "detail": "", "anchor": _anchor_text(view["submission"], a, tz, lang)}]
     if r["delivery"]:
         events.append({"at": r["delivery"]["record"]["certified_at"], "what": a["ev_certified"],
-                       "detail": r["delivery"]["record"]["copy_sha256"][:16] + "…", "anchor": _anchor_text(r["delivery"], a)})
+                       "detail": r["delivery"]["record"]["copy_sha256"][:16] + "…", "anchor": _anchor_text(r["delivery"], a, tz, lang)})
     for handoff in [*r["earlier_handoffs"], *([r["handoff"]] if r["handoff"] else [])]:
         h = handoff["record"]
         what = a.get(f"ev_handoff_{str(h['code'])[:1]}", a["ev_handoff"])  # each answer: 2xx, 4xx or 5xx
         events.append({"at": h["handed_at"], "what": what, "detail": f"{h['code']} {h['text']}",
-                       "anchor": _anchor_text(handoff, a)})
+                       "anchor": _anchor_text(handoff, a, tz, lang)})
     last_handoff = r["handoff"] and f"{r['handoff']['record']['code']} {r['handoff']['record']['text']}"
     if r["last_reply"] and r["last_reply"] != last_handoff:  # an attempt that got no answer leaves no hand-off
         events.append({"at": r["updated_at"], "what": a["ev_attempt"], "detail": r["last_reply"], "anchor": ""})
@@ -400,15 +416,15 @@ def timeline(view: dict[str, Any], r: dict[str, Any], a: dict[str, str], tz: str
         if report["remote_mta"]:
             detail = f"{report['remote_mta']} : {detail}"
         events.append({"at": report["received_at"], "what": a[f"ev_report_{report['action']}"], "detail": detail,
-                       "anchor": _anchor_text(report["record"], a)})
+                       "anchor": _anchor_text(report["record"], a, tz, lang)})
     for f in r["fetches"]:
         mine = f["record"] is not None and f["record"]["digest"] in own
         events.append({"at": f["at"], "what": a["ev_fetch_own" if mine else f"ev_fetch_{f['classification']}"],
                        "detail": f["method"],
-                       "anchor": _anchor_text(f["record"], a)})
+                       "anchor": _anchor_text(f["record"], a, tz, lang)})
     if r["acknowledgment"]:
         events.append({"at": r["acknowledgment"]["at"], "what": a["ev_ack"], "detail": "",
-                       "anchor": _anchor_text(r["acknowledgment"], a)})
+                       "anchor": _anchor_text(r["acknowledgment"], a, tz, lang)})
     for x in r["link_refusals"]:
         events.append({"at": x["at"], "what": a[f"ev_refused_{x['reason']}"], "detail": x["method"], "anchor": ""})
     if r["link_disclosed"]:

@@ -332,6 +332,20 @@ OPENAPI: dict[str, Any] = {
                     "digest": {"type": "string", "description": "SHA-256 of the record's canonical JSON."},
                     "record": {"type": "object", "description": "The evidence record's fields."},
                     "anchoring": _ref("Anchoring"),
+                    "tsa": _ref("TSAToken"),
+                },
+            },
+            "TSAToken": {
+                "type": "object",
+                "required": ["state"],
+                "description": "The RFC 3161 token of the record's batch: none (no TSA configured, or not batched"
+                " yet); waiting (asked, to be asked again); stamped (checked and stored: the record existed by"
+                " time). qualified is what the operator declared of that TSA.",
+                "properties": {
+                    "state": {"enum": ["none", "waiting", "stamped"]},
+                    "tsa": {"type": "string"},
+                    "time": {"type": "string", "format": "date-time"},
+                    "qualified": {"type": "boolean"},
                 },
             },
             "Fetch": _closed({

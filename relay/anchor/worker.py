@@ -59,11 +59,15 @@ from opentimestamps.core.timestamp import Timestamp
 from relay.anchor import merkle
 from relay.anchor.fetch import ReplyTooLarge, read_bounded
 from relay.anchor.headers import AgreeingSources, BitcoindSource, EsploraSource, HeaderSource
+from relay.anchor.tsa import TSAClient, TSAError
 from relay.backoff import Backoff
-from relay.config import AnchorConfig, header_sources_problem
+from relay.config import AnchorConfig, TSAConfig, header_sources_problem
 from relay.errors import AnchorError, ConfigError, ConflictError, HeaderSourceError
 from relay.evidence.ots_verify import check_attestation
+from relay.evidence.tsa_proof import TokenProof
 from relay.store import NewAnchorBatch, Store
+from relay.store import tsa as tsa_store
+from relay.store.anchoring import AnchorLeaf
 from relay.store.states import BatchState
 
 log = logging.getLogger("estampille.anchor")
@@ -211,6 +215,7 @@ class _FormedBatch:
     rowids: list[int]
     nonces: bytes
     tree: merkle.Tree
+    preimage: bytes  # the bytes whose SHA-256 is the root: what a TSA is asked to stamp
 
 
 @dataclass(frozen=True)
@@ -254,9 +259,12 @@ class Anchorer:
         clock: Callable[[], float] = time.time,
         randbytes: Callable[[int], bytes] = os.urandom,
         on_rejected: Callable[[str], None] = lambda calendar: None,
+        tsa: TSAConfig | None = None,
     ) -> None:
         self.store = store
         self.config = config
+        self.tsa_config = tsa if tsa is not None and tsa.authorities else None
+        self._tsa: TSAClient | None = None
         self._clock = clock
         self._randbytes = randbytes
         self._on_rejected = on_rejected  # called with the calendar of each attestation that fails its check
@@ -275,12 +283,14 @@ class Anchorer:
         self._session = aiohttp.ClientSession()
         # One client for both workers: its per-host limit holds across batches and rounds.
         self._calendars = CalendarClient(self._session, self.config.timeout, self.config.calendar_concurrency)
+        if self.tsa_config is not None:
+            self._tsa = TSAClient(self._session, self.tsa_config)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._session is not None:
             await self._session.close()
-            self._session = self._calendars = None
+            self._session = self._calendars = self._tsa = None
 
     @property
     def _client(self) -> CalendarClient:
@@ -297,6 +307,11 @@ class Anchorer:
         schemes = ("https", "http") if self.config.http_for_tests else ("https",)
         host = (parts.hostname or "").lower()
         return parts.scheme in schemes and bool(host) and any(fnmatch.fnmatchcase(host, p) for p in self._allowed)
+
+    @property
+    def tsa_requests(self) -> int:
+        """Requests made to TSAs by this Anchorer."""
+        return 0 if self._tsa is None else self._tsa.requests
 
     @property
     def calendars_answered(self) -> tuple[int, int]:
@@ -367,13 +382,21 @@ class Anchorer:
         del leaves  # a million rows weigh a few hundred megabytes
         nonces = self._randbytes(merkle.NONCE_BYTES * len(rowids))
         tree = await asyncio.to_thread(merkle.Tree.build, digests, nonces)
-        return _FormedBatch(rowids, nonces, tree)
+        preimage = tree.levels[-2] if tree.size > 1 else digests[0] + nonces  # see merkle.Tree: sha256 of it is the root
+        return _FormedBatch(rowids, nonces, tree, preimage)
 
     async def _submit_batch(self, formed: _FormedBatch) -> BatchOutcome:
         """Submit a formed batch's root to every calendar; store the batch, its tree and the replies."""
         tree = formed.tree
         root = Timestamp(tree.root)
-        replies = await self._submit(root, self.config.calendars)
+        # Asked first and at once beside the calendars: the token exists within seconds of the records,
+        # and a slow or failing TSA delays no calendar (it is awaited once the batch is stored).
+        token = None if self._tsa is None else asyncio.create_task(self._tsa.stamp(formed.preimage, self._clock()))
+        try:
+            replies = await self._submit(root, self.config.calendars)
+        except BaseException:
+            await _cancel([token] if token is not None else [])
+            raise
         now = self._clock()
         state, next_at = self._after_submission(len(replies), attempts=1, now=now)
         batch_id = await self.store.save_anchor_batch(
@@ -389,6 +412,12 @@ class Anchorer:
                 replies=tuple(replies.items()),
             )
         )
+        if token is not None:
+            # Recorded before the answer is awaited: a relay stopped meanwhile asks again after a restart.
+            assert self.tsa_config is not None
+            await tsa_store.save_waiting(self.store, batch_id, formed.preimage, attempts=0,
+                                         next_attempt_at=now + self.tsa_config.retry_first, error="asked, no answer yet")
+            await self._store_token(batch_id, formed.preimage, token, attempts=1)
         leaves = len(formed.rowids)
         log.info("batch %d: %d leaves, root %s, accepted by %d calendar(s), %s",
                  batch_id, leaves, tree.root.hex(), len(replies), state)
@@ -416,6 +445,32 @@ class Anchorer:
             return BatchState.PENDING, now + self.config.upgrade_interval
         delay = Backoff(self.config.retry_first, self.config.retry_max).delay(attempts, random.random())
         return BatchState.SUBMITTING, now + delay
+
+    async def _store_token(self, batch_id: int, preimage: bytes, stamping: Awaitable[tsa_store.Stamp],
+                           *, attempts: int) -> bool:
+        """Store the batch's token once ``stamping`` gives it, or its failure with the time to ask again."""
+        assert self.tsa_config is not None
+        try:
+            stamp = await stamping
+        except TSAError as exc:
+            delay = Backoff(self.tsa_config.retry_first, self.tsa_config.retry_max).delay(attempts, random.random())
+            await tsa_store.save_waiting(self.store, batch_id, preimage, attempts=attempts,
+                                         next_attempt_at=self._clock() + delay, error=str(exc))
+            log.warning("batch %d: no RFC 3161 token (attempt %d), asking again in %.0f s", batch_id, attempts, delay)
+            return False
+        await tsa_store.save_stamped(self.store, batch_id, preimage, stamp, attempts=attempts)
+        log.info("batch %d: RFC 3161 token from %s", batch_id, stamp.authority)
+        return True
+
+    async def retry_tokens(self) -> int:
+        """Ask again for the due tokens of batches that have none; how many were stamped."""
+        if self._tsa is None:
+            return 0
+        stamped = 0
+        for row in await tsa_store.due_tokens(self.store, self._clock()):
+            stamping = self._tsa.stamp(row["preimage"], self._clock())
+            stamped += await self._store_token(row["batch_id"], row["preimage"], stamping, attempts=row["attempts"] + 1)
+        return stamped
 
     async def retry_submissions(self) -> list[BatchOutcome]:
         """Submit again every due batch that fewer than ``min_calendars`` calendars accepted, several at once."""
@@ -591,6 +646,7 @@ class Anchorer:
                 elif not waiting and now - last >= self.config.interval:
                     last = now
                 await self.retry_submissions()
+                await self.retry_tokens()
             except ConflictError as exc:  # `estampille anchor --now` beside the relay, say
                 log.warning("anchoring round stopped: %s; the leaves left wait for the next round", exc)
             except Exception:
@@ -623,19 +679,49 @@ async def export_ots(store: Store, digest: str) -> bytes:
     row = await store.anchor_leaf(digest)
     if row.batch_id is None:
         raise AnchorError(f"record {digest} is not batched yet (run 'estampille anchor --now')")
+    return _leaf_ots(digest, row, await _leaf_path(store, row))
+
+
+def _leaf_ots(digest: str, row: AnchorLeaf, path: list[merkle.Step]) -> bytes:
     if row.timestamp is None:
         raise AnchorError(f"record {digest} is in batch {row.batch_id}, which no calendar has accepted yet")
     root = merkle.deserialize_timestamp(row.timestamp, row.root)
     if row.state == BatchState.CONFIRMED:
         root = merkle.bitcoin_branches(root) or root
-    positions = merkle.sibling_positions(row.leaves, row.position)
-    nodes = await store.anchor_nodes(row.batch_id, [(level, index) for level, index, _ in positions])
-    path = [merkle.Step(append, nodes[(level, index)]) for level, index, append in positions]
     try:
         return merkle.leaf_ots(bytes.fromhex(digest), row.nonce, path, root)
     except ValueError as exc:
         raise AnchorError(f"stored path of record {digest} does not reach its batch root") from exc
 
+
+async def _leaf_path(store: Store, row: AnchorLeaf) -> list[merkle.Step]:
+    """A batched leaf's steps to its batch root (``row``: Store.anchor_leaf's)."""
+    positions = merkle.sibling_positions(row.leaves, row.position)
+    nodes = await store.anchor_nodes(row.batch_id, [(level, index) for level, index, _ in positions])
+    return [merkle.Step(append, nodes[(level, index)]) for level, index, append in positions]
+
+
+async def export_leaf(
+    store: Store, digest: str, tokens: dict[int, tsa_store.StoredToken | None]
+) -> tuple[bytes | None, TokenProof | None]:
+    """A batched record's ``.ots`` (None while no calendar holds its batch) and its way to its batch's
+    RFC 3161 token (None while the batch has none), its leaf and path read once, for a bundle.
+
+    ``tokens`` keeps each batch's token across the records of one bundle."""
+    row = await store.anchor_leaf(digest)
+    if row.batch_id is None:
+        return None, None
+    path = await _leaf_path(store, row)
+    ots = _leaf_ots(digest, row, path) if row.timestamp is not None else None
+    if row.batch_id not in tokens:
+        tokens[row.batch_id] = await tsa_store.token_of_batch(store, row.batch_id)
+    token = tokens[row.batch_id]
+    if token is None:
+        return ots, None
+    steps = tuple(("append" if step.append else "prepend", step.sibling) for step in path)
+    stamp = token.stamp
+    return ots, TokenProof(digest, row.nonce, steps, token.root, stamp.authority, stamp.qualified,
+                           stamp.trust_list, stamp.tsr, stamp.chain_pem)
 
 
 # -- commands (called by relay.cli) -------------------------------------------
@@ -649,10 +735,11 @@ class AnchorRun:
     unanswered: bool
 
 
-async def anchor_now(store: Store, config: AnchorConfig) -> AnchorRun:
-    """Batch every waiting leaf, retry due submissions and run one upgrade round now."""
-    async with Anchorer(store, config) as anchorer:
+async def anchor_now(store: Store, config: AnchorConfig, tsa: TSAConfig | None = None) -> AnchorRun:
+    """Batch every waiting leaf (with its RFC 3161 token), retry due submissions and tokens, run one upgrade round now."""
+    async with Anchorer(store, config, tsa=tsa) as anchorer:
         outcomes = await anchorer.batch_all() + await anchorer.retry_submissions()
+        await anchorer.retry_tokens()
         report = await anchorer.upgrade()
         asked, answered = anchorer.calendars_answered
     lines = [f"batch {o.batch_id}: {o.leaves} leaves, accepted by {len(o.accepted)} calendar(s), {o.state}"
@@ -682,6 +769,9 @@ async def anchor_status(store: Store, config: AnchorConfig, now: float) -> list[
         if now - row.created_at > config.stale_after:
             line += ", STALE"
         lines.append(line)
+    for row in await tsa_store.waiting_tokens(store):
+        lines.append(f"batch {row['batch_id']}: no RFC 3161 token yet after {row['attempts']} attempt(s), next in"
+                     f" {_age(max(0.0, row['next_attempt_at'] - now))}: {row['last_error']}")
     lines.append(f"confirmed batches: {summary.confirmed_batches} ({summary.confirmed_leaves} leaves)"
                  + (f", last at Bitcoin height {summary.last_height}" if summary.last_height is not None else ""))
     return lines

@@ -23,6 +23,10 @@ anchor proves it only more than ``max_anchor_delay`` seconds after its claim
 (default 48 h: calendars take hours to reach a block, days when fees are high)
 fails, since nothing then bounds when it was really written.
 
+A record of a format-3 bundle whose batch has an RFC 3161 token (``relay.evidence.tsa_proof``)
+is checked against it too (path to the root, imprint, signature, chain at the token's time);
+the token's time is its proven time first, bounded by ``max_tsa_delay`` the same way.
+
 Outcome: ``verified`` (everything checks and every record is anchored in
 Bitcoin), ``pending`` (valid, but some anchors still wait for a block) or
 ``invalid`` (the first failed check, naming the file and the check).
@@ -57,11 +61,16 @@ from relay.evidence.bundle import (
 )
 from relay.evidence.ots_verify import verify_ots
 from relay.evidence.records import Record, sha256_hex
+from relay.evidence.tsa_proof import TSAOutcome, check_record_token
+from relay.evidence.tsa_verify import Token
 
 EXIT_VERIFIED = 0
 EXIT_PENDING = 1
 EXIT_INVALID = 2
 DEFAULT_MAX_ANCHOR_DELAY = 48 * 3600  # seconds; see the module docstring
+# A token is asked when the record's batch forms (anchor.interval, 10 min by default) and retried
+# while its TSA is down: as lenient as the Bitcoin bound by default; tighten it with --max-tsa-delay.
+DEFAULT_MAX_TSA_DELAY = 48 * 3600
 CLAIMED_TIME = {"submission": "received_at", "delivery": "certified_at", "handoff": "handed_at", "receipt": "at"}
 
 
@@ -85,13 +94,19 @@ class RecordCheck:
     digest: str
     anchor: AnchorOutcome
     claimed_at: str | None = None  # the record's own time, as it says
+    tsa: TSAOutcome | None = None  # its batch's RFC 3161 token, checked
 
     @property
     def proven_text(self) -> str:
-        """When the anchor proves the record existed by, for people."""
-        if self.anchor.block_time is None:
-            return "not yet proven (anchor pending)"
-        return f"{_utc(self.anchor.block_time)} (Bitcoin block {self.anchor.bitcoin_height})"
+        """When the anchors prove the record existed by, for people: the token's time first, when there is one."""
+        bitcoin = None
+        if self.anchor.block_time is not None:
+            bitcoin = f"{_utc(self.anchor.block_time)} (Bitcoin block {self.anchor.bitcoin_height})"
+        if self.tsa is not None:
+            qualified = f"declared qualified, {self.tsa.trust_list}" if self.tsa.qualified else "not declared qualified"
+            stamped = f"{_utc(self.tsa.unix)} (RFC 3161 token of {self.tsa.tsa}, {qualified})"
+            return stamped + (f"; {bitcoin}" if bitcoin else "; Bitcoin anchor pending")
+        return bitcoin or "not yet proven (anchor pending)"
 
 
 @dataclass(frozen=True)
@@ -191,6 +206,11 @@ class BundleReport:
             first = min(a.block_time for a in confirmed if a.block_time is not None)
             anchors += f" (block {heights}, the earliest {_utc(first)})"
         lines.append(anchors)
+        stamped = [r.tsa for r in self.records if r.tsa is not None]
+        if stamped:
+            names = ", ".join(sorted({t.tsa for t in stamped}))
+            lines.append(f"RFC 3161 tokens: {len(stamped)} of {len(self.records)} records, by {names}"
+                         f" (CA SHA-256 {', '.join(sorted({t.ca_sha256 for t in stamped}))})")
         lines.append("Each record: the time it claims; the time its anchor proves it existed by")
         for rec in self.records:
             lines.append(f"  {rec.type:<10} {rec.path}: claims {rec.claimed_at or '?'}; existed by {rec.proven_text}")
@@ -206,16 +226,17 @@ class BundleReport:
 
 def verify_files(
     files: dict[str, bytes], headers: Headers, *, regtest: bool = False,
-    max_anchor_delay: float = DEFAULT_MAX_ANCHOR_DELAY,
+    max_anchor_delay: float = DEFAULT_MAX_ANCHOR_DELAY, max_tsa_delay: float = DEFAULT_MAX_TSA_DELAY,
 ) -> BundleReport:
     """Verify a bundle given as its files (path -> bytes), from a zip or an unpacked directory.
 
     A record whose anchor proves it existed only more than ``max_anchor_delay`` seconds after the
-    time it claims is invalid (see the module docstring).
+    time it claims is invalid (see the module docstring), and so is one whose RFC 3161 token is
+    more than ``max_tsa_delay`` seconds after it.
     """
     try:
         bundle = parse_manifest(files)
-        return _verify(bundle, headers, regtest, max_anchor_delay)
+        return _verify(bundle, headers, regtest, (max_anchor_delay, max_tsa_delay))
     except BundleProblem as problem:
         return cannot_verify(problem)
     except (KeyError, TypeError, ValueError, AttributeError, jinja2.TemplateError) as exc:
@@ -232,7 +253,7 @@ def cannot_verify(problem: BundleProblem) -> BundleReport:
     return BundleReport(None, None, None, (), (), problem)
 
 
-def _verify(bundle: Bundle, headers: Headers, regtest: bool, max_anchor_delay: float) -> BundleReport:
+def _verify(bundle: Bundle, headers: Headers, regtest: bool, max_delays: tuple[float, float]) -> BundleReport:
     facts = bundle.facts
     submission = _record(bundle, facts["submission"], "submission")
     fields = submission.fields
@@ -252,8 +273,12 @@ def _verify(bundle: Bundle, headers: Headers, regtest: bool, max_anchor_delay: f
         summary, used = _verify_recipient(bundle, entry, submission, facts.get("scope"))
         recipients.append(summary)
         paths += used
-    records = tuple(_bounded(_anchor(bundle, path, headers, regtest), max_anchor_delay) for path in paths)
+    tokens: dict[str, tuple[Token, str]] = {}  # each batch's token, checked once for all its records
+    records = tuple(_bounded(_anchor(bundle, path, headers, regtest, tokens), *max_delays) for path in paths)
     _check_claimed_anchoring(facts, records)
+    if bundle.version >= 3 and facts["tsa"] != {r.path: r.tsa.facts() for r in sorted(records, key=lambda r: r.path)
+                                                if r.tsa is not None}:
+        raise BundleProblem(MANIFEST, "tsa", "its RFC 3161 facts are not what the records' tokens show")
     return BundleReport(
         message_id=facts["message_id"],
         subject=read_header_facts(bundle.files[facts["original"]]).subject,  # the message's, not the manifest's
@@ -434,8 +459,10 @@ def _verify_dkim(path: str, copy: bytes, keys: dict[str, bytes]) -> tuple[str, .
     return tuple(results)
 
 
-def _anchor(bundle: Bundle, path: str, headers: Headers, regtest: bool) -> RecordCheck:
-    """The record's proof, checked down to its block header; no proof yet counts as pending."""
+def _anchor(
+    bundle: Bundle, path: str, headers: Headers, regtest: bool, tokens: dict[str, tuple[Token, str]]
+) -> RecordCheck:
+    """The record's proofs: its .ots down to its block header (none yet counts as pending), its RFC 3161 token."""
     record = Record.from_bytes(bundle.files[path])
     ots = bundle.files.get(path + ".ots")
     outcome = AnchorOutcome(state="pending")
@@ -445,12 +472,18 @@ def _anchor(bundle: Bundle, path: str, headers: Headers, regtest: bool) -> Recor
             raise BundleProblem(path + ".ots", "timestamp", result.reason)
         state = "confirmed" if result.status == "verified" else "pending"
         outcome = AnchorOutcome(state, result.height, result.block_time, result.pending_calendars)
+    tsa = check_record_token(bundle.files, path, record.digest, tokens) if bundle.version >= 3 else None
     return RecordCheck(path=path, type=record.type, digest=record.digest, anchor=outcome,
-                       claimed_at=claimed_time(record))
+                       claimed_at=claimed_time(record), tsa=tsa)
 
 
-def _bounded(check: RecordCheck, max_delay: float) -> RecordCheck:
-    """The check, unless its anchor proves the record only more than ``max_delay`` seconds after its claim."""
+def _bounded(check: RecordCheck, max_delay: float, max_tsa_delay: float) -> RecordCheck:
+    """The check, unless its anchor proves the record only more than ``max_delay`` seconds after its claim,
+    or its RFC 3161 token more than ``max_tsa_delay`` seconds after it."""
+    if check.tsa is not None:
+        problem = tsa_delay_problem(check.type, check.claimed_at, check.tsa, max_tsa_delay)
+        if problem:
+            raise BundleProblem(check.path, "RFC 3161 delay", problem)
     if check.anchor.block_time is not None:
         problem = anchor_delay_problem(check.type, check.claimed_at, check.anchor.block_time,
                                        check.anchor.bitcoin_height, max_delay)
@@ -465,10 +498,8 @@ def claimed_time(record: Record) -> str | None:
     return claimed if isinstance(claimed, str) else None
 
 
-def anchor_delay_problem(
-    kind: str, claimed_at: str | None, block_time: int, height: int | None, max_delay: float
-) -> str | None:
-    """Why the time a ``kind`` record claims is not bounded by the ``block_time`` its anchor proves, or None."""
+def _claimed_instant(kind: str, claimed_at: str | None) -> float | str:
+    """The claimed time as a Unix time, or why it cannot be read."""
     if claimed_at is None:
         return f"a {kind} record that claims no time"
     try:
@@ -477,7 +508,17 @@ def anchor_delay_problem(
         moment = None
     if moment is None or moment.tzinfo is None:  # a time without its zone means another on each machine
         return f"claims an unreadable time {claimed_at!r}"
-    delay = block_time - moment.timestamp()
+    return moment.timestamp()
+
+
+def anchor_delay_problem(
+    kind: str, claimed_at: str | None, block_time: int, height: int | None, max_delay: float
+) -> str | None:
+    """Why the time a ``kind`` record claims is not bounded by the ``block_time`` its anchor proves, or None."""
+    claimed = _claimed_instant(kind, claimed_at)
+    if isinstance(claimed, str):
+        return claimed
+    delay = block_time - claimed
     if delay <= max_delay:
         return None
     block = f" (Bitcoin block {height})" if height is not None else ""
@@ -486,7 +527,19 @@ def anchor_delay_problem(
             " (--max-anchor-delay): nothing bounds when it was written")
 
 
-def _utc(unix: int) -> str:
+def tsa_delay_problem(kind: str, claimed_at: str | None, token: TSAOutcome, max_delay: float) -> str | None:
+    """Why the time a ``kind`` record claims is not bounded by its RFC 3161 token, or None."""
+    claimed = _claimed_instant(kind, claimed_at)
+    if isinstance(claimed, str):
+        return claimed
+    delay = token.unix - claimed
+    if delay <= max_delay:
+        return None
+    return (f"claims {claimed_at}, but its RFC 3161 token ({token.token}) proves it existed only by {token.time},"
+            f" {delay / 60:.1f} min later, more than the {max_delay / 60:g} min allowed (--max-tsa-delay)")
+
+
+def _utc(unix: float) -> str:
     return f"{datetime.fromtimestamp(unix, UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 

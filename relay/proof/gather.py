@@ -18,8 +18,8 @@ from typing import Any, BinaryIO
 
 from relay.anchor import merkle
 from relay.anchor.headers import HeaderSource
-from relay.anchor.worker import export_ots
-from relay.errors import AmbiguousError, AnchorError, NotFoundError
+from relay.anchor.worker import export_leaf
+from relay.errors import AmbiguousError, NotFoundError
 from relay.evidence.archive import MAX_RATIO, BundleProblem, read_directory, read_zip
 from relay.evidence.bundle import (
     Anchoring,
@@ -28,12 +28,20 @@ from relay.evidence.bundle import (
     RecipientEvidence,
     build_bundle,
 )
-from relay.evidence.bundle_check import DEFAULT_MAX_ANCHOR_DELAY, BundleReport, cannot_verify, verify_files
+from relay.evidence.bundle_check import (
+    DEFAULT_MAX_ANCHOR_DELAY,
+    DEFAULT_MAX_TSA_DELAY,
+    BundleReport,
+    cannot_verify,
+    verify_files,
+)
 from relay.evidence.records import Record, disclosure_record, iso_time
+from relay.evidence.tsa_proof import TokenProof
 from relay.law import register
 from relay.store import Store, proofs, tokens
 from relay.store import law as law_store
 from relay.store import reports as report_store
+from relay.store import tsa as tsa_store
 from relay.store.evidence import RecordAnchoring
 from relay.store.states import BatchState
 
@@ -54,6 +62,7 @@ class MessageEvidence:
     same_message_id: tuple[dict[str, Any], ...] = ()  # every submission with this Message-ID (choices)
     disclosures: tuple[Record, ...] = ()  # the tokens each bundle made so far disclosed, oldest first
     refusals: dict[int, tuple[dict[str, Any], ...]] = field(default_factory=dict)  # by delivery id
+    stamps: dict[str, dict[str, Any]] = field(default_factory=dict)  # by digest: its batch's RFC 3161 token
 
     @property
     def digests(self) -> list[str]:
@@ -82,6 +91,8 @@ async def load_message(store: Store, message_id: str, submission_id: str | None 
     reports = await report_store.reports_of(store, submission["id"])
     digests = [d.digest for d in await store.message_digests([submission["id"]]) if d.digest]
     found = await store.records_anchoring(digests)
+    tokens_by_batch = await tsa_store.token_summaries(
+        store, [row.batch_id for row in found.values() if row.batch_id is not None])
     given = await tokens.message_tokens(store, submission["id"])
 
     def by_delivery(items: Iterable[Any]) -> dict[int, tuple[dict[str, Any], ...]]:
@@ -108,6 +119,7 @@ async def load_message(store: Store, message_id: str, submission_id: str | None 
         same_message_id=tuple(choice(r) for r in matches),
         disclosures=tuple(Record.from_bytes(r["body"]) for r in given["disclosures"]),
         refusals=by_delivery(given["refusals"]),
+        stamps={d: stamp_json(tokens_by_batch.get(found[d]["batch_id"])) for d in digests if d in found},
     )
 
 
@@ -124,6 +136,16 @@ def anchoring_of(row: RecordAnchoring) -> Anchoring:
     if row.batch_state == BatchState.ATTESTED:  # a calendar's claim of a block, no header checked yet
         return Anchoring("attested", calendars, row.bitcoin_height)
     return Anchoring("pending", calendars)
+
+
+def stamp_json(row: Any) -> dict[str, Any]:
+    """A record's RFC 3161 token from its batch's token row (None: the batch has none, or no batch yet)."""
+    if row is None:
+        return {"state": "none"}
+    if row["state"] != "stamped":
+        return {"state": "waiting"}
+    return {"state": "stamped", "tsa": row["authority"], "time": iso_time(row["token_time"]),
+            "qualified": bool(row["qualified"])}
 
 
 def _earlier(ev: MessageEvidence, delivery: dict[str, Any]) -> list[str]:
@@ -151,7 +173,8 @@ def anchoring_json(a: Anchoring) -> dict[str, Any]:
 def _record_json(ev: MessageEvidence, digest: str | None) -> dict[str, Any] | None:
     if digest is None or digest not in ev.records:
         return None
-    return {"digest": digest, "record": ev.records[digest].fields, "anchoring": anchoring_json(ev.anchoring[digest])}
+    return {"digest": digest, "record": ev.records[digest].fields, "anchoring": anchoring_json(ev.anchoring[digest]),
+            "tsa": ev.stamps.get(digest, {"state": "none"})}
 
 
 def _last_reply(delivery: Any) -> str | None:
@@ -243,17 +266,18 @@ def message_json(ev: MessageEvidence) -> dict[str, Any]:
 
 async def proof_input(store: Store, ev: MessageEvidence, *, now: float, timezone: str) -> ProofInput:
     """The bundle's content: message files and each record's .ots, read from the store."""
-    proofs: dict[str, bytes | None] = {}
+    proofs: dict[str, tuple[bytes | None, TokenProof | None]] = {}
+    batch_tokens: dict[int, tsa_store.StoredToken | None] = {}
     for digest in ev.records:
-        try:
-            proofs[digest] = await export_ots(store, digest) if ev.anchoring[digest].state != "queued" else None
-        except AnchorError:
-            proofs[digest] = None  # batched, but no calendar has answered yet: counts as pending
+        # No .ots while no calendar has answered: counts as pending.
+        queued = ev.anchoring[digest].state == "queued"
+        proofs[digest] = (None, None) if queued else await export_leaf(store, digest, batch_tokens)
 
     def evidence(digest: str | None) -> Evidence | None:
         if digest is None or digest not in ev.records:
             return None
-        return Evidence(ev.records[digest], proofs[digest], ev.anchoring[digest])
+        ots, token = proofs[digest]
+        return Evidence(ev.records[digest], ots, ev.anchoring[digest], token)
 
     recipients = []
     for d in ev.deliveries:
@@ -385,6 +409,7 @@ class _HeadersOnDemand(Mapping[int, bytes]):
 
 async def verify_bundle(
     path: Path, source: HeaderSource, *, regtest: bool = False, max_anchor_delay: float = DEFAULT_MAX_ANCHOR_DELAY,
+    max_tsa_delay: float = DEFAULT_MAX_TSA_DELAY,
     max_ratio: int = MAX_RATIO,
 ) -> BundleReport:
     """Verify the bundle at ``path`` with headers from ``source`` (HeaderSourceError if it fails)."""
@@ -393,4 +418,5 @@ async def verify_bundle(
     except BundleProblem as problem:
         return cannot_verify(problem)
     headers = _HeadersOnDemand(source, asyncio.get_running_loop())
-    return await asyncio.to_thread(verify_files, files, headers, regtest=regtest, max_anchor_delay=max_anchor_delay)
+    return await asyncio.to_thread(verify_files, files, headers, regtest=regtest, max_anchor_delay=max_anchor_delay,
+                                   max_tsa_delay=max_tsa_delay)

@@ -353,6 +353,26 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX reminders_submission ON reminders(submission_id);
     """,
+    # 14: RFC 3161 tokens (relay/anchor/tsa.py, relay/store/tsa.py): one per batch root, asked when the
+    # batch is formed and again with backoff until a TSA gives a valid one.
+    """
+    CREATE TABLE tsa_tokens (
+        batch_id        INTEGER PRIMARY KEY REFERENCES anchor_batches(id),
+        state           TEXT NOT NULL,     -- 'waiting' (asked again at next_attempt_at) or 'stamped'
+        preimage        BLOB NOT NULL,     -- the bytes whose SHA-256 is the batch root, as the TSA is asked
+        attempts        INTEGER NOT NULL,
+        next_attempt_at REAL,
+        last_error      TEXT,
+        authority       TEXT,              -- the configured name of the TSA that stamped it
+        qualified       INTEGER,           -- as the operator declared that TSA
+        trust_list      TEXT,
+        tsr             BLOB,              -- the TimeStampResp, DER, as received and checked
+        chain_pem       BLOB,              -- its signing certificate, then the CAs it was checked against
+        token_time      REAL,              -- the token's genTime, Unix
+        policy          TEXT
+    );
+    CREATE INDEX tsa_tokens_waiting ON tsa_tokens(next_attempt_at) WHERE state = 'waiting';
+    """,
 )
 
 

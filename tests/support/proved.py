@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -77,11 +78,11 @@ class Proved:
         return f"http://127.0.0.1:{self.service.tracker.port}"
 
     async def anchor(self) -> None:
-        await anchor.anchor_now(self.store, self.config.anchor)
+        await anchor.anchor_now(self.store, self.config.anchor, self.config.tsa)
 
     async def confirm(self) -> int:
         height = self.calendar.confirm()
-        await anchor.anchor_now(self.store, self.config.anchor)
+        await anchor.anchor_now(self.store, self.config.anchor, self.config.tsa)
         return height
 
 
@@ -93,13 +94,15 @@ async def proved_message(
     acknowledgers: tuple[str, ...] = (ACKNOWLEDGER,),
     replies: dict[str, list[str]] | None = None,
     header_sources: bool = True,
+    clock: Callable[[], float] = time.time,
     **sections: dict,
 ) -> AsyncIterator[Proved]:
     """The relay running, the message delivered to every recipient, ``acknowledgers`` acknowledged.
 
     ``replies`` scripts the sink's answers per recipient (e.g. a 451 before the 250).
     ``header_sources=False`` leaves the explorers out of the relay's configuration: its
-    batches stay 'attested' (unchecked); ``p.explorers`` still serve the chain.
+    batches stay 'attested' (unchecked); ``p.explorers`` still serve the chain. ``clock`` is the
+    relay's (the times its records claim); anchoring (``p.anchor()``) keeps the real one.
     """
     chain = FakeChain()
     token, token_hash = new_token()
@@ -116,7 +119,7 @@ async def proved_message(
         )
         for rcpt, answers in (replies or {}).items():
             sink.script(rcpt, answers)
-        async with running(config) as service:
+        async with running(config, clock=clock) as service:
             p = Proved(service, config, calendar, (e1.url, e2.url), token, data_dir)
             await aiosmtplib.send(convocation(recipients), sender="convocations@mairie.example", recipients=recipients,
                                   hostname="127.0.0.1", port=service.smtp_port)

@@ -59,3 +59,14 @@ def test_a_format_2_bundle_for_one_recipient_verifies_and_says_so():
 def test_every_format_a_release_wrote_is_readable_and_kept_as_a_fixture():
     assert READABLE_VERSIONS == tuple(range(1, FORMAT_VERSION + 1))
     assert {int(p.name[1:].split("-")[0]) for p in FIXTURES.glob("v*.zip")} == set(READABLE_VERSIONS)
+
+
+def test_a_format_3_bundle_carries_a_checked_rfc_3161_token_for_every_record():
+    code, report = verify("v3-relay-confirmed.zip", "v3-relay-confirmed.headers")
+    assert code == 0, report["problem"]
+    tokens = [r["tsa"] for r in report["records"]]
+    assert tokens and all(t is not None and t["tsa"] == "Local TSA" and t["qualified"] for t in tokens)
+    assert len({t["time"] for t in tokens}) == 1  # one batch, one token
+    # Earlier formats had none, and are not asked for any.
+    _, v2 = verify("v2-relay-confirmed.zip", "v2-relay-confirmed.headers")
+    assert all(r["tsa"] is None for r in v2["records"])

@@ -53,7 +53,7 @@ def test_bundle_holds_every_part(confirmed):
     assert len([n for n in names if n.endswith(".ots")]) == 8
     assert names >= {"keys/rsa._domainkey.mairie-exemple.fr.txt", "keys/ed._domainkey.mairie-exemple.fr.txt"}
     manifest = json.loads(files[MANIFEST])
-    assert manifest["format"] == "estampille-proof" and manifest["version"] == 2
+    assert manifest["format"] == "estampille-proof" and manifest["version"] == 3
     assert {f["path"] for f in manifest["files"]} == names - {MANIFEST}
     html = files["attestation.html"].decode()
     assert 'lang="fr"' in html and "Accusés de réception : <strong>1 sur 3</strong>" in html
