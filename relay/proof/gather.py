@@ -119,7 +119,7 @@ async def load_message(store: Store, message_id: str, submission_id: str | None 
         same_message_id=tuple(choice(r) for r in matches),
         disclosures=tuple(Record.from_bytes(r["body"]) for r in given["disclosures"]),
         refusals=by_delivery(given["refusals"]),
-        stamps={d: stamp_json(tokens_by_batch.get(found[d]["batch_id"])) for d in digests if d in found},
+        stamps={d: stamp_json(tokens_by_batch.get(found[d].batch_id)) for d in digests if d in found},
     )
 
 

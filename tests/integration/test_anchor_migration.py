@@ -34,7 +34,7 @@ async def test_confirmed_batches_go_back_to_attested_and_keep_their_leaves(tmp_p
         rows = await store.anchor_batches(["submitting", "pending", "attested", "confirmed"])
         assert [(r.id, r.state, r.bitcoin_height, r.confirmed_at) for r in rows] == [
             (1, "attested", 812, 5.0), (2, "attested", 813, 6.0), (3, "pending", None, None)]
-        assert (await store.anchor_leaf("0" * 64))["batch_id"] == 2
+        assert (await store.anchor_leaf("0" * 64)).batch_id == 2
         async with store.transaction() as db:
             await db.execute("UPDATE anchor_batches SET state = 'confirmed' WHERE id = 1")
         with pytest.raises(sqlite3.IntegrityError, match="CHECK"):

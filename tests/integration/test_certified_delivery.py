@@ -50,10 +50,12 @@ BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko
 FORM_KEY = re.compile(r'name="form_key" value="([0-9a-f]+)"')
 
 
-def certifying_config(tmp_path: Path, sink_port: int, tracker: bool = False, **sections) -> tuple:
+def certifying_config(tmp_path: Path, sink_port: int, tracker: bool = False, language: str = "fr",
+                      **sections) -> tuple:
     entry = dkim.generate_keys(tmp_path / "keys", "ville-exemple.fr", "rsa", "ed")
     config = relay_config(tmp_path / "data", sink_port, **sections,
-                          tracker={"enabled": tracker, "listen_host": "127.0.0.1", "listen_port": 0, "public_url": PUBLIC})
+                          tracker={"enabled": tracker, "listen_host": "127.0.0.1", "listen_port": 0, "public_url": PUBLIC,
+                                   "language": language})
     keyring = dkim.Keyring.from_config(DKIMConfig(domains=[entry]))
     return dataclasses.replace(config, dkim=DKIMConfig(domains=[entry])), keyring
 

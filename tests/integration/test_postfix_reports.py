@@ -94,12 +94,12 @@ async def test_postfix_reports_prove_what_the_member_servers_said(tmp_path):
             assert token1 is not None and member2.messages == []
 
             submission_id = (await store.fetchone("SELECT id FROM submissions WHERE kind = 'mail'"))["id"]
-            states = {d["recipient"]: d for d in await store.delivery_states(submission_id)}
+            states = {d.recipient: d for d in await store.delivery_states(submission_id)}
             ok, refused = states[ACCEPTED], states[REFUSED]
-            assert ok["state"] == "delivered" and ok["last_code"] == 250, [dict(r) for r in reports]
-            assert ok["last_reply"].startswith("250 ") and "SINK" in ok["last_reply"], [dict(r) for r in reports]
-            assert refused["state"] == "failed" and refused["last_code"] == 550, dict(refused)
-            assert REFUSAL[4:] in refused["last_reply"]
+            assert ok.state == "delivered" and ok.last_code == 250, [dict(r) for r in reports]
+            assert ok.last_reply.startswith("250 ") and "SINK" in ok.last_reply, [dict(r) for r in reports]
+            assert refused.state == "failed" and refused.last_code == 550, refused
+            assert REFUSAL[4:] in refused.last_reply
             by_rcpt = {r["recipient"]: r for r in reports}
             assert by_rcpt[ACCEPTED]["remote_mta"] == "127.0.0.1" and by_rcpt[REFUSED]["status"] == "5.1.1"
 

@@ -115,7 +115,7 @@ async def test_reports_are_in_the_view_and_the_bundle_whose_verifier_checks_thei
                for e in events), events
     # Counted with the message's other records, in the list of messages too.
     listed = await store.message_digests([view["submission_id"]])
-    assert shown["record"]["digest"] in {r["digest"] for r in listed} and view["summary"]["records"] == len(listed)
+    assert shown["record"]["digest"] in {r.digest for r in listed} and view["summary"]["records"] == len(listed)
     out = io.BytesIO()
     await gather.build_proof(store, MESSAGE_ID, out, now=2e9, timezone="Europe/Paris")
     files = read_zip(out.getvalue())

@@ -47,7 +47,7 @@ async def test_a_copy_without_a_link_is_told_everywhere(tmp_path: Path, caplog, 
     caplog.set_level(logging.WARNING, logger="estampille.deliver")
     async with Sink() as sink:
         config, _ = certifying_config(
-            tmp_path, sink.port,
+            tmp_path, sink.port, language="browser",  # the admin page in both languages
             ack={"senders": [AckSender(match=NO_LINK_SENDER, insert=False, rewrite_patterns=[])]},
             webhooks={"urls": [receiver.url], "secret": SECRET},
             admin={"token_hashes": [digest], "metrics_listen_host": "127.0.0.1", "metrics_listen_port": metrics_port},
