@@ -1,0 +1,247 @@
+"""verify.html (issue #25) in Debian's chromium: a genuine bundle verifies with headers from two
+local Esplora-like explorers; 30 seeded single-byte mutations each fail naming the file, as
+`estampille verify` does on the same bundles; forged anchors fail; the page requests nothing but
+the explorers typed in. Screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import random
+import zipfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+from aiohttp import web
+
+from relay.anchor.headers import format_headers_file
+from relay.cli import main
+from relay.evidence import bundle as proof
+from relay.evidence.archive import read_zip
+from relay.evidence.bundle import MANIFEST
+from relay.evidence.ots_verify import block_hash
+from tests.conftest import require_tool
+from tests.support.proofdata import HEIGHT, Keys, build_input, mine_header
+from tests.support.verifypage import check_bundle, verify_page
+from tests.unit.test_proof import reforge
+
+pytestmark = pytest.mark.external
+MUTATIONS = 30
+SEED = 25
+
+
+@pytest.fixture(scope="module")
+def keys() -> Keys:
+    return Keys.generate()
+
+
+@asynccontextmanager
+async def explorers(headers: dict[int, bytes]) -> AsyncIterator[tuple[str, str]]:
+    """Two Esplora-like APIs on loopback (two paths of one server) serving ``headers``; CORS
+    allowed, as public explorers do, since the page runs from file://."""
+    by_hash = {block_hash(raw): raw for raw in headers.values()}
+
+    async def height(request: web.Request) -> web.Response:
+        raw = headers.get(int(request.match_info["h"]))
+        return web.Response(text=block_hash(raw)) if raw else web.Response(status=404)
+
+    async def header(request: web.Request) -> web.Response:
+        raw = by_hash.get(request.match_info["hash"])
+        return web.Response(text=raw.hex()) if raw else web.Response(status=404)
+
+    @web.middleware
+    async def cors(request: web.Request, handler):  # type: ignore[no-untyped-def]
+        response = await handler(request)
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        return response
+
+    app = web.Application(middlewares=[cors])
+    for name in ("one", "two"):
+        app.router.add_get(f"/{name}/api/block-height/{{h}}", height)
+        app.router.add_get(f"/{name}/api/block/{{hash}}/header", header)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}/one/api", f"http://127.0.0.1:{port}/two/api"
+    finally:
+        await runner.cleanup()
+
+
+def rezip(files: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for path, data in sorted(files.items()):
+            zf.writestr(path, data)
+    return out.getvalue()
+
+
+def mutations(bundle: bytes, *, forger: bool) -> list[tuple[str, bytes]]:
+    """Seeded: a random file, a random byte of it changed to another value. A ``forger`` also
+    recomputes the manifest, so that the checks past the SHA-256s must catch it; a forger's edit of
+    attestation.html or VERIFY.md only `estampille verify` catches (it regenerates them; the page
+    reports them as not checked), so those are left out of a forger's choice."""
+    files = read_zip(bundle)
+    rng = random.Random(SEED)
+    choices = sorted(p for p in files if not forger or p not in (proof.ATTESTATION, proof.VERIFY_DOC))
+    out = []
+    for _ in range(MUTATIONS):
+        path = rng.choice(choices)
+        data = bytearray(files[path])
+        offset = rng.randrange(len(data))
+        data[offset] ^= rng.randrange(1, 256)
+        mutated = {**files, path: bytes(data)}
+        out.append((path, rezip(reforge(mutated) if forger and path != MANIFEST else mutated)))
+    return out
+
+
+async def estampille_verify(tmp_path, capsys, bundle: bytes, headers: dict[int, bytes]) -> dict:
+    """The command's JSON report on the same bundle."""
+    (tmp_path / "bundle.zip").write_bytes(bundle)
+    (tmp_path / "headers.txt").write_text(format_headers_file(headers))
+    args = ["verify", str(tmp_path / "bundle.zip"), "--headers", str(tmp_path / "headers.txt"), "--regtest", "--json"]
+    capsys.readouterr()
+    await asyncio.to_thread(main, args)  # the CLI runs its own event loop
+    return json.loads(capsys.readouterr().out)
+
+
+async def check_states(page) -> dict[str, tuple[str, str]]:
+    """Each check's state and the text a person reads next to it."""
+    items = await page.query_selector_all("#checks li")
+    return {await li.get_attribute("data-check"): (await li.get_attribute("data-state"), await li.inner_text())
+            for li in items}
+
+
+async def test_a_genuine_bundle_shows_verified_for_every_check(keys, artifacts_dir) -> None:
+    chromium = require_tool("chromium")
+    built = build_input(3, keys)
+    async with explorers(built.headers) as bases, verify_page(chromium) as page:
+        report = await check_bundle(page, built.bundle(), explorers=bases)
+        assert report["status"] == "verified", report.get("problem")
+        states = await check_states(page)
+        assert set(states) == {"files", "chain", "dkim", "anchors", "bound"}
+        assert all(state == "ok" and "vérifié" in text for state, text in states.values()), states
+        assert await page.inner_text("#verdict") == "VÉRIFIÉ"
+        assert [r["dkim"] for r in report["recipients"]][0] == [
+            "rsa-sha256 d=mairie-exemple.fr s=rsa valid", "ed25519-sha256 d=mairie-exemple.fr s=ed valid"]
+        assert [r["anchor"]["bitcoin_height"] for r in report["records"]] == [HEIGHT] * 8  # submission, 3 deliveries, 3 hand-offs, 1 receipt
+        await page.screenshot(path=str(artifacts_dir / "verify-page-fr.png"), full_page=True)
+        await page.click("[data-lang=en]")
+        assert await page.inner_text("#verdict") == "VERIFIED"
+        assert all("verified" in text for _, text in (await check_states(page)).values())
+        await page.screenshot(path=str(artifacts_dir / "verify-page-en.png"), full_page=True)
+        # Nothing but the page itself and the two explorers typed in, each asked once per height.
+        assert page.requests[0].startswith("file://")
+        assert sorted(page.requests[1:]) == sorted(
+            f"{base}/{path}" for base in bases
+            for path in (f"block-height/{HEIGHT}", f"block/{block_hash(built.headers[HEIGHT])}/header"))
+
+
+async def test_each_single_byte_mutation_fails_naming_the_file_as_estampille_verify_does(
+    keys, tmp_path, capsys
+) -> None:
+    chromium = require_tool("chromium")
+    built = build_input(3, keys)
+    async with verify_page(chromium) as page:
+        for path, bundle in mutations(built.bundle(), forger=False):
+            report = await check_bundle(page, bundle, headers=built.headers)
+            assert report["status"] == "invalid" and report["problem"]["file"] == path, (path, report["problem"])
+            failed = [text for state, text in (await check_states(page)).values() if state == "fail"]
+            assert len(failed) == 1 and path in failed[0] and "échec" in failed[0], failed
+            cli = await estampille_verify(tmp_path, capsys, bundle, built.headers)
+            assert (cli["status"], cli["problem"]["file"], cli["problem"]["check"]) == (
+                report["status"], report["problem"]["file"], report["problem"]["check"]), path
+        assert page.requests == [page.requests[0]]  # the page from file://, nothing else
+
+
+async def test_a_forgers_mutations_fail_past_the_manifest_as_estampille_verify_does(keys, tmp_path, capsys) -> None:
+    """The same mutations with the manifest recomputed: the records, chain, DKIM and proofs catch them."""
+    chromium = require_tool("chromium")
+    built = build_input(3, keys)
+    checks = set()
+    async with verify_page(chromium) as page:
+        for path, bundle in mutations(built.bundle(), forger=True):
+            report = await check_bundle(page, bundle, headers=built.headers)
+            cli = await estampille_verify(tmp_path, capsys, bundle, built.headers)
+            assert report["status"] == "invalid", (path, report)
+            assert (cli["status"], cli["problem"]["file"], cli["problem"]["check"]) == (
+                report["status"], report["problem"]["file"], report["problem"]["check"]), path
+            checks.add(report["problem"]["check"])
+        assert page.requests == [page.requests[0]]
+    assert len(checks - {"sha256"}) >= 3, checks  # caught by the checks past the manifest
+
+
+async def test_a_bundle_claiming_an_anchor_its_proof_does_not_show_fails(keys, tmp_path, capsys) -> None:
+    """The manifest (and so the attestation) says confirmed; the .ots proofs are only pending."""
+    chromium = require_tool("chromium")
+    built = build_input(2, keys, confirmed=False)
+    files = read_zip(built.bundle())
+    manifest = json.loads(files[MANIFEST])
+    for claim in manifest["facts"]["anchoring"].values():
+        claim.update(state="confirmed", bitcoin_height=1, block_time=1_700_000_000)
+    files[MANIFEST] = json.dumps(manifest).encode()
+    files = reforge(files)
+    files["attestation.html"] = proof.render_attestation(manifest["facts"], files).encode()
+    bundle = rezip(reforge(files))
+    async with verify_page(chromium) as page:
+        report = await check_bundle(page, bundle)
+    assert report["status"] == "invalid"
+    assert (report["problem"]["file"], report["problem"]["check"]) == (MANIFEST, "anchoring")
+    cli = await estampille_verify(tmp_path, capsys, bundle, {})
+    assert (cli["status"], cli["problem"]["file"], cli["problem"]["check"]) == ("invalid", MANIFEST, "anchoring")
+
+
+async def test_a_header_with_another_merkle_root_fails_on_the_proof(keys, tmp_path, capsys) -> None:
+    """Explorers (here lying together) serve a block with valid proof of work that does not commit
+    to the proofs: every attestation must check, so the first record's proof fails."""
+    chromium = require_tool("chromium")
+    built = build_input(2, keys)
+    forged = {HEIGHT: mine_header(hashlib.sha256(b"another block").digest())}
+    async with explorers(forged) as bases, verify_page(chromium) as page:
+        report = await check_bundle(page, built.bundle(), explorers=bases)
+        states = await check_states(page)
+    assert report["status"] == "invalid" and report["problem"]["check"] == "timestamp"
+    assert report["problem"]["file"].endswith(".ots") and "another Merkle root" in report["problem"]["detail"]
+    assert states["anchors"][0] == "fail" and states["files"][0] == "ok"
+    cli = await estampille_verify(tmp_path, capsys, built.bundle(), forged)
+    assert (cli["problem"]["file"], cli["problem"]["check"]) == (report["problem"]["file"], "timestamp")
+
+
+async def test_mainnet_rules_refuse_regtest_headers_and_a_pending_bundle_says_so(keys) -> None:
+    chromium = require_tool("chromium")
+    confirmed, pending = build_input(2, keys), build_input(2, keys, confirmed=False)
+    async with verify_page(chromium) as page:
+        report = await check_bundle(page, confirmed.bundle(), headers=confirmed.headers, regtest=False)
+        assert report["status"] == "invalid" and "outside mainnet proof-of-work limits" in report["problem"]["detail"]
+        report = await check_bundle(page, pending.bundle())
+        assert report["status"] == "pending"
+        assert (await check_states(page))["anchors"][0] == "pending"
+
+
+class AlteredAfterSigning(Keys):
+    """Signs, then changes the copy (the records fingerprint the changed copy): only DKIM can tell."""
+
+    edit: tuple[bytes, bytes] = (b"", b"")
+
+    def sign(self, message: bytes) -> bytes:
+        return super().sign(message).replace(*self.edit)
+
+
+@pytest.mark.parametrize("edit", [(b"18 h", b"20 h"), (b"Subject: Convocation", b"Subject: Invitation")])
+async def test_a_copy_changed_after_signing_fails_dkim_as_estampille_verify_does(keys, tmp_path, capsys, edit) -> None:
+    chromium = require_tool("chromium")
+    altered = AlteredAfterSigning(keys.rsa_pem, keys.rsa_public, keys.ed_seed, keys.ed_public)
+    object.__setattr__(altered, "edit", edit)
+    built = build_input(2, altered)
+    async with verify_page(chromium) as page:
+        report = await check_bundle(page, built.bundle(), headers=built.headers)
+        states = await check_states(page)
+    assert report["status"] == "invalid" and report["problem"]["check"] == "DKIM", report
+    assert report["problem"]["file"].startswith("copies/01-") and states["dkim"][0] == "fail"
+    cli = await estampille_verify(tmp_path, capsys, built.bundle(), built.headers)
+    assert (cli["problem"]["file"], cli["problem"]["check"]) == (report["problem"]["file"], "DKIM")
+    assert ("body hash mismatch" in cli["problem"]["detail"]) == ("body hash mismatch" in report["problem"]["detail"])
