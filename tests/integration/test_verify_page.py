@@ -11,11 +11,8 @@ import io
 import json
 import random
 import zipfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
-from aiohttp import web
 
 from relay.anchor.headers import format_headers_file
 from relay.cli import main
@@ -25,7 +22,7 @@ from relay.evidence.bundle import MANIFEST
 from relay.evidence.ots_verify import block_hash
 from tests.conftest import require_tool
 from tests.support.proofdata import HEIGHT, Keys, build_input, mine_header
-from tests.support.verifypage import check_bundle, verify_page
+from tests.support.verifypage import check_bundle, explorers, verify_page
 from tests.unit.test_proof import reforge
 
 pytestmark = pytest.mark.external
@@ -36,40 +33,6 @@ SEED = 25
 @pytest.fixture(scope="module")
 def keys() -> Keys:
     return Keys.generate()
-
-
-@asynccontextmanager
-async def explorers(headers: dict[int, bytes]) -> AsyncIterator[tuple[str, str]]:
-    """Two Esplora-like APIs on loopback (two paths of one server) serving ``headers``; CORS
-    allowed, as public explorers do, since the page runs from file://."""
-    by_hash = {block_hash(raw): raw for raw in headers.values()}
-
-    async def height(request: web.Request) -> web.Response:
-        raw = headers.get(int(request.match_info["h"]))
-        return web.Response(text=block_hash(raw)) if raw else web.Response(status=404)
-
-    async def header(request: web.Request) -> web.Response:
-        raw = by_hash.get(request.match_info["hash"])
-        return web.Response(text=raw.hex()) if raw else web.Response(status=404)
-
-    @web.middleware
-    async def cors(request: web.Request, handler):  # type: ignore[no-untyped-def]
-        response = await handler(request)
-        response.headers["Access-Control-Allow-Origin"] = "*"
-        return response
-
-    app = web.Application(middlewares=[cors])
-    for name in ("one", "two"):
-        app.router.add_get(f"/{name}/api/block-height/{{h}}", height)
-        app.router.add_get(f"/{name}/api/block/{{hash}}/header", header)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}/one/api", f"http://127.0.0.1:{port}/two/api"
-    finally:
-        await runner.cleanup()
 
 
 def rezip(files: dict[str, bytes]) -> bytes:
@@ -245,3 +208,23 @@ async def test_a_copy_changed_after_signing_fails_dkim_as_estampille_verify_does
     cli = await estampille_verify(tmp_path, capsys, built.bundle(), built.headers)
     assert (cli["problem"]["file"], cli["problem"]["check"]) == (report["problem"]["file"], "DKIM")
     assert ("body hash mismatch" in cli["problem"]["detail"]) == ("body hash mismatch" in report["problem"]["detail"])
+
+
+async def test_damaged_zip_bytes_get_the_verdict_estampille_verify_gives(keys, tmp_path, capsys) -> None:
+    """A byte of the archive itself changed (compressed data, sizes, names, dates): the page's own
+    zip reader and inflate refuse what the CLI refuses, and a change to what no check covers (a date)
+    leaves both verifying."""
+    chromium = require_tool("chromium")
+    built = build_input(2, keys)
+    bundle = built.bundle()
+    rng = random.Random(SEED)
+    verdicts = set()
+    async with verify_page(chromium) as page:
+        for _ in range(MUTATIONS):
+            damaged = bytearray(bundle)
+            damaged[rng.randrange(len(damaged))] ^= rng.randrange(1, 256)
+            report = await check_bundle(page, bytes(damaged), headers=built.headers)
+            cli = await estampille_verify(tmp_path, capsys, bytes(damaged), built.headers)
+            assert report["status"] == cli["status"], (report["problem"], cli["problem"])
+            verdicts.add(report["status"])
+    assert "invalid" in verdicts

@@ -9,7 +9,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 from relay.anchor.headers import format_headers_file
+from relay.evidence.ots_verify import block_hash
 
 PAGE = Path(__file__).resolve().parents[2] / "tracker" / "static" / "verify.html"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -46,3 +49,37 @@ async def check_bundle(page: Any, bundle: bytes, *, headers: dict[int, bytes] | 
     await page.wait_for_selector(f'body[data-done="{done + 1}"]', state="attached")  # the page's CSP forbids eval
     report: dict[str, Any] = await page.evaluate("window.estampilleReport")
     return report
+
+
+@asynccontextmanager
+async def explorers(headers: dict[int, bytes]) -> AsyncIterator[tuple[str, str]]:
+    """Two Esplora-like APIs on loopback (two paths of one server) serving ``headers``; CORS
+    allowed, as public explorers do, since the page runs from file://."""
+    by_hash = {block_hash(raw): raw for raw in headers.values()}
+
+    async def height(request: web.Request) -> web.Response:
+        raw = headers.get(int(request.match_info["h"]))
+        return web.Response(text=block_hash(raw)) if raw else web.Response(status=404)
+
+    async def header(request: web.Request) -> web.Response:
+        raw = by_hash.get(request.match_info["hash"])
+        return web.Response(text=raw.hex()) if raw else web.Response(status=404)
+
+    @web.middleware
+    async def cors(request: web.Request, handler):  # type: ignore[no-untyped-def]
+        response = await handler(request)
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        return response
+
+    app = web.Application(middlewares=[cors])
+    for name in ("one", "two"):
+        app.router.add_get(f"/{name}/api/block-height/{{h}}", height)
+        app.router.add_get(f"/{name}/api/block/{{hash}}/header", header)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}/one/api", f"http://127.0.0.1:{port}/two/api"
+    finally:
+        await runner.cleanup()
