@@ -12,6 +12,7 @@ import json
 import random
 import zipfile
 
+import aiohttp
 import pytest
 
 from relay.anchor.headers import format_headers_file
@@ -22,7 +23,8 @@ from relay.evidence.bundle import MANIFEST
 from relay.evidence.ots_verify import block_hash
 from tests.conftest import require_tool
 from tests.support.proofdata import HEIGHT, Keys, build_input, mine_header
-from tests.support.verifypage import check_bundle, explorers, verify_page
+from tests.support.relay import relay_config, running
+from tests.support.verifypage import PAGE, check_bundle, explorers, verify_page
 from tests.unit.test_proof import reforge
 
 pytestmark = pytest.mark.external
@@ -228,3 +230,21 @@ async def test_damaged_zip_bytes_get_the_verdict_estampille_verify_gives(keys, t
             assert report["status"] == cli["status"], (report["problem"], cli["problem"])
             verdicts.add(report["status"])
     assert "invalid" in verdicts
+
+
+async def test_the_tracker_serves_the_page_at_verify_and_it_verifies_there(keys, tmp_path) -> None:
+    chromium = require_tool("chromium")
+    built = build_input(2, keys)
+    config = relay_config(tmp_path / "data", 1, tracker={"enabled": True, "listen_host": "127.0.0.1", "listen_port": 0,
+                                                         "public_url": "http://127.0.0.1:1"})
+    async with running(config) as service:
+        url = f"http://127.0.0.1:{service.tracker.port}/verify"
+        async with verify_page(chromium, url) as page:
+            report = await check_bundle(page, built.bundle(), headers=built.headers)
+            assert report["status"] == "verified", report.get("problem")
+            assert page.requests == [url]  # the page only: no script, style or font from the tracker
+        async with aiohttp.ClientSession() as http, http.get(url) as response:
+            assert response.status == 200 and response.content_type == "text/html"
+            assert await response.read() == PAGE.read_bytes()
+            assert "connect-src http: https:" in response.headers["Content-Security-Policy"]
+            assert response.headers["X-Frame-Options"] == "DENY"
