@@ -1,6 +1,6 @@
-"""``/verify``: the page that verifies a proof bundle in the visitor's browser (static/verify.html).
+"""``/verify``: the page that verifies a proof bundle in the visitor's browser.
 
-The page is the same file every bundle could carry: self-contained, it fetches nothing from the
+The page is the file every bundle carries (relay/evidence/templates/verify.html): self-contained, it fetches nothing from the
 tracker or elsewhere but the block explorers its user types in. It is served with its own
 Content-Security-Policy (read from the page, so that the two never differ) instead of the
 tracker's, which forbids scripts.
@@ -9,11 +9,11 @@ tracker's, which forbids scripts.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from aiohttp import web
 
-PAGE = Path(__file__).parent / "static" / "verify.html"
+from relay.evidence.bundle import VERIFY_PAGE_SOURCE as PAGE
+
 CSP = re.search(r'http-equiv="Content-Security-Policy"\s+content="([^"]+)"', PAGE.read_text("utf-8")).group(1)  # type: ignore[union-attr]
 
 

@@ -47,6 +47,7 @@ from relay.evidence.bundle import (
     FORMAT_VERSION,
     MANIFEST,
     VERIFY_DOC,
+    VERIFY_PAGE,
     Bundle,
     DKIMKey,
     parse_manifest,
@@ -54,6 +55,7 @@ from relay.evidence.bundle import (
     render_attestation,
     render_verify_doc,
     report_path,
+    verify_page,
 )
 from relay.evidence.ots_verify import verify_ots
 from relay.evidence.records import Record, sha256_hex
@@ -281,10 +283,17 @@ def _check_claimed_anchoring(facts: dict[str, Any], records: tuple[RecordCheck, 
 
 
 def _informative(bundle: Bundle) -> tuple[InformativeFile, ...]:
-    """The printable files: regenerated and compared in the current format, else only listed."""
+    """The printable files: regenerated and compared in the current format, else only listed;
+    and the verification page, compared with this release's (never a reason to refuse the bundle:
+    an earlier release's page differs, and the report is what counts, not a page in the bundle)."""
+    page: tuple[InformativeFile, ...] = ()
+    if VERIFY_PAGE in bundle.files:
+        same = bundle.files[VERIFY_PAGE] == verify_page()
+        page = (InformativeFile(VERIFY_PAGE, "identical to this release's verification page" if same else
+                                "differs from this release's verification page: use an official release's"),)
     if bundle.version != FORMAT_VERSION:
         note = f"made by bundle format {bundle.version}: not regenerated, not verified"
-        return tuple(InformativeFile(path, note) for path in (ATTESTATION, VERIFY_DOC) if path in bundle.files)
+        return tuple(InformativeFile(path, note) for path in (ATTESTATION, VERIFY_DOC) if path in bundle.files) + page
     expected = {
         ATTESTATION: render_attestation(bundle.facts, bundle.files).encode("utf-8"),
         VERIFY_DOC: render_verify_doc(bundle.facts["message_id"]).encode("utf-8"),
@@ -292,7 +301,7 @@ def _informative(bundle: Bundle) -> tuple[InformativeFile, ...]:
     for path, data in expected.items():
         if bundle.files.get(path) != data:
             raise BundleProblem(path, "regenerated", "differs from what the verified records give (edited?)")
-    return tuple(InformativeFile(path, "regenerated from the verified records: identical") for path in expected)
+    return tuple(InformativeFile(path, "regenerated from the verified records: identical") for path in expected) + page
 
 
 def _record(bundle: Bundle, path: str, kind: str) -> Record:

@@ -49,10 +49,12 @@ def mutations(bundle: bytes, *, forger: bool) -> list[tuple[str, bytes]]:
     """Seeded: a random file, a random byte of it changed to another value. A ``forger`` also
     recomputes the manifest, so that the checks past the SHA-256s must catch it; a forger's edit of
     attestation.html or VERIFY.md only `estampille verify` catches (it regenerates them; the page
-    reports them as not checked), so those are left out of a forger's choice."""
+    reports them as not checked), and one of verify.html neither (it is for people, not evidence),
+    so those are left out of a forger's choice."""
     files = read_zip(bundle)
     rng = random.Random(SEED)
-    choices = sorted(p for p in files if not forger or p not in (proof.ATTESTATION, proof.VERIFY_DOC))
+    informative = (proof.ATTESTATION, proof.VERIFY_DOC, proof.VERIFY_PAGE)
+    choices = sorted(p for p in files if not forger or p not in informative)
     out = []
     for _ in range(MUTATIONS):
         path = rng.choice(choices)
@@ -248,3 +250,17 @@ async def test_the_tracker_serves_the_page_at_verify_and_it_verifies_there(keys,
             assert await response.read() == PAGE.read_bytes()
             assert "connect-src http: https:" in response.headers["Content-Security-Policy"]
             assert response.headers["X-Frame-Options"] == "DENY"
+
+
+async def test_the_page_a_bundle_carries_verifies_that_bundle_from_file(keys, tmp_path) -> None:
+    """Format 3: every bundle holds verify.html; unzipped and opened from file://, it verifies its bundle."""
+    chromium = require_tool("chromium")
+    built = build_input(2, keys)
+    bundle = built.bundle()
+    page_file = tmp_path / "verify.html"
+    page_file.write_bytes(read_zip(bundle)[proof.VERIFY_PAGE])
+    async with verify_page(chromium, page_file.as_uri()) as page:
+        report = await check_bundle(page, bundle, headers=built.headers)
+        assert report["status"] == "verified" and report["format_version"] == 3, report.get("problem")
+        assert "verify.html" in report["informative_only"]
+        assert page.requests == [page_file.as_uri()]

@@ -1,4 +1,4 @@
-"""Drive tracker/static/verify.html in Debian's chromium (Playwright): hand it a bundle, read
+"""Drive relay/evidence/templates/verify.html in Debian's chromium (Playwright): hand it a bundle, read
 back its report (``window.estampilleReport``, the same shape as ``estampille verify --json``'s
 status and problem). For the page's tests and its benchmark."""
 
@@ -6,15 +6,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from relay.anchor.headers import format_headers_file
+from relay.evidence.bundle import VERIFY_PAGE_SOURCE as PAGE
 from relay.evidence.ots_verify import block_hash
 
-PAGE = Path(__file__).resolve().parents[2] / "tracker" / "static" / "verify.html"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run", "--disable-sync"]
 
