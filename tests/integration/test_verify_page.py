@@ -11,11 +11,12 @@ import io
 import json
 import random
 import zipfile
+from pathlib import Path
 
 import aiohttp
 import pytest
 
-from relay.anchor.headers import format_headers_file
+from relay.anchor.headers import format_headers_file, parse_headers_file
 from relay.cli import main
 from relay.evidence import bundle as proof
 from relay.evidence.archive import read_zip
@@ -187,6 +188,12 @@ async def test_mainnet_rules_refuse_regtest_headers_and_a_pending_bundle_says_so
         report = await check_bundle(page, pending.bundle())
         assert report["status"] == "pending"
         assert (await check_states(page))["anchors"][0] == "pending"
+        # No header source given: the anchors cannot be checked, which does not make the bundle invalid.
+        report = await check_bundle(page, confirmed.bundle())
+        assert report["status"] == "source" and f"block {HEIGHT}" in report["problem"]["detail"]
+        states = await check_states(page)
+        assert [states[c][0] for c in ("files", "chain", "dkim", "anchors")] == ["ok", "ok", "ok", "source"]
+        assert "EN-TÊTES INDISPONIBLES" in await page.inner_text("#verdict")
 
 
 class AlteredAfterSigning(Keys):
@@ -264,3 +271,22 @@ async def test_the_page_a_bundle_carries_verifies_that_bundle_from_file(keys, tm
         assert report["status"] == "verified" and report["format_version"] == 3, report.get("problem")
         assert "verify.html" in report["informative_only"]
         assert page.requests == [page_file.as_uri()]
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "bundles"
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in FIXTURES.glob("v*.zip")))
+async def test_the_page_gives_estampille_verifys_report_on_every_kept_bundle(name, tmp_path, capsys) -> None:
+    """Every format's bundles (made through the real relay too): the same recipients, records,
+    anchors and times as the command's JSON report, field by field."""
+    chromium = require_tool("chromium")
+    bundle = (FIXTURES / f"{name}.zip").read_bytes()
+    headers_file = FIXTURES / f"{name.rsplit('-', 2)[0]}-{'relay' if 'relay' in name else 'synthetic'}-confirmed.headers"
+    headers = parse_headers_file(headers_file.read_text())
+    async with verify_page(chromium) as page:
+        report = await check_bundle(page, bundle, headers=headers)
+    cli = await estampille_verify(tmp_path, capsys, bundle, headers)
+    assert report["status"] == cli["status"] != "invalid", (report.get("problem"), cli["problem"])
+    for key in ("message_id", "subject", "received_at", "format_version", "scope", "recipients", "records"):
+        assert report[key] == cli[key], key
