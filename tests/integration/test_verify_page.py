@@ -290,3 +290,17 @@ async def test_the_page_gives_estampille_verifys_report_on_every_kept_bundle(nam
     assert report["status"] == cli["status"] != "invalid", (report.get("problem"), cli["problem"])
     for key in ("message_id", "subject", "received_at", "format_version", "scope", "recipients", "records"):
         assert report[key] == cli[key], key
+
+
+async def test_a_receipt_anchored_twelve_days_after_its_claim_fails_unless_the_bound_is_loosened(keys) -> None:
+    chromium = require_tool("chromium")
+    built = build_input(2, keys, ack_at="2026-11-06T11:06:40.000000Z")  # 12 days before the block
+    bundle = built.bundle()
+    receipt = json.loads(read_zip(bundle)[MANIFEST])["facts"]["recipients"][0]["acknowledgment"]
+    async with verify_page(chromium) as page:
+        report = await check_bundle(page, bundle, headers=built.headers)
+        assert (report["problem"]["file"], report["problem"]["check"]) == (receipt, "anchor delay")
+        assert "288.0 h later, more than the 48 h allowed" in report["problem"]["detail"]
+        assert (await check_states(page))["bound"][0] == "fail"
+        report = await check_bundle(page, bundle, headers=built.headers, max_delay_hours=13 * 24)
+        assert report["status"] == "verified", report["problem"]

@@ -37,9 +37,11 @@ async def verify_page(chromium: str, url: str | None = None) -> AsyncIterator[An
 
 
 async def check_bundle(page: Any, bundle: bytes, *, headers: dict[int, bytes] | None = None,
-                       explorers: tuple[str, ...] = (), regtest: bool = True) -> dict[str, Any]:
+                       explorers: tuple[str, ...] = (), regtest: bool = True, max_delay_hours: float = 48
+                       ) -> dict[str, Any]:
     """Give ``bundle`` to the page (headers pasted, or the explorers typed in) and return its report."""
     await page.fill("#explorers", "\n".join(explorers))
+    await page.fill("#delay", str(max_delay_hours))
     await page.fill("#pasted", format_headers_file(headers or {}))
     await page.evaluate("document.querySelector('details').open = true")  # where the regtest box sits
     await page.set_checked("#regtest", regtest)
