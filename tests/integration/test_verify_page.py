@@ -26,6 +26,7 @@ from tests.conftest import require_tool
 from tests.support.proofdata import HEIGHT, Keys, build_input, mine_header
 from tests.support.relay import relay_config, running
 from tests.support.verifypage import PAGE, check_bundle, explorers, verify_page
+from tests.unit.test_hostile_bundles import HOSTILE
 from tests.unit.test_proof import reforge
 
 pytestmark = pytest.mark.external
@@ -304,3 +305,15 @@ async def test_a_receipt_anchored_twelve_days_after_its_claim_fails_unless_the_b
         assert (await check_states(page))["bound"][0] == "fail"
         report = await check_bundle(page, bundle, headers=built.headers, max_delay_hours=13 * 24)
         assert report["status"] == "verified", report["problem"]
+
+
+# The scripted attestation is the one hostile bundle the page does not refuse: only the command
+# regenerates attestation.html (docs/verifying.md); the page never renders the bundle's HTML.
+@pytest.mark.parametrize("kind", sorted(set(HOSTILE) - {"scripted attestation"}))
+async def test_a_hostile_bundle_is_refused_by_the_page_as_by_the_command(keys, kind) -> None:
+    chromium = require_tool("chromium")
+    built = build_input(2, keys)
+    make, check = HOSTILE[kind]
+    async with verify_page(chromium) as page:
+        report = await check_bundle(page, make(read_zip(built.bundle())), headers=built.headers)
+    assert report["status"] == "invalid" and report["problem"]["check"] == check, report["problem"]
