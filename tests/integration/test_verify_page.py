@@ -21,6 +21,7 @@ from relay.cli import main
 from relay.evidence import bundle as proof
 from relay.evidence.archive import read_zip
 from relay.evidence.bundle import MANIFEST
+from relay.evidence.bundle_check import verify_files
 from relay.evidence.ots_verify import block_hash
 from tests.conftest import require_tool
 from tests.support.proofdata import HEIGHT, Keys, build_input, mine_header
@@ -317,3 +318,34 @@ async def test_a_hostile_bundle_is_refused_by_the_page_as_by_the_command(keys, k
     async with verify_page(chromium) as page:
         report = await check_bundle(page, make(read_zip(built.bundle())), headers=built.headers)
     assert report["status"] == "invalid" and report["problem"]["check"] == check, report["problem"]
+
+
+async def test_hand_written_manifests_the_command_refuses_the_page_refuses(keys) -> None:
+    """Facts removed or retyped, the checksum recomputed. Where the command verifies, the page does;
+    where it refuses, the page refuses too, except for the facts only the attestation shows (the
+    command renders it from them and compares; the page does not render it: docs/verifying.md)."""
+    chromium = require_tool("chromium")
+    built = build_input(3, keys)
+    files = read_zip(built.bundle())
+    manifest = json.loads(files[MANIFEST])
+    rest = {p: d for p, d in files.items() if p != MANIFEST}
+    listing = {p: (hashlib.sha256(d).hexdigest(), len(d)) for p, d in rest.items()}
+    facts = manifest["facts"]
+    variants = [{k: v for k, v in facts.items() if k != key} for key in facts]
+    variants += [{**facts, key: value} for key in facts for value in (None, 7, "x", [], {})]
+    first = facts["recipients"][0]
+    variants += [{**facts, "recipients": [{k: v for k, v in first.items() if k != key}, *facts["recipients"][1:]]}
+                 for key in first]
+    variants += [{**facts, "recipients": [{**first, key: 7}, *facts["recipients"][1:]]} for key in first]
+    differ, refused = [], 0
+    async with verify_page(chromium) as page:
+        for forged in variants:
+            bundle = {MANIFEST: proof.make_manifest(forged, listing), **rest}
+            cli = verify_files(bundle, built.headers, regtest=True).to_json()["status"]
+            got = (await check_bundle(page, rezip(bundle), headers=built.headers))["status"]
+            changed = {k for k in set(facts) | set(forged) if facts.get(k, "?") != forged.get(k, "?")}
+            refused += got == "invalid"
+            if got != cli and not (got == "verified" and changed <= {"anchoring", "generated_at", "subject", "timezone"}):
+                differ.append((sorted(changed), str(forged.get(min(changed), "-"))[:40], got, cli))
+    assert differ == [], "\n".join(map(repr, differ))
+    assert refused > len(variants) // 2
