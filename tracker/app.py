@@ -26,7 +26,7 @@ from relay.config import Config
 from relay.errors import EstampilleError
 from relay.ratelimit import RateLimiter
 from relay.store import Store
-from tracker import ack, admin, antiforgery
+from tracker import ack, admin, antiforgery, verify
 from tracker.classify import parse_networks
 from tracker.lookup import LinkLookup
 from tracker.pages import TRACKER, Tracker, errors, security_headers
@@ -75,6 +75,7 @@ def make_app(config: Config, store: Store, *, clock: Callable[[], float] = time.
     app.router.add_get("/healthz", healthz)
     app.router.add_static("/static/", STATIC_DIR, name="static")
     ack.add_routes(app)
+    verify.add_routes(app)  # the proof-bundle verification page, run in the browser
     admin.setup(app)  # the admin pages and the API, sub-applications behind their guard
     return app
 

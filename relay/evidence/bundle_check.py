@@ -23,7 +23,7 @@ anchor proves it only more than ``max_anchor_delay`` seconds after its claim
 (default 48 h: calendars take hours to reach a block, days when fees are high)
 fails, since nothing then bounds when it was really written.
 
-A record of a format-3 bundle whose batch has an RFC 3161 token (``relay.evidence.tsa_proof``)
+A record of a format-2 bundle whose batch has an RFC 3161 token (``relay.evidence.tsa_proof``)
 is checked against it too (path to the root, imprint, signature, chain at the token's time);
 the token's time is its proven time first, bounded by ``max_tsa_delay`` the same way.
 
@@ -51,6 +51,7 @@ from relay.evidence.bundle import (
     FORMAT_VERSION,
     MANIFEST,
     VERIFY_DOC,
+    VERIFY_PAGE,
     Bundle,
     DKIMKey,
     parse_manifest,
@@ -58,6 +59,7 @@ from relay.evidence.bundle import (
     render_attestation,
     render_verify_doc,
     report_path,
+    verify_page,
 )
 from relay.evidence.ots_verify import verify_ots
 from relay.evidence.records import Record, sha256_hex
@@ -276,7 +278,7 @@ def _verify(bundle: Bundle, headers: Headers, regtest: bool, max_delays: tuple[f
     tokens: dict[str, tuple[Token, str]] = {}  # each batch's token, checked once for all its records
     records = tuple(_bounded(_anchor(bundle, path, headers, regtest, tokens), *max_delays) for path in paths)
     _check_claimed_anchoring(facts, records)
-    if bundle.version >= 3 and facts["tsa"] != {r.path: r.tsa.facts() for r in sorted(records, key=lambda r: r.path)
+    if bundle.version >= 2 and facts["tsa"] != {r.path: r.tsa.facts() for r in sorted(records, key=lambda r: r.path)
                                                 if r.tsa is not None}:
         raise BundleProblem(MANIFEST, "tsa", "its RFC 3161 facts are not what the records' tokens show")
     return BundleReport(
@@ -305,10 +307,17 @@ def _check_claimed_anchoring(facts: dict[str, Any], records: tuple[RecordCheck, 
 
 
 def _informative(bundle: Bundle) -> tuple[InformativeFile, ...]:
-    """The printable files: regenerated and compared in the current format, else only listed."""
+    """The printable files: regenerated and compared in the current format, else only listed;
+    and the verification page, compared with this release's (never a reason to refuse the bundle:
+    an earlier release's page differs, and the report is what counts, not a page in the bundle)."""
+    page: tuple[InformativeFile, ...] = ()
+    if VERIFY_PAGE in bundle.files:
+        same = bundle.files[VERIFY_PAGE] == verify_page()
+        page = (InformativeFile(VERIFY_PAGE, "identical to this release's verification page" if same else
+                                "differs from this release's verification page: use an official release's"),)
     if bundle.version != FORMAT_VERSION:
         note = f"made by bundle format {bundle.version}: not regenerated, not verified"
-        return tuple(InformativeFile(path, note) for path in (ATTESTATION, VERIFY_DOC) if path in bundle.files)
+        return tuple(InformativeFile(path, note) for path in (ATTESTATION, VERIFY_DOC) if path in bundle.files) + page
     expected = {
         ATTESTATION: render_attestation(bundle.facts, bundle.files).encode("utf-8"),
         VERIFY_DOC: render_verify_doc(bundle.facts["message_id"]).encode("utf-8"),
@@ -316,7 +325,7 @@ def _informative(bundle: Bundle) -> tuple[InformativeFile, ...]:
     for path, data in expected.items():
         if bundle.files.get(path) != data:
             raise BundleProblem(path, "regenerated", "differs from what the verified records give (edited?)")
-    return tuple(InformativeFile(path, "regenerated from the verified records: identical") for path in expected)
+    return tuple(InformativeFile(path, "regenerated from the verified records: identical") for path in expected) + page
 
 
 def _record(bundle: Bundle, path: str, kind: str) -> Record:
@@ -472,7 +481,7 @@ def _anchor(
             raise BundleProblem(path + ".ots", "timestamp", result.reason)
         state = "confirmed" if result.status == "verified" else "pending"
         outcome = AnchorOutcome(state, result.height, result.block_time, result.pending_calendars)
-    tsa = check_record_token(bundle.files, path, record.digest, tokens) if bundle.version >= 3 else None
+    tsa = check_record_token(bundle.files, path, record.digest, tokens) if bundle.version >= 2 else None
     return RecordCheck(path=path, type=record.type, digest=record.digest, anchor=outcome,
                        claimed_at=claimed_time(record), tsa=tsa)
 

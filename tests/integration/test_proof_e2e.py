@@ -138,7 +138,8 @@ async def test_message_to_three_recipients_proved_end_to_end(tmp_path):
         # Any single changed byte of any file: exit 2, naming that file.
         with zipfile.ZipFile(alone / "bundle.zip") as zf:
             files = {name: zf.read(name) for name in zf.namelist()}
-        assert len(files) == 3 + 1 + 3 + 9 * 2 + 2  # manifest, attestation, VERIFY; original; copies; records+.ots; keys
+        # manifest, attestation, VERIFY, verify.html; original; copies; records+.ots; keys
+        assert len(files) == 4 + 1 + 3 + 9 * 2 + 2
         for name, content in files.items():
             changed = alone / "changed.zip"
             middle = len(content) // 2

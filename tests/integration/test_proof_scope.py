@@ -16,6 +16,7 @@ import aiosmtplib
 
 from relay import cli
 from relay.evidence.archive import read_zip
+from relay.evidence.bundle import FORMAT_VERSION
 from tests.support.polling import until
 from tests.support.proved import ACKNOWLEDGER, BROWSER, MESSAGE_ID, RECIPIENTS, convocation, proved_message
 
@@ -52,7 +53,7 @@ async def test_a_per_recipient_bundle_carries_one_copy_and_disables_only_that_li
                 alice_bundle = await r.read()
             (only,) = copies(alice_bundle).values()
             manifest = json.loads(read_zip(alice_bundle)["manifest.json"])
-            assert manifest["version"] == 3 and manifest["facts"]["scope"] == ALICE
+            assert manifest["version"] == FORMAT_VERSION and manifest["facts"]["scope"] == ALICE
             alice_link = p.base + LINK.search(only).group(1).decode()
             # Carol's copy lives in the database: her link, not in the bundle, still works.
             carol_copy = await p.store.fetchone("SELECT copy_sha256 FROM deliveries WHERE recipient = ?", (CAROL,))

@@ -47,13 +47,13 @@ def test_a_complete_bundle_verifies_and_says_who_acknowledged(confirmed):
 def test_bundle_holds_every_part(confirmed):
     files = read_zip(confirmed[0])
     names = set(files)
-    assert {"manifest.json", "attestation.html", "VERIFY.md", "message/original.eml"} <= names
+    assert {"manifest.json", "attestation.html", "VERIFY.md", "verify.html", "message/original.eml"} <= names
     assert len([n for n in names if n.startswith("copies/")]) == 3
     assert len([n for n in names if n.endswith(".json") and n.startswith("records/")]) == 1 + 3 * 2 + 1
     assert len([n for n in names if n.endswith(".ots")]) == 8
     assert names >= {"keys/rsa._domainkey.mairie-exemple.fr.txt", "keys/ed._domainkey.mairie-exemple.fr.txt"}
     manifest = json.loads(files[MANIFEST])
-    assert manifest["format"] == "estampille-proof" and manifest["version"] == 3
+    assert manifest["format"] == "estampille-proof" and manifest["version"] == proof.FORMAT_VERSION
     assert {f["path"] for f in manifest["files"]} == names - {MANIFEST}
     html = files["attestation.html"].decode()
     assert 'lang="fr"' in html and "Accusés de réception : <strong>1 sur 3</strong>" in html
@@ -144,6 +144,7 @@ def test_the_printable_files_are_reported_as_informative_only(confirmed):
     assert [(f.path, f.checked) for f in report.informative] == [
         ("attestation.html", "regenerated from the verified records: identical"),
         ("VERIFY.md", "regenerated from the verified records: identical"),
+        ("verify.html", "identical to this release's verification page"),
     ]
     assert "Informative only, not evidence: attestation.html" in report.summary()
     assert report.to_json()["informative_only"][0]["path"] == "attestation.html"
@@ -167,6 +168,18 @@ def test_a_wrong_block_header_is_named_on_the_proof(confirmed):
     bad = {101: headers[101][:36] + bytes(32) + headers[101][68:]}
     report = verify(data, bad)
     assert report.exit_code == EXIT_INVALID and report.problem.path.endswith(".ots")
+
+
+def test_a_changed_verification_page_is_reported_not_trusted_and_the_bundle_still_verifies(confirmed):
+    """verify.html is for people: a bundle's page that is not this release's is said to differ."""
+    data, headers = confirmed
+    files = read_zip(data)
+    assert files["verify.html"] == proof.verify_page()
+    files["verify.html"] = files["verify.html"].replace("VÉRIFIÉ".encode(), b"VERIFIED-BY-SOMEONE")
+    report = verify_files(reforge(files), headers, regtest=True)
+    assert report.status == "verified", report.problem
+    assert ("verify.html", "differs from this release's verification page: use an official release's") in [
+        (f.path, f.checked) for f in report.informative]
 
 
 def reforge(files: dict[str, bytes]) -> dict[str, bytes]:
