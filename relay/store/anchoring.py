@@ -3,9 +3,9 @@ Merkle trees in chunks and the calendars' replies (relay.anchor.worker)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from relay.errors import ConflictError, NotFoundError, StoreError
 from relay.store.engine import Database, Executor, columns
@@ -13,6 +13,14 @@ from relay.store.states import BatchState
 
 ANCHOR_CHUNK_BYTES = 32 * 1024  # tree nodes per anchor_nodes row: 1024 hashes
 ANCHOR_NONCE_BYTES = 16
+
+
+def _with_state(row: Any, index: int) -> list[Any]:
+    """The values of ``row``, its batch state column (at ``index``, NULL if none) as a BatchState."""
+    values = list(row)
+    if values[index] is not None:
+        values[index] = BatchState(values[index])
+    return values
 
 
 @dataclass(frozen=True)
@@ -94,7 +102,9 @@ class SqliteAnchoring:
     """:class:`AnchorStore` on SQLite."""
 
     db: Database
-    enqueue_event: Callable[[Executor, str, dict[str, Any], float], Awaitable[None]]  # webhooks.SqliteWebhooks's
+    if TYPE_CHECKING:  # webhooks.SqliteWebhooks's
+
+        async def enqueue_event(self, db: Executor, event: str, payload: dict[str, Any], now: float) -> None: ...
 
     async def unbatched_leaves(self, limit: int) -> list[tuple[int, str]]:
         """(row id, digest) of up to ``limit`` leaves not yet in a batch, oldest first."""
@@ -115,6 +125,7 @@ class SqliteAnchoring:
                 (batch.root, batch.created_at, len(batch.rowids), batch.state, batch.next_attempt_at, batch.timestamp),
             )
             batch_id = cursor.lastrowid
+            assert batch_id is not None  # an INSERT into a rowid table
             nonce = ANCHOR_NONCE_BYTES
             # By record id, in queue order: nearly sequential pages.
             claimed = await db.executemany(
@@ -170,7 +181,7 @@ class SqliteAnchoring:
             sql += " AND next_attempt_at <= ?"
             params.append(due_before)
         rows = await self.db.fetchall(sql + " ORDER BY id", params)
-        return [AnchorBatch(*row[:4], BatchState(row[4]), *row[5:]) for row in rows]
+        return [AnchorBatch(*_with_state(row, 4)) for row in rows]
 
     async def anchor_reply_calendars(self, batch_id: int) -> set[str]:
         """The calendar URLs that accepted a batch's root."""
@@ -226,7 +237,7 @@ class SqliteAnchoring:
         )
         if row is None:
             raise NotFoundError(f"no evidence record with digest {digest} is queued for anchoring")
-        return AnchorLeaf(*row[:6], None if row[6] is None else BatchState(row[6]), row[7])
+        return AnchorLeaf(*_with_state(row, 6))
 
     async def anchor_nodes(self, batch_id: int, wanted: Iterable[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
         """Nodes (level, index) of a batch's tree, read from the chunks that hold them."""

@@ -19,6 +19,13 @@ async def insert_row(db: Executor, table: str, row: dict[str, Any]) -> None:
     await db.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", tuple(row.values()))
 
 
+def _with_state(row: sqlite3.Row, index: int) -> list[Any]:
+    """The values of ``row``, its state column (at ``index``) as a DeliveryState."""
+    values = list(row)
+    values[index] = DeliveryState(values[index])
+    return values
+
+
 @dataclass(frozen=True)
 class DueDelivery:
     """One claimed delivery with what its sending needs from its submission."""
@@ -184,7 +191,7 @@ class SqliteDeliveries:
             " d.last_reply, s.mail_from, s.message_id FROM deliveries d JOIN submissions s ON s.id = d.submission_id"
             f" WHERE d.state IN ({sql_list(RETRYABLE_STATES)}) ORDER BY d.id"
         )
-        return [PendingDelivery(*row[:3], DeliveryState(row[3]), *row[4:]) for row in rows]
+        return [PendingDelivery(*_with_state(row, 3)) for row in rows]
 
     async def retry_deliveries(self, ids: list[int] | None, now: float) -> int:
         """Make deferred or failed deliveries due now: those in ``ids``, or all when ``ids`` is None."""
@@ -206,7 +213,7 @@ class SqliteDeliveries:
             " FROM deliveries WHERE submission_id = ? ORDER BY id",
             (submission_id,),
         )
-        return [DeliveryStatus(*row[:2], DeliveryState(row[2]), *row[3:]) for row in rows]
+        return [DeliveryStatus(*_with_state(row, 2)) for row in rows]
 
     @staticmethod
     async def set_generated_message_id(db: Executor, submission_id: str, message_id: str) -> None:

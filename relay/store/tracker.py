@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from relay.errors import StoreError
 from relay.evidence.records import Record
@@ -111,7 +111,11 @@ class SqliteTracker:
     db: Database
     webhook_urls: tuple[str, ...]
 
-    _tracker_webhooks: Callable[..., Awaitable[None]]  # webhooks.SqliteWebhooks's
+    if TYPE_CHECKING:  # webhooks.SqliteWebhooks's
+
+        async def _tracker_webhooks(
+            self, db: Executor, fetches: Sequence[FetchWrite], receipts: Sequence[ReceiptWrite]
+        ) -> None: ...
 
     @staticmethod
     async def insert_ack_token(

@@ -88,7 +88,7 @@ class SqliteWebhooks:
         """Events 'fetched' and 'acknowledged' for what write_tracker_events just recorded."""
         if not self.webhook_urls:
             return
-        subjects = await self._event_subjects(db, [e.delivery_id for e in (*fetches, *receipts)])
+        subjects = await self._event_subjects(db, [f.delivery_id for f in fetches] + [r.delivery_id for r in receipts])
         for f in fetches:
             payload = {**subjects[f.delivery_id], "at": iso_time(f.at), "method": f.method,
                        "classification": f.classification, "record": f.record.digest}
