@@ -73,7 +73,8 @@ DEFAULT_MAX_ANCHOR_DELAY = 48 * 3600  # seconds; see the module docstring
 # A token is asked when the record's batch forms (anchor.interval, 10 min by default) and retried
 # while its TSA is down: as lenient as the Bitcoin bound by default; tighten it with --max-tsa-delay.
 DEFAULT_MAX_TSA_DELAY = 48 * 3600
-CLAIMED_TIME = {"submission": "received_at", "delivery": "certified_at", "handoff": "handed_at", "receipt": "at"}
+CLAIMED_TIME = {"submission": "received_at", "delivery": "certified_at", "handoff": "handed_at", "receipt": "at",
+                "report": "received_at", "disclosure": "at", "meeting_date": "set_at"}
 
 
 @dataclass(frozen=True)

@@ -157,6 +157,7 @@ class Deliverer:
         self._job_done = asyncio.Event()
         self._claimer: asyncio.Task[None] | None = None
         self._workers: list[asyncio.Task[None]] = []
+        self._suspects: set[int] = set()  # left 'sending' at a crash (relay.store.held)
 
     # -- lifecycle --------------------------------------------------------
 
@@ -164,6 +165,7 @@ class Deliverer:
         for poison in await held.hold_poison(self.store, self.clock()):
             log.error("delivery %d of %s to <%s> held: %s; 'estampille queue release %d' retries it",
                       poison.delivery_id, poison.submission_id, poison.recipient, held.HELD_REPLY, poison.delivery_id)
+        self._suspects = await held.suspects(self.store)
         resumed = await self.store.requeue_interrupted(self.clock())
         if resumed:
             log.info("resumed %d deliveries interrupted by a stop", resumed)
@@ -263,6 +265,9 @@ class Deliverer:
                     await self._job_done.wait()
 
     async def _deliver(self, job: DueDelivery) -> None:
+        suspect = job.delivery_id in self._suspects
+        if suspect:  # left 'sending' at a crash: is it in a worker's hands at the next one?
+            await held.mark_started(self.store, job.delivery_id)
         started = self.clock()
         try:
             data = await self._prepare(job)
@@ -277,12 +282,15 @@ class Deliverer:
         for failures in itertools.count(1):
             try:
                 await self._finish(job, reply, started)
-                return
+                break
             except Exception:
                 wait = RECORD_RETRY.delay(failures, random.random())
                 log.exception("delivery %d (%s): outcome not recorded, trying again in %.1fs",
                               job.delivery_id, job.submission_id, wait)
             await asyncio.sleep(wait)
+        if suspect:  # its run ended without taking the relay down
+            self._suspects.discard(job.delivery_id)
+            await held.forget(self.store, job.delivery_id)
 
     # -- preparing the copy (the certify step plugs in here) ----------------
 

@@ -259,7 +259,8 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE delivery_crashes (
         delivery_id     INTEGER PRIMARY KEY REFERENCES deliveries(id),
-        crashes         INTEGER NOT NULL
+        crashes         INTEGER NOT NULL,
+        started         INTEGER NOT NULL DEFAULT 0  -- taken up by a worker since the last start
     );
     """,
     # 10 (anchoring): a batch whose Bitcoin attestations no block header has checked yet is 'attested',

@@ -61,7 +61,7 @@ async def test_postfix_reports_prove_what_the_member_servers_said(tmp_path):
         config = relay_config(
             tmp_path / "data", outbound_port, dsn={"bounce_domain": BOUNCE_DOMAIN},
             anchor={"enabled": False, "calendars": [calendar.url], "min_calendars": 1,
-                    "esplora": [e1.url, e2.url], "regtest": True},
+                    "esplora": [e1.url, e2.url], "regtest": True, "http_for_tests": True},
         )
         async with running(config) as service:
             assert service.intake is not None

@@ -63,7 +63,7 @@ def api_schema(relay):
 # schemathesis.pytest.from_fixture: with pytest 9 it reads a node attribute that is gone.)
 def test_admin_api_answers_as_its_openapi_document_says(api_schema):
     operations = [result.ok() for result in api_schema.get_all_operations()]
-    assert len(operations) == 4
+    assert len(operations) == 6
     for operation in operations:
 
         @settings(max_examples=API_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
