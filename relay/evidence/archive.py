@@ -112,6 +112,9 @@ class _Budget:
             if size > cap:
                 raise too_big
             chunks.append(chunk)
+        if size != declared:  # zipfile checks the CRC, not the size the directory declares
+            raise BundleProblem(name, "archive", f"cannot be read from the zip ({'smaller' if size < declared else 'larger'}"
+                                " than declared)")
         self.left -= size
         return b"".join(chunks)
 

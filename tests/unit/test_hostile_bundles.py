@@ -177,3 +177,21 @@ def test_a_failing_header_source_is_not_blamed_on_the_bundle(valid):
     files, _ = valid
     with pytest.raises(HeaderSourceError):
         verify_files(files, Down(), regtest=True)
+
+
+def test_an_entry_whose_directory_declares_a_larger_size_is_refused(valid):
+    """Before: zipfile checks an entry's CRC, not the size the central directory declares, so the
+    command read such a damaged archive where the browser page refuses it. (A smaller declared
+    size already failed, on the CRC.)"""
+    files, _ = valid
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    archive = bytearray(out.getvalue())
+    name = b"manifest.json"
+    at = archive.index(name, archive.index(b"PK\x01\x02")) - 46  # the central directory entry naming it
+    size = int.from_bytes(archive[at + 24:at + 28], "little")  # its uncompressed size
+    archive[at + 24:at + 28] = (size + 1).to_bytes(4, "little")
+    with pytest.raises(BundleProblem, match="than declared"):
+        read_zip(bytes(archive))
