@@ -54,7 +54,6 @@ class Batcher(Generic[I, R]):
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the running loop, while _task runs
         self._flushing = False
-        self._batch_done: asyncio.Future[None] | None = None
 
     @property
     def pending(self) -> int:
@@ -84,15 +83,6 @@ class Batcher(Generic[I, R]):
             self._start()
         elif self._timer is None and self._task is None:
             self._timer = self._loop.call_later(self._linger, self._start)
-
-    async def batch_done(self) -> None:
-        """Return once the next batch has run (or at once when nothing is queued)."""
-        if not self._queue and self._task is None:
-            return
-        if self._batch_done is None:
-            assert self._loop is not None
-            self._batch_done = self._loop.create_future()
-        await asyncio.shield(self._batch_done)
 
     async def flush(self) -> None:
         """Run everything queued now, lingering items included, and wait for it."""
@@ -127,9 +117,6 @@ class Batcher(Generic[I, R]):
                 batch = self._take()
                 if batch:
                     await self._run_one(batch)
-                done, self._batch_done = self._batch_done, None
-                if done is not None and not done.done():
-                    done.set_result(None)
                 if not (self._urgent or self._flushing or len(self._queue) >= self._flush_count or not self._linger):
                     break  # lingering items wait for their timer, and share a batch
         finally:

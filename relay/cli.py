@@ -434,7 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "verify-ots",
         cmd_verify_ots,
-        "Verify a record's .ots proof against Bitcoin headers. Exit 0 verified, 1 only pending, 2 invalid.",
+        "Verify a record's .ots proof against Bitcoin headers. Exit 0 verified, 1 only pending, 2 invalid,"
+        " 4 when the header source fails or is needed and missing.",
         config=False,
     )
     p.add_argument("record", metavar="RECORD.json", help="the file the proof timestamps")
@@ -455,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "verify",
         cmd_verify,
-        "Verify a proof bundle offline, down to Bitcoin block headers. Exit 0 verified, 1 only pending, 2 invalid.",
+        "Verify a proof bundle offline, down to Bitcoin block headers. Exit 0 verified, 1 only pending, 2 invalid"
+        " or not verifiable, 4 when the header source fails or is needed and missing.",
         config=False,
     )
     p.add_argument("bundle", metavar="BUNDLE", help="the bundle's zip, or a directory it was unpacked into")
@@ -466,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail a record whose RFC 3161 token is longer than this after the time it claims"
                         " (e.g. 15m; default 48h)")
     p.add_argument("--max-ratio", type=int, default=MAX_RATIO, metavar="N",
-                   help=f"refuse a zip entry over 1 MiB that expands more than N times (zip bombs; default {MAX_RATIO})")
+                   help=f"refuse a zip entry over 1 MiB, or a bundle, that expands more than N times (zip bombs; default {MAX_RATIO})")
     command("admin-token", cmd_admin_token, "Generate an admin token; print it and the hash for admin.token_hashes.",
             config=False)
 

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from relay.errors import NotFoundError
 from relay.evidence.records import iso_time
-from relay.french import french_time
+from relay.french import french_date, french_time
 from relay.law import register, verdict
 from relay.law.dates import MeetingDate
 from relay.law.deadline import paris_date
@@ -421,7 +421,7 @@ def page_context(
         "remind_action": f"{href}/remind" if tracker.config.reminders.enabled else None,
         "reminded": int(reminded) if reminded.isdigit() else None,
         "meeting_text": _meeting_text(law["meeting"], lang),
-        "latest_text": register.french_date(dt.date.fromisoformat(deadline["latest_sending_date"]))
+        "latest_text": french_date(dt.date.fromisoformat(deadline["latest_sending_date"]))
         if deadline and lang == "fr"
         else (deadline["latest_sending_date"] if deadline else ""),
     }
@@ -431,7 +431,7 @@ def _meeting_text(meeting: dict[str, Any] | None, lang: str) -> str:
     if meeting is None:
         return TEXTS[lang]["meeting_unknown"]
     day = dt.date.fromisoformat(meeting["date"])
-    text = register.french_date(day) if lang == "fr" else day.strftime("%A %d %B %Y")
+    text = french_date(day) if lang == "fr" else day.strftime("%A %d %B %Y")
     if meeting["time"]:
         text += (
             f" à {french_time(dt.time.fromisoformat(meeting['time']))}"

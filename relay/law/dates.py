@@ -16,13 +16,14 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 
+from relay.french import WEEKDAYS_FR as WEEKDAYS
+
 MONTHS = {
     "janvier": 1, "janv": 1, "février": 2, "fevrier": 2, "févr": 2, "fevr": 2, "fév": 2, "fev": 2,
     "mars": 3, "avril": 4, "avr": 4, "mai": 5, "juin": 6, "juillet": 7, "juil": 7, "août": 8,
     "aout": 8, "septembre": 9, "sept": 9, "octobre": 10, "oct": 10, "novembre": 11, "nov": 11,
     "décembre": 12, "decembre": 12, "déc": 12, "dec": 12,
 }  # fmt: skip
-WEEKDAYS = ("lundi", "mardi", "mercredi", "jeudi", "vendredi", "samedi", "dimanche")
 HORIZON_DAYS = 400  # a meeting further ahead than this is not what a convocation announces
 YEARLESS_SPAN_DAYS = 120  # a date without a year is the occurrence nearest the message, past or future
 

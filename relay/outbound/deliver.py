@@ -235,7 +235,7 @@ class Deliverer:
         while True:
             job = await self._jobs.get()
             await self._make_way_for_intake()
-            held = await self._octets.take(job.size)
+            octets = await self._octets.take(job.size)
             self._busy += 1
             self._all_idle.clear()
             try:
@@ -243,7 +243,7 @@ class Deliverer:
             except Exception:
                 log.exception("delivery %d (%s) crashed", job.delivery_id, job.submission_id)
             finally:
-                self._octets.give_back(held)
+                self._octets.give_back(octets)
                 self._busy -= 1
                 self._job_done.set()
                 if not self._busy:

@@ -93,7 +93,6 @@ class DeliveryQueue(Protocol):
     async def insert_submission(db: Executor, sub: dict[str, Any], recipients: list[tuple[str, str]]) -> None: ...
     async def requeue_interrupted(self, now: float) -> int: ...
     async def claim_due(self, now: float, limit: int) -> list[DueDelivery]: ...
-    async def next_due_at(self) -> float | None: ...
     @staticmethod
     async def set_delivery_copy(db: Executor, delivery_id: int, copy_sha256: str, record_digest: str,
                                 now: float) -> None: ...
@@ -155,13 +154,6 @@ class SqliteDeliveries:
             return [DueDelivery.from_row(row) for row in rows]
 
         return await self.db.write_fn(claim)
-
-    async def next_due_at(self) -> float | None:
-        """When the earliest queued or deferred delivery is due, or None when there is none."""
-        row = await self.db.fetchone(
-            f"SELECT MIN(next_attempt_at) AS at FROM deliveries WHERE state IN ({sql_list(DUE_STATES)})"
-        )
-        return None if row is None else row["at"]
 
     @staticmethod
     async def set_delivery_copy(

@@ -39,7 +39,6 @@ class WebhookQueue(Protocol):
 
     async def enqueue_event(self, db: Executor, event: str, payload: dict[str, Any], now: float) -> None: ...
     async def due_webhook_events(self, now: float) -> list[WebhookEvent]: ...
-    async def next_webhook_due_at(self) -> float | None: ...
     async def purge_webhook_events(self, before: float) -> int: ...
     async def finish_webhook_event(self, event_id: int, *, state: str, next_attempt_at: float,
                                    error: str | None) -> None: ...
@@ -106,10 +105,6 @@ class SqliteWebhooks:
             (now,),
         )
         return [WebhookEvent(*row) for row in rows]
-
-    async def next_webhook_due_at(self) -> float | None:
-        row = await self.db.fetchone("SELECT MIN(next_attempt_at) FROM webhook_events WHERE state = 'pending'")
-        return None if row is None else row[0]
 
     async def purge_webhook_events(self, before: float) -> int:
         """Delete events sent or given up before ``before``; pending ones are kept whatever their age."""

@@ -28,7 +28,7 @@ from tests.support.proofdata import HEIGHT, Keys, build_input, mine_header
 from tests.support.relay import relay_config, running
 from tests.support.verifypage import PAGE, check_bundle, explorers, verify_page
 from tests.unit.test_hostile_bundles import HOSTILE
-from tests.unit.test_proof import reforge
+from tests.unit.test_proof import claiming_confirmed, reforge
 
 pytestmark = pytest.mark.external
 MUTATIONS = 30
@@ -149,14 +149,7 @@ async def test_a_bundle_claiming_an_anchor_its_proof_does_not_show_fails(keys, t
     """The manifest (and so the attestation) says confirmed; the .ots proofs are only pending."""
     chromium = require_tool("chromium")
     built = build_input(2, keys, confirmed=False)
-    files = read_zip(built.bundle())
-    manifest = json.loads(files[MANIFEST])
-    for claim in manifest["facts"]["anchoring"].values():
-        claim.update(state="confirmed", bitcoin_height=1, block_time=1_700_000_000)
-    files[MANIFEST] = json.dumps(manifest).encode()
-    files = reforge(files)
-    files["attestation.html"] = proof.render_attestation(manifest["facts"], files).encode()
-    bundle = rezip(reforge(files))
+    bundle = rezip(claiming_confirmed(built))
     async with verify_page(chromium) as page:
         report = await check_bundle(page, bundle)
     assert report["status"] == "invalid"

@@ -150,8 +150,8 @@ def test_the_printable_files_are_reported_as_informative_only(confirmed):
     assert report.to_json()["informative_only"][0]["path"] == "attestation.html"
 
 
-def test_a_manifest_claiming_an_anchor_its_proof_does_not_show_is_refused(keys):
-    built = build_input(2, keys, confirmed=False)
+def claiming_confirmed(built: Built) -> dict[str, bytes]:
+    """A pending bundle's files, its manifest (and so its attestation) claiming every record confirmed."""
     files = read_zip(built.bundle())
     manifest = json.loads(files[MANIFEST])
     for claim in manifest["facts"]["anchoring"].values():
@@ -159,7 +159,12 @@ def test_a_manifest_claiming_an_anchor_its_proof_does_not_show_is_refused(keys):
     files[MANIFEST] = json.dumps(manifest).encode()
     files = reforge(files)
     files["attestation.html"] = proof.render_attestation(manifest["facts"], files).encode()
-    report = verify_files(reforge(files), built.headers, regtest=True)
+    return reforge(files)
+
+
+def test_a_manifest_claiming_an_anchor_its_proof_does_not_show_is_refused(keys):
+    built = build_input(2, keys, confirmed=False)
+    report = verify_files(claiming_confirmed(built), built.headers, regtest=True)
     assert (report.problem.path, report.problem.check) == (MANIFEST, "anchoring")
 
 
